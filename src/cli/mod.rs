@@ -1,0 +1,102 @@
+//! The `xlreg` command line: argument parsing and the subcommands.
+//!
+//! One file per group of subcommands: `serve` (the daemon), `node` (`node init` and
+//! `register`), `cluster` (`cluster create|join|members`), `regcred` (`regcred show`), with
+//! `output` for the human and JSON renderings they share. This is the program's edge, so
+//! errors here are `anyhow` errors: [`main`] prints one clear line and exits non-zero.
+
+mod cluster;
+mod node;
+mod output;
+mod regcred;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A durable cluster registry.
+#[derive(Debug, Parser)]
+#[command(name = "xlreg", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the registry daemon.
+    Serve(serve::ServeArgs),
+    /// Manage a node's identity directory.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Register a node with the registry and record its ID.
+    Register(node::RegisterArgs),
+    /// Create, join and list clusters.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Inspect regCred.dat files.
+    #[command(subcommand)]
+    Regcred(regcred::RegcredCommand),
+}
+
+/// Where the registry keeps its data unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "xlreg-data";
+
+/// The data directory option shared by `serve` and (later) `admin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArg {
+    /// Data directory.
+    #[arg(long, env = "XLREG_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// Parses the command line, runs the command, prints any error as one line on stderr and
+/// returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Prints help and version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = error.print();
+            return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xlreg: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Renders an error and its causes on one line, without repeating a cause that the
+/// message already contains.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Node(command) => node::run_node(command),
+        Command::Register(args) => runtime.block_on(node::run_register(args)),
+        Command::Cluster(command) => runtime.block_on(cluster::run(command)),
+        Command::Regcred(command) => regcred::run(command),
+    }
+}

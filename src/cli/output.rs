@@ -1,0 +1,74 @@
+//! How cluster listings look: a table for people, JSON for programs.
+//!
+//! JSON shape: `{"cluster": {"name", "id", "max_size", "endpoint_count", "size"},
+//! "members": [{"slot", "name", "id", "endpoints", "attrs", "comms_key", "sig_key",
+//! "comms_key_fingerprint", "sig_key_fingerprint"}]}`; IDs are lowercase hex, keys are
+//! base64 DER SubjectPublicKeyInfo (the body of a PEM `PUBLIC KEY`).
+
+use base64::Engine as _;
+
+use crate::client::{ClusterView, Member};
+use crate::crypto::sha256;
+
+fn member_json(member: &Member) -> serde_json::Value {
+    let b64 = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    serde_json::json!({
+        "slot": member.slot,
+        "name": member.name,
+        "id": member.id.to_hex(),
+        "endpoints": member.endpoints,
+        "attrs": member.attrs,
+        "comms_key": b64(&member.comms_key),
+        "sig_key": b64(&member.sig_key),
+        "comms_key_fingerprint": hex::encode(sha256(&member.comms_key)),
+        "sig_key_fingerprint": hex::encode(sha256(&member.sig_key)),
+    })
+}
+
+/// The JSON document for a cluster listing.
+pub fn cluster_json(view: &ClusterView) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": {
+            "name": view.cluster.name,
+            "id": view.cluster.id.to_hex(),
+            "max_size": view.cluster.max_size,
+            "endpoint_count": view.cluster.endpoint_count,
+            "size": view.cluster.size,
+        },
+        "members": view.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints a cluster listing to stdout, as JSON or as a table.
+pub fn print_cluster(view: &ClusterView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cluster_json(view))?);
+        return Ok(());
+    }
+    let cluster = &view.cluster;
+    println!(
+        "cluster {} ({}): {}/{} members, {} endpoint(s) each",
+        cluster.name, cluster.id, cluster.size, cluster.max_size, cluster.endpoint_count
+    );
+    let name_width = view
+        .members
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:>4}  {:<name_width$}  {:<64}  ENDPOINTS",
+        "SLOT", "NAME", "ID"
+    );
+    for member in &view.members {
+        println!(
+            "{:>4}  {:<name_width$}  {:<64}  {}",
+            member.slot,
+            member.name,
+            member.id.to_hex(),
+            member.endpoints.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `xlreg regcred show`: what a regCred.dat file says.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::regcred::RegCred;
+
+/// `xlreg regcred ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RegcredCommand {
+    /// Print the registry a regCred.dat file names.
+    Show {
+        /// The file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `xlreg regcred ...`.
+pub fn run(command: RegcredCommand) -> anyhow::Result<ExitCode> {
+    let RegcredCommand::Show { file, json } = command;
+    let cred = RegCred::read(&file)?;
+    if json {
+        let value = serde_json::json!({
+            "name": cred.name,
+            "id": cred.id.to_hex(),
+            "endpoints": cred.endpoints,
+            "version": cred.version,
+            "comms_key_fingerprint": cred.comms_key.fingerprint(),
+            "sig_key_fingerprint": cred.sig_key.fingerprint(),
+            "comms_key_bits": cred.comms_key.bits(),
+            "sig_key_bits": cred.sig_key.bits(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("name:      {}", cred.name);
+        println!("id:        {}", cred.id);
+        println!("endpoints: {}", cred.endpoints.join(", "));
+        println!("version:   {}", cred.version);
+        println!(
+            "comms key: {} bits, sha256 {}",
+            cred.comms_key.bits(),
+            cred.comms_key.fingerprint()
+        );
+        println!(
+            "sig key:   {} bits, sha256 {}",
+            cred.sig_key.bits(),
+            cred.sig_key.fingerprint()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

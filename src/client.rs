@@ -1,0 +1,422 @@
+//! The xlReg/2 client library: talk to a registry from any Rust program.
+//!
+//! A [`Client`] is one session: [`Client::connect`] dials the registry named in a
+//! `regCred.dat` and performs the handshake (which proves the registry holds the key in the
+//! file), then [`Client::register`], [`Client::create`], [`Client::join`],
+//! [`Client::get_cluster`] and [`Client::bye`] each send one request and read its reply, in
+//! lock-step. Errors say whether retrying may help ([`ClientError::is_retryable`]);
+//! [`retry`] runs a whole session again with backoff until a deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::net::TcpStream;
+
+use crate::connection::{Connection, ConnectionError};
+use crate::crypto::{CryptoError, PublicKey};
+use crate::frame::MAX_FRAME_LEN;
+use crate::id::Id;
+use crate::node::NodeIdentity;
+use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
+use crate::regcred::RegCred;
+use crate::session_crypto::{ClientHandshake, HandshakeError, Role, SessionCipher, SALT_LEN};
+use crate::store::ClusterRef;
+use crate::token::{self, TokenFields};
+
+/// How long the client waits for a reply beyond any wait it asked the registry for.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What went wrong talking to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The registry's endpoint could not be reached.
+    #[error("cannot connect to the registry at {endpoint}: {source}")]
+    Connect {
+        /// The endpoint dialled.
+        endpoint: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The registry did not answer in time.
+    #[error("the registry did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed while talking.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The handshake failed: the endpoint is not the registry named in regCred.dat.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The registry closed the connection without answering (it drops sessions it cannot
+    /// authenticate, and closes when shutting down).
+    #[error("the registry closed the connection")]
+    Closed,
+    /// The registry refused the request.
+    #[error("registry refused: {description}")]
+    Refused {
+        /// The error class, if the registry sent one (1.9 registries do not).
+        code: Option<ErrCode>,
+        /// The registry's description.
+        description: String,
+    },
+    /// The registry's reply made no sense (wrong op, missing field, undecodable).
+    #[error("unexpected reply from the registry: {0}")]
+    Protocol(String),
+    /// Signing the member token failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl ClientError {
+    /// True if running the session again later may succeed: the registry was unreachable,
+    /// slow, restarting, or said it was unavailable. A refusal on the merits (full cluster,
+    /// bad name, ...) is not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::Timeout(_)
+            | ClientError::Connection(_)
+            | ClientError::Closed => true,
+            ClientError::Refused { code, .. } => *code == Some(ErrCode::Unavailable),
+            ClientError::Handshake(_) | ClientError::Protocol(_) | ClientError::Crypto(_) => false,
+        }
+    }
+}
+
+/// A cluster as the registry describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterInfo {
+    /// Cluster ID.
+    pub id: Id,
+    /// Cluster name.
+    pub name: String,
+    /// Maximum number of members.
+    pub max_size: u32,
+    /// Endpoints each member registers.
+    pub endpoint_count: u32,
+    /// Attribute bits.
+    pub attrs: u64,
+    /// Members currently in the cluster.
+    pub size: u32,
+}
+
+/// One member of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member's slot (join order).
+    pub slot: u32,
+    /// Member name.
+    pub name: String,
+    /// Node ID.
+    pub id: Id,
+    /// Attribute bits.
+    pub attrs: u64,
+    /// Comms key, DER SubjectPublicKeyInfo.
+    pub comms_key: Vec<u8>,
+    /// Sig key, DER SubjectPublicKeyInfo.
+    pub sig_key: Vec<u8>,
+    /// Endpoints, member-to-member first.
+    pub endpoints: Vec<String>,
+}
+
+/// A cluster and the members a GetCluster returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The cluster.
+    pub cluster: ClusterInfo,
+    /// Bitmap of the slots returned.
+    pub which: u64,
+    /// The members returned, in slot order.
+    pub members: Vec<Member>,
+}
+
+impl ClusterView {
+    /// True if every slot of the cluster is filled and was returned.
+    pub fn is_complete(&self) -> bool {
+        self.members.len() as u32 >= self.cluster.max_size
+    }
+}
+
+/// One xlReg/2 session with a registry.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection<TcpStream>,
+    cipher: SessionCipher,
+    server_salt: [u8; SALT_LEN],
+    timeout: Duration,
+}
+
+impl Client {
+    /// Dials the registry named in `regcred` and performs the handshake.
+    pub async fn connect(regcred: &RegCred, timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_to(regcred.endpoint(), &regcred.comms_key, timeout).await
+    }
+
+    /// Dials `endpoint` and performs the handshake against `registry_key`.
+    pub async fn connect_to(
+        endpoint: &str,
+        registry_key: &PublicKey,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Connection::new(stream, MAX_FRAME_LEN);
+        let (handshake, hello) = ClientHandshake::start(registry_key)?;
+        conn.write_frame(&hello, timeout).await?;
+        let reply = read_or_closed(&mut conn, timeout).await?;
+        let keys = handshake.finish(&reply)?;
+        Ok(Client {
+            conn,
+            cipher: SessionCipher::new(&keys.key, Role::Client),
+            server_salt: keys.server_salt,
+            timeout,
+        })
+    }
+
+    /// Sends one request and reads its reply, which must carry `expected` (or be an Error).
+    async fn call(
+        &mut self,
+        request: &XlRegMsg,
+        expected: Tag,
+        extra_wait: Duration,
+    ) -> Result<XlRegMsg, ClientError> {
+        let sealed = self.cipher.seal(&request.encode_to_vec());
+        self.conn.write_frame(&sealed, self.timeout).await?;
+        let sealed = read_or_closed(&mut self.conn, self.timeout + extra_wait).await?;
+        let plaintext = self
+            .cipher
+            .open(&sealed)
+            .map_err(|_| ClientError::Protocol("reply failed authentication".into()))?;
+        let reply = XlRegMsg::decode(plaintext.as_slice())
+            .map_err(|e| ClientError::Protocol(format!("undecodable reply: {e}")))?;
+        check_reply(reply, expected)
+    }
+
+    /// Registers `node` (Member): returns the node's ID, issued now if it had none.
+    pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
+        let fields = TokenFields {
+            id: node.id.as_ref().map(Id::as_bytes),
+            name: &node.name,
+            attrs: 0,
+            comms_key: node.comms.public_key().to_spki_der(),
+            sig_key: node.sig.public_key().to_spki_der(),
+            endpoints: &node.endpoints,
+        };
+        let token = token::sign_v2(&fields, &node.sig, &self.server_salt)?;
+        self.register_token(token).await
+    }
+
+    /// Registers with a ready-made token (it must be signed for this session: see
+    /// [`Client::server_salt`]).
+    pub async fn register_token(&mut self, token: XlRegToken) -> Result<Id, ClientError> {
+        let request = XlRegMsg {
+            op: Some(Tag::Member as i32),
+            member_specs: Some(token),
+            ..XlRegMsg::default()
+        };
+        let reply = self.call(&request, Tag::MemberOk, Duration::ZERO).await?;
+        let id = reply
+            .member_id
+            .ok_or_else(|| ClientError::Protocol("MemberOK without MemberID".into()))?;
+        Id::from_bytes(&id).map_err(|e| ClientError::Protocol(format!("MemberID: {e}")))
+    }
+
+    /// The registry's salt for this session, which member token signatures must cover.
+    pub fn server_salt(&self) -> &[u8; SALT_LEN] {
+        &self.server_salt
+    }
+
+    /// Creates the cluster `name` (or finds the existing one of that name).
+    pub async fn create(
+        &mut self,
+        name: &str,
+        max_size: u32,
+        endpoint_count: u32,
+    ) -> Result<ClusterInfo, ClientError> {
+        let request = XlRegMsg {
+            op: Some(Tag::Create as i32),
+            cluster_name: Some(name.to_string()),
+            cluster_max_size: Some(max_size),
+            end_point_count: Some(endpoint_count),
+            ..XlRegMsg::default()
+        };
+        let reply = self
+            .call(&request, Tag::CreateReply, Duration::ZERO)
+            .await?;
+        cluster_info(&reply)
+    }
+
+    /// Joins a cluster (`None`: the one this session created). Returns it and our slot.
+    pub async fn join(
+        &mut self,
+        cluster: Option<&ClusterRef>,
+    ) -> Result<(ClusterInfo, u32), ClientError> {
+        let mut request = XlRegMsg {
+            op: Some(Tag::Join as i32),
+            ..XlRegMsg::default()
+        };
+        name_cluster(&mut request, cluster);
+        let reply = self.call(&request, Tag::JoinReply, Duration::ZERO).await?;
+        let slot = reply
+            .slot
+            .ok_or_else(|| ClientError::Protocol("JoinReply without Slot".into()))?;
+        Ok((cluster_info(&reply)?, slot))
+    }
+
+    /// Lists a cluster's members (`None`: the one this session joined). `which` selects
+    /// slots (default all); with a non-zero `wait` the registry holds the reply until every
+    /// selected slot is filled or the wait ends.
+    pub async fn get_cluster(
+        &mut self,
+        cluster: Option<&ClusterRef>,
+        which: Option<u64>,
+        wait: Duration,
+    ) -> Result<ClusterView, ClientError> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let mut request = XlRegMsg {
+            op: Some(Tag::GetCluster as i32),
+            which,
+            wait_ms: (wait_ms > 0).then_some(wait_ms),
+            ..XlRegMsg::default()
+        };
+        name_cluster(&mut request, cluster);
+        let reply = self.call(&request, Tag::ClusterMembers, wait).await?;
+        cluster_view(&reply)
+    }
+
+    /// Ends the session politely.
+    pub async fn bye(mut self) -> Result<(), ClientError> {
+        let request = XlRegMsg {
+            op: Some(Tag::Bye as i32),
+            ..XlRegMsg::default()
+        };
+        self.call(&request, Tag::Ack, Duration::ZERO).await?;
+        self.conn.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn read_or_closed(
+    conn: &mut Connection<TcpStream>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    match conn.read_frame(timeout).await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(ClientError::Closed),
+        Err(ConnectionError::ReadTimeout(t)) => Err(ClientError::Timeout(t)),
+        Err(ConnectionError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Err(ClientError::Closed)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn name_cluster(request: &mut XlRegMsg, cluster: Option<&ClusterRef>) {
+    match cluster {
+        Some(ClusterRef::Id(id)) => request.cluster_id = Some(id.as_bytes().to_vec()),
+        Some(ClusterRef::Name(name)) => request.cluster_name = Some(name.clone()),
+        None => {}
+    }
+}
+
+/// Turns an Error reply into [`ClientError::Refused`] and checks the op of any other.
+pub fn check_reply(reply: XlRegMsg, expected: Tag) -> Result<XlRegMsg, ClientError> {
+    match reply.op.map(Tag::try_from) {
+        Some(Ok(Tag::Error)) => Err(ClientError::Refused {
+            code: reply.err_kind.and_then(|k| ErrCode::try_from(k).ok()),
+            description: reply.err_desc.unwrap_or_default(),
+        }),
+        Some(Ok(tag)) if tag == expected => Ok(reply),
+        other => Err(ClientError::Protocol(format!(
+            "expected {}, got op {other:?}",
+            expected.as_str_name()
+        ))),
+    }
+}
+
+/// Reads the cluster fields of a CreateReply, JoinReply or ClusterMembers.
+pub fn cluster_info(reply: &XlRegMsg) -> Result<ClusterInfo, ClientError> {
+    let id = reply
+        .cluster_id
+        .as_deref()
+        .ok_or_else(|| ClientError::Protocol("reply without ClusterID".into()))?;
+    Ok(ClusterInfo {
+        id: Id::from_bytes(id).map_err(|e| ClientError::Protocol(format!("ClusterID: {e}")))?,
+        name: reply.cluster_name.clone().unwrap_or_default(),
+        max_size: reply.cluster_max_size.unwrap_or(0),
+        endpoint_count: reply.end_point_count.unwrap_or(0),
+        attrs: reply.cluster_attrs.unwrap_or(0),
+        size: reply.cluster_size.unwrap_or(0),
+    })
+}
+
+/// Reads a ClusterMembers reply; the n-th token belongs to the n-th set bit of `Which`.
+pub fn cluster_view(reply: &XlRegMsg) -> Result<ClusterView, ClientError> {
+    let cluster = cluster_info(reply)?;
+    let which = reply.which.unwrap_or(0);
+    let slots = (0u32..64).filter(|slot| which & (1u64 << slot) != 0);
+    if which.count_ones() as usize != reply.tokens.len() {
+        return Err(ClientError::Protocol(format!(
+            "Which has {} bits but {} tokens came",
+            which.count_ones(),
+            reply.tokens.len()
+        )));
+    }
+    let mut members = Vec::with_capacity(reply.tokens.len());
+    for (slot, token) in slots.zip(&reply.tokens) {
+        let id = token
+            .id
+            .as_deref()
+            .ok_or_else(|| ClientError::Protocol("member token without ID".into()))?;
+        members.push(Member {
+            slot,
+            name: token.name.clone().unwrap_or_default(),
+            id: Id::from_bytes(id).map_err(|e| ClientError::Protocol(format!("member ID: {e}")))?,
+            attrs: token.attrs.unwrap_or(0),
+            comms_key: token.comms_key.clone().unwrap_or_default(),
+            sig_key: token.sig_key.clone().unwrap_or_default(),
+            endpoints: token.my_ends.clone(),
+        });
+    }
+    Ok(ClusterView {
+        cluster,
+        which,
+        members,
+    })
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `deadline` passes, sleeping with
+/// exponential backoff (100 ms doubling to 2 s) between retryable failures. `on_retry` hears
+/// about each failure that will be retried.
+pub async fn retry<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    mut on_retry: impl FnMut(&ClientError, Duration),
+    mut attempt: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_retryable() => {
+                let now = tokio::time::Instant::now();
+                if now + backoff >= deadline {
+                    return Err(error);
+                }
+                on_retry(&error, backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}

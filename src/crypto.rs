@@ -1,0 +1,441 @@
+//! Every cryptographic operation xlreg performs, in one place.
+//!
+//! This module owns RSA keys (generation, PKCS#8 PEM and SubjectPublicKeyInfo DER encodings,
+//! the OpenSSH `ssh-rsa` form used by `regCred.dat`), RSA-OAEP hello encryption and
+//! decryption, RSA PKCS#1 v1.5 token signatures, the AES-256-GCM session cipher, and the
+//! AES-256-CBC cipher of the xlReg 1.9 wire. Nothing outside this module names a crypto crate.
+//!
+//! Crate choices (see docs/dependencies.md):
+//! - The server's RSA private-key operation, one per session, runs on aws-lc-rs: 4x the rsa
+//!   crate's speed on this hardware, constant-time, and it builds with a C compiler alone.
+//! - The rsa crate (0.10, constant-time arithmetic) generates keys, encodes and decodes them,
+//!   performs public-key operations and signs on the client side.
+//! - AES-GCM and AES-CBC come from RustCrypto (constant-time AES with hardware support).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use aws_lc_rs::rsa::{
+    OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256,
+};
+use base64::Engine as _;
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use rsa::traits::PublicKeyParts;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Size in bits of the keys xlreg generates.
+pub const RSA_BITS: usize = 2048;
+/// Smallest RSA key a member may register.
+pub const MIN_MEMBER_KEY_BITS: usize = 2048;
+/// Largest RSA key a member may register (bounds the cost of verifying its signatures).
+pub const MAX_MEMBER_KEY_BITS: usize = 4096;
+/// Length of an AES-256 key.
+pub const AES_KEY_LEN: usize = 32;
+/// Length of the AES-GCM authentication tag appended to every sealed message.
+pub const GCM_TAG_LEN: usize = 16;
+/// Length of an AES block, and of the xlReg 1.9 per-message IV.
+pub const AES_BLOCK_LEN: usize = 16;
+
+/// What went wrong in a cryptographic operation. Deliberately coarse: a peer learns nothing
+/// from the kind of failure beyond what it could already see.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// A key could not be generated.
+    #[error("RSA key generation failed: {0}")]
+    KeyGeneration(String),
+    /// A private key (PEM or DER) could not be parsed.
+    #[error("not a valid RSA private key: {0}")]
+    BadPrivateKey(String),
+    /// A public key (DER, PEM or ssh-rsa) could not be parsed.
+    #[error("not a valid RSA public key: {0}")]
+    BadPublicKey(String),
+    /// An RSA key is smaller or larger than this registry accepts.
+    #[error("RSA key of {bits} bits is outside the accepted {min}..={max} bits")]
+    KeySize {
+        /// The key's modulus size.
+        bits: usize,
+        /// Smallest accepted size.
+        min: usize,
+        /// Largest accepted size.
+        max: usize,
+    },
+    /// RSA encryption failed (for example, a plaintext too long for the key).
+    #[error("RSA encryption failed")]
+    Encrypt,
+    /// An RSA ciphertext did not decrypt under the registry's key.
+    #[error("RSA decryption failed")]
+    Decrypt,
+    /// A signature could not be made.
+    #[error("signing failed")]
+    Sign,
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// An AES-GCM message failed authentication (tampered, replayed, reordered or wrong key).
+    #[error("message authentication failed")]
+    Unauthentic,
+    /// An AES-CBC message was not a whole number of blocks or had bad padding.
+    #[error("malformed AES-CBC message")]
+    BadCbc,
+}
+
+/// An AES-256 key, wiped from memory when dropped.
+pub type AesKey = Zeroizing<[u8; AES_KEY_LEN]>;
+
+/// Fills a fresh array from the operating system's cryptographic RNG (through rand's
+/// thread-local generator, which reseeds from it).
+pub fn random_array<const N: usize>() -> [u8; N] {
+    use rand::Rng as _;
+    let mut out = [0u8; N];
+    rand::rng().fill_bytes(&mut out);
+    out
+}
+
+/// A fresh random AES-256 key.
+pub fn random_aes_key() -> AesKey {
+    Zeroizing::new(random_array::<AES_KEY_LEN>())
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// An RSA private key held by a node (or by the registry for its signing key), with its
+/// public half. Used on the client side and for key files; the registry's hot-path
+/// decryption uses [`HelloDecryptor`].
+#[derive(Clone)]
+pub struct RsaKeyPair {
+    private: rsa::PrivateKey,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for RsaKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print private material.
+        write!(f, "RsaKeyPair({})", self.public.fingerprint())
+    }
+}
+
+impl RsaKeyPair {
+    /// Generates a new key pair with public exponent 65537.
+    pub fn generate(bits: usize) -> Result<RsaKeyPair, CryptoError> {
+        let private = rsa::PrivateKey::new(&mut rand::rng(), bits)
+            .map_err(|e| CryptoError::KeyGeneration(e.to_string()))?;
+        RsaKeyPair::from_private(private)
+    }
+
+    fn from_private(private: rsa::PrivateKey) -> Result<RsaKeyPair, CryptoError> {
+        let public = PublicKey::from_rsa(private.to_public_key())?;
+        Ok(RsaKeyPair { private, public })
+    }
+
+    /// Reads a PKCS#8 PEM (`BEGIN PRIVATE KEY`) or PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`) key.
+    pub fn from_pem(pem: &str) -> Result<RsaKeyPair, CryptoError> {
+        let private = match rsa::PrivateKey::from_pkcs8_pem(pem) {
+            Ok(key) => key,
+            Err(pkcs8_err) => rsa::PrivateKey::from_pkcs1_pem(pem)
+                .map_err(|_| CryptoError::BadPrivateKey(pkcs8_err.to_string()))?,
+        };
+        RsaKeyPair::from_private(private)
+    }
+
+    /// The PKCS#8 PEM encoding, wiped from memory when dropped.
+    pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, CryptoError> {
+        self.private
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))
+    }
+
+    /// The PKCS#8 DER encoding, wiped from memory when dropped.
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let doc = self
+            .private
+            .to_pkcs8_der()
+            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
+        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// RSASSA-PKCS1-v1_5 signature with SHA-256 over `message` (xlReg/2 tokens).
+    pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.private
+            .pkcs1v15_sign::<Sha256>(message)
+            .map_err(|_| CryptoError::Sign)
+    }
+
+    /// RSASSA-PKCS1-v1_5 signature with SHA-1 over `message` (xlReg 1.9 tokens only).
+    pub fn sign_sha1(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.private
+            .pkcs1v15_sign::<sha1::Sha1>(message)
+            .map_err(|_| CryptoError::Sign)
+    }
+
+    /// RSA-OAEP decryption with the rsa crate, for client-side and test use. The registry
+    /// decrypts hellos with [`HelloDecryptor`].
+    pub fn decrypt_oaep_sha1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.private
+            .oaep_decrypt::<sha1::Sha1>(ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+
+    /// A decryptor for this key on the fast (aws-lc-rs) path.
+    pub fn hello_decryptor(&self) -> Result<HelloDecryptor, CryptoError> {
+        HelloDecryptor::from_pkcs8_der(&self.to_pkcs8_der()?)
+    }
+}
+
+/// An RSA public key as exchanged on the wire: DER SubjectPublicKeyInfo (PKIX).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key: rsa::PublicKey,
+    der: Vec<u8>,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({} bits, {})", self.bits(), self.fingerprint())
+    }
+}
+
+impl PublicKey {
+    fn from_rsa(key: rsa::PublicKey) -> Result<PublicKey, CryptoError> {
+        let der = key
+            .to_public_key_der()
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?
+            .into_vec();
+        Ok(PublicKey { key, der })
+    }
+
+    /// Parses DER SubjectPublicKeyInfo, as carried in tokens. The stored encoding is the
+    /// canonical re-encoding, so byte-wise comparison of two keys is meaningful.
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, CryptoError> {
+        let key = rsa::PublicKey::from_public_key_der(der)
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?;
+        PublicKey::from_rsa(key)
+    }
+
+    /// Parses a PEM `BEGIN PUBLIC KEY` block.
+    pub fn from_spki_pem(pem: &str) -> Result<PublicKey, CryptoError> {
+        let key = rsa::PublicKey::from_public_key_pem(pem)
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?;
+        PublicKey::from_rsa(key)
+    }
+
+    /// Parses DER and checks the size is one a member may register.
+    pub fn from_member_der(der: &[u8]) -> Result<PublicKey, CryptoError> {
+        let key = PublicKey::from_spki_der(der)?;
+        let bits = key.bits();
+        if !(MIN_MEMBER_KEY_BITS..=MAX_MEMBER_KEY_BITS).contains(&bits) {
+            return Err(CryptoError::KeySize {
+                bits,
+                min: MIN_MEMBER_KEY_BITS,
+                max: MAX_MEMBER_KEY_BITS,
+            });
+        }
+        Ok(key)
+    }
+
+    /// The DER SubjectPublicKeyInfo encoding.
+    pub fn to_spki_der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Size of the modulus in bits.
+    pub fn bits(&self) -> usize {
+        self.key.size() * 8
+    }
+
+    /// SHA-256 of the DER encoding, lowercase hex: how operators tell keys apart.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(sha256(&self.der))
+    }
+
+    /// RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label (xlReg/2 hello).
+    pub fn encrypt_oaep_sha256(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .oaep_encrypt::<Sha256>(plaintext)
+            .map_err(|_| CryptoError::Encrypt)
+    }
+
+    /// RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label (xlReg 1.9 hello).
+    pub fn encrypt_oaep_sha1(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .oaep_encrypt::<sha1::Sha1>(plaintext)
+            .map_err(|_| CryptoError::Encrypt)
+    }
+
+    /// Verifies an RSASSA-PKCS1-v1_5 SHA-256 signature over `message`.
+    pub fn verify_sha256(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        self.key
+            .pkcs1v15_verify::<Sha256>(message, signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// Verifies an RSASSA-PKCS1-v1_5 SHA-1 signature over `message` (xlReg 1.9 tokens).
+    pub fn verify_sha1(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        self.key
+            .pkcs1v15_verify::<sha1::Sha1>(message, signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// The OpenSSH `ssh-rsa AAAA...` form (RFC 4253 section 6.6), as written in regCred.dat.
+    pub fn to_ssh(&self) -> String {
+        let mut blob = Vec::with_capacity(self.der.len() + 32);
+        put_ssh_string(&mut blob, b"ssh-rsa");
+        put_ssh_mpint(&mut blob, &self.key.e_bytes());
+        put_ssh_mpint(&mut blob, &self.key.n_bytes());
+        format!(
+            "ssh-rsa {}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
+    /// Parses the OpenSSH `ssh-rsa AAAA... [comment]` form.
+    pub fn from_ssh(text: &str) -> Result<PublicKey, CryptoError> {
+        let bad = |why: &str| CryptoError::BadPublicKey(format!("ssh-rsa key: {why}"));
+        let mut parts = text.split_whitespace();
+        if parts.next() != Some("ssh-rsa") {
+            return Err(bad("does not start with ssh-rsa"));
+        }
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(parts.next().ok_or_else(|| bad("no key data"))?)
+            .map_err(|_| bad("key data is not base64"))?;
+        let mut rest = blob.as_slice();
+        if take_ssh_string(&mut rest).ok_or_else(|| bad("truncated"))? != b"ssh-rsa" {
+            return Err(bad("key type inside the blob is not ssh-rsa"));
+        }
+        let e = take_ssh_string(&mut rest).ok_or_else(|| bad("truncated"))?;
+        let n = take_ssh_string(&mut rest).ok_or_else(|| bad("truncated"))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        let to_uint = |bytes: &[u8]| {
+            let bytes = strip_leading_zeros(bytes);
+            rsa::BoxedUint::from_be_slice_vartime(bytes)
+        };
+        let key = rsa::PublicKey::new(to_uint(n), to_uint(e))
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?;
+        PublicKey::from_rsa(key)
+    }
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+fn put_ssh_string(out: &mut Vec<u8>, data: &[u8]) {
+    // Lengths here are of RSA parameters and a fixed name: always far below u32::MAX.
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+fn put_ssh_mpint(out: &mut Vec<u8>, magnitude: &[u8]) {
+    let magnitude = strip_leading_zeros(magnitude);
+    // A positive mpint whose top bit is set gets a leading zero byte.
+    if magnitude.first().is_some_and(|b| b & 0x80 != 0) {
+        out.extend_from_slice(&((magnitude.len() + 1) as u32).to_be_bytes());
+        out.push(0);
+        out.extend_from_slice(magnitude);
+    } else {
+        put_ssh_string(out, magnitude);
+    }
+}
+
+fn take_ssh_string<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len_bytes: [u8; 4] = input.get(..4)?.try_into().ok()?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let data = input.get(4..4usize.checked_add(len)?)?;
+    *input = &input[4 + len..];
+    Some(data)
+}
+
+/// The registry's RSA private comms key on the fast path (aws-lc-rs): decrypts hellos.
+pub struct HelloDecryptor {
+    key: OaepPrivateDecryptingKey,
+}
+
+impl std::fmt::Debug for HelloDecryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HelloDecryptor(..)")
+    }
+}
+
+impl HelloDecryptor {
+    /// Loads a PKCS#8 DER private key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<HelloDecryptor, CryptoError> {
+        let private = PrivateDecryptingKey::from_pkcs8(der)
+            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
+        let key = OaepPrivateDecryptingKey::new(private)
+            .map_err(|_| CryptoError::BadPrivateKey("unusable for OAEP".into()))?;
+        Ok(HelloDecryptor { key })
+    }
+
+    /// Length of the ciphertexts this key decrypts (the modulus size in bytes).
+    pub fn ciphertext_len(&self) -> usize {
+        self.key.key_size_bytes()
+    }
+
+    /// RSA-OAEP-SHA-256 decryption (xlReg/2 hello).
+    pub fn decrypt_oaep_sha256(
+        &self,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext)
+    }
+
+    /// RSA-OAEP-SHA-1 decryption (xlReg 1.9 hello).
+    pub fn decrypt_oaep_sha1(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.decrypt(&OAEP_SHA1_MGF1SHA1, ciphertext)
+    }
+
+    fn decrypt(
+        &self,
+        algorithm: &'static aws_lc_rs::rsa::OaepAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if ciphertext.len() != self.ciphertext_len() {
+            return Err(CryptoError::Decrypt);
+        }
+        let mut out = Zeroizing::new(vec![0u8; self.key.min_output_size()]);
+        let len = self
+            .key
+            .decrypt(algorithm, ciphertext, &mut out, None)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        out.truncate(len);
+        Ok(out)
+    }
+}
+
+/// AES-256-GCM sealing with an explicit 96-bit nonce. Callers guarantee nonce uniqueness
+/// per key (the session layer derives nonces from per-direction counters).
+pub fn gcm_seal(key: &[u8; AES_KEY_LEN], nonce: &[u8; 12], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    // Encryption only fails for plaintexts beyond GCM's 64 GiB limit; frames are bounded far below.
+    cipher
+        .encrypt(&Nonce::from(*nonce), Payload::from(plaintext))
+        .unwrap_or_default()
+}
+
+/// AES-256-GCM opening; any tampering, replay, reordering or wrong key fails.
+pub fn gcm_open(
+    key: &[u8; AES_KEY_LEN],
+    nonce: &[u8; 12],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .decrypt(&Nonce::from(*nonce), Payload::from(ciphertext))
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Unauthentic)
+}

@@ -1,0 +1,111 @@
+//! Create: make a named cluster, or find the existing one of that name.
+//!
+//! The name must be a valid cluster name; the requested size is clamped to 2..=64 and the
+//! size the cluster got is reported; the endpoint count must be 1..=8 (default 1). Creating
+//! an existing name returns that cluster unchanged, as the Go registry did, so every member
+//! of a fleet may race to create its cluster and all of them learn the same ID.
+
+use super::{with_cluster, Context, HandlerError, Reply, SessionState};
+use crate::proto::{Tag, XlRegMsg};
+use crate::store::NewCluster;
+use crate::validate;
+
+/// Creates (or finds) the cluster the message names.
+pub fn handle(
+    ctx: &mut Context<'_>,
+    state: &mut SessionState,
+    msg: &XlRegMsg,
+) -> Result<Reply, HandlerError> {
+    let name = msg
+        .cluster_name
+        .as_deref()
+        .ok_or_else(|| HandlerError::BadRequest("Create needs a ClusterName".to_string()))?;
+    validate::cluster_name(name)?;
+    let requested = msg
+        .cluster_max_size
+        .ok_or_else(|| HandlerError::BadRequest("Create needs a ClusterMaxSize".to_string()))?;
+    let max_size = validate::clamp_cluster_size(requested);
+    let endpoint_count = validate::endpoint_count(msg.end_point_count.unwrap_or(1))?;
+    let (cluster, created) = ctx.store.create_cluster(
+        NewCluster {
+            name: name.to_string(),
+            attrs: msg.cluster_attrs.unwrap_or(0),
+            max_size,
+            endpoint_count,
+        },
+        ctx.fresh_id,
+        ctx.now_ms,
+    )?;
+    state.created = Some(cluster.id.clone());
+    Ok(Reply {
+        msg: with_cluster(Tag::CreateReply, &cluster),
+        changed: created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::with_ctx;
+    use crate::store::Store;
+
+    fn create(
+        store: &Store,
+        name: &str,
+        size: u32,
+        endpoints: Option<u32>,
+    ) -> Result<Reply, HandlerError> {
+        let msg = XlRegMsg {
+            op: Some(Tag::Create as i32),
+            cluster_name: Some(name.to_string()),
+            cluster_max_size: Some(size),
+            end_point_count: endpoints,
+            ..XlRegMsg::default()
+        };
+        with_ctx(store, |ctx| handle(ctx, &mut SessionState::default(), &msg))
+    }
+
+    #[test]
+    fn sizes_are_clamped_and_reported() {
+        let store = Store::temporary().unwrap();
+        for (i, (asked, got)) in [(0, 2), (1, 2), (5, 5), (65, 64), (u32::MAX, 64)]
+            .into_iter()
+            .enumerate()
+        {
+            let reply = create(&store, &format!("c{i}"), asked, None).unwrap();
+            assert!(reply.changed);
+            assert_eq!(reply.msg.cluster_max_size, Some(got), "asked {asked}");
+            assert_eq!(reply.msg.end_point_count, Some(1));
+            assert_eq!(reply.msg.cluster_id.unwrap().len(), 32);
+        }
+    }
+
+    #[test]
+    fn an_existing_name_returns_the_existing_cluster_unchanged() {
+        let store = Store::temporary().unwrap();
+        let first = create(&store, "web", 3, Some(2)).unwrap();
+        let second = create(&store, "web", 9, Some(1)).unwrap();
+        assert!(!second.changed);
+        assert_eq!(first.msg.cluster_id, second.msg.cluster_id);
+        assert_eq!(second.msg.cluster_max_size, Some(3));
+        assert_eq!(second.msg.end_point_count, Some(2));
+    }
+
+    #[test]
+    fn bad_names_and_endpoint_counts_are_refused() {
+        let store = Store::temporary().unwrap();
+        assert!(create(&store, "9x", 3, None)
+            .unwrap_err()
+            .to_string()
+            .contains("must start"));
+        assert!(create(&store, "x", 3, Some(0))
+            .unwrap_err()
+            .to_string()
+            .contains("endpoint count 0"));
+        assert!(create(&store, "x", 3, Some(9))
+            .unwrap_err()
+            .to_string()
+            .contains("endpoint count 9"));
+        assert_eq!(store.counts().unwrap().clusters, 0);
+    }
+}

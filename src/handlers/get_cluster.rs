@@ -1,0 +1,188 @@
+//! GetCluster: list a cluster's members.
+//!
+//! The request names the cluster (by ID or name; default: the one this session joined, else
+//! created) and the slots wanted as a bitmap `Which` (default: all). Bits beyond the
+//! cluster's size are ignored. The reply lists the present members among those slots in slot
+//! order, with `Which` set to the bits actually returned. With `WaitMs` the reply may be held
+//! until every requested slot is filled or the wait ends: the handler then answers
+//! [`GetOutcome::Wait`] and the glue calls [`resume`] when the cluster changes or the time is
+//! up, so no clock lives here.
+
+use super::{cluster_ref, member_token, with_cluster, Context, HandlerError, SessionState};
+use crate::id::Id;
+use crate::proto::{Tag, XlRegMsg};
+use crate::store::{ClusterRecord, ClusterRef, StoreError};
+
+/// The longest a client may ask the registry to hold a GetCluster reply.
+pub const MAX_WAIT_MS: u32 = 600_000;
+
+/// A GetCluster reply held until the cluster fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    /// The cluster awaited.
+    pub cluster: Id,
+    /// The slots requested, already limited to the cluster's size.
+    pub which: u64,
+    /// How long the client asked to wait, in milliseconds (at most [`MAX_WAIT_MS`]).
+    pub wait_ms: u32,
+}
+
+/// What a GetCluster produces now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GetOutcome {
+    /// The ClusterMembers reply.
+    Ready(XlRegMsg),
+    /// Not every requested slot is filled and the client asked to wait.
+    Wait(Wait),
+}
+
+/// The bitmap of every slot a cluster of `max_size` can have.
+fn all_slots(max_size: u32) -> u64 {
+    if max_size >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << max_size) - 1
+    }
+}
+
+/// Answers a GetCluster.
+pub fn handle(
+    ctx: &mut Context<'_>,
+    state: &SessionState,
+    msg: &XlRegMsg,
+) -> Result<GetOutcome, HandlerError> {
+    let target = cluster_ref(
+        msg,
+        state.joined.as_ref().or(state.created.as_ref()),
+        "GetCluster",
+    )?;
+    let cluster = ctx
+        .store
+        .cluster(&target)?
+        .ok_or_else(|| StoreError::NoSuchCluster(target.to_string()))?;
+    let which = msg.which.unwrap_or(u64::MAX) & all_slots(cluster.max_size);
+    let wait = Wait {
+        cluster: cluster.id.clone(),
+        which,
+        wait_ms: msg.wait_ms.unwrap_or(0).min(MAX_WAIT_MS),
+    };
+    answer(ctx, &cluster, &wait, false)
+}
+
+/// Re-answers a held GetCluster after the cluster changed (`expired` false) or the wait ran
+/// out (`expired` true: reply with what is there).
+pub fn resume(
+    ctx: &mut Context<'_>,
+    wait: &Wait,
+    expired: bool,
+) -> Result<GetOutcome, HandlerError> {
+    let cluster = ctx
+        .store
+        .cluster(&ClusterRef::Id(wait.cluster.clone()))?
+        .ok_or_else(|| StoreError::NoSuchCluster(wait.cluster.to_hex()))?;
+    answer(ctx, &cluster, wait, expired)
+}
+
+fn answer(
+    ctx: &mut Context<'_>,
+    cluster: &ClusterRecord,
+    wait: &Wait,
+    expired: bool,
+) -> Result<GetOutcome, HandlerError> {
+    let present = cluster
+        .members
+        .iter()
+        .filter(|m| m.slot < 64)
+        .fold(0u64, |bits, m| bits | (1u64 << m.slot));
+    let returned = wait.which & present;
+    if returned != wait.which && wait.wait_ms > 0 && !expired {
+        return Ok(GetOutcome::Wait(wait.clone()));
+    }
+    let mut reply = with_cluster(Tag::ClusterMembers, cluster);
+    reply.which = Some(returned);
+    for (member, node) in ctx.store.members_with_nodes(cluster)? {
+        if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
+            reply.tokens.push(member_token(&member, &node));
+        }
+    }
+    Ok(GetOutcome::Ready(reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{member_msg, with_ctx, SALT};
+    use crate::handlers::{create, join, member};
+    use crate::store::Store;
+    use crate::token::Scheme;
+
+    fn member_in(store: &Store, keys: usize, name: &str, cluster: &str, size: u32) -> SessionState {
+        let mut state = SessionState::default();
+        let msg = member_msg(keys, name, None, &["127.0.0.1:1", "127.0.0.1:2"]);
+        with_ctx(store, |ctx| {
+            member::handle(ctx, &mut state, &msg, Scheme::V2 { server_salt: &SALT }).unwrap();
+            let create_msg = XlRegMsg {
+                cluster_name: Some(cluster.into()),
+                cluster_max_size: Some(size),
+                ..XlRegMsg::default()
+            };
+            create::handle(ctx, &mut state, &create_msg).unwrap();
+            join::handle(ctx, &mut state, &XlRegMsg::default()).unwrap();
+        });
+        state
+    }
+
+    fn get(
+        store: &Store,
+        state: &SessionState,
+        which: Option<u64>,
+        wait_ms: Option<u32>,
+    ) -> GetOutcome {
+        let msg = XlRegMsg {
+            which,
+            wait_ms,
+            ..XlRegMsg::default()
+        };
+        with_ctx(store, |ctx| handle(ctx, state, &msg)).unwrap()
+    }
+
+    #[test]
+    fn lists_members_in_slot_order_with_the_returned_bitmap() {
+        let store = Store::temporary().unwrap();
+        let a = member_in(&store, 0, "a", "trio", 3);
+        let _b = member_in(&store, 1, "b", "trio", 3);
+        let GetOutcome::Ready(reply) = get(&store, &a, None, None) else {
+            panic!("no wait was asked")
+        };
+        assert_eq!(reply.which, Some(0b011));
+        assert_eq!(reply.cluster_size, Some(2));
+        let names: Vec<_> = reply
+            .tokens
+            .iter()
+            .map(|t| t.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(reply.tokens[0].my_ends.len(), 2);
+        assert!(reply.tokens[0].dig_sig.is_none());
+        // Bits beyond the cluster's size are ignored; absent slots are simply not returned.
+        let GetOutcome::Ready(reply) = get(&store, &a, Some(u64::MAX << 1), None) else {
+            panic!()
+        };
+        assert_eq!(reply.which, Some(0b010));
+    }
+
+    #[test]
+    fn a_wait_holds_until_the_cluster_is_complete_or_the_time_is_up() {
+        let store = Store::temporary().unwrap();
+        let a = member_in(&store, 0, "a", "pair", 2);
+        let GetOutcome::Wait(wait) = get(&store, &a, None, Some(5_000)) else {
+            panic!("slot 1 is empty: the reply must be held")
+        };
+        assert_eq!(wait.which, 0b11);
+        let expired = with_ctx(&store, |ctx| resume(ctx, &wait, true)).unwrap();
+        assert!(matches!(expired, GetOutcome::Ready(ref m) if m.which == Some(0b01)));
+        let _b = member_in(&store, 1, "b", "pair", 2);
+        let filled = with_ctx(&store, |ctx| resume(ctx, &wait, false)).unwrap();
+        assert!(matches!(filled, GetOutcome::Ready(ref m) if m.which == Some(0b11)));
+    }
+}

@@ -1,0 +1,110 @@
+//! Join: the session's node takes a slot in a cluster.
+//!
+//! The cluster is named by ID, by name, or (neither) is the one the session last created.
+//! The store decides inside one transaction: a node already in the cluster gets its slot
+//! back (a restarted node rejoins), a different node with the same name is refused, a full
+//! cluster is refused, a node with fewer endpoints than the cluster requires is refused.
+
+use super::{cluster_ref, with_cluster, Context, HandlerError, Reply, SessionState};
+use crate::proto::{Tag, XlRegMsg};
+
+/// Joins the session's node to the named cluster.
+pub fn handle(
+    ctx: &mut Context<'_>,
+    state: &mut SessionState,
+    msg: &XlRegMsg,
+) -> Result<Reply, HandlerError> {
+    let node = state
+        .node
+        .as_ref()
+        .ok_or_else(|| HandlerError::BadRequest("Join before Member".to_string()))?;
+    let target = cluster_ref(msg, state.created.as_ref(), "Join")?;
+    let outcome = ctx.store.join(&target, node, ctx.now_ms)?;
+    let mut reply = with_cluster(Tag::JoinReply, &outcome.cluster);
+    reply.slot = Some(outcome.slot);
+    state.joined = Some(outcome.cluster.id.clone());
+    Ok(Reply {
+        msg: reply,
+        changed: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testing::{member_msg, with_ctx, SALT};
+    use crate::handlers::{create, member};
+    use crate::store::Store;
+    use crate::token::Scheme;
+
+    fn session(store: &Store, keys: usize, name: &str) -> SessionState {
+        let mut state = SessionState::default();
+        let msg = member_msg(keys, name, None, &["127.0.0.1:1"]);
+        with_ctx(store, |ctx| {
+            member::handle(ctx, &mut state, &msg, Scheme::V2 { server_salt: &SALT })
+        })
+        .unwrap();
+        state
+    }
+
+    fn join_by_name(
+        store: &Store,
+        state: &mut SessionState,
+        cluster: &str,
+    ) -> Result<Reply, HandlerError> {
+        let msg = XlRegMsg {
+            op: Some(Tag::Join as i32),
+            cluster_name: Some(cluster.to_string()),
+            ..XlRegMsg::default()
+        };
+        with_ctx(store, |ctx| handle(ctx, state, &msg))
+    }
+
+    #[test]
+    fn members_take_slots_in_order_and_a_full_cluster_refuses() {
+        let store = Store::temporary().unwrap();
+        let mut a = session(&store, 0, "a");
+        let create_msg = XlRegMsg {
+            op: Some(Tag::Create as i32),
+            cluster_name: Some("pair".into()),
+            cluster_max_size: Some(2),
+            ..XlRegMsg::default()
+        };
+        with_ctx(&store, |ctx| create::handle(ctx, &mut a, &create_msg)).unwrap();
+        // Neither ID nor name: the cluster this session created.
+        let joined = with_ctx(&store, |ctx| handle(ctx, &mut a, &XlRegMsg::default())).unwrap();
+        assert_eq!(joined.msg.slot, Some(0));
+        let mut b = session(&store, 1, "b");
+        assert_eq!(
+            join_by_name(&store, &mut b, "pair").unwrap().msg.slot,
+            Some(1)
+        );
+        // Rejoining gives the same slot back, even though the cluster is full.
+        assert_eq!(
+            join_by_name(&store, &mut b, "pair").unwrap().msg.slot,
+            Some(1)
+        );
+        let mut c = session(&store, 2, "c");
+        let err = join_by_name(&store, &mut c, "pair").unwrap_err();
+        assert_eq!(err.to_string(), "cluster pair is full (2/2)");
+        assert_eq!(err.code(), crate::proto::ErrCode::ClusterFull);
+    }
+
+    #[test]
+    fn unknown_clusters_and_missing_names_are_refused() {
+        let store = Store::temporary().unwrap();
+        let mut a = session(&store, 0, "a");
+        assert!(join_by_name(&store, &mut a, "nope")
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
+        let by_id = XlRegMsg {
+            cluster_id: Some(vec![1u8; 32]),
+            ..XlRegMsg::default()
+        };
+        let err = with_ctx(&store, |ctx| handle(ctx, &mut a, &by_id)).unwrap_err();
+        assert_eq!(err.code(), crate::proto::ErrCode::NotFound);
+        let err = with_ctx(&store, |ctx| handle(ctx, &mut a, &XlRegMsg::default())).unwrap_err();
+        assert!(err.to_string().contains("names no cluster"), "{err}");
+    }
+}

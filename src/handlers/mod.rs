@@ -1,0 +1,217 @@
+//! The request handlers: what each request does to the registry, independent of the wire.
+//!
+//! One file per request (member, create, join, get_cluster, bye), after mini-redis's `cmd/`.
+//! A handler takes the decoded message, the session's small [`SessionState`], a [`Context`]
+//! (the store, the time, an id source) and returns the reply message, or a [`HandlerError`]
+//! that the protocol layer turns into an Error message. Handlers hold no state of their own:
+//! everything durable lives in the store, so both wire protocols (xlReg/2 and the 1.9
+//! legacy wire) share them, and they are testable without sockets or clocks.
+
+pub mod bye;
+pub mod create;
+pub mod get_cluster;
+pub mod join;
+pub mod member;
+
+use crate::id::Id;
+use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
+use crate::store::{ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Store, StoreError};
+use crate::validate::Invalid;
+
+/// What a handler needs from outside the message: the store, the current time and a
+/// source of fresh ids. The protocol glue supplies these; tests supply fixed ones.
+pub struct Context<'a> {
+    /// The registry's store.
+    pub store: &'a Store,
+    /// The current time, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// Draws a fresh random id for a new node or cluster.
+    pub fresh_id: &'a mut dyn FnMut() -> Id,
+}
+
+/// What one session has established so far. Small and per-connection; nothing here outlives
+/// the connection.
+#[derive(Debug, Default, Clone)]
+pub struct SessionState {
+    /// The node this session registered as (after Member).
+    pub node: Option<NodeRecord>,
+    /// The cluster created or found by the last Create.
+    pub created: Option<Id>,
+    /// The cluster joined by the last Join.
+    pub joined: Option<Id>,
+}
+
+/// A reply, and whether the request changed the store (then the reply may be sent only
+/// once the change is durable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The reply message.
+    pub msg: XlRegMsg,
+    /// True if the request wrote to the store.
+    pub changed: bool,
+}
+
+/// Why a request was refused. Each variant maps to an error class on the wire
+/// ([`HandlerError::code`]) and its text is sent to the client as the error description.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A field is missing, malformed or out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The token's signature does not verify.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The store refused the request (full cluster, name taken, unknown cluster, ...) or
+    /// failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Invalid> for HandlerError {
+    fn from(invalid: Invalid) -> HandlerError {
+        HandlerError::BadRequest(invalid.0)
+    }
+}
+
+impl HandlerError {
+    /// The error class sent with the description.
+    pub fn code(&self) -> ErrCode {
+        match self {
+            HandlerError::BadRequest(_) => ErrCode::BadRequest,
+            HandlerError::Unauthorized(_) => ErrCode::Unauthorized,
+            HandlerError::Store(error) => match error {
+                StoreError::NoSuchCluster(_) | StoreError::NoSuchNode(_) => ErrCode::NotFound,
+                StoreError::ClusterFull { .. } => ErrCode::ClusterFull,
+                StoreError::MemberNameTaken { .. } | StoreError::NodeKeyMismatch { .. } => {
+                    ErrCode::Conflict
+                }
+                StoreError::TooFewEndpoints { .. } => ErrCode::BadRequest,
+                _ => ErrCode::Unavailable,
+            },
+        }
+    }
+
+    /// The description sent to the client. Storage failures are described generically: the
+    /// details go to the registry's log, not to the network.
+    pub fn description(&self) -> String {
+        match self.code() {
+            ErrCode::Unavailable => "registry storage is unavailable; try again later".to_string(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// An Error message with a description and class.
+pub fn error_message(code: ErrCode, description: impl Into<String>) -> XlRegMsg {
+    XlRegMsg {
+        op: Some(Tag::Error as i32),
+        err_desc: Some(description.into()),
+        err_kind: Some(code as i32),
+        ..XlRegMsg::default()
+    }
+}
+
+/// The cluster a request names: by ID, else by name, else the session's default.
+pub(crate) fn cluster_ref(
+    msg: &XlRegMsg,
+    default: Option<&Id>,
+    what: &str,
+) -> Result<ClusterRef, HandlerError> {
+    if let Some(bytes) = &msg.cluster_id {
+        let id = Id::from_bytes(bytes)
+            .map_err(|e| HandlerError::BadRequest(format!("ClusterID: {e}")))?;
+        return Ok(ClusterRef::Id(id));
+    }
+    if let Some(name) = &msg.cluster_name {
+        crate::validate::cluster_name(name)?;
+        return Ok(ClusterRef::Name(name.clone()));
+    }
+    default.map(|id| ClusterRef::Id(id.clone())).ok_or_else(|| {
+        HandlerError::BadRequest(format!(
+            "{what} names no cluster (ClusterID or ClusterName)"
+        ))
+    })
+}
+
+/// The token describing one member in a member list: no signature (the registry vouches).
+pub(crate) fn member_token(member: &MemberRecord, node: &NodeRecord) -> XlRegToken {
+    XlRegToken {
+        name: Some(member.name.clone()),
+        attrs: Some(member.attrs),
+        id: Some(member.node_id.as_bytes().to_vec()),
+        comms_key: Some(node.comms_key.clone()),
+        sig_key: Some(node.sig_key.clone()),
+        my_ends: member.endpoints.clone(),
+        dig_sig: None,
+    }
+}
+
+/// The cluster description fields shared by CreateReply, JoinReply and ClusterMembers.
+pub(crate) fn with_cluster(op: Tag, cluster: &ClusterRecord) -> XlRegMsg {
+    XlRegMsg {
+        op: Some(op as i32),
+        cluster_id: Some(cluster.id.as_bytes().to_vec()),
+        cluster_name: Some(cluster.name.clone()),
+        cluster_max_size: Some(cluster.max_size),
+        cluster_attrs: Some(cluster.attrs),
+        end_point_count: Some(cluster.endpoint_count),
+        cluster_size: Some(cluster.member_count()),
+        ..XlRegMsg::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Shared fixtures for the handler tests: a temporary store and signed member tokens.
+
+    use super::*;
+    use crate::crypto::RsaKeyPair;
+    use crate::token::{self, TokenFields};
+    use std::sync::OnceLock;
+
+    /// Two key pairs shared by all handler tests (key generation is slow).
+    pub fn keys() -> &'static [(RsaKeyPair, RsaKeyPair); 3] {
+        static KEYS: OnceLock<[(RsaKeyPair, RsaKeyPair); 3]> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let pair = || {
+                (
+                    RsaKeyPair::generate(2048).unwrap(),
+                    RsaKeyPair::generate(2048).unwrap(),
+                )
+            };
+            [pair(), pair(), pair()]
+        })
+    }
+
+    pub const SALT: [u8; 16] = [9u8; 16];
+
+    /// A signed Member message for key set `which`.
+    pub fn member_msg(which: usize, name: &str, id: Option<&Id>, endpoints: &[&str]) -> XlRegMsg {
+        let (comms, sig) = &keys()[which];
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+        let fields = TokenFields {
+            id: id.map(Id::as_bytes),
+            name,
+            attrs: 0,
+            comms_key: comms.public_key().to_spki_der(),
+            sig_key: sig.public_key().to_spki_der(),
+            endpoints: &endpoints,
+        };
+        XlRegMsg {
+            op: Some(Tag::Member as i32),
+            member_specs: Some(token::sign_v2(&fields, sig, &SALT).unwrap()),
+            ..XlRegMsg::default()
+        }
+    }
+
+    /// Runs `f` with a context over `store` at a fixed time.
+    pub fn with_ctx<T>(store: &Store, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
+        let mut fresh = || Id::random(&mut rand::rng());
+        let mut ctx = Context {
+            store,
+            now_ms: 1_000,
+            fresh_id: &mut fresh,
+        };
+        f(&mut ctx)
+    }
+}

@@ -1,0 +1,38 @@
+//! xlreg: a durable cluster registry.
+//!
+//! Nodes register and receive a globally unique 256-bit ID; someone creates a named cluster
+//! with a maximum size; members join with their two RSA public keys and their endpoints; and
+//! every member fetches the others' details. All state lives in an embedded sled database, so
+//! the registry survives restarts and crashes.
+//!
+//! The crate is laid out by concern:
+//! - wire: [`frame`] (length-prefixed frames), [`proto`] (the protobuf messages),
+//!   [`connection`] (frames over tokio streams, with timeouts);
+//! - cryptography: [`crypto`] (every primitive), [`session_crypto`] (handshake and session
+//!   cipher), [`token`] (member token signatures);
+//! - the protocol core, pure and clock-free: [`protocol`] (the xlReg/2 session state
+//!   machine) and [`handlers`] (one request per file), with [`validate`] for input rules;
+//! - state: [`store`] (sled trees, transactions, group commit, migrations), [`registry`] (the
+//!   registry's identity and shared state), [`id`];
+//! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
+//!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
+//!   [`cli`] (the `xlreg` command).
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod connection;
+pub mod crypto;
+pub mod frame;
+pub mod handlers;
+pub mod id;
+pub mod node;
+pub mod proto;
+pub mod protocol;
+pub mod regcred;
+pub mod registry;
+pub mod server;
+pub mod session_crypto;
+pub mod store;
+pub mod token;
+pub mod validate;

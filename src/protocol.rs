@@ -1,0 +1,314 @@
+//! The xlReg/2 server session: a deterministic state machine from frames in to frames out.
+//!
+//! This is the protocol core, in the manner of quinn-proto: it takes each received frame
+//! payload, the store and the time, and returns a [`Step`] telling the glue what to do
+//! (send this frame, after making the store durable or not; close; or hold a GetCluster
+//! until the cluster changes). It owns no socket and no clock, so every path is testable
+//! without the network and fuzzable.
+//!
+//! States: `AwaitHello` -> (hello) -> `Established` -> (Member) -> `Registered`; in
+//! `Registered`, Create, Join and GetCluster may come in any order and number; Bye is
+//! allowed after the hello and is answered with Ack, then the connection closes. Any error
+//! is answered with an Error message, then the connection closes. Anything that fails to
+//! authenticate (a bad hello, a forged, replayed or reordered frame) is not answered at all:
+//! the connection is closed silently.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use crate::crypto::HelloDecryptor;
+use crate::handlers::get_cluster::{self, GetOutcome, Wait};
+use crate::handlers::{self, Context, HandlerError, Reply, SessionState};
+use crate::id::Id;
+use crate::proto::{ErrCode, Tag, XlRegMsg};
+use crate::session_crypto::{Role, ServerHandshake, SessionCipher, SALT_LEN};
+use crate::token::Scheme;
+
+/// What the glue must do after feeding the session a frame.
+#[derive(Debug)]
+pub enum Step {
+    /// Send `frame` (a whole frame payload). If `durable`, only once every store change made
+    /// so far is on disk. If `close`, close the connection after sending. If `joined` is
+    /// set, the named cluster gained or refreshed a member: wake whoever waits on it (after
+    /// the change is durable).
+    Send {
+        /// The payload to send as one frame.
+        frame: Vec<u8>,
+        /// Wait for the store to be durable before sending.
+        durable: bool,
+        /// Close after sending.
+        close: bool,
+        /// The cluster a Join changed.
+        joined: Option<Id>,
+    },
+    /// Hold the reply until the cluster changes (call [`ServerSession::resume`] with
+    /// `expired = false`) or `wait.wait_ms` pass (call it with `expired = true`).
+    Wait(Wait),
+    /// Close the connection without a word.
+    Close,
+}
+
+/// How a session ended, for the one log line per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still running.
+    Open,
+    /// The client said Bye.
+    Bye,
+    /// The registry sent an Error and closed.
+    Refused(ErrCode),
+    /// The handshake or a frame failed to authenticate, or a frame was malformed.
+    Dropped,
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitHello,
+    Established {
+        cipher: SessionCipher,
+        server_salt: [u8; SALT_LEN],
+    },
+    Closed,
+}
+
+/// One xlReg/2 connection's protocol state, on the registry side.
+#[derive(Debug)]
+pub struct ServerSession {
+    decryptor: Arc<HelloDecryptor>,
+    phase: Phase,
+    state: SessionState,
+    waiting: Option<Wait>,
+    requests: u32,
+    outcome: Outcome,
+}
+
+impl ServerSession {
+    /// A session awaiting its hello, decrypting with the registry's comms key.
+    pub fn new(decryptor: Arc<HelloDecryptor>) -> ServerSession {
+        ServerSession {
+            decryptor,
+            phase: Phase::AwaitHello,
+            state: SessionState::default(),
+            waiting: None,
+            requests: 0,
+            outcome: Outcome::Open,
+        }
+    }
+
+    /// The node this session registered as, if any.
+    pub fn node(&self) -> Option<&Id> {
+        self.state.node.as_ref().map(|n| &n.id)
+    }
+
+    /// The cluster this session last joined or created, if any.
+    pub fn cluster(&self) -> Option<&Id> {
+        self.state.joined.as_ref().or(self.state.created.as_ref())
+    }
+
+    /// Requests handled so far.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    /// How the session ended (or `Open`).
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// True once the handshake is done.
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    /// Feeds one received frame payload.
+    pub fn on_frame(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
+        if self.waiting.is_some() {
+            // The client spoke while its GetCluster was held: lock-step is broken.
+            return self.drop_connection();
+        }
+        match &mut self.phase {
+            Phase::AwaitHello => match ServerHandshake::accept(&self.decryptor, frame) {
+                Ok((reply, keys)) => {
+                    self.phase = Phase::Established {
+                        cipher: SessionCipher::new(&keys.key, Role::Server),
+                        server_salt: keys.server_salt,
+                    };
+                    Step::Send {
+                        frame: reply,
+                        durable: false,
+                        close: false,
+                        joined: None,
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "hello refused");
+                    self.drop_connection()
+                }
+            },
+            Phase::Established { cipher, .. } => {
+                let Ok(plaintext) = cipher.open(frame) else {
+                    return self.drop_connection();
+                };
+                match XlRegMsg::decode(plaintext.as_slice()) {
+                    Ok(msg) => self.on_message(&msg, ctx),
+                    Err(_) => self.refuse(
+                        ErrCode::BadRequest,
+                        "message is not a valid XLRegMsg".to_string(),
+                    ),
+                }
+            }
+            Phase::Closed => Step::Close,
+        }
+    }
+
+    /// Re-answers a held GetCluster: after the cluster changed (`expired` false) or when the
+    /// wait is over (`expired` true).
+    pub fn resume(&mut self, ctx: &mut Context<'_>, expired: bool) -> Step {
+        let Some(wait) = self.waiting.take() else {
+            return Step::Close;
+        };
+        let outcome = get_cluster::resume(ctx, &wait, expired);
+        self.get_outcome(outcome)
+    }
+
+    fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
+        self.requests += 1;
+        let Some(op) = msg.op else {
+            return self.refuse(ErrCode::BadRequest, "message has no Op".to_string());
+        };
+        let Ok(tag) = Tag::try_from(op) else {
+            return self.refuse(ErrCode::BadRequest, format!("unknown Op {op}"));
+        };
+        let registered = self.state.node.is_some();
+        let server_salt = match &self.phase {
+            Phase::Established { server_salt, .. } => *server_salt,
+            _ => return Step::Close,
+        };
+        match tag {
+            Tag::Bye => {
+                self.outcome = Outcome::Bye;
+                let frame = self.seal(&handlers::bye::handle());
+                self.phase = Phase::Closed;
+                Step::Send {
+                    frame,
+                    durable: false,
+                    close: true,
+                    joined: None,
+                }
+            }
+            Tag::Member if !registered => {
+                let result = handlers::member::handle(
+                    ctx,
+                    &mut self.state,
+                    msg,
+                    Scheme::V2 {
+                        server_salt: &server_salt,
+                    },
+                );
+                self.reply(result, None)
+            }
+            Tag::Create if registered => {
+                let result = handlers::create::handle(ctx, &mut self.state, msg);
+                self.reply(result, None)
+            }
+            Tag::Join if registered => {
+                let result = handlers::join::handle(ctx, &mut self.state, msg);
+                let joined = self.state.joined.clone();
+                self.reply(result, joined)
+            }
+            Tag::GetCluster if registered => {
+                let outcome = get_cluster::handle(ctx, &self.state, msg);
+                self.get_outcome(outcome)
+            }
+            Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster => {
+                let why = if registered {
+                    "Member was already sent in this session"
+                } else {
+                    "send Member first"
+                };
+                self.refuse(
+                    ErrCode::InvalidState,
+                    format!("{} is not allowed now: {why}", tag.as_str_name()),
+                )
+            }
+            Tag::RegCredRequest => self.refuse(
+                ErrCode::BadRequest,
+                "RegCredRequest is not supported; read regCred.dat".to_string(),
+            ),
+            Tag::RegCredReply
+            | Tag::MemberOk
+            | Tag::CreateReply
+            | Tag::JoinReply
+            | Tag::ClusterMembers
+            | Tag::Ack
+            | Tag::Error => self.refuse(
+                ErrCode::BadRequest,
+                format!("{} is a registry reply, not a request", tag.as_str_name()),
+            ),
+        }
+    }
+
+    fn get_outcome(&mut self, outcome: Result<GetOutcome, HandlerError>) -> Step {
+        match outcome {
+            Ok(GetOutcome::Ready(msg)) => Step::Send {
+                frame: self.seal(&msg),
+                // Never show a member whose join is not yet on disk.
+                durable: true,
+                close: false,
+                joined: None,
+            },
+            Ok(GetOutcome::Wait(wait)) => {
+                self.waiting = Some(wait.clone());
+                Step::Wait(wait)
+            }
+            Err(error) => self.handler_error(error),
+        }
+    }
+
+    fn reply(&mut self, result: Result<Reply, HandlerError>, joined: Option<Id>) -> Step {
+        match result {
+            Ok(reply) => Step::Send {
+                frame: self.seal(&reply.msg),
+                // Even an unchanged reply may report what another session just wrote.
+                durable: true,
+                close: false,
+                joined: if reply.changed { joined } else { None },
+            },
+            Err(error) => self.handler_error(error),
+        }
+    }
+
+    fn handler_error(&mut self, error: HandlerError) -> Step {
+        if error.code() == ErrCode::Unavailable {
+            tracing::error!(%error, "request failed in the store");
+        }
+        self.refuse(error.code(), error.description())
+    }
+
+    fn refuse(&mut self, code: ErrCode, description: String) -> Step {
+        self.outcome = Outcome::Refused(code);
+        let frame = self.seal(&handlers::error_message(code, description));
+        self.phase = Phase::Closed;
+        Step::Send {
+            frame,
+            durable: false,
+            close: true,
+            joined: None,
+        }
+    }
+
+    fn drop_connection(&mut self) -> Step {
+        self.outcome = Outcome::Dropped;
+        self.phase = Phase::Closed;
+        Step::Close
+    }
+
+    fn seal(&mut self, msg: &XlRegMsg) -> Vec<u8> {
+        match &mut self.phase {
+            Phase::Established { cipher, .. } => cipher.seal(&msg.encode_to_vec()),
+            // Only reachable by a logic error; an empty frame fails the peer's authentication.
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The registry's own identity and the state its sessions share.
+//!
+//! This module owns:
+//! - [`RegistryIdentity`]: the registry's name, ID and two RSA keys. The keys live in the data
+//!   directory as PKCS#8 PEM files of mode 0600 (`registry-comms.pem`, `registry-sig.pem`);
+//!   name and ID live in the store. First start creates them; later starts load them.
+//! - [`Registry`]: what every session of a running registry shares: the store, the hello
+//!   decryptor, and [`ClusterEvents`], which wakes GetCluster waits when a cluster changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::crypto::{CryptoError, HelloDecryptor, RsaKeyPair, RSA_BITS};
+use crate::id::Id;
+use crate::regcred::{write_atomic, RegCred};
+use crate::store::{RegistryMeta, Store, StoreError};
+
+/// File name of the registry's comms (hello decryption) key in the data directory.
+pub const COMMS_KEY_FILE: &str = "registry-comms.pem";
+/// File name of the registry's signing key in the data directory.
+pub const SIG_KEY_FILE: &str = "registry-sig.pem";
+/// The registry name used when none is given.
+pub const DEFAULT_NAME: &str = "xlreg";
+/// The version written into regCred.dat: the xlreg release.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the registry's identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key file could not be read or written.
+    #[error("{path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A key file does not hold a usable key.
+    #[error("{path}: {source}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why the key is unusable.
+        source: CryptoError,
+    },
+    /// The store names a registry but its key files are gone.
+    #[error("{dir} holds registry {id} but its key file {file} is missing; restore the data directory from a backup")]
+    KeysMissing {
+        /// The data directory.
+        dir: PathBuf,
+        /// The registry ID in the store.
+        id: String,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// Key generation or encoding failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// Who the registry is: its name, ID and keys.
+#[derive(Debug, Clone)]
+pub struct RegistryIdentity {
+    /// The registry's name (shown in regCred.dat).
+    pub name: String,
+    /// The registry's node ID.
+    pub id: Id,
+    /// The comms key: clients encrypt their hello to it.
+    pub comms: RsaKeyPair,
+    /// The signing key (published in regCred.dat).
+    pub sig: RsaKeyPair,
+}
+
+impl RegistryIdentity {
+    /// Loads the identity kept in `data_dir` and `store`, creating whatever is missing on a
+    /// first start. With no `data_dir` (an ephemeral registry) the keys live in memory only.
+    /// A `name` that differs from the stored one renames the registry.
+    pub fn load_or_create(
+        store: &Store,
+        data_dir: Option<&Path>,
+        name: Option<&str>,
+        now_ms: u64,
+    ) -> Result<RegistryIdentity, RegistryError> {
+        let meta = store.registry_meta()?;
+        let (comms, sig) = match data_dir {
+            None => (
+                RsaKeyPair::generate(RSA_BITS)?,
+                RsaKeyPair::generate(RSA_BITS)?,
+            ),
+            Some(dir) => (
+                load_or_create_key(dir, COMMS_KEY_FILE, meta.as_ref())?,
+                load_or_create_key(dir, SIG_KEY_FILE, meta.as_ref())?,
+            ),
+        };
+        let meta = match meta {
+            Some(mut meta) => {
+                if let Some(name) = name.filter(|n| *n != meta.name) {
+                    meta.name = name.to_string();
+                    store.set_registry_meta(&meta)?;
+                    store.flush_blocking()?;
+                }
+                meta
+            }
+            None => {
+                let meta = RegistryMeta {
+                    name: name.unwrap_or(DEFAULT_NAME).to_string(),
+                    id: Id::random(&mut rand::rng()),
+                    created_at_ms: now_ms,
+                };
+                store.set_registry_meta(&meta)?;
+                store.flush_blocking()?;
+                meta
+            }
+        };
+        Ok(RegistryIdentity {
+            name: meta.name,
+            id: meta.id,
+            comms,
+            sig,
+        })
+    }
+
+    /// The credentials clients need to reach and authenticate this registry at `endpoints`.
+    pub fn regcred(&self, endpoints: Vec<String>) -> RegCred {
+        RegCred {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            comms_key: self.comms.public_key().clone(),
+            sig_key: self.sig.public_key().clone(),
+            endpoints,
+            version: VERSION.to_string(),
+        }
+    }
+}
+
+fn load_or_create_key(
+    dir: &Path,
+    file: &'static str,
+    meta: Option<&RegistryMeta>,
+) -> Result<RsaKeyPair, RegistryError> {
+    let path = dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            RsaKeyPair::from_pem(&pem).map_err(|source| RegistryError::BadKey { path, source })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(meta) = meta {
+                return Err(RegistryError::KeysMissing {
+                    dir: dir.to_path_buf(),
+                    id: meta.id.to_hex(),
+                    file,
+                });
+            }
+            let key = RsaKeyPair::generate(RSA_BITS)?;
+            write_atomic(&path, key.to_pkcs8_pem()?.as_bytes(), 0o600)
+                .map_err(|source| RegistryError::KeyFile { path, source })?;
+            Ok(key)
+        }
+        Err(source) => Err(RegistryError::KeyFile { path, source }),
+    }
+}
+
+/// Wakes sessions waiting for a cluster to change. A waiter subscribes before it reads the
+/// cluster, so a change between its read and its wait is never missed.
+#[derive(Debug, Default)]
+pub struct ClusterEvents {
+    channels: Mutex<HashMap<Id, watch::Sender<()>>>,
+}
+
+impl ClusterEvents {
+    /// A receiver that sees every change to `cluster` announced from now on.
+    pub fn subscribe(&self, cluster: &Id) -> watch::Receiver<()> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels
+            .entry(cluster.clone())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+
+    /// Announces that `cluster` changed (after the change is durable).
+    pub fn notify(&self, cluster: &Id) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = channels.get(cluster) {
+            if sender.send(()).is_err() {
+                // Nobody waits on this cluster any more.
+                channels.remove(cluster);
+            }
+        }
+    }
+}
+
+/// What every session of a running registry shares.
+#[derive(Debug)]
+pub struct Registry {
+    /// The store.
+    pub store: Store,
+    /// The registry's identity.
+    pub identity: RegistryIdentity,
+    /// The comms key on the fast decryption path.
+    pub decryptor: Arc<HelloDecryptor>,
+    /// Cluster change notifications for GetCluster waits.
+    pub events: ClusterEvents,
+}
+
+impl Registry {
+    /// Assembles a registry from its store and identity.
+    pub fn new(store: Store, identity: RegistryIdentity) -> Result<Registry, RegistryError> {
+        let decryptor = Arc::new(identity.comms.hello_decryptor()?);
+        Ok(Registry {
+            store,
+            identity,
+            decryptor,
+            events: ClusterEvents::default(),
+        })
+    }
+}

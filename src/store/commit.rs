@@ -1,0 +1,354 @@
+//! Group commit: making committed changes durable, with concurrent callers sharing flushes.
+//!
+//! This module owns [`Store::durable`] and [`Store::flush_blocking`] and the state behind them.
+//! Every mutating store method bumps a `written` sequence number after its transaction commits.
+//! `durable()` notes that number as its target and waits until a flush that started after it
+//! was read has finished. At most one flusher runs (on a blocking thread); it loops: read
+//! `written`, `db.flush()`, `fdatasync` the sled data file `DIR/db`, publish the flushed number
+//! through a `tokio::sync::watch` channel, and stop once nothing new was written meanwhile.
+//!
+//! The fdatasync matters: sled 0.34.7's flush uses `sync_file_range`, which flushes neither
+//! the disk's write cache nor the file-size metadata, so without it an acknowledged change can
+//! be lost on power failure. sled's `flush_async` is never used: concurrent `flush_async`
+//! calls deadlock in sled 0.34.7 (sled#1308).
+//!
+//! Publishing a result and deciding whether the flusher stops happen under one mutex, and a
+//! waiter checks the published state and starts a flusher if none runs under the same mutex,
+//! so no waiter is ever left without a flusher.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Store, StoreError};
+
+/// How long the flusher pauses after a failed flush before retrying for newer writes.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the flusher has achieved so far.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Every change with a sequence number up to this one is on disk.
+    flushed: u64,
+    /// How many flush rounds have failed so far.
+    failures: u64,
+    /// The target of the last failed round, and its error.
+    last_failure: Option<(u64, Arc<StoreError>)>,
+}
+
+/// The group-commit state of one store.
+#[derive(Debug)]
+pub(super) struct GroupCommit {
+    /// Sequence number of committed changes; bumped after every committed transaction.
+    written: AtomicU64,
+    /// Whether a flusher is running.
+    running: Mutex<bool>,
+    /// The flusher's progress, for waiters.
+    progress: watch::Sender<Progress>,
+}
+
+impl GroupCommit {
+    /// A fresh state: nothing written, nothing flushed.
+    pub(super) fn new() -> GroupCommit {
+        GroupCommit {
+            written: AtomicU64::new(0),
+            running: Mutex::new(false),
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+
+    /// Records that a transaction has committed.
+    pub(super) fn bump(&self) {
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.running
+            .lock()
+            .expect("group-commit mutex poisoned: a flusher panicked while publishing")
+    }
+
+    /// Publishes a successful flush of everything up to `target`.
+    fn publish_ok(&self, target: u64) {
+        self.progress
+            .send_modify(|p| p.flushed = p.flushed.max(target));
+    }
+
+    /// Publishes a failed flush round whose target was `target`.
+    fn publish_err(&self, target: u64, error: StoreError) {
+        self.progress.send_modify(|p| {
+            p.failures += 1;
+            p.last_failure = Some((target, Arc::new(error)));
+        });
+    }
+}
+
+/// Makes sure waiters are released if the flusher thread panics.
+struct PanicGuard(Store);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let gc = &self.0.inner.commit;
+            let mut running = gc.running.lock().unwrap_or_else(|p| p.into_inner());
+            gc.publish_err(
+                u64::MAX,
+                StoreError::Io(std::io::Error::other("the store flusher panicked")),
+            );
+            *running = false;
+        }
+    }
+}
+
+impl Store {
+    /// Flushes sled's log and fdatasyncs its data file (for a directory-backed store).
+    fn flush_to_disk(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        if let Some(file) = &self.inner.data_file {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The flusher loop; runs on a blocking thread.
+    fn run_flusher(self) {
+        let guard = PanicGuard(self);
+        let store = &guard.0;
+        let gc = &store.inner.commit;
+        loop {
+            let target = gc.written.load(Ordering::SeqCst);
+            let result = store.flush_to_disk();
+            let failed = result.is_err();
+            {
+                let mut running = gc.lock();
+                match result {
+                    Ok(()) => gc.publish_ok(target),
+                    Err(e) => {
+                        tracing::error!(error = %e, "flushing the store to disk failed");
+                        gc.publish_err(target, e);
+                    }
+                }
+                if gc.written.load(Ordering::SeqCst) == target {
+                    *running = false;
+                    return;
+                }
+            }
+            if failed {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+
+    /// Returns once every change committed before the call is on disk (and survives power
+    /// loss, for a directory-backed store). Concurrent callers share flushes; if nothing was
+    /// written since the last completed flush it returns at once.
+    ///
+    /// If the flush covering this call's changes fails, every caller waiting on it gets
+    /// [`StoreError::FlushFailed`].
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let gc = &self.inner.commit;
+        let target = gc.written.load(Ordering::SeqCst);
+        let mut rx = gc.progress.subscribe();
+        if rx.borrow().flushed >= target {
+            return Ok(());
+        }
+        let seen_failures = {
+            let mut running = gc.lock();
+            let seen = {
+                let p = rx.borrow_and_update();
+                if p.flushed >= target {
+                    return Ok(());
+                }
+                p.failures
+            };
+            if !*running {
+                *running = true;
+                self.start_flusher();
+            }
+            seen
+        };
+        let p = rx
+            .wait_for(|p| {
+                p.flushed >= target
+                    || (p.failures > seen_failures
+                        && p.last_failure.as_ref().is_some_and(|(t, _)| *t >= target))
+            })
+            .await
+            .map_err(|_| StoreError::Io(std::io::Error::other("the store's flusher went away")))?;
+        if p.flushed >= target {
+            return Ok(());
+        }
+        match &p.last_failure {
+            Some((_, e)) => Err(StoreError::FlushFailed(Arc::clone(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the flusher on a blocking thread (the caller has set `running`).
+    fn start_flusher(&self) {
+        let store = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || store.run_flusher());
+            }
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("xlreg-store-flush".into())
+                    .spawn(move || store.run_flusher());
+                if let Err(e) = spawned {
+                    let gc = &self.inner.commit;
+                    tracing::error!(error = %e, "could not start the store flusher");
+                    let mut running = gc.lock();
+                    gc.publish_err(u64::MAX, StoreError::Io(e));
+                    *running = false;
+                }
+            }
+        }
+    }
+
+    /// Flushes every committed change to disk now, blocking the calling thread (for shutdown
+    /// and command-line use).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let gc = &self.inner.commit;
+        let target = gc.written.load(Ordering::SeqCst);
+        self.flush_to_disk()?;
+        let _running = gc.lock();
+        gc.publish_ok(target);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{cluster, node};
+    use super::*;
+    use crate::store::ClusterRef;
+
+    #[test]
+    fn durable_with_nothing_written_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // No runtime features (no blocking pool use, no timers): it must not need a flusher.
+        rt.block_on(async {
+            let start = std::time::Instant::now();
+            store.durable().await.unwrap();
+            store.durable().await.unwrap();
+            assert!(start.elapsed() < Duration::from_secs(1));
+        });
+        assert!(!*store.inner.commit.lock());
+    }
+
+    #[test]
+    fn concurrent_joins_then_durable_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = cluster(&store, "big", 64, 1);
+        let nodes: Vec<_> = (0..64).map(|i| node(&store, &format!("n{i}"), 1)).collect();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for n in nodes {
+                let store = store.clone();
+                let r = ClusterRef::Id(c.id.clone());
+                tasks.push(tokio::spawn(async move {
+                    let out = store.join(&r, &n, 1)?;
+                    store.durable().await?;
+                    Ok::<_, StoreError>(out.slot)
+                }));
+            }
+            let mut slots = Vec::new();
+            for t in tasks {
+                slots.push(t.await.unwrap().unwrap());
+            }
+            slots.sort_unstable();
+            assert_eq!(slots, (0..64).collect::<Vec<_>>());
+            // Everything is flushed now; another call returns at once.
+            store.durable().await.unwrap();
+        });
+        let gc = &store.inner.commit;
+        assert!(gc.progress.borrow().flushed >= gc.written.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn durable_on_temporary_store_and_flush_blocking() {
+        let store = Store::temporary().unwrap();
+        node(&store, "a", 0);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async { store.durable().await.unwrap() });
+        node(&store, "b", 0);
+        store.flush_blocking().unwrap();
+        let gc = &store.inner.commit;
+        assert_eq!(
+            gc.progress.borrow().flushed,
+            gc.written.load(Ordering::SeqCst)
+        );
+    }
+
+    #[test]
+    fn flusher_runs_without_a_tokio_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        node(&store, "a", 0);
+        let gc = &store.inner.commit;
+        {
+            let mut running = gc.lock();
+            *running = true;
+            store.start_flusher();
+        }
+        let start = std::time::Instant::now();
+        while gc.progress.borrow().flushed < gc.written.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "flusher never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_failed_round_reaches_its_waiters() {
+        let store = Store::temporary().unwrap();
+        node(&store, "a", 0);
+        let gc = &store.inner.commit;
+        // Pretend a flusher is running, so the waiters do not start a real one.
+        *gc.lock() = true;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    let s = store.clone();
+                    tokio::spawn(async move { s.durable().await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            {
+                let mut running = gc.lock();
+                let target = gc.written.load(Ordering::SeqCst);
+                gc.publish_err(target, StoreError::Corrupt("disk on fire".into()));
+                *running = false;
+            }
+            for w in waiters {
+                let e = w.await.unwrap().unwrap_err();
+                assert!(matches!(e, StoreError::FlushFailed(_)), "{e}");
+                assert!(e.to_string().contains("disk on fire"), "{e}");
+            }
+            // A later call retries with a real flusher and succeeds.
+            store.durable().await.unwrap();
+        });
+    }
+}
