@@ -85,17 +85,25 @@ impl GroupCommit {
     }
 }
 
-/// Makes sure waiters are released if the flusher thread panics.
-struct PanicGuard(Store);
+/// Owns the flusher's claim to be running. If the flusher ends without clearing `running`
+/// itself (it panicked, or its blocking task was dropped unrun because the runtime shut
+/// down), dropping the guard clears it and fails the waiters, so none waits forever.
+struct FlusherGuard {
+    store: Store,
+    finished: bool,
+}
 
-impl Drop for PanicGuard {
+impl Drop for FlusherGuard {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let gc = &self.0.inner.commit;
+        if !self.finished {
+            let gc = &self.store.inner.commit;
             let mut running = gc.running.lock().unwrap_or_else(|p| p.into_inner());
+            tracing::error!("the store flusher stopped unexpectedly");
             gc.publish_err(
                 u64::MAX,
-                StoreError::Io(std::io::Error::other("the store flusher panicked")),
+                StoreError::Io(std::io::Error::other(
+                    "the store flusher stopped unexpectedly",
+                )),
             );
             *running = false;
         }
@@ -113,9 +121,8 @@ impl Store {
     }
 
     /// The flusher loop; runs on a blocking thread.
-    fn run_flusher(self) {
-        let guard = PanicGuard(self);
-        let store = &guard.0;
+    fn run_flusher(mut guard: FlusherGuard) {
+        let store = guard.store.clone();
         let gc = &store.inner.commit;
         loop {
             let target = gc.written.load(Ordering::SeqCst);
@@ -132,6 +139,7 @@ impl Store {
                 }
                 if gc.written.load(Ordering::SeqCst) == target {
                     *running = false;
+                    guard.finished = true;
                     return;
                 }
             }
@@ -188,21 +196,22 @@ impl Store {
 
     /// Starts the flusher on a blocking thread (the caller has set `running`).
     fn start_flusher(&self) {
-        let store = self.clone();
+        let guard = FlusherGuard {
+            store: self.clone(),
+            finished: false,
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn_blocking(move || store.run_flusher());
+                handle.spawn_blocking(move || Store::run_flusher(guard));
             }
             Err(_) => {
+                // Not on a tokio runtime: use a plain thread. If it cannot be started, the
+                // dropped guard releases the waiters with an error.
                 let spawned = std::thread::Builder::new()
                     .name("xlreg-store-flush".into())
-                    .spawn(move || store.run_flusher());
+                    .spawn(move || Store::run_flusher(guard));
                 if let Err(e) = spawned {
-                    let gc = &self.inner.commit;
                     tracing::error!(error = %e, "could not start the store flusher");
-                    let mut running = gc.lock();
-                    gc.publish_err(u64::MAX, StoreError::Io(e));
-                    *running = false;
                 }
             }
         }

@@ -32,6 +32,7 @@ mod commit;
 mod error;
 pub mod records;
 mod schema;
+mod verify;
 
 use std::cell::RefCell;
 use std::fmt;
