@@ -84,6 +84,15 @@ pub enum RegCredError {
         /// The file.
         path: PathBuf,
     },
+    /// The credentials would not read back as written (no endpoint, a field holding a line
+    /// break or surrounding spaces, ...), so the file was not written.
+    #[error("refusing to write {}: the file would not read back: {problem}", path.display())]
+    Unwritable {
+        /// The file that was not written.
+        path: PathBuf,
+        /// Why the text would not read back.
+        problem: String,
+    },
     /// The file could not be written.
     #[error("cannot write registry credentials {}: {source}", path.display())]
     Write {
@@ -491,18 +500,32 @@ impl RegCred {
     }
 
     /// Writes the credentials file atomically (a temporary file in the same directory,
-    /// fsync, rename, fsync of the directory) with mode 0644.
+    /// fsync, rename, fsync of the directory) with mode 0644. Refuses, writing nothing, if
+    /// the text would not parse back to `self`.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<(), RegCredError> {
         let path = path.as_ref();
-        write_atomic(path, self.to_text().as_bytes(), REGCRED_MODE).map_err(|source| {
-            RegCredError::Write {
-                path: path.to_path_buf(),
-                source,
+        let text = self.to_text();
+        let unwritable = |problem: String| RegCredError::Unwritable {
+            path: path.to_path_buf(),
+            problem,
+        };
+        match parse_text(&text) {
+            Ok(back) if back == *self => {}
+            Ok(_) => {
+                return Err(unwritable(
+                    "a name, endpoint or version has spaces at either end".to_string(),
+                ))
             }
+            Err(e) => return Err(unwritable(e.problem)),
+        }
+        write_atomic(path, text.as_bytes(), REGCRED_MODE).map_err(|source| RegCredError::Write {
+            path: path.to_path_buf(),
+            source,
         })
     }
 
-    /// The first endpoint: the one clients dial.
+    /// The first endpoint: the one clients dial. Empty only if `endpoints` was emptied after
+    /// parsing.
     pub fn endpoint(&self) -> &str {
         self.endpoints.first().map(String::as_str).unwrap_or("")
     }
@@ -662,6 +685,21 @@ mod tests {
         cred.write(&path).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+
+        // Credentials that would not read back are not written.
+        let other = dir.path().join("other.dat");
+        let mut bad = cred.clone();
+        bad.endpoints.clear();
+        assert_eq!(bad.endpoint(), "");
+        let mut spaced = cred.clone();
+        spaced.name = " xlReg".to_string();
+        let mut broken = cred.clone();
+        broken.name = "x\r\n    Colour: blue".to_string();
+        for bad in [bad, spaced, broken] {
+            let err = bad.write(&other).unwrap_err();
+            assert!(matches!(err, RegCredError::Unwritable { .. }), "{err}");
+        }
+        assert!(!other.exists());
     }
 
     #[test]

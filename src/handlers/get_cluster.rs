@@ -31,7 +31,7 @@ pub struct Wait {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GetOutcome {
     /// The ClusterMembers reply.
-    Ready(XlRegMsg),
+    Ready(Box<XlRegMsg>),
     /// Not every requested slot is filled and the client asked to wait.
     Wait(Wait),
 }
@@ -105,7 +105,7 @@ fn answer(
             reply.tokens.push(member_token(&member, &node));
         }
     }
-    Ok(GetOutcome::Ready(reply))
+    Ok(GetOutcome::Ready(Box::new(reply)))
 }
 
 #[cfg(test)]

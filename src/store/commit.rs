@@ -162,7 +162,7 @@ impl Store {
         if rx.borrow().flushed >= target {
             return Ok(());
         }
-        let seen_failures = {
+        let (seen_failures, start) = {
             let mut running = gc.lock();
             let seen = {
                 let p = rx.borrow_and_update();
@@ -171,12 +171,14 @@ impl Store {
                 }
                 p.failures
             };
-            if !*running {
-                *running = true;
-                self.start_flusher();
-            }
-            seen
+            let start = !*running;
+            *running = true;
+            (seen, start)
         };
+        if start {
+            // Outside the mutex: a flusher that fails to start takes it to release waiters.
+            self.start_flusher();
+        }
         let p = rx
             .wait_for(|p| {
                 p.flushed >= target
@@ -194,7 +196,8 @@ impl Store {
         }
     }
 
-    /// Starts the flusher on a blocking thread (the caller has set `running`).
+    /// Starts the flusher on a blocking thread. The caller has set `running` and must not
+    /// hold the mutex.
     fn start_flusher(&self) {
         let guard = FlusherGuard {
             store: self.clone(),
@@ -310,11 +313,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         node(&store, "a", 0);
         let gc = &store.inner.commit;
-        {
-            let mut running = gc.lock();
-            *running = true;
-            store.start_flusher();
-        }
+        *gc.lock() = true;
+        store.start_flusher();
         let start = std::time::Instant::now();
         while gc.progress.borrow().flushed < gc.written.load(Ordering::SeqCst) {
             assert!(
@@ -359,5 +359,21 @@ mod tests {
             // A later call retries with a real flusher and succeeds.
             store.durable().await.unwrap();
         });
+    }
+
+    #[test]
+    fn a_flusher_that_never_ran_releases_its_waiters() {
+        let store = Store::temporary().unwrap();
+        node(&store, "a", 0);
+        let gc = &store.inner.commit;
+        *gc.lock() = true;
+        drop(FlusherGuard {
+            store: store.clone(),
+            finished: false,
+        });
+        assert!(!*gc.lock());
+        let p = gc.progress.borrow();
+        assert_eq!(p.failures, 1);
+        assert!(matches!(&p.last_failure, Some((u64::MAX, _))));
     }
 }

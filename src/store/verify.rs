@@ -128,7 +128,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{cluster, node};
-    use super::*;
     use crate::store::{ClusterRef, Store};
 
     #[test]
