@@ -135,17 +135,6 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
         std::thread::sleep(Duration::from_millis(2));
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (comms, sig) = (
-        RsaKeyPair::generate(RSA_BITS).unwrap(),
-        RsaKeyPair::generate(RSA_BITS).unwrap(),
-    );
-    let identity = NodeIdentity {
-        name: "prober".into(),
-        endpoints: vec!["127.0.0.1:1".into()],
-        id: None,
-        comms,
-        sig,
-    };
     let (start_s, rss_start, latency) = runtime.block_on(async {
         let mut client = Client::connect(&regcred, DEFAULT_TIMEOUT).await.unwrap();
         client.register(&identity).await.unwrap();
