@@ -78,6 +78,7 @@ fn init_logging(format: LogFormat) {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    let shutdown = shutdown_signal()?;
     let data_dir = &args.data.data_dir;
     if let Some(advertise) = &args.advertise {
         crate::validate::endpoint(advertise).context("--advertise")?;
@@ -137,24 +138,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         version = crate::registry::VERSION,
         "xlreg registry serving"
     );
-    server.run(shutdown_signal()).await;
+    server.run(shutdown).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Watches SIGTERM and SIGINT from now on, and returns a future that completes on either.
+/// Installed before the registry announces itself (regCred.dat), so a supervisor that
+/// signals as soon as it sees the file always gets a graceful shutdown.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }
