@@ -462,7 +462,7 @@ pub fn cbc_decrypt(
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     use cbc::cipher::{BlockModeDecrypt as _, KeyIvInit as _};
-    if ciphertext.is_empty() || ciphertext.len() % AES_BLOCK_LEN != 0 {
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(AES_BLOCK_LEN) {
         return Err(CryptoError::BadCbc);
     }
     let mut buffer = Zeroizing::new(ciphertext.to_vec());

@@ -100,7 +100,7 @@ impl Assembler {
                 max: self.max_len,
             });
         }
-        if len < MIN_MESSAGE_LEN || (len - IV_LEN) % AES_BLOCK_LEN != 0 {
+        if len < MIN_MESSAGE_LEN || !(len - IV_LEN).is_multiple_of(AES_BLOCK_LEN) {
             return Ok(None);
         }
         self.attempts += 1;
