@@ -23,7 +23,7 @@ use crate::connection::{Connection, ConnectionError};
 use crate::handlers::Context;
 use crate::id::Id;
 use crate::legacy::server::LegacyListener;
-use crate::protocol::{Outcome, ServerSession, Step};
+use crate::protocol::{Outcome, ServerSession, SessionReport, Step};
 use crate::registry::Registry;
 
 /// Operational limits and timeouts of a running registry.
@@ -214,15 +214,7 @@ pub async fn serve_connection(
     let mut session = ServerSession::new(registry.decryptor.clone());
     let ended = run_session(&registry, &mut conn, &mut session, &config, stop).await;
     conn.shutdown().await;
-    log_session(
-        "xlReg/2",
-        peer,
-        (session.node(), session.cluster()),
-        session.requests(),
-        &ended,
-        session.outcome(),
-        started,
-    );
+    log_session("xlReg/2", peer, session.report(), &ended, started);
 }
 
 /// Logs the one line that ends every session, on either wire: who, what, how it ended and
@@ -230,15 +222,13 @@ pub async fn serve_connection(
 pub(crate) fn log_session(
     wire: &str,
     peer: SocketAddr,
-    (node, cluster): (Option<&Id>, Option<&Id>),
-    ops: u32,
+    report: &SessionReport,
     ended: &Result<(), ConnectionError>,
-    outcome: Outcome,
     started: Instant,
 ) {
-    let node = node.map(Id::to_hex).unwrap_or_default();
-    let cluster = cluster.map(Id::to_hex).unwrap_or_default();
-    let result = match (ended, outcome) {
+    let node = report.node().map(Id::to_hex).unwrap_or_default();
+    let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
+    let result = match (ended, report.outcome) {
         (Err(error), _) => format!("error: {error}"),
         (Ok(()), Outcome::Bye) => "bye".to_string(),
         (Ok(()), Outcome::Refused(code)) => format!("refused: {}", code.as_str_name()),
@@ -250,7 +240,7 @@ pub(crate) fn log_session(
         %peer,
         node,
         cluster,
-        ops,
+        ops = report.requests,
         result,
         duration_ms = started.elapsed().as_millis() as u64,
         "session"

@@ -80,15 +80,7 @@ pub async fn serve_connection(
     let ended = run_session(&registry, &mut stream, &mut session, &config, stop).await;
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    log_session(
-        "xlReg/1.9",
-        peer,
-        (session.node(), session.cluster()),
-        session.requests(),
-        &ended,
-        session.outcome(),
-        started,
-    );
+    log_session("xlReg/1.9", peer, session.report(), &ended, started);
 }
 
 async fn run_session(

@@ -26,12 +26,12 @@ use std::sync::Arc;
 
 use crate::crypto::{AesKey, HelloDecryptor};
 use crate::handlers::get_cluster::{self, GetOutcome};
-use crate::handlers::{self, Context, HandlerError, Reply, SessionState};
+use crate::handlers::{self, Context, HandlerError, Reply};
 use crate::id::Id;
 use crate::legacy::reader::Assembler;
 use crate::legacy::wire::{self, Version};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
-use crate::protocol::Outcome;
+use crate::protocol::{Outcome, SessionReport};
 use crate::token::Scheme;
 
 /// The Go registry's answer to a message not allowed in the current state, word for word.
@@ -78,9 +78,7 @@ pub struct LegacySession {
     version: Version,
     assembler: Assembler,
     phase: Phase,
-    state: SessionState,
-    requests: u32,
-    outcome: Outcome,
+    report: SessionReport,
 }
 
 impl std::fmt::Debug for LegacySession {
@@ -88,8 +86,7 @@ impl std::fmt::Debug for LegacySession {
         // The session key stays out of debug output.
         f.debug_struct("LegacySession")
             .field("established", &self.is_established())
-            .field("requests", &self.requests)
-            .field("outcome", &self.outcome)
+            .field("report", &self.report)
             .finish_non_exhaustive()
     }
 }
@@ -107,30 +104,13 @@ impl LegacySession {
             version,
             assembler: Assembler::new(max_message),
             phase: Phase::AwaitHello,
-            state: SessionState::default(),
-            requests: 0,
-            outcome: Outcome::Open,
+            report: SessionReport::default(),
         }
     }
 
-    /// The node this session registered as, if any.
-    pub fn node(&self) -> Option<&Id> {
-        self.state.node.as_ref().map(|n| &n.id)
-    }
-
-    /// The cluster this session last joined or created, if any.
-    pub fn cluster(&self) -> Option<&Id> {
-        self.state.joined.as_ref().or(self.state.created.as_ref())
-    }
-
-    /// Requests handled so far.
-    pub fn requests(&self) -> u32 {
-        self.requests
-    }
-
-    /// How the session ended (or `Open`).
-    pub fn outcome(&self) -> Outcome {
-        self.outcome
+    /// What the session has done so far, for its log line.
+    pub fn report(&self) -> &SessionReport {
+        &self.report
     }
 
     /// True once the hello is answered.
@@ -202,7 +182,7 @@ impl LegacySession {
     }
 
     fn on_message(&mut self, mut msg: XlRegMsg, ctx: &mut Context<'_>) -> Step {
-        self.requests += 1;
+        self.report.requests += 1;
         let Phase::Established { stage, .. } = &self.phase else {
             return self.drop_connection();
         };
@@ -214,31 +194,22 @@ impl LegacySession {
             return self.refuse(ErrCode::InvalidState, INVALID_STATE.to_string());
         };
         match (stage, tag) {
-            (_, Tag::Bye) => {
-                self.outcome = Outcome::Bye;
-                let bytes = self.seal(&handlers::bye::handle());
-                self.phase = Phase::Closed;
-                Step::Send {
-                    bytes,
-                    durable: false,
-                    close: true,
-                    joined: None,
-                }
-            }
+            (_, Tag::Bye) => self.last_word(&handlers::bye::handle(), Outcome::Bye),
             (Stage::AwaitMember, Tag::Member) => {
-                let result = handlers::member::handle(ctx, &mut self.state, &msg, Scheme::Legacy);
+                let result =
+                    handlers::member::handle(ctx, &mut self.report.state, &msg, Scheme::Legacy);
                 self.reply(result, Stage::Registered, false)
             }
             (Stage::Registered, Tag::Create) => {
-                let result = handlers::create::handle(ctx, &mut self.state, &msg);
+                let result = handlers::create::handle(ctx, &mut self.report.state, &msg);
                 self.reply(result, Stage::Created, false)
             }
             (Stage::Registered | Stage::Created, Tag::Join) => {
-                let result = handlers::join::handle(ctx, &mut self.state, &msg);
+                let result = handlers::join::handle(ctx, &mut self.report.state, &msg);
                 self.reply(result, Stage::Joined, true)
             }
             (Stage::Joined, Tag::GetCluster) => {
-                let outcome = match get_cluster::handle(ctx, &self.state, &msg) {
+                let outcome = match get_cluster::handle(ctx, &self.report.state, &msg) {
                     // Never held without WaitMs; answer with what is there regardless.
                     Ok(GetOutcome::Wait(wait)) => get_cluster::resume(ctx, &wait, true),
                     other => other,
@@ -267,7 +238,7 @@ impl LegacySession {
                     *stage = next;
                 }
                 let joined = if join && reply.changed {
-                    self.state.joined.clone()
+                    self.report.state.joined.clone()
                 } else {
                     None
                 };
@@ -284,15 +255,19 @@ impl LegacySession {
     }
 
     fn handler_error(&mut self, error: HandlerError) -> Step {
-        if error.code() == ErrCode::Unavailable {
-            tracing::error!(%error, "legacy request failed in the store");
-        }
-        self.refuse(error.code(), error.description())
+        let (code, description) = error.refusal();
+        self.refuse(code, description)
     }
 
     fn refuse(&mut self, code: ErrCode, description: String) -> Step {
-        self.outcome = Outcome::Refused(code);
-        let bytes = self.seal(&handlers::error_message(code, description));
+        let error = handlers::error_message(code, description);
+        self.last_word(&error, Outcome::Refused(code))
+    }
+
+    /// Sends `msg` (Ack or Error), then closes.
+    fn last_word(&mut self, msg: &XlRegMsg, outcome: Outcome) -> Step {
+        self.report.outcome = outcome;
+        let bytes = self.seal(msg);
         self.phase = Phase::Closed;
         Step::Send {
             bytes,
@@ -303,7 +278,7 @@ impl LegacySession {
     }
 
     fn drop_connection(&mut self) -> Step {
-        self.outcome = Outcome::Dropped;
+        self.report.outcome = Outcome::Dropped;
         self.phase = Phase::Closed;
         Step::Close
     }
@@ -493,12 +468,12 @@ mod tests {
         let (ack, close) = client.send(&store, &op(Tag::Bye));
         assert_eq!(ack, op(Tag::Ack));
         assert!(close);
-        assert_eq!(client.session.outcome(), Outcome::Bye);
+        assert_eq!(client.session.report().outcome, Outcome::Bye);
         assert!(matches!(
             with_ctx(&store, |ctx| client.session.next_step(ctx)),
             Some(Step::Close)
         ));
-        assert_eq!(client.session.requests(), 7);
+        assert_eq!(client.session.report().requests, 7);
     }
 
     #[test]
@@ -535,7 +510,7 @@ mod tests {
             }
             assert_invalid_state(client.send(&store, &wrong));
             assert_eq!(
-                client.session.outcome(),
+                client.session.report().outcome,
                 Outcome::Refused(ErrCode::InvalidState)
             );
         }
@@ -619,7 +594,7 @@ mod tests {
                 with_ctx(&store, |ctx| session.next_step(ctx)),
                 Some(Step::Close)
             ));
-            assert_eq!(session.outcome(), Outcome::Dropped);
+            assert_eq!(session.report().outcome, Outcome::Dropped);
         }
         // A hello cut short: nothing to do until the peer stalls, then a silent close.
         let mut session = LegacySession::new(
