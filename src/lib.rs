@@ -16,11 +16,12 @@
 //!   registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command);
+//!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
 //! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
 //!   handlers.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod connection;

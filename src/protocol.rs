@@ -316,3 +316,171 @@ impl ServerSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven directly, without sockets or clocks.
+
+    use super::*;
+    use crate::crypto::RsaKeyPair;
+    use crate::handlers::testing::{keys, with_ctx};
+    use crate::session_crypto::{ClientHandshake, SessionKeys};
+    use crate::store::Store;
+    use crate::token::{self, TokenFields};
+    use std::sync::OnceLock;
+
+    fn registry_key() -> &'static RsaKeyPair {
+        static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
+        KEY.get_or_init(|| RsaKeyPair::generate(2048).unwrap())
+    }
+
+    struct Peer {
+        cipher: SessionCipher,
+        keys: SessionKeys,
+    }
+
+    fn sent(step: Step) -> (Vec<u8>, bool) {
+        match step {
+            Step::Send { frame, close, .. } => (frame, close),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn connect(store: &Store) -> (ServerSession, Peer) {
+        let mut session = ServerSession::new(Arc::new(registry_key().hello_decryptor().unwrap()));
+        let (client, hello) = ClientHandshake::start(registry_key().public_key()).unwrap();
+        let (reply, _) = sent(with_ctx(store, |ctx| session.on_frame(&hello, ctx)));
+        let keys = client.finish(&reply).unwrap();
+        let cipher = SessionCipher::new(&keys.key, Role::Client);
+        assert!(session.is_established());
+        (session, Peer { cipher, keys })
+    }
+
+    fn request(
+        store: &Store,
+        session: &mut ServerSession,
+        peer: &mut Peer,
+        msg: &XlRegMsg,
+    ) -> (XlRegMsg, bool) {
+        let frame = peer.cipher.seal(&msg.encode_to_vec());
+        let (reply, close) = sent(with_ctx(store, |ctx| session.on_frame(&frame, ctx)));
+        let plaintext = peer.cipher.open(&reply).unwrap();
+        (XlRegMsg::decode(plaintext.as_slice()).unwrap(), close)
+    }
+
+    fn member(peer: &Peer) -> XlRegMsg {
+        let (comms, sig) = &keys()[0];
+        let endpoints = vec!["127.0.0.1:9".to_string()];
+        let fields = TokenFields {
+            id: None,
+            name: "m",
+            attrs: 0,
+            comms_key: comms.public_key().to_spki_der(),
+            sig_key: sig.public_key().to_spki_der(),
+            endpoints: &endpoints,
+        };
+        XlRegMsg {
+            op: Some(Tag::Member as i32),
+            member_specs: Some(token::sign_v2(&fields, sig, &peer.keys.server_salt).unwrap()),
+            ..XlRegMsg::default()
+        }
+    }
+
+    fn op(tag: Tag) -> XlRegMsg {
+        XlRegMsg {
+            op: Some(tag as i32),
+            ..XlRegMsg::default()
+        }
+    }
+
+    #[test]
+    fn a_whole_session_without_sockets() {
+        let store = Store::temporary().unwrap();
+        let (mut session, mut peer) = connect(&store);
+        let member = member(&peer);
+        let (reply, close) = request(&store, &mut session, &mut peer, &member);
+        assert_eq!((reply.op, close), (Some(Tag::MemberOk as i32), false));
+        let create = XlRegMsg {
+            cluster_name: Some("c".into()),
+            cluster_max_size: Some(2),
+            ..op(Tag::Create)
+        };
+        let (reply, _) = request(&store, &mut session, &mut peer, &create);
+        assert_eq!(reply.op, Some(Tag::CreateReply as i32));
+        let (reply, _) = request(&store, &mut session, &mut peer, &op(Tag::Join));
+        assert_eq!(reply.slot, Some(0));
+        let wait = XlRegMsg {
+            wait_ms: Some(1_000),
+            ..op(Tag::GetCluster)
+        };
+        let frame = peer.cipher.seal(&wait.encode_to_vec());
+        let step = with_ctx(&store, |ctx| session.on_frame(&frame, ctx));
+        assert!(matches!(step, Step::Wait(ref w) if w.which == 0b11 && w.wait_ms == 1_000));
+        let (reply, _) = sent(with_ctx(&store, |ctx| session.resume(ctx, true)));
+        let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
+        assert_eq!(reply.which, Some(0b01));
+        let (reply, close) = request(&store, &mut session, &mut peer, &op(Tag::Bye));
+        assert_eq!((reply.op, close), (Some(Tag::Ack as i32), true));
+        assert_eq!(session.report().outcome, Outcome::Bye);
+        // Anything after Bye is not answered.
+        let late = peer.cipher.seal(&op(Tag::Bye).encode_to_vec());
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&late, ctx)),
+            Step::Close
+        ));
+    }
+
+    #[test]
+    fn requests_in_the_wrong_state_or_from_the_server_side_are_errors() {
+        let store = Store::temporary().unwrap();
+        for (tag, code) in [
+            (Tag::Create, ErrCode::InvalidState),
+            (Tag::Join, ErrCode::InvalidState),
+            (Tag::GetCluster, ErrCode::InvalidState),
+            (Tag::Ack, ErrCode::BadRequest),
+            (Tag::Error, ErrCode::BadRequest),
+            (Tag::RegCredRequest, ErrCode::BadRequest),
+        ] {
+            let (mut session, mut peer) = connect(&store);
+            let (reply, close) = request(&store, &mut session, &mut peer, &op(tag));
+            assert_eq!(reply.op, Some(Tag::Error as i32));
+            assert_eq!(reply.err_kind, Some(code as i32), "{tag:?}");
+            assert!(close);
+        }
+        let (mut session, mut peer) = connect(&store);
+        let (reply, _) = request(&store, &mut session, &mut peer, &XlRegMsg::default());
+        assert_eq!(reply.err_desc.as_deref(), Some("message has no Op"));
+    }
+
+    #[test]
+    fn unauthentic_frames_close_silently() {
+        let store = Store::temporary().unwrap();
+        let (mut session, mut peer) = connect(&store);
+        let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
+        let mut flipped = frame.clone();
+        flipped[3] ^= 0x40;
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&flipped, ctx)),
+            Step::Close
+        ));
+        assert_eq!(session.report().outcome, Outcome::Dropped);
+        // A fresh session: a replay of its first frame fails the second time.
+        let (mut session, mut peer) = connect(&store);
+        let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&frame, ctx)),
+            Step::Send { .. }
+        ));
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&frame, ctx)),
+            Step::Close
+        ));
+        // Garbage instead of a hello.
+        let mut session = ServerSession::new(Arc::new(registry_key().hello_decryptor().unwrap()));
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&[0u8; 256], ctx)),
+            Step::Close
+        ));
+        assert_eq!(store.counts().unwrap().nodes, 1);
+    }
+}

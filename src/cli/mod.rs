@@ -2,9 +2,10 @@
 //!
 //! One file per group of subcommands: `serve` (the daemon), `node` (`node init` and
 //! `register`), `cluster` (`cluster create|join|members`), `regcred` (`regcred show`), with
-//! `output` for the human and JSON renderings they share. This is the program's edge, so
+//! `bench` (the load generator), with `output` for the human and JSON renderings they share. This is the program's edge, so
 //! errors here are `anyhow` errors: [`main`] prints one clear line and exits non-zero.
 
+mod bench;
 mod cluster;
 mod node;
 mod output;
@@ -41,6 +42,8 @@ pub enum Command {
     /// Inspect regCred.dat files.
     #[command(subcommand)]
     Regcred(regcred::RegcredCommand),
+    /// Load-test a running registry with concurrent complete sessions.
+    Bench(bench::BenchArgs),
 }
 
 /// Where the registry keeps its data unless told otherwise.
@@ -98,5 +101,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Register(args) => runtime.block_on(node::run_register(args)),
         Command::Cluster(command) => runtime.block_on(cluster::run(command)),
         Command::Regcred(command) => regcred::run(command),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     }
 }

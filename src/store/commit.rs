@@ -18,11 +18,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{Store, StoreError};
+
+/// A flush starts once no commit has landed for this long (see `GroupCommit::gather`).
+const GATHER_QUIET: Duration = Duration::from_micros(100);
+/// ...or once it has waited this long for a burst of commits to end.
+const GATHER_MAX: Duration = Duration::from_millis(2);
 
 /// How long the flusher pauses after a failed flush before retrying for newer writes.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -45,6 +50,8 @@ pub(super) struct GroupCommit {
     written: AtomicU64,
     /// Whether a flusher is running.
     running: Mutex<bool>,
+    /// How many commits the last flush covered.
+    last_batch: AtomicU64,
     /// The flusher's progress, for waiters.
     progress: watch::Sender<Progress>,
 }
@@ -55,6 +62,7 @@ impl GroupCommit {
         GroupCommit {
             written: AtomicU64::new(0),
             running: Mutex::new(false),
+            last_batch: AtomicU64::new(0),
             progress: watch::Sender::new(Progress::default()),
         }
     }
@@ -62,6 +70,30 @@ impl GroupCommit {
     /// Records that a transaction has committed.
     pub(super) fn bump(&self) {
         self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Lets a burst of commits land before a flush starts. sled's `flush()` holds sled's
+    /// concurrency-control lock in read mode while it writes, and every transaction needs it
+    /// in write mode, so no join can commit while a flush runs: a flush started on the first
+    /// commit of a burst would cover that one commit and stall the rest of the burst behind
+    /// it. Waiting until commits stop arriving for [`GATHER_QUIET`] (at most
+    /// [`GATHER_MAX`]) makes one flush cover the burst. A lone commit pays one quiet period.
+    /// Gathering only pays when commits come concurrently, so it is skipped while the last
+    /// flush covered a single commit (a lone client pays nothing).
+    fn gather(&self) {
+        if self.last_batch.load(Ordering::Relaxed) <= 1 {
+            return;
+        }
+        let started = Instant::now();
+        let mut seen = self.written.load(Ordering::SeqCst);
+        loop {
+            std::thread::sleep(GATHER_QUIET);
+            let now = self.written.load(Ordering::SeqCst);
+            if now == seen || started.elapsed() >= GATHER_MAX {
+                return;
+            }
+            seen = now;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, bool> {
@@ -72,8 +104,11 @@ impl GroupCommit {
 
     /// Publishes a successful flush of everything up to `target`.
     fn publish_ok(&self, target: u64) {
-        self.progress
-            .send_modify(|p| p.flushed = p.flushed.max(target));
+        self.progress.send_modify(|p| {
+            self.last_batch
+                .store(target.saturating_sub(p.flushed), Ordering::Relaxed);
+            p.flushed = p.flushed.max(target);
+        });
     }
 
     /// Publishes a failed flush round whose target was `target`.
@@ -125,6 +160,7 @@ impl Store {
         let store = guard.store.clone();
         let gc = &store.inner.commit;
         loop {
+            gc.gather();
             let target = gc.written.load(Ordering::SeqCst);
             let result = store.flush_to_disk();
             let failed = result.is_err();

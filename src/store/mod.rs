@@ -53,6 +53,11 @@ use crate::id::Id;
 use commit::GroupCommit;
 use records::{decode, encode};
 
+/// sled's page cache size. sled's default (1 GiB) would let a large registry's resident
+/// memory grow far beyond what a registry needs: the hot data (clusters being formed) is
+/// small, and everything else is read rarely.
+const CACHE_CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
+
 /// How many fresh ids are drawn before giving up on finding an unused one.
 const MAX_ID_TRIES: u32 = 16;
 
@@ -236,6 +241,7 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
             .open()
             .map_err(|e| error::open_error(dir, e))?;
         Store::from_db(db, Some(dir.to_path_buf()))

@@ -1,0 +1,321 @@
+//! The load generator behind `xlreg bench`: many concurrent clients running complete sessions.
+//!
+//! A fleet booting at once is what loads a registry hardest: hundreds of nodes connect,
+//! register, create or find their cluster, join, and wait for it to complete. [`run`] replays
+//! that: `sessions` complete sessions (hello, Member, Create, Join, GetCluster with a wait
+//! until the cluster is complete, Bye) from `clients` concurrent tasks, sessions grouped into
+//! clusters of `cluster_size` consecutive sessions. It reports throughput, the latency
+//! distribution, errors by kind and, when the registry runs on this machine, the registry's
+//! CPU time per session read from /proc ([`proc_stat`]).
+//!
+//! Member keys come from an [`IdentityPool`] made before the clock starts: RSA key
+//! generation costs tens of milliseconds a key, and the point is to measure the registry.
+
+pub mod proc_stat;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::crypto::{CryptoError, RsaKeyPair, RSA_BITS};
+use crate::node::NodeIdentity;
+use crate::regcred::RegCred;
+use crate::store::ClusterRef;
+use stats::LatencySummary;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The parameters cannot produce complete clusters.
+    #[error("{0}")]
+    BadConfig(String),
+    /// Making the identity pool failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The registry.
+    pub regcred: RegCred,
+    /// Concurrent client tasks.
+    pub clients: usize,
+    /// Complete sessions to run in total.
+    pub sessions: usize,
+    /// Members per cluster; every cluster is filled completely.
+    pub cluster_size: u32,
+    /// How long one session may wait for its cluster to complete.
+    pub wait: Duration,
+    /// The registry's process, for CPU accounting (found from the endpoint when local).
+    pub server_pid: Option<u32>,
+    /// A tag that makes this run's cluster names unique.
+    pub run_id: String,
+}
+
+/// Pre-generated member keys, shared round-robin by the sessions (nodes may share keys;
+/// each session still registers as a new node with its own ID and name).
+#[derive(Debug, Clone)]
+pub struct IdentityPool {
+    keys: Arc<Vec<(RsaKeyPair, RsaKeyPair)>>,
+}
+
+impl IdentityPool {
+    /// Generates `size` key pairs (comms and sig) using every core.
+    pub fn generate(size: usize) -> Result<IdentityPool, BenchError> {
+        let size = size.max(1);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(size);
+        let chunks: Vec<_> = (0..threads)
+            .map(|t| {
+                let count = size / threads + usize::from(t < size % threads);
+                std::thread::spawn(move || {
+                    (0..count)
+                        .map(|_| {
+                            Ok((
+                                RsaKeyPair::generate(RSA_BITS)?,
+                                RsaKeyPair::generate(RSA_BITS)?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, CryptoError>>()
+                })
+            })
+            .collect();
+        let mut keys = Vec::with_capacity(size);
+        for chunk in chunks {
+            let made = chunk
+                .join()
+                .map_err(|_| BenchError::BadConfig("key generation thread panicked".into()))??;
+            keys.extend(made);
+        }
+        Ok(IdentityPool {
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// The identity of session `index`: pool keys, a name unique within its cluster.
+    pub fn identity(&self, index: usize) -> NodeIdentity {
+        let (comms, sig) = &self.keys[index % self.keys.len()];
+        NodeIdentity {
+            name: format!("bench-node-{index}"),
+            endpoints: vec![format!("127.0.0.1:{}", 10_000 + index % 50_000)],
+            id: None,
+            comms: comms.clone(),
+            sig: sig.clone(),
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Sessions attempted.
+    pub sessions: usize,
+    /// Members per cluster.
+    pub cluster_size: u32,
+    /// Sessions that completed without error.
+    pub completed: usize,
+    /// Failed sessions by kind of error.
+    pub errors: BTreeMap<String, u64>,
+    /// Wall time of the run, seconds.
+    pub elapsed_s: f64,
+    /// Completed sessions per second.
+    pub sessions_per_s: f64,
+    /// Session latency (connect to Ack) of completed sessions, milliseconds.
+    pub latency_ms: LatencySummary,
+    /// The registry process measured, if found.
+    pub server_pid: Option<u32>,
+    /// The registry's CPU time (user + system) per completed session, milliseconds.
+    pub server_cpu_ms_per_session: Option<f64>,
+}
+
+impl Report {
+    /// The one-line summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let cpu = self
+            .server_cpu_ms_per_session
+            .map(|ms| format!(", server CPU {ms:.3} ms/session"))
+            .unwrap_or_default();
+        let errors = if self.errors.is_empty() {
+            "no errors".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "{}/{} sessions in {:.2} s: {:.0} sessions/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}{cpu}; {errors}",
+            self.completed,
+            self.sessions,
+            self.elapsed_s,
+            self.sessions_per_s,
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.max,
+        )
+    }
+}
+
+/// The kind of a failed session, for the error tally.
+fn error_kind(error: &ClientError) -> String {
+    match error {
+        ClientError::Refused {
+            code: Some(code), ..
+        } => code.as_str_name().to_string(),
+        ClientError::Refused { code: None, .. } => "refused".into(),
+        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Timeout(_) => "timeout".into(),
+        ClientError::Connection(_) => "connection".into(),
+        ClientError::Handshake(_) => "handshake".into(),
+        ClientError::Closed => "closed".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        ClientError::Crypto(_) => "crypto".into(),
+    }
+}
+
+/// One complete session as a booting cluster member runs it.
+async fn one_session(
+    config: &BenchConfig,
+    pool: &IdentityPool,
+    index: usize,
+) -> Result<(), String> {
+    let cluster = format!(
+        "bench-{}-{}",
+        config.run_id,
+        index / config.cluster_size as usize
+    );
+    let identity = pool.identity(index);
+    let result: Result<bool, ClientError> = async {
+        let mut client = Client::connect(&config.regcred, DEFAULT_TIMEOUT).await?;
+        client.register(&identity).await?;
+        client.create(&cluster, config.cluster_size, 1).await?;
+        client
+            .join(Some(&ClusterRef::Name(cluster.clone())))
+            .await?;
+        let view = client.get_cluster(None, None, config.wait).await?;
+        client.bye().await?;
+        Ok(view.is_complete())
+    }
+    .await;
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("incomplete".into()),
+        Err(error) => Err(error_kind(&error)),
+    }
+}
+
+/// Runs the benchmark; `progress` hears (sessions done, sessions total) about once a second.
+pub async fn run(
+    config: BenchConfig,
+    pool: IdentityPool,
+    progress: impl Fn(usize, usize) + Send + Sync + 'static,
+) -> Result<Report, BenchError> {
+    if config.clients == 0 || config.sessions == 0 {
+        return Err(BenchError::BadConfig(
+            "--clients and --sessions must be at least 1".into(),
+        ));
+    }
+    let size = config.cluster_size as usize;
+    if !(2..=64).contains(&size) {
+        return Err(BenchError::BadConfig(
+            "--cluster-size must be 2 to 64".into(),
+        ));
+    }
+    if config.clients < size {
+        return Err(BenchError::BadConfig(format!(
+            "--clients ({}) must be at least --cluster-size ({size}): a cluster completes only when all its members are in flight",
+            config.clients
+        )));
+    }
+    if !config.sessions.is_multiple_of(size) {
+        return Err(BenchError::BadConfig(format!(
+            "--sessions ({}) must be a multiple of --cluster-size ({size}) so every cluster can complete",
+            config.sessions
+        )));
+    }
+    let server_pid = config
+        .server_pid
+        .or_else(|| proc_stat::pid_listening_on(config.regcred.endpoint()));
+    let cpu_before = server_pid.and_then(proc_stat::cpu_time);
+    let config = Arc::new(config);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let outcomes = Arc::new(Mutex::new((
+        Vec::with_capacity(config.sessions),
+        BTreeMap::new(),
+    )));
+    let started = Instant::now();
+    let reporter = {
+        let done = done.clone();
+        let total = config.sessions;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                progress(done.load(Ordering::Relaxed), total);
+            }
+        })
+    };
+    let mut tasks = Vec::with_capacity(config.clients);
+    for _ in 0..config.clients {
+        let (config, pool, next, done, outcomes) = (
+            config.clone(),
+            pool.clone(),
+            next.clone(),
+            done.clone(),
+            outcomes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= config.sessions {
+                    break;
+                }
+                let began = Instant::now();
+                let result = one_session(&config, &pool, index).await;
+                let latency = began.elapsed();
+                let mut outcomes = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(()) => outcomes.0.push(latency),
+                    Err(kind) => *outcomes.1.entry(kind).or_insert(0u64) += 1,
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed();
+    reporter.abort();
+    let cpu_after = server_pid.and_then(proc_stat::cpu_time);
+    let (latencies, errors) =
+        std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+    let completed = latencies.len();
+    let server_cpu_ms_per_session = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if completed > 0 => {
+            Some((after.saturating_sub(before)).as_secs_f64() * 1e3 / completed as f64)
+        }
+        _ => None,
+    };
+    Ok(Report {
+        clients: config.clients,
+        sessions: config.sessions,
+        cluster_size: config.cluster_size,
+        completed,
+        errors,
+        elapsed_s: elapsed.as_secs_f64(),
+        sessions_per_s: completed as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_ms: LatencySummary::of(latencies),
+        server_pid,
+        server_cpu_ms_per_session,
+    })
+}
