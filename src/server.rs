@@ -8,7 +8,7 @@
 //! maximum frame size. Shutdown stops accepting, lets sessions in flight finish within a
 //! grace period, then flushes the store. The opt-in xlReg 1.9 listener
 //! ([`crate::legacy::server`]) is served by the same accept loop, under the same limits, and
-//! shares [`deliver`] (the durability rule) and [`log_session`] with the xlReg/2 sessions.
+//! shares `deliver` (the durability rule) and `log_session` with the xlReg/2 sessions.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! Connections are accepted by [`crate::server::Server`]'s accept loop (same connection
 //! limit, timeouts and shutdown as xlReg/2) and served here: each read's bytes go to the pure
 //! [`LegacySession`], and each [`Step`] it returns is carried out through
-//! [`crate::server::deliver`] (a reply that may report a change is written only once the
+//! `crate::server::deliver` (a reply that may report a change is written only once the
 //! store is durable, then waiters on the joined cluster are woken). Every wait for the peer
 //! has a deadline: the handshake timeout for the hello, the idle timeout for each message
 //! (all of its pieces must arrive within it). One log line ends every session, as for
