@@ -455,3 +455,114 @@ pub fn gcm_open(
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Unauthentic)
 }
+
+type Aes256CbcEncryptor = cbc::Encryptor<aes::Aes256>;
+type Aes256CbcDecryptor = cbc::Decryptor<aes::Aes256>;
+
+/// AES-256-CBC encryption of `plaintext` with PKCS#7 padding (xlReg 1.9 wire only). The
+/// output is always a whole, non-zero number of blocks. Unauthenticated: see
+/// docs/legacy.md for why this is acceptable only on a trusted network.
+pub fn cbc_encrypt(key: &[u8; AES_KEY_LEN], iv: &[u8; AES_BLOCK_LEN], plaintext: &[u8]) -> Vec<u8> {
+    use cbc::cipher::{BlockModeEncrypt as _, KeyIvInit as _};
+    Aes256CbcEncryptor::new(key.into(), iv.into())
+        .encrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(plaintext)
+}
+
+/// AES-256-CBC decryption with strict PKCS#7 unpadding (xlReg 1.9 wire only). Fails with
+/// [`CryptoError::BadCbc`], never panics, when the ciphertext is empty or not a whole number
+/// of blocks, or when the padding is malformed (last byte `n` outside 1..=16, or any of the
+/// last `n` bytes different from `n`).
+pub fn cbc_decrypt(
+    key: &[u8; AES_KEY_LEN],
+    iv: &[u8; AES_BLOCK_LEN],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    use cbc::cipher::{BlockModeDecrypt as _, KeyIvInit as _};
+    if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(AES_BLOCK_LEN) {
+        return Err(CryptoError::BadCbc);
+    }
+    let mut buffer = Zeroizing::new(ciphertext.to_vec());
+    let len = Aes256CbcDecryptor::new(key.into(), iv.into())
+        .decrypt_padded::<cbc::cipher::block_padding::Pkcs7>(&mut buffer)
+        .map_err(|_| CryptoError::BadCbc)?
+        .len();
+    buffer.truncate(len);
+    Ok(buffer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; AES_KEY_LEN] = [7u8; AES_KEY_LEN];
+    const IV: [u8; AES_BLOCK_LEN] = [3u8; AES_BLOCK_LEN];
+
+    #[test]
+    fn cbc_round_trips_every_length_and_always_pads() {
+        for len in 0..100 {
+            let plaintext: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let ciphertext = cbc_encrypt(&KEY, &IV, &plaintext);
+            // PKCS#7 always adds 1..=16 bytes.
+            assert_eq!(ciphertext.len(), (len / AES_BLOCK_LEN + 1) * AES_BLOCK_LEN);
+            assert_eq!(
+                cbc_decrypt(&KEY, &IV, &ciphertext).unwrap().as_slice(),
+                &plaintext[..]
+            );
+        }
+    }
+
+    #[test]
+    fn cbc_refuses_bad_lengths_without_panicking() {
+        for len in [0, 1, 15, 17, 31, 33] {
+            assert!(matches!(
+                cbc_decrypt(&KEY, &IV, &vec![0u8; len]),
+                Err(CryptoError::BadCbc)
+            ));
+        }
+    }
+
+    /// Encrypts one block whose plaintext is exactly `block` (no padding added by us), so
+    /// the decryptor sees `block` as the padded plaintext.
+    fn raw_block(block: [u8; AES_BLOCK_LEN]) -> Vec<u8> {
+        let padded = cbc_encrypt(&KEY, &IV, &block);
+        // The first ciphertext block is E(IV ^ block): exactly what we want.
+        padded[..AES_BLOCK_LEN].to_vec()
+    }
+
+    #[test]
+    fn cbc_unpadding_is_strict() {
+        let mut good = [0xAAu8; AES_BLOCK_LEN];
+        good[13..].fill(3);
+        assert_eq!(cbc_decrypt(&KEY, &IV, &raw_block(good)).unwrap().len(), 13);
+        let mut full = [16u8; AES_BLOCK_LEN];
+        assert!(cbc_decrypt(&KEY, &IV, &raw_block(full)).unwrap().is_empty());
+        full[0] = 15;
+        assert!(cbc_decrypt(&KEY, &IV, &raw_block(full)).is_err());
+        for last in [0u8, 17, 255] {
+            let mut bad = [0xAAu8; AES_BLOCK_LEN];
+            bad[AES_BLOCK_LEN - 1] = last;
+            assert!(cbc_decrypt(&KEY, &IV, &raw_block(bad)).is_err(), "{last}");
+        }
+        // The Go side checks only the last byte; we also check the bytes before it.
+        let mut inconsistent = [0xAAu8; AES_BLOCK_LEN];
+        inconsistent[AES_BLOCK_LEN - 1] = 3;
+        inconsistent[AES_BLOCK_LEN - 2] = 3;
+        assert!(cbc_decrypt(&KEY, &IV, &raw_block(inconsistent)).is_err());
+    }
+
+    #[test]
+    fn cbc_decrypt_survives_arbitrary_input() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = cbc_decrypt(&KEY, &IV, &bytes);
+        }
+    }
+}

@@ -16,7 +16,9 @@
 //!   registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command), [`bench`] (the load generator).
+//!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
+//! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
+//!   handlers.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -27,6 +29,7 @@ pub mod crypto;
 pub mod frame;
 pub mod handlers;
 pub mod id;
+pub mod legacy;
 pub mod node;
 pub mod proto;
 pub mod protocol;

@@ -50,9 +50,10 @@ pub enum Step {
 }
 
 /// How a session ended, for the one log line per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outcome {
     /// Still running.
+    #[default]
     Open,
     /// The client said Bye.
     Bye,
@@ -60,6 +61,30 @@ pub enum Outcome {
     Refused(ErrCode),
     /// The handshake or a frame failed to authenticate, or a frame was malformed.
     Dropped,
+}
+
+/// What a session on either wire (xlReg/2 here, xlReg 1.9 in [`crate::legacy`]) has done,
+/// for the one log line that ends it.
+#[derive(Debug, Default)]
+pub struct SessionReport {
+    /// What the session established through the handlers (its node, its clusters).
+    pub state: SessionState,
+    /// Requests handled so far.
+    pub requests: u32,
+    /// How the session ended (or `Open`).
+    pub outcome: Outcome,
+}
+
+impl SessionReport {
+    /// The node the session registered as, if any.
+    pub fn node(&self) -> Option<&Id> {
+        self.state.node.as_ref().map(|n| &n.id)
+    }
+
+    /// The cluster the session last joined, else created, if any.
+    pub fn cluster(&self) -> Option<&Id> {
+        self.state.joined.as_ref().or(self.state.created.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -77,10 +102,8 @@ enum Phase {
 pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
     phase: Phase,
-    state: SessionState,
     waiting: Option<Wait>,
-    requests: u32,
-    outcome: Outcome,
+    report: SessionReport,
 }
 
 impl ServerSession {
@@ -89,31 +112,14 @@ impl ServerSession {
         ServerSession {
             decryptor,
             phase: Phase::AwaitHello,
-            state: SessionState::default(),
             waiting: None,
-            requests: 0,
-            outcome: Outcome::Open,
+            report: SessionReport::default(),
         }
     }
 
-    /// The node this session registered as, if any.
-    pub fn node(&self) -> Option<&Id> {
-        self.state.node.as_ref().map(|n| &n.id)
-    }
-
-    /// The cluster this session last joined or created, if any.
-    pub fn cluster(&self) -> Option<&Id> {
-        self.state.joined.as_ref().or(self.state.created.as_ref())
-    }
-
-    /// Requests handled so far.
-    pub fn requests(&self) -> u32 {
-        self.requests
-    }
-
-    /// How the session ended (or `Open`).
-    pub fn outcome(&self) -> Outcome {
-        self.outcome
+    /// What the session has done so far, for its log line.
+    pub fn report(&self) -> &SessionReport {
+        &self.report
     }
 
     /// True once the handshake is done.
@@ -173,21 +179,21 @@ impl ServerSession {
     }
 
     fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
-        self.requests += 1;
+        self.report.requests += 1;
         let Some(op) = msg.op else {
             return self.refuse(ErrCode::BadRequest, "message has no Op".to_string());
         };
         let Ok(tag) = Tag::try_from(op) else {
             return self.refuse(ErrCode::BadRequest, format!("unknown Op {op}"));
         };
-        let registered = self.state.node.is_some();
+        let registered = self.report.state.node.is_some();
         let server_salt = match &self.phase {
             Phase::Established { server_salt, .. } => *server_salt,
             _ => return Step::Close,
         };
         match tag {
             Tag::Bye => {
-                self.outcome = Outcome::Bye;
+                self.report.outcome = Outcome::Bye;
                 let frame = self.seal(&handlers::bye::handle());
                 self.phase = Phase::Closed;
                 Step::Send {
@@ -200,7 +206,7 @@ impl ServerSession {
             Tag::Member if !registered => {
                 let result = handlers::member::handle(
                     ctx,
-                    &mut self.state,
+                    &mut self.report.state,
                     msg,
                     Scheme::V2 {
                         server_salt: &server_salt,
@@ -209,16 +215,16 @@ impl ServerSession {
                 self.reply(result, None)
             }
             Tag::Create if registered => {
-                let result = handlers::create::handle(ctx, &mut self.state, msg);
+                let result = handlers::create::handle(ctx, &mut self.report.state, msg);
                 self.reply(result, None)
             }
             Tag::Join if registered => {
-                let result = handlers::join::handle(ctx, &mut self.state, msg);
-                let joined = self.state.joined.clone();
+                let result = handlers::join::handle(ctx, &mut self.report.state, msg);
+                let joined = self.report.state.joined.clone();
                 self.reply(result, joined)
             }
             Tag::GetCluster if registered => {
-                let outcome = get_cluster::handle(ctx, &self.state, msg);
+                let outcome = get_cluster::handle(ctx, &self.report.state, msg);
                 self.get_outcome(outcome)
             }
             Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster => {
@@ -280,14 +286,12 @@ impl ServerSession {
     }
 
     fn handler_error(&mut self, error: HandlerError) -> Step {
-        if error.code() == ErrCode::Unavailable {
-            tracing::error!(%error, "request failed in the store");
-        }
-        self.refuse(error.code(), error.description())
+        let (code, description) = error.refusal();
+        self.refuse(code, description)
     }
 
     fn refuse(&mut self, code: ErrCode, description: String) -> Step {
-        self.outcome = Outcome::Refused(code);
+        self.report.outcome = Outcome::Refused(code);
         let frame = self.seal(&handlers::error_message(code, description));
         self.phase = Phase::Closed;
         Step::Send {
@@ -299,7 +303,7 @@ impl ServerSession {
     }
 
     fn drop_connection(&mut self) -> Step {
-        self.outcome = Outcome::Dropped;
+        self.report.outcome = Outcome::Dropped;
         self.phase = Phase::Closed;
         Step::Close
     }
@@ -417,7 +421,7 @@ mod tests {
         assert_eq!(reply.which, Some(0b01));
         let (reply, close) = request(&store, &mut session, &mut peer, &op(Tag::Bye));
         assert_eq!((reply.op, close), (Some(Tag::Ack as i32), true));
-        assert_eq!(session.outcome(), Outcome::Bye);
+        assert_eq!(session.report().outcome, Outcome::Bye);
         // Anything after Bye is not answered.
         let late = peer.cipher.seal(&op(Tag::Bye).encode_to_vec());
         assert!(matches!(
@@ -459,7 +463,7 @@ mod tests {
             with_ctx(&store, |ctx| session.on_frame(&flipped, ctx)),
             Step::Close
         ));
-        assert_eq!(session.outcome(), Outcome::Dropped);
+        assert_eq!(session.report().outcome, Outcome::Dropped);
         // A fresh session: a replay of its first frame fails the second time.
         let (mut session, mut peer) = connect(&store);
         let frame = peer.cipher.seal(&member(&peer).encode_to_vec());

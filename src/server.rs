@@ -6,7 +6,9 @@
 //! enforces the operational limits: a maximum number of concurrent connections (a client
 //! over the limit is closed at once), a handshake timeout, an idle timeout per session and a
 //! maximum frame size. Shutdown stops accepting, lets sessions in flight finish within a
-//! grace period, then flushes the store.
+//! grace period, then flushes the store. The opt-in xlReg 1.9 listener
+//! ([`crate::legacy::server`]) is served by the same accept loop, under the same limits, and
+//! shares `deliver` (the durability rule) and `log_session` with the xlReg/2 sessions.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +22,8 @@ use tokio::task::JoinSet;
 use crate::connection::{Connection, ConnectionError};
 use crate::handlers::Context;
 use crate::id::Id;
-use crate::protocol::{Outcome, ServerSession, Step};
+use crate::legacy::server::LegacyListener;
+use crate::protocol::{Outcome, ServerSession, SessionReport, Step};
 use crate::registry::Registry;
 
 /// Operational limits and timeouts of a running registry.
@@ -73,12 +76,19 @@ pub fn with_context<T>(registry: &Registry, f: impl FnOnce(&mut Context<'_>) -> 
     f(&mut ctx)
 }
 
-/// A bound xlReg/2 listener, ready to serve.
+/// A bound xlReg/2 listener (and, if added, the xlReg 1.9 one), ready to serve.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     registry: Arc<Registry>,
     config: ServerConfig,
+    legacy: Option<LegacyListener>,
+}
+
+/// Which wire an accepted connection speaks.
+enum Wire {
+    V2,
+    Legacy,
 }
 
 impl Server {
@@ -93,12 +103,25 @@ impl Server {
             listener,
             registry,
             config,
+            legacy: None,
         })
+    }
+
+    /// Also serves xlReg 1.9 clients on `legacy`, under the same connection limit, timeouts
+    /// and shutdown as the xlReg/2 listener.
+    pub fn with_legacy(mut self, legacy: LegacyListener) -> Server {
+        self.legacy = Some(legacy);
+        self
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address the xlReg 1.9 listener is bound to, if there is one.
+    pub fn legacy_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.legacy.as_ref().map(LegacyListener::local_addr)
     }
 
     /// Serves until `shutdown` completes, then stops accepting, gives sessions in flight up
@@ -107,37 +130,56 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
+        let legacy_version = self
+            .legacy
+            .as_ref()
+            .map(LegacyListener::version)
+            .unwrap_or_default();
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let (accepted, wire) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            // Usually out of file descriptors: back off briefly.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
-                        drop(stream);
-                        continue;
-                    };
-                    let registry = self.registry.clone();
-                    let config = self.config.clone();
-                    let stop = stop_rx.clone();
-                    sessions.spawn(async move {
-                        serve_connection(registry, stream, peer, config, stop).await;
-                        drop(permit);
-                    });
+                accepted = self.listener.accept() => (accepted, Wire::V2),
+                accepted = crate::legacy::server::accept(self.legacy.as_ref()) => (accepted, Wire::Legacy),
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Usually out of file descriptors: back off briefly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
+                drop(stream);
+                continue;
+            };
+            let registry = self.registry.clone();
+            let config = self.config.clone();
+            let stop = stop_rx.clone();
+            sessions.spawn(async move {
+                match wire {
+                    Wire::V2 => serve_connection(registry, stream, peer, config, stop).await,
+                    Wire::Legacy => {
+                        crate::legacy::server::serve_connection(
+                            registry,
+                            stream,
+                            peer,
+                            config,
+                            legacy_version,
+                            stop,
+                        )
+                        .await
+                    }
+                }
+                drop(permit);
+            });
         }
         drop(self.listener);
+        drop(self.legacy);
         let in_flight = sessions.len();
         tracing::info!(in_flight, "shutting down: no longer accepting connections");
         let _ = stop_tx.send(true);
@@ -172,9 +214,21 @@ pub async fn serve_connection(
     let mut session = ServerSession::new(registry.decryptor.clone());
     let ended = run_session(&registry, &mut conn, &mut session, &config, stop).await;
     conn.shutdown().await;
-    let node = session.node().map(Id::to_hex).unwrap_or_default();
-    let cluster = session.cluster().map(Id::to_hex).unwrap_or_default();
-    let result = match (&ended, session.outcome()) {
+    log_session("xlReg/2", peer, session.report(), &ended, started);
+}
+
+/// Logs the one line that ends every session, on either wire: who, what, how it ended and
+/// how long it took.
+pub(crate) fn log_session(
+    wire: &str,
+    peer: SocketAddr,
+    report: &SessionReport,
+    ended: &Result<(), ConnectionError>,
+    started: Instant,
+) {
+    let node = report.node().map(Id::to_hex).unwrap_or_default();
+    let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
+    let result = match (ended, report.outcome) {
         (Err(error), _) => format!("error: {error}"),
         (Ok(()), Outcome::Bye) => "bye".to_string(),
         (Ok(()), Outcome::Refused(code)) => format!("refused: {}", code.as_str_name()),
@@ -182,14 +236,38 @@ pub async fn serve_connection(
         (Ok(()), Outcome::Open) => "peer closed".to_string(),
     };
     tracing::info!(
+        wire,
         %peer,
         node,
         cluster,
-        ops = session.requests(),
+        ops = report.requests,
         result,
         duration_ms = started.elapsed().as_millis() as u64,
         "session"
     );
+}
+
+/// Writes a reply under the durability rule: a reply that may report a change (`durable`)
+/// is written only once every store change is on disk; after the write, sessions waiting on
+/// the `joined` cluster are woken. Returns false, having written nothing, if the store could
+/// not be flushed: the session must then close.
+pub(crate) async fn deliver(
+    registry: &Registry,
+    durable: bool,
+    joined: Option<&Id>,
+    write: impl Future<Output = Result<(), ConnectionError>>,
+) -> Result<bool, ConnectionError> {
+    if durable {
+        if let Err(error) = registry.store.durable().await {
+            tracing::error!(%error, "store flush failed; dropping the reply");
+            return Ok(false);
+        }
+    }
+    write.await?;
+    if let Some(cluster) = joined {
+        registry.events.notify(cluster);
+    }
+    Ok(true)
 }
 
 async fn run_session(
@@ -224,17 +302,8 @@ async fn run_session(
                     close,
                     joined,
                 } => {
-                    if durable {
-                        if let Err(error) = registry.store.durable().await {
-                            tracing::error!(%error, "store flush failed; dropping the reply");
-                            return Ok(());
-                        }
-                    }
-                    conn.write_frame(&frame, config.write_timeout).await?;
-                    if let Some(cluster) = joined {
-                        registry.events.notify(&cluster);
-                    }
-                    if close {
+                    let write = conn.write_frame(&frame, config.write_timeout);
+                    if !deliver(registry, durable, joined.as_ref(), write).await? || close {
                         return Ok(());
                     }
                     break;

@@ -10,6 +10,9 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::DataDirArg;
+use crate::legacy::server::LegacyListener;
+use crate::legacy::wire::Version;
+use crate::regcred::RegCred;
 use crate::registry::{Registry, RegistryIdentity};
 use crate::server::{now_ms, Server, ServerConfig};
 use crate::store::Store;
@@ -62,6 +65,50 @@ pub struct ServeArgs {
     /// Log format (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Also serve xlReg 1.9 (Go) clients on this address (off by default). The 1.9 wire has
+    /// no integrity protection and replayable signatures: keep it on a trusted network (see
+    /// docs/legacy.md).
+    #[arg(long, value_name = "ADDR")]
+    legacy_listen: Option<SocketAddr>,
+    /// Endpoint 1.9 clients should dial, written into the legacy regCred.dat (default: the
+    /// legacy listen address).
+    #[arg(long, value_name = "HOST:PORT", requires = "legacy_listen")]
+    legacy_advertise: Option<String>,
+    /// Version the legacy listener announces, in its hello replies and its regCred.dat.
+    #[arg(long, value_name = "A.B.C", default_value_t = Version::GO_REGISTRY)]
+    legacy_version: Version,
+    /// Write the Go-format regCred.dat for 1.9 clients (legacy endpoint and version) here
+    /// instead of DATA_DIR/legacy/regCred.dat. Go clients read a file named regCred.dat.
+    #[arg(long, value_name = "FILE", requires = "legacy_listen")]
+    legacy_regcred_out: Option<PathBuf>,
+}
+
+/// The endpoint to write into a regCred.dat: `advertise` if given, else the bound address,
+/// which must then not be a wildcard.
+fn advertised_endpoint(
+    advertise: Option<&String>,
+    bound: SocketAddr,
+    flag: &str,
+) -> anyhow::Result<String> {
+    match advertise {
+        Some(endpoint) => Ok(endpoint.clone()),
+        None if bound.ip().is_unspecified() => {
+            anyhow::bail!(
+                "listening on {bound}: say which address clients should dial with {flag} HOST:PORT"
+            )
+        }
+        None => Ok(bound.to_string()),
+    }
+}
+
+/// Writes `cred` to `path`, creating its directory if needed.
+fn write_regcred(cred: &RegCred, path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    cred.write(path)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn init_logging(format: LogFormat) {
@@ -82,6 +129,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let data_dir = &args.data.data_dir;
     if let Some(advertise) = &args.advertise {
         crate::validate::endpoint(advertise).context("--advertise")?;
+    }
+    if let Some(advertise) = &args.legacy_advertise {
+        crate::validate::endpoint(advertise).context("--legacy-advertise")?;
     }
     if args.max_connections == 0 || args.max_frame < 1024 {
         anyhow::bail!("--max-connections must be at least 1 and --max-frame at least 1024");
@@ -104,30 +154,53 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..ServerConfig::default()
     };
-    let server = Server::bind(args.listen, registry.clone(), config)
+    let mut server = Server::bind(args.listen, registry.clone(), config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Some(legacy_listen) = args.legacy_listen {
+        let legacy = LegacyListener::bind(legacy_listen, args.legacy_version)
+            .await
+            .with_context(|| format!("cannot listen on {legacy_listen} (--legacy-listen)"))?;
+        server = server.with_legacy(legacy);
+    }
     let bound = server.local_addr()?;
-    let advertised = match &args.advertise {
-        Some(endpoint) => endpoint.clone(),
-        None if bound.ip().is_unspecified() => {
-            anyhow::bail!("listening on {bound}: say which address clients should dial with --advertise HOST:PORT")
-        }
-        None => bound.to_string(),
-    };
+    let advertised = advertised_endpoint(args.advertise.as_ref(), bound, "--advertise")?;
     let regcred_path = args
         .regcred_out
         .clone()
         .unwrap_or_else(|| data_dir.join("regCred.dat"));
-    if let Some(parent) = regcred_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+    if let Some(legacy_bound) = server.legacy_addr().transpose()? {
+        // Written before the native file, so whoever waits for that one finds both.
+        let legacy_advertised = advertised_endpoint(
+            args.legacy_advertise.as_ref(),
+            legacy_bound,
+            "--legacy-advertise",
+        )?;
+        let legacy_regcred_path = args
+            .legacy_regcred_out
+            .clone()
+            .unwrap_or_else(|| data_dir.join("legacy").join("regCred.dat"));
+        if legacy_regcred_path == regcred_path {
+            anyhow::bail!(
+                "--legacy-regcred-out {} is also the xlReg/2 regCred.dat; give each its own file",
+                regcred_path.display()
+            );
+        }
+        let mut legacy_cred = registry.identity.regcred(vec![legacy_advertised.clone()]);
+        legacy_cred.version = args.legacy_version.to_string();
+        write_regcred(&legacy_cred, &legacy_regcred_path)?;
+        tracing::warn!(
+            legacy_listen = %legacy_bound,
+            legacy_advertise = %legacy_advertised,
+            legacy_regcred = %legacy_regcred_path.display(),
+            legacy_version = %args.legacy_version,
+            "xlReg 1.9 listener on: its wire has no integrity protection; keep it on a trusted network (docs/legacy.md)"
+        );
     }
-    registry
-        .identity
-        .regcred(vec![advertised.clone()])
-        .write(&regcred_path)
-        .with_context(|| format!("writing {}", regcred_path.display()))?;
+    write_regcred(
+        &registry.identity.regcred(vec![advertised.clone()]),
+        &regcred_path,
+    )?;
     tracing::info!(
         name = %registry.identity.name,
         id = %registry.identity.id,

@@ -99,6 +99,16 @@ impl HandlerError {
             _ => self.to_string(),
         }
     }
+
+    /// The class and description an Error reply carries, logging the details of a storage
+    /// failure (which the client does not get). Both wires refuse requests through this.
+    pub fn refusal(&self) -> (ErrCode, String) {
+        let code = self.code();
+        if code == ErrCode::Unavailable {
+            tracing::error!(error = %self, "request failed in the store");
+        }
+        (code, self.description())
+    }
 }
 
 /// An Error message with a description and class.

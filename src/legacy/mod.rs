@@ -1,0 +1,21 @@
+//! The opt-in listener for xlReg 1.9 clients (the Go registry's wire), sharing the store
+//! and the request handlers with xlReg/2.
+//!
+//! Clusters built with the Go registry's client code move to this registry unchanged: they
+//! dial the legacy listener (`xlreg serve --legacy-listen ADDR`, found through a Go-format
+//! regCred.dat) and get a registry that survives restarts. The 1.9 wire is weak (no
+//! integrity, replayable token signatures, SHA-1): docs/legacy.md says what that means and
+//! why the listener belongs on a trusted network only.
+//!
+//! - [`wire`]: the pure codec (hello, reply, session messages, version numbers);
+//! - [`reader`]: finding message boundaries in an unframed byte stream;
+//! - [`session`]: the pure 1.9 state machine over the shared [`crate::handlers`];
+//! - [`server`]: the tokio glue, run by [`crate::server::Server`]'s accept loop.
+
+pub mod reader;
+pub mod server;
+pub mod session;
+pub mod wire;
+
+#[cfg(test)]
+mod vectors;
