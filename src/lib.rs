@@ -16,7 +16,8 @@
 //!   registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command).
+//!   [`cli`] (the `xlreg` command);
+//! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint).
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod frame;
 pub mod handlers;
 pub mod id;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod protocol;

@@ -80,6 +80,7 @@ pub struct ServerSession {
     state: SessionState,
     waiting: Option<Wait>,
     requests: u32,
+    last_op: Option<Tag>,
     outcome: Outcome,
 }
 
@@ -92,6 +93,7 @@ impl ServerSession {
             state: SessionState::default(),
             waiting: None,
             requests: 0,
+            last_op: None,
             outcome: Outcome::Open,
         }
     }
@@ -109,6 +111,11 @@ impl ServerSession {
     /// Requests handled so far.
     pub fn requests(&self) -> u32 {
         self.requests
+    }
+
+    /// The op of the latest request, `None` if it had no op or an unknown one.
+    pub fn last_op(&self) -> Option<Tag> {
+        self.last_op
     }
 
     /// How the session ended (or `Open`).
@@ -174,6 +181,7 @@ impl ServerSession {
 
     fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
         self.requests += 1;
+        self.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
         let Some(op) = msg.op else {
             return self.refuse(ErrCode::BadRequest, "message has no Op".to_string());
         };

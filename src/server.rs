@@ -6,7 +6,9 @@
 //! enforces the operational limits: a maximum number of concurrent connections (a client
 //! over the limit is closed at once), a handshake timeout, an idle timeout per session and a
 //! maximum frame size. Shutdown stops accepting, lets sessions in flight finish within a
-//! grace period, then flushes the store.
+//! grace period, then flushes the store: a session waiting for its next request is closed at
+//! once, one whose request has started arriving or is being answered gets its reply first.
+//! Given a [`Metrics`], it records connections, requests and session outcomes into it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +20,20 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::connection::{Connection, ConnectionError};
+use crate::frame::FrameError;
 use crate::handlers::Context;
 use crate::id::Id;
+use crate::metrics::{Metrics, SessionEnd};
+use crate::proto::{ErrCode, Tag};
 use crate::protocol::{Outcome, ServerSession, Step};
 use crate::registry::Registry;
+
+/// Least time between two log lines about connections refused over the limit.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// File descriptors kept for other than client connections: the store's files, the
+/// listeners, the log.
+const RESERVED_FDS: u64 = 64;
 
 /// Operational limits and timeouts of a running registry.
 #[derive(Debug, Clone)]
@@ -79,6 +91,7 @@ pub struct Server {
     listener: TcpListener,
     registry: Arc<Registry>,
     config: ServerConfig,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Server {
@@ -93,7 +106,14 @@ impl Server {
             listener,
             registry,
             config,
+            metrics: None,
         })
+    }
+
+    /// Records connections, requests and sessions into `metrics` while serving.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Server {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -107,6 +127,10 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
+        let mut refusals = RefusalLog::default();
+        if let Some(metrics) = &self.metrics {
+            metrics.set_connection_limit(self.config.max_connections);
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -122,15 +146,19 @@ impl Server {
                         }
                     };
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: too many connections");
+                        if let Some(metrics) = &self.metrics {
+                            metrics.connection_refused();
+                        }
+                        refusals.refused(peer, self.config.max_connections);
                         drop(stream);
                         continue;
                     };
                     let registry = self.registry.clone();
                     let config = self.config.clone();
                     let stop = stop_rx.clone();
+                    let metrics = self.metrics.clone();
                     sessions.spawn(async move {
-                        serve_connection(registry, stream, peer, config, stop).await;
+                        serve_connection(registry, stream, peer, config, stop, metrics).await;
                         drop(permit);
                     });
                 }
@@ -138,6 +166,9 @@ impl Server {
             }
         }
         drop(self.listener);
+        if let Some(metrics) = &self.metrics {
+            metrics.begin_shutdown();
+        }
         let in_flight = sessions.len();
         tracing::info!(in_flight, "shutting down: no longer accepting connections");
         let _ = stop_tx.send(true);
@@ -158,6 +189,48 @@ impl Server {
     }
 }
 
+/// Logs connections refused over the limit: the first at once, then at most one line per
+/// [`REFUSAL_LOG_INTERVAL`] counting the refusals since the previous line, so a flood of
+/// connections cannot flood the log (the metrics count every one).
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, peer: SocketAddr, limit: usize) {
+        self.unlogged += 1;
+        if self
+            .last_line
+            .is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            limit,
+            refused = self.unlogged,
+            "connection refused: too many connections"
+        );
+        self.unlogged = 0;
+        self.last_line = Some(Instant::now());
+    }
+}
+
+/// Why a session task stopped, beside what the protocol's [`Outcome`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The protocol ended it (Bye, a refusal, a dropped frame): the outcome says which.
+    Protocol,
+    /// The client hung up between requests.
+    PeerClosed,
+    /// Shutdown closed it between requests.
+    Shutdown,
+    /// The store could not make a change durable; the reply was withheld.
+    StoreFailed,
+}
+
 /// Serves one xlReg/2 connection to its end, logging one line about it.
 pub async fn serve_connection(
     registry: Arc<Registry>,
@@ -165,31 +238,92 @@ pub async fn serve_connection(
     peer: SocketAddr,
     config: ServerConfig,
     stop: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let started = Instant::now();
+    let _open = metrics.as_ref().map(|m| m.connection_opened());
     let _ = stream.set_nodelay(true);
     let mut conn = Connection::new(stream, config.max_frame);
     let mut session = ServerSession::new(registry.decryptor.clone());
-    let ended = run_session(&registry, &mut conn, &mut session, &config, stop).await;
+    let ended = run_session(
+        &registry,
+        &mut conn,
+        &mut session,
+        &config,
+        stop,
+        metrics.as_deref(),
+    )
+    .await;
     conn.shutdown().await;
+    let duration = started.elapsed();
+    let (end, result) = describe_end(&ended, &session);
+    if let Some(metrics) = &metrics {
+        metrics.session_ended(end, duration);
+    }
     let node = session.node().map(Id::to_hex).unwrap_or_default();
     let cluster = session.cluster().map(Id::to_hex).unwrap_or_default();
-    let result = match (&ended, session.outcome()) {
-        (Err(error), _) => format!("error: {error}"),
-        (Ok(()), Outcome::Bye) => "bye".to_string(),
-        (Ok(()), Outcome::Refused(code)) => format!("refused: {}", code.as_str_name()),
-        (Ok(()), Outcome::Dropped) => "dropped: failed authentication or malformed".to_string(),
-        (Ok(()), Outcome::Open) => "peer closed".to_string(),
-    };
     tracing::info!(
         %peer,
         node,
         cluster,
         ops = session.requests(),
         result,
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = duration.as_millis() as u64,
         "session"
     );
+}
+
+/// How a session ended: the metrics label and the log's `result` text.
+fn describe_end(
+    ended: &Result<Ending, ConnectionError>,
+    session: &ServerSession,
+) -> (SessionEnd, String) {
+    match ended {
+        Err(error) => {
+            let end = match error {
+                ConnectionError::ReadTimeout(_) if session.is_established() => {
+                    SessionEnd::IdleTimeout
+                }
+                ConnectionError::ReadTimeout(_) => SessionEnd::HandshakeTimeout,
+                ConnectionError::Frame(FrameError::TooLarge { .. }) => SessionEnd::FrameTooLarge,
+                ConnectionError::Io(_)
+                | ConnectionError::WriteTimeout(_)
+                | ConnectionError::Truncated => SessionEnd::ConnectionError,
+            };
+            (end, format!("error: {error}"))
+        }
+        Ok(Ending::PeerClosed) => (SessionEnd::PeerClosed, "peer closed".to_string()),
+        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, "closed: shutting down".to_string()),
+        Ok(Ending::StoreFailed) => (
+            SessionEnd::StoreFailed,
+            "store flush failed: reply withheld".to_string(),
+        ),
+        Ok(Ending::Protocol) => match session.outcome() {
+            Outcome::Bye => (SessionEnd::Bye, "bye".to_string()),
+            Outcome::Refused(code) => (
+                SessionEnd::Refused,
+                format!("refused: {}", code.as_str_name()),
+            ),
+            Outcome::Dropped => (
+                SessionEnd::Dropped,
+                "dropped: failed authentication or malformed".to_string(),
+            ),
+            Outcome::Open => (SessionEnd::Dropped, "closed by the registry".to_string()),
+        },
+    }
+}
+
+/// True once shutdown has begun (or the server that would announce it is gone).
+fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// The result a request was answered with: a refusal's error kind, or success.
+fn request_result(session: &ServerSession) -> Result<(), ErrCode> {
+    match session.outcome() {
+        Outcome::Refused(code) => Err(code),
+        _ => Ok(()),
+    }
 }
 
 async fn run_session(
@@ -198,26 +332,41 @@ async fn run_session(
     session: &mut ServerSession,
     config: &ServerConfig,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
+    metrics: Option<&Metrics>,
+) -> Result<Ending, ConnectionError> {
     loop {
         let timeout = if session.is_established() {
             config.idle_timeout
         } else {
             config.handshake_timeout
         };
-        let frame = tokio::select! {
-            read = conn.read_frame(timeout) => match read? {
-                Some(frame) => frame,
-                None => return Ok(()),
-            },
-            // Between requests, a shutdown ends the session at once.
-            _ = stop.wait_for(|stopping| *stopping) => return Ok(()),
+        // Shutdown closes a session waiting for its next request, but a request that has
+        // started arriving is read to its end and answered.
+        let stopping = is_stopping(&stop);
+        if stopping && !conn.has_pending_input() {
+            return Ok(Ending::Shutdown);
+        }
+        let read = if stopping {
+            conn.read_frame(timeout).await
+        } else {
+            tokio::select! {
+                biased;
+                read = conn.read_frame(timeout) => read,
+                _ = stop.wait_for(|stopping| *stopping) => continue,
+            }
         };
+        let Some(frame) = read? else {
+            return Ok(Ending::PeerClosed);
+        };
+        let requests_before = session.requests();
         let mut step = with_context(registry, |ctx| session.on_frame(&frame, ctx));
+        // The op of the request being answered, if the frame was one (not the hello).
+        let mut answering: Option<Option<Tag>> =
+            (session.requests() != requests_before).then(|| session.last_op());
         let mut deadline = None;
         loop {
             match step {
-                Step::Close => return Ok(()),
+                Step::Close => return Ok(Ending::Protocol),
                 Step::Send {
                     frame,
                     durable,
@@ -227,15 +376,21 @@ async fn run_session(
                     if durable {
                         if let Err(error) = registry.store.durable().await {
                             tracing::error!(%error, "store flush failed; dropping the reply");
-                            return Ok(());
+                            if let (Some(metrics), Some(op)) = (metrics, answering) {
+                                metrics.request(op, Err(ErrCode::Unavailable));
+                            }
+                            return Ok(Ending::StoreFailed);
                         }
+                    }
+                    if let (Some(metrics), Some(op)) = (metrics, answering.take()) {
+                        metrics.request(op, request_result(session));
                     }
                     conn.write_frame(&frame, config.write_timeout).await?;
                     if let Some(cluster) = joined {
                         registry.events.notify(&cluster);
                     }
                     if close {
-                        return Ok(());
+                        return Ok(Ending::Protocol);
                     }
                     break;
                 }
@@ -255,11 +410,55 @@ async fn run_session(
                         _ = tokio::time::sleep_until(deadline) => with_context(registry, |ctx| session.resume(ctx, true)),
                         _ = stop.wait_for(|stopping| *stopping) => with_context(registry, |ctx| session.resume(ctx, true)),
                         // In lock-step the client says nothing while it waits: anything it
-                        // sends now, or its hanging up, ends the session.
-                        _ = conn.read_frame(Duration::from_millis(wait.wait_ms.into()) + config.idle_timeout) => return Ok(()),
+                        // sends now breaks the session (the protocol drops it), and so does
+                        // its hanging up.
+                        read = conn.read_frame(Duration::from_millis(wait.wait_ms.into()) + config.idle_timeout) => match read? {
+                            Some(frame) => with_context(registry, |ctx| session.on_frame(&frame, ctx)),
+                            None => return Ok(Ending::PeerClosed),
+                        },
                     };
                 }
             }
         }
     }
+}
+
+/// Raises this process's soft limit on open files so that `max_connections` clients fit
+/// (as far as the hard limit allows), making `--max-connections`, not the descriptor limit,
+/// what refuses clients; warns if they still do not fit.
+pub fn make_room_for_connections(max_connections: usize) {
+    let wanted = (max_connections as u64).saturating_add(RESERVED_FDS);
+    match raise_open_file_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is too low for --max-connections; raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to `wanted`, capped at the hard limit; returns the soft
+/// limit in force afterwards.
+fn raise_open_file_limit(wanted: u64) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we hand it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let current = u64::from(limit.rlim_cur);
+    if current >= wanted {
+        return Ok(current);
+    }
+    let target = wanted.min(u64::from(limit.rlim_max));
+    limit.rlim_cur = target as libc::rlim_t;
+    // SAFETY: setrlimit only reads the struct we hand it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(target)
 }

@@ -10,8 +10,10 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::DataDirArg;
+use crate::metrics::http::MetricsEndpoint;
+use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryIdentity};
-use crate::server::{now_ms, Server, ServerConfig};
+use crate::server::{make_room_for_connections, now_ms, Server, ServerConfig};
 use crate::store::Store;
 
 /// Log line format.
@@ -59,6 +61,10 @@ pub struct ServeArgs {
     /// Seconds sessions in flight may run on after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /health
+    /// (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -66,8 +72,10 @@ pub struct ServeArgs {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -85,6 +93,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_connections == 0 || args.max_frame < 1024 {
         anyhow::bail!("--max-connections must be at least 1 and --max-frame at least 1024");
     }
+    make_room_for_connections(args.max_connections);
     let store = if args.ephemeral {
         Store::temporary()?
     } else {
@@ -103,9 +112,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..ServerConfig::default()
     };
-    let server = Server::bind(args.listen, registry.clone(), config)
+    let mut server = Server::bind(args.listen, registry.clone(), config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let endpoint = MetricsEndpoint::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let metrics = Arc::new(Metrics::new());
+            server = server.with_metrics(metrics.clone());
+            tracing::info!(listen = %endpoint.local_addr()?, "metrics endpoint serving /metrics and /health");
+            Some(tokio::spawn(endpoint.run(metrics, registry.store.clone())))
+        }
+        None => None,
+    };
     let bound = server.local_addr()?;
     let advertised = match &args.advertise {
         Some(endpoint) => endpoint.clone(),
@@ -137,7 +158,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         version = crate::registry::VERSION,
         "xlreg registry serving"
     );
+    notify_systemd(sd_notify::NotifyState::Ready);
     server.run(shutdown_signal()).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -156,5 +181,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    notify_systemd(sd_notify::NotifyState::Stopping);
+}
+
+/// Tells systemd (under `Type=notify`; nothing happens otherwise) that the registry is
+/// ready or stopping.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "cannot notify systemd");
     }
 }
