@@ -89,7 +89,13 @@ impl SessionEnd {
 }
 
 /// The request ops counted by name; anything else is counted as `other`.
-const REQUEST_OPS: [Tag; 5] = [Tag::Member, Tag::Create, Tag::Join, Tag::GetCluster, Tag::Bye];
+const REQUEST_OPS: [Tag; 5] = [
+    Tag::Member,
+    Tag::Create,
+    Tag::Join,
+    Tag::GetCluster,
+    Tag::Bye,
+];
 /// The `op` label of requests whose op is missing, unknown, or not a request.
 const OTHER_OP: &str = "other";
 /// The `result` label of a request that was answered normally.
@@ -398,9 +404,15 @@ mod tests {
         let text = metrics.render(&store).await;
         let expect = [
             (r#"xlreg_requests_total{op="Member",result="ok"}"#, 1.0),
-            (r#"xlreg_requests_total{op="Join",result="ClusterFull"}"#, 1.0),
+            (
+                r#"xlreg_requests_total{op="Join",result="ClusterFull"}"#,
+                1.0,
+            ),
             (r#"xlreg_requests_total{op="Join",result="ok"}"#, 0.0),
-            (r#"xlreg_requests_total{op="other",result="BadRequest"}"#, 2.0),
+            (
+                r#"xlreg_requests_total{op="other",result="BadRequest"}"#,
+                2.0,
+            ),
             (r#"xlreg_errors_total{kind="ClusterFull"}"#, 1.0),
             (r#"xlreg_errors_total{kind="BadRequest"}"#, 2.0),
             (r#"xlreg_errors_total{kind="Unavailable"}"#, 0.0),

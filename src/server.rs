@@ -33,7 +33,7 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// File descriptors kept for other than client connections: the store's files, the
 /// listeners, the log.
-const RESERVED_FDS: u64 = 64;
+const RESERVED_FDS: libc::rlim_t = 64;
 
 /// Operational limits and timeouts of a running registry.
 #[derive(Debug, Clone)]
@@ -427,7 +427,7 @@ async fn run_session(
 /// (as far as the hard limit allows), making `--max-connections`, not the descriptor limit,
 /// what refuses clients; warns if they still do not fit.
 pub fn make_room_for_connections(max_connections: usize) {
-    let wanted = (max_connections as u64).saturating_add(RESERVED_FDS);
+    let wanted = (max_connections as libc::rlim_t).saturating_add(RESERVED_FDS);
     match raise_open_file_limit(wanted) {
         Ok(limit) if limit < wanted => tracing::warn!(
             limit,
@@ -441,7 +441,7 @@ pub fn make_room_for_connections(max_connections: usize) {
 
 /// Raises the soft RLIMIT_NOFILE to `wanted`, capped at the hard limit; returns the soft
 /// limit in force afterwards.
-fn raise_open_file_limit(wanted: u64) -> std::io::Result<u64> {
+fn raise_open_file_limit(wanted: libc::rlim_t) -> std::io::Result<libc::rlim_t> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -450,15 +450,13 @@ fn raise_open_file_limit(wanted: u64) -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let current = u64::from(limit.rlim_cur);
-    if current >= wanted {
-        return Ok(current);
+    if limit.rlim_cur >= wanted {
+        return Ok(limit.rlim_cur);
     }
-    let target = wanted.min(u64::from(limit.rlim_max));
-    limit.rlim_cur = target as libc::rlim_t;
+    limit.rlim_cur = wanted.min(limit.rlim_max);
     // SAFETY: setrlimit only reads the struct we hand it.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(target)
+    Ok(limit.rlim_cur)
 }

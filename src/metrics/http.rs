@@ -103,7 +103,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, metrics: Arc<Metrics>, 
     }
 }
 
-async fn respond(request: &Request<Incoming>, metrics: &Metrics, store: &Store) -> Response<Full<Bytes>> {
+async fn respond(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    store: &Store,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         response
@@ -121,7 +125,10 @@ async fn respond(request: &Request<Incoming>, metrics: &Metrics, store: &Store) 
         }
         "/health" if metrics.is_serving() => text(StatusCode::OK, "ok\n"),
         "/health" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics or /health\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics or /health\n",
+        ),
     }
 }
 
