@@ -505,3 +505,34 @@ fn systemd_hears_ready_then_stopping_and_sigint_exits_zero() {
     assert_eq!(&message[..n], b"STOPPING=1\n");
     assert_eq!(server.wait_exit(), Some(0));
 }
+
+#[test]
+fn zero_timeouts_are_refused_with_a_clear_error_and_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for flag in ["--handshake-timeout", "--idle-timeout"] {
+        let mut child = std::process::Command::new(common::xlreg_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", flag, "0", "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("serve {flag} 0 kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success());
+        assert!(
+            common::stderr(&output).contains("must be at least 1 second"),
+            "{}",
+            common::stderr(&output)
+        );
+        assert!(!data.exists(), "a refused start created {}", data.display());
+    }
+}

@@ -93,6 +93,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_connections == 0 || args.max_frame < 1024 {
         anyhow::bail!("--max-connections must be at least 1 and --max-frame at least 1024");
     }
+    if args.handshake_timeout == 0 || args.idle_timeout == 0 {
+        anyhow::bail!("--handshake-timeout and --idle-timeout must be at least 1 second");
+    }
     make_room_for_connections(args.max_connections);
     let store = if args.ephemeral {
         Store::temporary()?
