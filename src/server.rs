@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::connection::{Connection, ConnectionError};
@@ -127,7 +127,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
-        let mut refusals = RefusalLog::default();
+        let mut refusals = RefusalLog::new("xlreg");
         if let Some(metrics) = &self.metrics {
             metrics.set_connection_limit(self.config.max_connections);
         }
@@ -135,23 +135,17 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            // Usually out of file descriptors: back off briefly.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                admission = admit(&self.listener, &limit) => {
+                    let (stream, peer, permit) = match admission {
+                        Admission::Admitted { stream, peer, permit } => (stream, peer, permit),
+                        Admission::OverLimit(peer) => {
+                            if let Some(metrics) = &self.metrics {
+                                metrics.connection_refused();
+                            }
+                            refusals.refused(peer, self.config.max_connections);
                             continue;
                         }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        if let Some(metrics) = &self.metrics {
-                            metrics.connection_refused();
-                        }
-                        refusals.refused(peer, self.config.max_connections);
-                        drop(stream);
-                        continue;
+                        Admission::Failed => continue,
                     };
                     let registry = self.registry.clone();
                     let config = self.config.clone();
@@ -189,17 +183,68 @@ impl Server {
     }
 }
 
-/// Logs connections refused over the limit: the first at once, then at most one line per
+/// What came of accepting one connection under a connection limit.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The connection is in, holding `permit` for as long as it is served.
+    Admitted {
+        /// The connection.
+        stream: TcpStream,
+        /// Its peer.
+        peer: SocketAddr,
+        /// Its place under the limit.
+        permit: OwnedSemaphorePermit,
+    },
+    /// The limit was reached: the connection from this peer has been closed.
+    OverLimit(SocketAddr),
+    /// Accepting failed (logged, after a short back-off).
+    Failed,
+}
+
+/// Accepts the next connection on `listener` if `limit` has room for it, and closes it
+/// at once otherwise.
+pub(crate) async fn admit(listener: &TcpListener, limit: &Arc<Semaphore>) -> Admission {
+    let (stream, peer) = match listener.accept().await {
+        Ok(pair) => pair,
+        Err(error) => {
+            // Usually out of file descriptors: back off briefly.
+            tracing::warn!(%error, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Admission::Failed;
+        }
+    };
+    match limit.clone().try_acquire_owned() {
+        Ok(permit) => Admission::Admitted {
+            stream,
+            peer,
+            permit,
+        },
+        Err(_) => Admission::OverLimit(peer),
+    }
+}
+
+/// Logs connections refused over a limit: the first at once, then at most one line per
 /// [`REFUSAL_LOG_INTERVAL`] counting the refusals since the previous line, so a flood of
 /// connections cannot flood the log (the metrics count every one).
-#[derive(Debug, Default)]
-struct RefusalLog {
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    endpoint: &'static str,
     last_line: Option<Instant>,
     unlogged: u64,
 }
 
 impl RefusalLog {
-    fn refused(&mut self, peer: SocketAddr, limit: usize) {
+    /// A log of refusals on `endpoint` (named in each line).
+    pub(crate) fn new(endpoint: &'static str) -> RefusalLog {
+        RefusalLog {
+            endpoint,
+            last_line: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Notes one connection from `peer` refused over `limit`.
+    pub(crate) fn refused(&mut self, peer: SocketAddr, limit: usize) {
         self.unlogged += 1;
         if self
             .last_line
@@ -208,6 +253,7 @@ impl RefusalLog {
             return;
         }
         tracing::warn!(
+            endpoint = self.endpoint,
             %peer,
             limit,
             refused = self.unlogged,

@@ -337,32 +337,54 @@ async fn connections_over_the_limit_are_closed_while_others_are_served() {
     newcomer.bye().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_client_that_never_speaks_is_closed_after_the_handshake_timeout() {
+/// Starts a registry with `flags`; opens a raw connection and lets `misbehave` break a
+/// limit on it; checks that the registry closes it, counts the session under `outcome` and
+/// logs `log_says`; and that a well-behaved session is still served.
+async fn a_limit_closes_only_the_offender(
+    flags: &[&str],
+    misbehave: impl FnOnce(&mut TcpStream),
+    outcome: &str,
+    log_says: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[
-            "--handshake-timeout",
-            "1",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    let server = Server::start(&dir.path().join("data"), &args);
     let metrics = server.metrics_addr();
-    let mut silent = TcpStream::connect(server.endpoint()).unwrap();
-    assert_closed_by_registry(&mut silent);
+    let mut offender = TcpStream::connect(server.endpoint()).unwrap();
+    misbehave(&mut offender);
+    assert_closed_by_registry(&mut offender);
     wait_for_metric(
         &metrics,
-        r#"xlreg_sessions_total{outcome="handshake_timeout"}"#,
+        &format!("xlreg_sessions_total{{outcome=\"{outcome}\"}}"),
         1.0,
     );
-    server.wait_for_log("the timeout's session line", |log| {
-        log.contains("peer sent nothing for 1s")
-    });
+    server.wait_for_log("the offender's session line", |log| log.contains(log_says));
     let mut client = server.client().await;
     client.register(&node(0, "alpha", 1)).await.unwrap();
     client.bye().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_speaks_is_closed_after_the_handshake_timeout() {
+    a_limit_closes_only_the_offender(
+        &["--handshake-timeout", "1"],
+        |_silent| {},
+        "handshake_timeout",
+        "peer sent nothing for 1s",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_the_connection() {
+    a_limit_closes_only_the_offender(
+        &["--max-frame", "4096"],
+        |stream| stream.write_all(&4097u32.to_be_bytes()).unwrap(),
+        "frame_too_large",
+        "frame of 4097 bytes exceeds the limit of 4096 bytes",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -388,30 +410,6 @@ async fn a_session_silent_between_requests_is_closed_after_the_idle_timeout() {
     let mut client = server.client().await;
     client.register(&node(0, "alpha", 1)).await.unwrap();
     client.create("in-time", 2, 1).await.unwrap();
-    client.bye().await.unwrap();
-}
-
-#[tokio::test]
-async fn an_oversized_frame_closes_the_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &["--max-frame", "4096", "--metrics-listen", "127.0.0.1:0"],
-    );
-    let metrics = server.metrics_addr();
-    let mut big = TcpStream::connect(server.endpoint()).unwrap();
-    big.write_all(&4097u32.to_be_bytes()).unwrap();
-    assert_closed_by_registry(&mut big);
-    wait_for_metric(
-        &metrics,
-        r#"xlreg_sessions_total{outcome="frame_too_large"}"#,
-        1.0,
-    );
-    server.wait_for_log("the session line", |log| {
-        log.contains("frame of 4097 bytes exceeds the limit of 4096 bytes")
-    });
-    let mut client = server.client().await;
-    client.register(&node(0, "alpha", 1)).await.unwrap();
     client.bye().await.unwrap();
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::server::{admit, Admission, RefusalLog};
 use crate::store::Store;
 
 /// Most endpoint connections served at once.
@@ -55,21 +56,18 @@ impl MetricsEndpoint {
     /// aborted.
     pub async fn run(self, metrics: Arc<Metrics>, store: Store) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut refusals = RefusalLog::new("metrics");
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            tracing::warn!(%error, "metrics endpoint: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                admission = admit(&self.listener, &limit) => {
+                    let (stream, permit) = match admission {
+                        Admission::Admitted { stream, permit, .. } => (stream, permit),
+                        Admission::OverLimit(peer) => {
+                            refusals.refused(peer, MAX_CONNECTIONS);
                             continue;
                         }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "metrics endpoint: connection refused: too many connections");
-                        continue;
+                        Admission::Failed => continue,
                     };
                     let metrics = metrics.clone();
                     let store = store.clone();
