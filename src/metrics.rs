@@ -4,8 +4,9 @@
 //! requests by op and result, refusals by error kind, a session duration histogram, open and
 //! refused connections, and the store's size and counts. The server's session glue records
 //! into it; the protocol core knows nothing of it. Every label combination is created up
-//! front and its counter kept by index, so recording is a few atomic additions with no lock
-//! and no map lookup. Store figures are read only when scraped, on a blocking thread, and at
+//! front and its counter kept by index, so counting a request is an atomic addition or two,
+//! with no lock and no map lookup; only the duration histogram takes a short lock, once per
+//! session. Store figures are read only when scraped, on a blocking thread, and at
 //! most once per [`STORE_STATS_MAX_AGE`] (counting members walks every cluster). The HTTP
 //! endpoint that serves the text lives in [`http`].
 
