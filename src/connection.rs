@@ -74,6 +74,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// True if bytes of a frame not yet returned by [`Connection::read_frame`] have arrived.
+    pub fn has_pending_input(&self) -> bool {
+        self.decoder.buffered() > 0
+    }
+
     /// Writes `payload` as one frame, waiting at most `timeout`.
     pub async fn write_frame(
         &mut self,

@@ -18,7 +18,8 @@
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
 //!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
 //! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
-//!   handlers.
+//!   handlers;
+//! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint).
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -30,6 +31,7 @@ pub mod frame;
 pub mod handlers;
 pub mod id;
 pub mod legacy;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod protocol;

@@ -71,6 +71,8 @@ pub struct SessionReport {
     pub state: SessionState,
     /// Requests handled so far.
     pub requests: u32,
+    /// The op of the latest request, `None` if it had no op or an unknown one.
+    pub last_op: Option<Tag>,
     /// How the session ended (or `Open`).
     pub outcome: Outcome,
 }
@@ -180,6 +182,7 @@ impl ServerSession {
 
     fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
         self.report.requests += 1;
+        self.report.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
         let Some(op) = msg.op else {
             return self.refuse(ErrCode::BadRequest, "message has no Op".to_string());
         };

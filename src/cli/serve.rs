@@ -12,9 +12,11 @@ use tracing_subscriber::EnvFilter;
 use super::DataDirArg;
 use crate::legacy::server::LegacyListener;
 use crate::legacy::wire::Version;
+use crate::metrics::http::MetricsEndpoint;
+use crate::metrics::Metrics;
 use crate::regcred::RegCred;
 use crate::registry::{Registry, RegistryIdentity};
-use crate::server::{now_ms, Server, ServerConfig};
+use crate::server::{make_room_for_connections, now_ms, Server, ServerConfig};
 use crate::store::Store;
 
 /// Log line format.
@@ -62,6 +64,10 @@ pub struct ServeArgs {
     /// Seconds sessions in flight may run on after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /health
+    /// (off by default).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -113,8 +119,10 @@ fn write_regcred(cred: &RegCred, path: &std::path::Path) -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -136,6 +144,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.max_connections == 0 || args.max_frame < 1024 {
         anyhow::bail!("--max-connections must be at least 1 and --max-frame at least 1024");
     }
+    if args.handshake_timeout == 0 || args.idle_timeout == 0 {
+        anyhow::bail!("--handshake-timeout and --idle-timeout must be at least 1 second");
+    }
+    make_room_for_connections(args.max_connections);
     let store = if args.ephemeral {
         Store::temporary()?
     } else {
@@ -163,6 +175,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {legacy_listen} (--legacy-listen)"))?;
         server = server.with_legacy(legacy);
     }
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let endpoint = MetricsEndpoint::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let metrics = Arc::new(Metrics::new());
+            server = server.with_metrics(metrics.clone());
+            tracing::info!(listen = %endpoint.local_addr()?, "metrics endpoint serving /metrics and /health");
+            Some(tokio::spawn(endpoint.run(metrics, registry.store.clone())))
+        }
+        None => None,
+    };
     let bound = server.local_addr()?;
     let advertised = advertised_endpoint(args.advertise.as_ref(), bound, "--advertise")?;
     let regcred_path = args
@@ -211,7 +235,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         version = crate::registry::VERSION,
         "xlreg registry serving"
     );
+    notify_systemd(sd_notify::NotifyState::Ready);
     server.run(shutdown).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -228,5 +256,14 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
+        notify_systemd(sd_notify::NotifyState::Stopping);
     })
+}
+
+/// Tells systemd (under `Type=notify`; nothing happens otherwise) that the registry is
+/// ready or stopping.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }

@@ -20,8 +20,10 @@ use tokio::sync::watch;
 use crate::connection::ConnectionError;
 use crate::legacy::session::{LegacySession, Step};
 use crate::legacy::wire::Version;
+use crate::metrics::Metrics;
+use crate::protocol::Outcome;
 use crate::registry::Registry;
-use crate::server::{deliver, log_session, with_context, ServerConfig};
+use crate::server::{deliver, describe_end, log_session, with_context, Ending, ServerConfig};
 
 /// Size of each read from a 1.9 peer (the Go peers read 16 KiB at a time too).
 const READ_CHUNK: usize = 16 * 1024;
@@ -72,15 +74,27 @@ pub async fn serve_connection(
     config: ServerConfig,
     version: Version,
     stop: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let started = Instant::now();
+    let _open = metrics.as_ref().map(|m| m.connection_opened());
     // Each reply must leave in one segment train, at once: Go peers read it in one read().
     let _ = stream.set_nodelay(true);
     let mut session = LegacySession::new(registry.decryptor.clone(), version, config.max_frame);
     let ended = run_session(&registry, &mut stream, &mut session, &config, stop).await;
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    log_session("xlReg/1.9", peer, session.report(), &ended, started);
+    let duration = started.elapsed();
+    let report = session.report();
+    let ended = ended.map(|()| match report.outcome {
+        Outcome::Open => Ending::PeerClosed,
+        _ => Ending::Protocol,
+    });
+    let (end, result) = describe_end(&ended, session.is_established(), report.outcome);
+    if let Some(metrics) = &metrics {
+        metrics.session_ended(end, duration);
+    }
+    log_session("xlReg/1.9", peer, report, &result, duration);
 }
 
 async fn run_session(

@@ -44,6 +44,11 @@ impl Server {
     /// Starts `xlreg serve` on `dir` (created if needed) on an ephemeral port, with `extra`
     /// arguments, and waits until it has written its regCred.dat.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables for the process.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let regcred_path = dir.join("regCred.dat");
         let _ = std::fs::remove_file(&regcred_path);
@@ -59,6 +64,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -214,3 +220,120 @@ pub fn stderr(output: &Output) -> String {
 }
 
 pub mod legacy_client;
+
+impl Server {
+    /// The address of the metrics endpoint (`--metrics-listen`), read from the log line
+    /// that announces it (text or JSON format).
+    pub fn metrics_addr(&self) -> String {
+        let mut found = None;
+        wait_until(
+            "the metrics endpoint's log line",
+            Duration::from_secs(60),
+            || {
+                found = self
+                    .log_text()
+                    .lines()
+                    .filter(|line| line.contains("metrics endpoint serving"))
+                    .find_map(|line| {
+                        let (_, rest) = line
+                            .split_once("listen=")
+                            .or_else(|| line.split_once("\"listen\":\""))?;
+                        Some(rest.split(['"', ' ']).next()?.to_string())
+                    });
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    }
+
+    /// Sends `sig` to the process without waiting for it.
+    pub fn send_signal(&self, sig: i32) {
+        signal(self.child.as_ref().expect("running"), sig);
+    }
+
+    /// Waits (at most 60 s) for the process to exit and returns its exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        wait_with_timeout(&mut child, Duration::from_secs(60)).code()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Polls the log (at most 60 s) until `condition` holds for it; returns the log.
+    pub fn wait_for_log(&self, what: &str, condition: impl Fn(&str) -> bool) -> String {
+        let mut log = String::new();
+        wait_until(what, Duration::from_secs(60), || {
+            log = self.log_text();
+            condition(&log)
+        });
+        log
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds, panicking with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() > until {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.1 GET over a TCP socket: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the HTTP response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// The value of the series `series` (name with labels, exactly as exposed) in Prometheus
+/// text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `addr`'s /metrics (for at most 60 s) until `series` reads `value`; returns the
+/// last text scraped.
+pub fn wait_for_metric(addr: &str, series: &str, value: f64) -> String {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let last = metric(&text, series);
+        if last == Some(value) {
+            return text;
+        }
+        if Instant::now() > until {
+            panic!("{series} is {last:?}, not {value}, after 60 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
