@@ -16,9 +16,12 @@
 //!   registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command).
+//!   [`cli`] (the `xlreg` command);
+//! - operations: [`admin`] (inspection, export/import, backup/restore, the daemon's control
+//!   socket and cluster expiry).
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod connection;

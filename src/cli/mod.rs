@@ -2,9 +2,10 @@
 //!
 //! One file per group of subcommands: `serve` (the daemon), `node` (`node init` and
 //! `register`), `cluster` (`cluster create|join|members`), `regcred` (`regcred show`), with
-//! `output` for the human and JSON renderings they share. This is the program's edge, so
+//! `output` for the human and JSON renderings they share, and `admin` (`xlreg admin ...`). This is the program's edge, so
 //! errors here are `anyhow` errors: [`main`] prints one clear line and exits non-zero.
 
+mod admin;
 mod cluster;
 mod node;
 mod output;
@@ -41,12 +42,15 @@ pub enum Command {
     /// Inspect regCred.dat files.
     #[command(subcommand)]
     Regcred(regcred::RegcredCommand),
+    /// Operate a registry: inspect, export, import, verify, back up, restore.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 /// Where the registry keeps its data unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "xlreg-data";
 
-/// The data directory option shared by `serve` and (later) `admin`.
+/// The data directory option shared by `serve` and `admin`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataDirArg {
     /// Data directory.
@@ -98,5 +102,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Register(args) => runtime.block_on(node::run_register(args)),
         Command::Cluster(command) => runtime.block_on(cluster::run(command)),
         Command::Regcred(command) => regcred::run(command),
+        Command::Admin(command) => runtime.block_on(admin::run(command)),
     }
 }

@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::DataDirArg;
+use crate::admin::control::ControlServer;
+use crate::admin::expiry::{parse_ttl, ClusterExpiry};
 use crate::registry::{Registry, RegistryIdentity};
 use crate::server::{now_ms, Server, ServerConfig};
 use crate::store::Store;
@@ -44,6 +46,9 @@ pub struct ServeArgs {
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
     #[arg(long, value_name = "FILE")]
     regcred_out: Option<PathBuf>,
+    /// Remove clusters nobody has joined for this long, e.g. 90s, 30m, 12h, 7d (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    cluster_ttl: Option<Duration>,
     /// Most connections served at once; more are closed on arrival.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -137,7 +142,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         version = crate::registry::VERSION,
         "xlreg registry serving"
     );
+    // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
+    // registry keeps nothing in its data directory and has none.
+    let control = match args.ephemeral {
+        true => None,
+        false => match ControlServer::start(registry.store.clone()) {
+            Ok(control) => Some(control),
+            Err(error) => {
+                tracing::error!(%error, "no control socket: admin commands need the daemon stopped");
+                None
+            }
+        },
+    };
+    let expiry = args
+        .cluster_ttl
+        .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
     server.run(shutdown_signal()).await;
+    if let Some(expiry) = expiry {
+        expiry.stop().await;
+    }
+    if let Some(control) = control {
+        control.stop().await;
+    }
+    // The server's final flush may have run before the last expiry removals.
+    if let Err(error) = registry.store.flush_blocking() {
+        tracing::error!(%error, "final flush failed");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -48,7 +48,7 @@ impl Gate {
 pub type TreeEntries = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// A point-in-time copy of every tree of a store: tree name to its raw entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// Every tree (sled's unused default tree left out), by name.
     pub trees: BTreeMap<Vec<u8>, TreeEntries>,
