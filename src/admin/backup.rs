@@ -24,8 +24,8 @@ use zeroize::Zeroizing;
 use super::target::NewDataDir;
 use super::AdminError;
 use crate::crypto::{sha256, RsaKeyPair};
-use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
 use crate::regcred::write_atomic;
+use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
 use crate::store::{Snapshot, Store};
 
 /// The first bytes of every snapshot file.
@@ -167,7 +167,9 @@ fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotBody, AdminError> {
         .map_err(|e| bad(format!("the snapshot does not decode: {e}")))?;
     for (name, contents) in &decoded.key_files {
         if !KEY_FILES.contains(&name.as_str()) {
-            return Err(bad(format!("the snapshot carries an unknown file {name:?}")));
+            return Err(bad(format!(
+                "the snapshot carries an unknown file {name:?}"
+            )));
         }
         let pem = std::str::from_utf8(contents)
             .map_err(|_| bad(format!("key file {name} is not text")))?;
@@ -308,7 +310,8 @@ mod tests {
         assert!(reason(&reseal(other_version)).contains("format version 9"));
 
         let mut body = decode(&bytes, path).unwrap();
-        body.key_files.push(("../../etc/passwd".into(), b"x".to_vec()));
+        body.key_files
+            .push(("../../etc/passwd".into(), b"x".to_vec()));
         let mut content = SNAPSHOT_MAGIC.to_vec();
         content.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
         content.extend(bincode_options(u64::MAX).serialize(&body).unwrap());

@@ -374,11 +374,16 @@ mod tests {
             let stale = std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET_FILE));
             drop(stale);
             let server = ControlServer::start(store.clone()).unwrap();
-            let mode = std::fs::metadata(server.path()).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, SOCKET_MODE);
-            assert!(std::fs::read_dir(dir.path())
+            let mode = std::fs::metadata(server.path())
                 .unwrap()
-                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".control")));
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, SOCKET_MODE);
+            assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".control")));
 
             let reply = connect(dir.path())
                 .await

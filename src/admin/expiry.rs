@@ -109,8 +109,7 @@ async fn run(registry: Arc<Registry>, ttl: Duration, mut stopped: watch::Receive
         }
         let store = registry.store.clone();
         let now = crate::server::now_ms();
-        let swept =
-            tokio::task::spawn_blocking(move || expire_clusters(&store, now, ttl)).await;
+        let swept = tokio::task::spawn_blocking(move || expire_clusters(&store, now, ttl)).await;
         let removed = match swept {
             Ok(Ok(removed)) => removed,
             Ok(Err(error)) => {
@@ -188,9 +187,18 @@ mod tests {
         // The clock went back: not expired.
         assert!(!is_expired(&c, 0, ttl));
         assert!(!is_expired(&c, 1, Duration::MAX));
-        assert_eq!(sweep_interval(Duration::from_secs(1)), Duration::from_millis(250));
-        assert_eq!(sweep_interval(Duration::from_millis(1)), Duration::from_millis(100));
-        assert_eq!(sweep_interval(Duration::from_secs(86_400)), Duration::from_secs(60));
+        assert_eq!(
+            sweep_interval(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(86_400)),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -237,9 +245,18 @@ mod tests {
         let removed = expire_clusters(&store, 60_000, Duration::from_secs(30)).unwrap();
         let names: Vec<_> = removed.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["old"]);
-        assert!(store.cluster(&ClusterRef::Name("old".into())).unwrap().is_none());
-        assert!(store.cluster(&ClusterRef::Name("new".into())).unwrap().is_some());
-        assert!(store.cluster(&ClusterRef::Name("joined".into())).unwrap().is_some());
+        assert!(store
+            .cluster(&ClusterRef::Name("old".into()))
+            .unwrap()
+            .is_none());
+        assert!(store
+            .cluster(&ClusterRef::Name("new".into()))
+            .unwrap()
+            .is_some());
+        assert!(store
+            .cluster(&ClusterRef::Name("joined".into()))
+            .unwrap()
+            .is_some());
 
         let removed = expire_clusters(&store, 200_000, Duration::from_secs(30)).unwrap();
         assert_eq!(removed.len(), 2);

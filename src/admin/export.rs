@@ -347,13 +347,15 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
         }
         checked_clusters.push(cluster);
     }
-    let snapshot = match Snapshot::from_records(meta.as_ref(), &checked_nodes, &checked_clusters)
-    {
+    let snapshot = match Snapshot::from_records(meta.as_ref(), &checked_nodes, &checked_clusters) {
         Ok(snapshot) => {
             problems.extend(snapshot.verify());
             snapshot
         }
-        Err(error) => return Err(vec![error.to_string()]),
+        Err(error) => {
+            problems.push(error.to_string());
+            return Err(problems);
+        }
     };
     if !problems.is_empty() {
         return Err(problems);
@@ -377,7 +379,11 @@ pub fn read_document(path: &Path) -> Result<ExportDocument, AdminError> {
 
 /// Rebuilds a registry from `doc` in `dir`, which must be new or empty. Nothing is written
 /// unless the whole document is valid; if writing fails, what was written is removed.
-pub fn import(doc: &ExportDocument, source: &Path, dir: &Path) -> Result<ImportSummary, AdminError> {
+pub fn import(
+    doc: &ExportDocument,
+    source: &Path,
+    dir: &Path,
+) -> Result<ImportSummary, AdminError> {
     let bad = |problems: Vec<String>| AdminError::BadExport {
         path: source.to_path_buf(),
         reason: format!(
@@ -450,7 +456,9 @@ mod tests {
                 )
                 .unwrap()
                 .node;
-            store.join(&ClusterRef::Id(c.id.clone()), &node, 30).unwrap();
+            store
+                .join(&ClusterRef::Id(c.id.clone()), &node, 30)
+                .unwrap();
         }
         store
     }
@@ -467,7 +475,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("new");
         let summary = import(&doc, Path::new("doc.json"), &target).unwrap();
-        assert_eq!((summary.nodes, summary.clusters, summary.members), (2, 1, 2));
+        assert_eq!(
+            (summary.nodes, summary.clusters, summary.members),
+            (2, 1, 2)
+        );
         let imported = Store::open(&target).unwrap();
         assert_eq!(export(&imported.snapshot().unwrap()).unwrap(), doc);
         assert_eq!(imported.verify().unwrap(), Vec::<String>::new());

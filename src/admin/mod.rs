@@ -215,13 +215,12 @@ impl Access {
                 Err(AdminError::DaemonUnreachable {
                     socket: dir.join(control::SOCKET_FILE),
                     dir,
-                    reason: socket_error.map_or_else(
-                        || "no daemon listens on it".to_string(),
-                        |e| e.to_string(),
-                    ),
+                    reason: socket_error
+                        .map_or_else(|| "no daemon listens on it".to_string(), |e| e.to_string()),
                 })
             }
-            Err(error) => Err(error),
+            // A socket that exists but could not be used says more than the open failing.
+            Err(error) => Err(socket_error.unwrap_or(error)),
         }
     }
 
@@ -326,7 +325,9 @@ mod tests {
             .unwrap(),
             r#"{"op":"cluster","cluster":"web"}"#
         );
-        assert!(serde_json::from_str::<Request>(r#"{"op":"cluster","cluster":"a","x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"cluster","cluster":"a","x":1}"#).is_err()
+        );
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
 
         let reply = Reply::Backup(SnapshotBytes(Zeroizing::new(vec![0, 1, 2, 255])));
@@ -361,7 +362,11 @@ mod tests {
         assert_eq!(read_bounded(&path, 5).unwrap(), b"12345");
         assert!(matches!(
             read_bounded(&path, 4),
-            Err(AdminError::TooLarge { len: 5, limit: 4, .. })
+            Err(AdminError::TooLarge {
+                len: 5,
+                limit: 4,
+                ..
+            })
         ));
         assert!(matches!(
             read_bounded(&dir.path().join("none"), 4),

@@ -598,7 +598,10 @@ mod tests {
 
         let text = super::cluster(&store, "web").unwrap().to_text();
         assert!(text.contains("slot 0: alpha"), "{text}");
-        assert!(text.contains(&format!("  id         {}", node.id)), "{text}");
+        assert!(
+            text.contains(&format!("  id         {}", node.id)),
+            "{text}"
+        );
 
         let text = nodes_text(&nodes(&store).unwrap());
         assert!(text.contains("alpha"), "{text}");

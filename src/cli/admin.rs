@@ -124,7 +124,11 @@ pub struct DeleteClusterArgs {
 }
 
 /// Prints a view as pretty JSON, or as its text form.
-fn print(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -150,7 +154,10 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             print(args.json, &rows, || report::clusters_text(&rows))?;
         }
         C::Cluster(args) => {
-            let detail = access(&args.read.data).await?.cluster(&args.cluster).await?;
+            let detail = access(&args.read.data)
+                .await?
+                .cluster(&args.cluster)
+                .await?;
             print(args.read.json, &detail, || detail.to_text())?;
         }
         C::Nodes(args) => {
@@ -184,10 +191,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             let report = access(&args.data).await?.verify().await?;
             print(args.json, &report, || report.to_text())?;
             if !report.ok {
-                eprintln!(
-                    "xlreg: verify found {} problem(s)",
-                    report.problems.len()
-                );
+                eprintln!("xlreg: verify found {} problem(s)", report.problems.len());
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -249,8 +253,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data.data_dir.clone();
     let snapshot = args.snapshot.clone();
-    let summary =
-        tokio::task::spawn_blocking(move || backup::restore(&snapshot, &dir)).await??;
+    let summary = tokio::task::spawn_blocking(move || backup::restore(&snapshot, &dir)).await??;
     println!(
         "restored {} into {}",
         args.snapshot.display(),
@@ -276,11 +279,11 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .take(256)
-        .read_line(&mut answer)?;
-    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+    std::io::stdin().lock().take(256).read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 async fn delete_cluster(args: DeleteClusterArgs) -> anyhow::Result<ExitCode> {

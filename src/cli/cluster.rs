@@ -148,7 +148,6 @@ fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyho
     Ok(())
 }
 
-
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     crate::validate::cluster_name(&args.name)?;
     crate::validate::endpoint_count(args.endpoints)?;

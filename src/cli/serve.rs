@@ -127,6 +127,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
+    // registry keeps nothing in its data directory and has none. Started before regCred.dat
+    // is written, so a written regCred.dat means the socket is ready too.
+    let control = if args.ephemeral {
+        None
+    } else {
+        ControlServer::start(registry.store.clone())
+            .inspect_err(|error| {
+                tracing::error!(%error, "no control socket: admin commands need the daemon stopped")
+            })
+            .ok()
+    };
+    let expiry = args
+        .cluster_ttl
+        .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
     registry
         .identity
         .regcred(vec![advertised.clone()])
@@ -142,21 +157,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         version = crate::registry::VERSION,
         "xlreg registry serving"
     );
-    // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
-    // registry keeps nothing in its data directory and has none.
-    let control = match args.ephemeral {
-        true => None,
-        false => match ControlServer::start(registry.store.clone()) {
-            Ok(control) => Some(control),
-            Err(error) => {
-                tracing::error!(%error, "no control socket: admin commands need the daemon stopped");
-                None
-            }
-        },
-    };
-    let expiry = args
-        .cluster_ttl
-        .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
     server.run(shutdown_signal()).await;
     if let Some(expiry) = expiry {
         expiry.stop().await;

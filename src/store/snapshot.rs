@@ -34,13 +34,17 @@ impl Gate {
     /// Passes the gate for one mutation: held for the mutation's transaction.
     pub(super) fn pass(&self) -> RwLockReadGuard<'_, ()> {
         // The guarded value is `()`: a panic elsewhere cannot leave it inconsistent.
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Closes the gate: returns once no mutation is in progress, and no mutation starts
     /// until the guard is dropped.
     fn close(&self) -> RwLockWriteGuard<'_, ()> {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -160,9 +164,9 @@ impl Store {
     /// store (which brings a snapshot from an older schema up to date). A snapshot from a
     /// newer schema is refused before anything is written.
     pub fn create_from_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<Store, StoreError> {
-        let version = snapshot.schema_version()?.ok_or_else(|| {
-            StoreError::Corrupt("the snapshot records no schema version".into())
-        })?;
+        let version = snapshot
+            .schema_version()?
+            .ok_or_else(|| StoreError::Corrupt("the snapshot records no schema version".into()))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
                 found: version,
@@ -255,7 +259,10 @@ mod tests {
             .unwrap()
             .insert(VERSION_KEY.to_vec(), 99u32.to_be_bytes().to_vec());
         let e = Store::create_from_snapshot(&dir.path().join("c"), &newer).unwrap_err();
-        assert!(matches!(e, StoreError::SchemaTooNew { found: 99, .. }), "{e}");
+        assert!(
+            matches!(e, StoreError::SchemaTooNew { found: 99, .. }),
+            "{e}"
+        );
         assert!(!dir.path().join("c").exists());
     }
 

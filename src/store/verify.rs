@@ -237,7 +237,11 @@ mod tests {
         assert_eq!(snap.verify(), Vec::<String>::new());
 
         check(
-            vec![record("over", 1, vec![member(0, &a, 1), member(1, &b, 1), member(2, &d, 1)])],
+            vec![record(
+                "over",
+                1,
+                vec![member(0, &a, 1), member(1, &b, 1), member(2, &d, 1)],
+            )],
             "is over its maximum (3/2)",
         );
         check(
@@ -271,9 +275,14 @@ mod tests {
         meta_tree.insert(REGISTRY_KEY.to_vec(), vec![1, 2]);
         meta_tree.insert(b"schema_version".to_vec(), 7u32.to_be_bytes().to_vec());
         let problems = bad_meta.verify();
-        assert!(problems.iter().any(|p| p.contains("registry meta")), "{problems:?}");
         assert!(
-            problems.iter().any(|p| p.contains("schema version is Some(7)")),
+            problems.iter().any(|p| p.contains("registry meta")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("schema version is Some(7)")),
             "{problems:?}"
         );
     }
