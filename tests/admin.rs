@@ -7,13 +7,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{node, stderr, stdout, xlreg, xlreg_bin, Server};
 use serde_json::Value;
+use xlreg::client::ClusterView;
 use xlreg::id::Id;
 use xlreg::store::ClusterRef;
 
@@ -103,7 +104,32 @@ async fn populate(server: &Server) -> Populated {
     }
 }
 
-/// Every read command, each as a table and as JSON, plus a not-found error.
+/// A populated registry served from a fresh `TEMP/data`.
+async fn populated_server() -> (tempfile::TempDir, PathBuf, Server, Populated) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let server = Server::start(&dir, &[]);
+    let populated = populate(&server).await;
+    (root, dir, server, populated)
+}
+
+/// Registers key pair `key` as `name` and lists `cluster`.
+async fn list_as(server: &Server, key: usize, name: &str, cluster: &str) -> ClusterView {
+    let mut client = server.client().await;
+    client.register(&node(key, name, 1)).await.unwrap();
+    let view = client
+        .get_cluster(
+            Some(&ClusterRef::Name(cluster.into())),
+            None,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    client.bye().await.unwrap();
+    view
+}
+
+/// Every read command, each as a table and as JSON.
 fn read_commands(p: &Populated) -> Vec<Vec<String>> {
     let alpha = p.alpha.to_hex();
     let n0 = p.nodes[0].to_hex();
@@ -144,10 +170,7 @@ fn run_all(commands: &[Vec<String>], dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn every_read_command_gives_the_same_output_online_and_offline() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("data");
-    let server = Server::start(&dir, &[]);
-    let populated = populate(&server).await;
+    let (_root, dir, server, populated) = populated_server().await;
     // Restart once: sled preallocates its first segment when it reopens a directory, which
     // would otherwise make the first offline open's disk use differ from the daemon's.
     assert_eq!(server.stop(), Some(0));
@@ -375,28 +398,15 @@ async fn backup_during_concurrent_joins_restores_every_acknowledged_join() {
     assert_eq!(revived.regcred.comms_key, original.comms_key);
     assert_eq!(revived.regcred.sig_key, original.sig_key);
     // Clients holding the original regCred's keys reach it.
-    let mut client = revived.client().await;
-    client.register(&node(0, "checker", 1)).await.unwrap();
-    let view = client
-        .get_cluster(
-            Some(&ClusterRef::Name("load-0".into())),
-            None,
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let view = list_as(&revived, 0, "checker", "load-0").await;
     let load0_before = before.iter().filter(|(c, _)| c == "load-0").count();
     assert!(view.members.len() >= load0_before);
-    client.bye().await.unwrap();
     assert_eq!(revived.stop(), Some(0));
 }
 
 #[tokio::test]
 async fn restore_gives_a_registry_serve_starts_on_with_identical_contents() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("data");
-    let server = Server::start(&dir, &[]);
-    populate(&server).await;
+    let (root, dir, server, _) = populated_server().await;
     let snapshot = root.path().join("s.snap");
     let backup_out = admin_ok(&["backup", "-o", text(&snapshot)], &dir);
     assert!(
@@ -466,27 +476,14 @@ async fn restore_gives_a_registry_serve_starts_on_with_identical_contents() {
     assert_eq!(admin_ok(&["export"], &target), exported);
     admin_ok(&["verify"], &target);
     // It serves: a known node registers again and sees its cluster.
-    let mut client = revived.client().await;
-    client.register(&node(0, "node-0", 1)).await.unwrap();
-    let view = client
-        .get_cluster(
-            Some(&ClusterRef::Name("alpha".into())),
-            None,
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let view = list_as(&revived, 0, "node-0", "alpha").await;
     assert_eq!(view.members.len(), 3);
-    client.bye().await.unwrap();
     assert_eq!(revived.stop(), Some(0));
 }
 
 #[tokio::test]
 async fn export_import_export_is_identical() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("data");
-    let server = Server::start(&dir, &[]);
-    populate(&server).await;
+    let (root, dir, server, _) = populated_server().await;
     let file = root.path().join("export.json");
     admin_ok(&["export", "-o", text(&file)], &dir);
     let original_id = server.regcred.id.clone();
@@ -523,18 +520,8 @@ async fn export_import_export_is_identical() {
     assert_eq!(imported.regcred.id, original_id);
     assert_ne!(imported.regcred.sig_key, original_sig);
     assert_eq!(admin_ok(&["export"], &copy), exported);
-    let mut client = imported.client().await;
-    client.register(&node(1, "node-1", 1)).await.unwrap();
-    let view = client
-        .get_cluster(
-            Some(&ClusterRef::Name("alpha".into())),
-            None,
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let view = list_as(&imported, 1, "node-1", "alpha").await;
     assert_eq!(view.members[1].name, "node-1");
-    client.bye().await.unwrap();
     assert_eq!(imported.stop(), Some(0));
 }
 
@@ -579,10 +566,7 @@ fn xlreg_on_a_terminal(args: &[&str], input: &[u8]) -> Output {
 
 #[tokio::test]
 async fn delete_cluster_frees_the_name_and_keeps_the_nodes() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("data");
-    let server = Server::start(&dir, &[]);
-    let populated = populate(&server).await;
+    let (_root, dir, server, populated) = populated_server().await;
     // Only on a stopped registry.
     let out = admin(&["delete-cluster", "alpha", "--yes"], &dir);
     assert!(!out.status.success());
