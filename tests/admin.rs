@@ -711,3 +711,70 @@ async fn the_control_socket_serves_only_its_owner() {
     admin_ok(&["info"], &dir);
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn verify_exits_non_zero_listing_what_is_wrong() {
+    use xlreg::store::{ClusterRecord, MemberRecord, NodeRecord, Snapshot, Store};
+    // A store no transaction could produce: a cluster over its maximum whose second member
+    // is not a registered node, and a name index that misses it.
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("damaged");
+    let id = |b: u8| Id::from_bytes(&[b; 32]).unwrap();
+    let node = NodeRecord {
+        id: id(1),
+        name: "one".into(),
+        attrs: 0,
+        comms_key: vec![1],
+        sig_key: vec![2],
+        endpoints: vec!["127.0.0.1:1".into()],
+        registered_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let member = |slot: u32, node: u8| MemberRecord {
+        slot,
+        node_id: id(node),
+        name: format!("m{slot}"),
+        attrs: 0,
+        endpoints: vec!["127.0.0.1:1".into()],
+        joined_at_ms: 0,
+    };
+    let cluster = ClusterRecord {
+        id: id(9),
+        name: "crowded".into(),
+        attrs: 0,
+        max_size: 2,
+        endpoint_count: 1,
+        created_at_ms: 0,
+        touched_at_ms: 0,
+        members: vec![member(0, 1), member(1, 2), member(2, 1)],
+    };
+    let mut snapshot = Snapshot::from_records(None, &[node], &[cluster]).unwrap();
+    snapshot
+        .trees
+        .get_mut(&b"cluster_names"[..])
+        .unwrap()
+        .clear();
+    drop(Store::create_from_snapshot(&dir, &snapshot).unwrap());
+
+    let out = admin(&["verify"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let report = stdout(&out);
+    for expected in [
+        "is over its maximum (3/2)",
+        "is not a registered node",
+        "holds two slots",
+        "missing from the name index",
+    ] {
+        assert!(report.contains(expected), "{expected:?} in {report}");
+    }
+    assert!(
+        stderr(&out).contains("verify found 4 problem(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = admin(&["verify", "--json"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let report = json(&stdout(&out));
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 4);
+}
