@@ -269,7 +269,9 @@ async fn handle(mut stream: UnixStream, store: Store) {
             match answered {
                 Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
                 Ok(Err(error)) => Response::Error(error.to_string()),
-                Err(error) => Response::Error(format!("the request failed: {error}")),
+                Err(error) => {
+                    Response::Error(AdminError::Interrupted(error.to_string()).to_string())
+                }
             }
         }
     };

@@ -113,6 +113,9 @@ pub enum AdminError {
         /// What was wrong with the exchange.
         reason: String,
     },
+    /// The thread doing the work stopped before it finished (it panicked or was cancelled).
+    #[error("the admin request was interrupted: {0}")]
+    Interrupted(String),
     /// The running daemon refused or failed the request; its message is shown as it is.
     #[error("{0}")]
     Remote(String),

@@ -208,7 +208,7 @@ impl Access {
         let dir = data_dir.to_path_buf();
         let opened = tokio::task::spawn_blocking(move || open_store(&dir))
             .await
-            .map_err(|e| AdminError::Remote(format!("opening the data directory failed: {e}")))?;
+            .map_err(|e| AdminError::Interrupted(e.to_string()))?;
         match opened {
             Ok(store) => Ok(Access::Offline(store)),
             Err(AdminError::Store(StoreError::Locked { dir })) => {
@@ -237,7 +237,7 @@ impl Access {
                 answer(&store, &request, crate::server::now_ms())
             })
             .await
-            .map_err(|e| AdminError::Remote(format!("the request failed: {e}")))?,
+            .map_err(|e| AdminError::Interrupted(e.to_string()))?,
         }
     }
 }

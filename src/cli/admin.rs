@@ -124,7 +124,7 @@ pub struct DeleteClusterArgs {
 }
 
 /// Prints a view as pretty JSON, or as its text form.
-fn print(
+fn show(
     json: bool,
     value: &impl serde::Serialize,
     text: impl FnOnce() -> String,
@@ -147,26 +147,26 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
         C::Info(args) => {
             let info = access(&args.data).await?.info().await?;
-            print(args.json, &info, || info.to_text())?;
+            show(args.json, &info, || info.to_text())?;
         }
         C::Clusters(args) => {
             let rows = access(&args.data).await?.clusters().await?;
-            print(args.json, &rows, || report::clusters_text(&rows))?;
+            show(args.json, &rows, || report::clusters_text(&rows))?;
         }
         C::Cluster(args) => {
             let detail = access(&args.read.data)
                 .await?
                 .cluster(&args.cluster)
                 .await?;
-            print(args.read.json, &detail, || detail.to_text())?;
+            show(args.read.json, &detail, || detail.to_text())?;
         }
         C::Nodes(args) => {
             let rows = access(&args.data).await?.nodes().await?;
-            print(args.json, &rows, || report::nodes_text(&rows))?;
+            show(args.json, &rows, || report::nodes_text(&rows))?;
         }
         C::Node(args) => {
             let detail = access(&args.read.data).await?.node(&args.id).await?;
-            print(args.read.json, &detail, || detail.to_text())?;
+            show(args.read.json, &detail, || detail.to_text())?;
         }
         C::Export(args) => {
             let doc = access(&args.data).await?.export().await?;
@@ -189,7 +189,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
         C::Import(args) => return import(args).await,
         C::Verify(args) => {
             let report = access(&args.data).await?.verify().await?;
-            print(args.json, &report, || report.to_text())?;
+            show(args.json, &report, || report.to_text())?;
             if !report.ok {
                 eprintln!("xlreg: verify found {} problem(s)", report.problems.len());
                 return Ok(ExitCode::FAILURE);
