@@ -19,9 +19,12 @@
 //!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
 //! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
 //!   handlers;
-//! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint).
+//! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint), [`admin`]
+//!   (inspection, export/import, backup/restore, the daemon's control socket and cluster
+//!   expiry).
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;

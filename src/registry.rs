@@ -139,6 +139,23 @@ impl RegistryIdentity {
     }
 }
 
+/// Creates fresh key files in `dir` for a registry whose name and ID are already in its
+/// store but whose private keys are not to be had: one rebuilt from an export, which never
+/// carries private keys. Fails if either file already exists.
+pub fn create_key_files(dir: &Path) -> Result<(), RegistryError> {
+    for file in [COMMS_KEY_FILE, SIG_KEY_FILE] {
+        let path = dir.join(file);
+        if path.exists() {
+            return Err(RegistryError::KeyFile {
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        load_or_create_key(dir, file, None)?;
+    }
+    Ok(())
+}
+
 fn load_or_create_key(
     dir: &Path,
     file: &'static str,

@@ -131,6 +131,18 @@ pub fn endpoint(text: &str) -> Result<&str, Invalid> {
     Ok(text)
 }
 
+/// A cluster named on the command line or in an admin request: 64 hex digits are its ID,
+/// anything else must be a valid cluster name.
+pub fn cluster_ref(text: &str) -> Result<crate::store::ClusterRef, Invalid> {
+    use crate::store::ClusterRef;
+    if text.len() == 2 * crate::id::ID_LEN && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        let id = crate::id::Id::from_hex(text).map_err(|e| invalid(e.to_string()))?;
+        return Ok(ClusterRef::Id(id));
+    }
+    cluster_name(text)?;
+    Ok(ClusterRef::Name(text.to_string()))
+}
+
 /// A member's endpoint list: 1..=8 valid endpoints.
 pub fn endpoints(list: &[String]) -> Result<(), Invalid> {
     if list.is_empty() {
@@ -172,6 +184,19 @@ mod tests {
         }
         assert!(cluster_name(&"a".repeat(64)).is_ok());
         assert!(cluster_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn cluster_refs() {
+        use crate::store::ClusterRef;
+        let hex = "ab".repeat(32);
+        assert!(matches!(cluster_ref(&hex), Ok(ClusterRef::Id(id)) if id.to_hex() == hex));
+        assert_eq!(
+            cluster_ref("web.prod"),
+            Ok(ClusterRef::Name("web.prod".into()))
+        );
+        assert!(cluster_ref("9lives").is_err());
+        assert!(cluster_ref("").is_err());
     }
 
     #[test]

@@ -148,14 +148,6 @@ fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyho
     Ok(())
 }
 
-fn parse_cluster(text: &str) -> anyhow::Result<ClusterRef> {
-    if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Ok(ClusterRef::Id(Id::from_hex(text)?));
-    }
-    crate::validate::cluster_name(text)?;
-    Ok(ClusterRef::Name(text.to_string()))
-}
-
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     crate::validate::cluster_name(&args.name)?;
     crate::validate::endpoint_count(args.endpoints)?;
@@ -242,7 +234,7 @@ async fn wait_for_members(
 }
 
 async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
-    let target = parse_cluster(&args.cluster)?;
+    let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = identity(args.node.as_ref())?;
     let (node_id, view) = connect_and(&args.registry, |mut client| {
         let node = &node;

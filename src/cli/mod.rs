@@ -2,9 +2,11 @@
 //!
 //! One file per group of subcommands: `serve` (the daemon), `node` (`node init` and
 //! `register`), `cluster` (`cluster create|join|members`), `regcred` (`regcred show`), with
-//! `bench` (the load generator), with `output` for the human and JSON renderings they share. This is the program's edge, so
+//! `bench` (the load generator) and `admin` (`xlreg admin ...`), with `output` for the
+//! human and JSON renderings they share. This is the program's edge, so
 //! errors here are `anyhow` errors: [`main`] prints one clear line and exits non-zero.
 
+mod admin;
 mod bench;
 mod cluster;
 mod node;
@@ -30,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the registry daemon.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage a node's identity directory.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -44,12 +46,15 @@ pub enum Command {
     Regcred(regcred::RegcredCommand),
     /// Load-test a running registry with concurrent complete sessions.
     Bench(bench::BenchArgs),
+    /// Operate a registry: inspect, export, import, verify, back up, restore.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 /// Where the registry keeps its data unless told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "xlreg-data";
 
-/// The data directory option shared by `serve` and (later) `admin`.
+/// The data directory option shared by `serve` and `admin`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataDirArg {
     /// Data directory.
@@ -96,11 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(*args)),
         Command::Node(command) => node::run_node(command),
         Command::Register(args) => runtime.block_on(node::run_register(args)),
         Command::Cluster(command) => runtime.block_on(cluster::run(command)),
         Command::Regcred(command) => regcred::run(command),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Admin(command) => runtime.block_on(admin::run(command)),
     }
 }

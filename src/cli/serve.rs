@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::DataDirArg;
+use crate::admin::control::ControlServer;
+use crate::admin::expiry::{parse_ttl, ClusterExpiry};
 use crate::legacy::server::LegacyListener;
 use crate::legacy::wire::Version;
 use crate::metrics::http::MetricsEndpoint;
@@ -49,6 +51,9 @@ pub struct ServeArgs {
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
     #[arg(long, value_name = "FILE")]
     regcred_out: Option<PathBuf>,
+    /// Remove clusters nobody has joined for this long, e.g. 90s, 30m, 12h, 7d (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    cluster_ttl: Option<Duration>,
     /// Most connections served at once; more are closed on arrival.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -221,6 +226,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "xlReg 1.9 listener on: its wire has no integrity protection; keep it on a trusted network (docs/legacy.md)"
         );
     }
+    // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
+    // registry keeps nothing in its data directory and has none. Started before regCred.dat
+    // is written, so a written regCred.dat means the socket is ready too.
+    let control = if args.ephemeral {
+        None
+    } else {
+        ControlServer::start(registry.store.clone())
+            .inspect_err(|error| {
+                tracing::error!(%error, "no control socket: admin commands need the daemon stopped")
+            })
+            .ok()
+    };
+    let expiry = args
+        .cluster_ttl
+        .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
     write_regcred(
         &registry.identity.regcred(vec![advertised.clone()]),
         &regcred_path,
@@ -239,6 +259,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     server.run(shutdown).await;
     if let Some(task) = metrics_task {
         task.abort();
+    }
+    if let Some(expiry) = expiry {
+        expiry.stop().await;
+    }
+    if let Some(control) = control {
+        control.stop().await;
+    }
+    // The server's final flush may have run before the last expiry removals.
+    if let Err(error) = registry.store.flush_blocking() {
+        tracing::error!(%error, "final flush failed");
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -91,6 +91,12 @@ pub enum StoreError {
     /// No node is registered with this id.
     #[error("no such node: {0}")]
     NoSuchNode(Id),
+    /// A snapshot was to be written into a data directory that already holds data.
+    #[error("data directory {} already holds data; restore only into an empty directory", dir.display())]
+    NotEmpty {
+        /// The data directory.
+        dir: PathBuf,
+    },
 }
 
 impl From<sled::Error> for StoreError {

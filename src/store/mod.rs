@@ -4,7 +4,9 @@
 //! and the transactions that enforce the registry's rules (a cluster is never overfilled,
 //! member names are unique within a cluster, a node id stays bound to the keys it first
 //! registered with). Submodules own the records ([`records`]), the error type (`error`),
-//! schema versions and migrations (`schema`) and group commit (`commit`).
+//! schema versions and migrations (`schema`), group commit (`commit`), point-in-time
+//! snapshots and the gate every mutation passes (`snapshot`) and the consistency checks
+//! (`verify`).
 //!
 //! # On-disk layout (schema 1)
 //!
@@ -32,6 +34,7 @@ mod commit;
 mod error;
 pub mod records;
 mod schema;
+mod snapshot;
 mod verify;
 
 use std::cell::RefCell;
@@ -48,10 +51,12 @@ use sled::Transactional;
 pub use error::StoreError;
 pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
 pub use schema::SCHEMA_VERSION;
+pub use snapshot::Snapshot;
 
 use crate::id::Id;
 use commit::GroupCommit;
 use records::{decode, encode};
+use snapshot::Gate;
 
 /// sled's page cache size. sled's default (1 GiB) would let a large registry's resident
 /// memory grow far beyond what a registry needs: the hot data (clusters being formed) is
@@ -82,6 +87,8 @@ struct Inner {
     /// sled's data file `DIR/db`, kept open to fdatasync it; `None` for a temporary store.
     data_file: Option<File>,
     commit: GroupCommit,
+    /// Every mutation passes this gate; a snapshot closes it while it copies the trees.
+    gate: Gate,
 }
 
 impl fmt::Debug for Store {
@@ -279,6 +286,7 @@ impl Store {
                 dir,
                 data_file,
                 commit: GroupCommit::new(),
+                gate: Gate::default(),
             }),
         })
     }
@@ -299,6 +307,7 @@ impl Store {
     /// Stores the registry's own facts.
     pub fn set_registry_meta(&self, meta: &RegistryMeta) -> Result<(), StoreError> {
         let value = encode("registry meta", meta)?;
+        let _gate = self.inner.gate.pass();
         self.inner.meta.insert(REGISTRY_KEY, value)?;
         self.inner.commit.bump();
         Ok(())
@@ -318,6 +327,7 @@ impl Store {
     ) -> Result<Registration, StoreError> {
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
+        let _gate = i.gate.pass();
         let reg = (&i.nodes, &i.clusters).transaction(|(nodes, clusters)| {
             let created = |id: Id| NodeRecord {
                 id,
@@ -386,6 +396,7 @@ impl Store {
     ) -> Result<(ClusterRecord, bool), StoreError> {
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
+        let _gate = i.gate.pass();
         let out =
             (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
                 let by_name = ClusterRef::Name(new.name.clone());
@@ -427,6 +438,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<JoinOutcome, StoreError> {
         let i = &self.inner;
+        let _gate = i.gate.pass();
         let out =
             (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
                 let Some(mut c) = resolve_in_tx(names, clusters, cluster)? else {
@@ -551,11 +563,27 @@ impl Store {
     /// Deletes a cluster and its name entry (its member nodes stay registered). Returns the
     /// deleted cluster, or `None` if there was none.
     pub fn delete_cluster(&self, r: &ClusterRef) -> Result<Option<ClusterRecord>, StoreError> {
+        self.delete_cluster_if(r, |_| true)
+    }
+
+    /// Deletes a cluster as [`Store::delete_cluster`] does, but only if `condition` holds for
+    /// the cluster as it is inside the deleting transaction (so a join that lands after the
+    /// caller looked cannot be lost to a decision made on the old record). Returns the
+    /// deleted cluster, or `None` if there was none or the condition did not hold.
+    pub fn delete_cluster_if(
+        &self,
+        r: &ClusterRef,
+        condition: impl Fn(&ClusterRecord) -> bool,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
         let i = &self.inner;
+        let _gate = i.gate.pass();
         let out = (&i.cluster_names, &i.clusters).transaction(|(names, clusters)| {
             let Some(c) = resolve_in_tx(names, clusters, r)? else {
                 return Ok(None);
             };
+            if !condition(&c) {
+                return Ok(None);
+            }
             clusters.remove(c.id.as_bytes())?;
             if let Some(b) = names.get(c.name.as_bytes())? {
                 if b.as_ref() == c.id.as_bytes() {
@@ -579,6 +607,12 @@ impl Store {
             counts.members += u64::from(c?.member_count());
         }
         Ok(counts)
+    }
+
+    /// The schema version stored in the data directory (`None` only for a database that was
+    /// never opened by xlreg, which [`Store::open`] never returns).
+    pub fn schema_version(&self) -> Result<Option<u32>, StoreError> {
+        schema::stored_version(&self.inner.db)
     }
 
     /// The space the database takes on disk, in bytes.

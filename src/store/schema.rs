@@ -17,8 +17,8 @@ mod m0001_initial_layout;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The tree and key holding the schema version.
-const META_TREE: &str = "meta";
-const VERSION_KEY: &[u8] = b"schema_version";
+pub(super) const META_TREE: &str = "meta";
+pub(super) const VERSION_KEY: &[u8] = b"schema_version";
 
 /// One migration step: brings a directory at schema `version - 1` to `version`.
 struct Step {
@@ -37,18 +37,20 @@ const STEPS: &[Step] = &[Step {
 /// Reads the stored schema version: `None` if none is stored.
 pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StoreError> {
     let meta = db.open_tree(META_TREE)?;
-    match meta.get(VERSION_KEY)? {
-        None => Ok(None),
-        Some(bytes) => {
-            let arr: [u8; 4] = bytes.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt(format!(
-                    "schema_version is {} bytes long, not 4",
-                    bytes.len()
-                ))
-            })?;
-            Ok(Some(u32::from_be_bytes(arr)))
-        }
-    }
+    meta.get(VERSION_KEY)?
+        .map(|bytes| decode_version(&bytes))
+        .transpose()
+}
+
+/// Decodes the stored form of a schema version (u32, big-endian).
+pub(super) fn decode_version(bytes: &[u8]) -> Result<u32, StoreError> {
+    let arr: [u8; 4] = bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "schema_version is {} bytes long, not 4",
+            bytes.len()
+        ))
+    })?;
+    Ok(u32::from_be_bytes(arr))
 }
 
 /// Writes the schema version (without flushing).
@@ -59,7 +61,7 @@ fn write_version(db: &Db, version: u32) -> Result<(), StoreError> {
 }
 
 /// Whether any tree of the database holds data.
-fn has_data(db: &Db) -> Result<bool, StoreError> {
+pub(super) fn has_data(db: &Db) -> Result<bool, StoreError> {
     for name in db.tree_names() {
         if !db.open_tree(&name)?.is_empty() {
             return Ok(true);

@@ -1,44 +1,64 @@
 //! Consistency checks over a whole store: the invariants every transaction maintains.
 //!
-//! This module owns [`Store::verify`], used by operators (`xlreg admin verify`) and by the
-//! crash and race tests: after any crash or any interleaving, every one of these must hold.
+//! This module owns [`Store::verify`] and [`Snapshot::verify`], used by operators (`xlreg
+//! admin verify`), by restore and import, and by the crash and race tests: after any crash
+//! or any interleaving, every one of these must hold. The checks run on a point-in-time
+//! [`Snapshot`], so a store that is changing while it is checked gives no false alarms.
 
 use std::collections::{HashMap, HashSet};
 
-use super::records::{decode, ClusterRecord};
-use super::schema::{stored_version, SCHEMA_VERSION};
-use super::{Store, StoreError};
+use super::records::{decode, ClusterRecord, NodeRecord, RegistryMeta};
+use super::schema::SCHEMA_VERSION;
+use super::snapshot::{Snapshot, TreeEntries};
+use super::{Store, StoreError, REGISTRY_KEY};
 use crate::id::Id;
 
 impl Store {
-    /// Checks every invariant and returns a description of each violation (empty: all
-    /// hold). Fails only if the store cannot be read at all.
-    ///
-    /// Checked: the schema version is known; every record decodes and sits under its own
-    /// id; the name index and the clusters agree both ways; no cluster is over its maximum
-    /// or outside 2..=64; slots are strictly increasing and below the next slot; member
-    /// names and nodes are unique within a cluster; every member is a registered node; no
-    /// id is both a node's and a cluster's.
+    /// Checks every invariant on a snapshot of the store and returns a description of each
+    /// violation (empty: all hold). Fails only if the store cannot be read at all.
     pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.snapshot()?.verify())
+    }
+}
+
+impl Snapshot {
+    /// Checks every invariant and returns a description of each violation (empty: all
+    /// hold).
+    ///
+    /// Checked: the schema version is known and the registry's facts decode; every record
+    /// decodes and sits under its own id; the name index and the clusters agree both ways;
+    /// no cluster is over its maximum or outside 2..=64; member counts match the slots
+    /// (slot i holds the i-th member to join: 0, 1, 2, ... without gaps, as slots are never
+    /// reused and members never leave); member names and nodes are unique within a cluster;
+    /// every member is a registered node and offers the endpoints its cluster requires; no
+    /// id is both a node's and a cluster's.
+    pub fn verify(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let inner = &self.inner;
-        match stored_version(&inner.db)? {
-            Some(SCHEMA_VERSION) => {}
-            other => problems.push(format!(
+        let empty = TreeEntries::new();
+        let tree = |name: &str| self.trees.get(name.as_bytes()).unwrap_or(&empty);
+
+        match self.schema_version() {
+            Ok(Some(SCHEMA_VERSION)) => {}
+            Ok(other) => problems.push(format!(
                 "schema version is {other:?}, expected {SCHEMA_VERSION}"
             )),
+            Err(error) => problems.push(error.to_string()),
+        }
+        if let Some(bytes) = tree("meta").get(REGISTRY_KEY) {
+            if let Err(error) = decode::<RegistryMeta>("registry meta", REGISTRY_KEY, bytes) {
+                problems.push(error.to_string());
+            }
         }
 
         let mut node_ids = HashSet::new();
-        for entry in inner.nodes.iter() {
-            let (key, value) = entry?;
-            match decode::<super::NodeRecord>("node", &key, &value) {
-                Ok(node) if node.id.as_bytes() == key.as_ref() => {
+        for (key, value) in tree("nodes") {
+            match decode::<NodeRecord>("node", key, value) {
+                Ok(node) if node.id.as_bytes() == key.as_slice() => {
                     node_ids.insert(node.id);
                 }
                 Ok(node) => problems.push(format!(
                     "node record under {} carries id {}",
-                    hex::encode(&key),
+                    hex::encode(key),
                     node.id
                 )),
                 Err(error) => problems.push(error.to_string()),
@@ -46,25 +66,24 @@ impl Store {
         }
 
         let mut clusters: HashMap<Id, ClusterRecord> = HashMap::new();
-        for entry in inner.clusters.iter() {
-            let (key, value) = entry?;
-            match decode::<ClusterRecord>("cluster", &key, &value) {
-                Ok(cluster) if cluster.id.as_bytes() == key.as_ref() => {
+        for (key, value) in tree("clusters") {
+            match decode::<ClusterRecord>("cluster", key, value) {
+                Ok(cluster) if cluster.id.as_bytes() == key.as_slice() => {
                     clusters.insert(cluster.id.clone(), cluster);
                 }
                 Ok(cluster) => problems.push(format!(
                     "cluster record under {} carries id {}",
-                    hex::encode(&key),
+                    hex::encode(key),
                     cluster.id
                 )),
                 Err(error) => problems.push(error.to_string()),
             }
         }
 
-        for entry in inner.cluster_names.iter() {
-            let (name, id) = entry?;
-            let name = String::from_utf8_lossy(&name);
-            match Id::from_bytes(&id).ok().and_then(|id| clusters.get(&id)) {
+        let names = tree("cluster_names");
+        for (name, id) in names {
+            let name = String::from_utf8_lossy(name);
+            match Id::from_bytes(id).ok().and_then(|id| clusters.get(&id)) {
                 Some(cluster) if cluster.name == name => {}
                 Some(cluster) => problems.push(format!(
                     "name index maps {name} to cluster {} which is named {}",
@@ -72,15 +91,17 @@ impl Store {
                 )),
                 None => problems.push(format!(
                     "name index maps {name} to a cluster that does not exist ({})",
-                    hex::encode(&id)
+                    hex::encode(id)
                 )),
             }
         }
 
-        for cluster in clusters.values() {
+        let mut ordered: Vec<&ClusterRecord> = clusters.values().collect();
+        ordered.sort_by(|a, b| a.id.cmp(&b.id));
+        for cluster in ordered {
             let label = format!("cluster {} ({})", cluster.name, cluster.id);
-            match inner.cluster_names.get(cluster.name.as_bytes())? {
-                Some(id) if id.as_ref() == cluster.id.as_bytes() => {}
+            match names.get(cluster.name.as_bytes()) {
+                Some(id) if id.as_slice() == cluster.id.as_bytes() => {}
                 _ => problems.push(format!("{label} is missing from the name index")),
             }
             if node_ids.contains(&cluster.id) {
@@ -96,15 +117,16 @@ impl Store {
                     cluster.max_size
                 ));
             }
-            let mut names = HashSet::new();
+            let mut member_names = HashSet::new();
             let mut members = HashSet::new();
-            let mut previous_slot = None;
-            for member in &cluster.members {
-                if previous_slot.is_some_and(|p| member.slot <= p) {
-                    problems.push(format!("{label}: slot {} is out of order", member.slot));
+            for (position, member) in cluster.members.iter().enumerate() {
+                if u32::try_from(position) != Ok(member.slot) {
+                    problems.push(format!(
+                        "{label}: member {} is number {position} to join but holds slot {}",
+                        member.name, member.slot
+                    ));
                 }
-                previous_slot = Some(member.slot);
-                if !names.insert(&member.name) {
+                if !member_names.insert(&member.name) {
                     problems.push(format!(
                         "{label}: member name {} appears twice",
                         member.name
@@ -119,16 +141,25 @@ impl Store {
                         member.name, member.node_id
                     ));
                 }
+                if member.endpoints.len() < cluster.endpoint_count as usize {
+                    problems.push(format!(
+                        "{label}: member {} has {} endpoints, the cluster requires {}",
+                        member.name,
+                        member.endpoints.len(),
+                        cluster.endpoint_count
+                    ));
+                }
             }
         }
-        Ok(problems)
+        problems
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::{cluster, node};
-    use crate::store::{ClusterRef, Store};
+    use super::*;
+    use crate::store::{ClusterRef, MemberRecord};
 
     #[test]
     fn a_store_built_through_its_api_verifies_clean() {
@@ -160,5 +191,99 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems.iter().any(|p| p.contains("ghost")), "{problems:?}");
+    }
+
+    fn record(name: &str, byte: u8, members: Vec<MemberRecord>) -> ClusterRecord {
+        ClusterRecord {
+            id: Id::from_bytes(&[byte; 32]).unwrap(),
+            name: name.into(),
+            attrs: 0,
+            max_size: 2,
+            endpoint_count: 1,
+            created_at_ms: 0,
+            touched_at_ms: 0,
+            members,
+        }
+    }
+
+    fn member(slot: u32, node: &NodeRecord, endpoints: usize) -> MemberRecord {
+        MemberRecord {
+            slot,
+            node_id: node.id.clone(),
+            name: node.name.clone(),
+            attrs: 0,
+            endpoints: vec!["127.0.0.1:1".into(); endpoints],
+            joined_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn each_invariant_has_its_own_report() {
+        let store = Store::temporary().unwrap();
+        let a = node(&store, "a", 1);
+        let b = node(&store, "b", 1);
+        let d = node(&store, "d", 1);
+        let nodes = vec![a.clone(), b.clone(), d.clone()];
+        let check = |clusters: Vec<ClusterRecord>, expected: &str| {
+            let snap = Snapshot::from_records(None, &nodes, &clusters).unwrap();
+            let problems = snap.verify();
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "expected {expected:?} in {problems:?}"
+            );
+        };
+        let clean = record("ok", 1, vec![member(0, &a, 1), member(1, &b, 1)]);
+        let snap = Snapshot::from_records(None, &nodes, std::slice::from_ref(&clean)).unwrap();
+        assert_eq!(snap.verify(), Vec::<String>::new());
+
+        check(
+            vec![record(
+                "over",
+                1,
+                vec![member(0, &a, 1), member(1, &b, 1), member(2, &d, 1)],
+            )],
+            "is over its maximum (3/2)",
+        );
+        check(
+            vec![record("gap", 1, vec![member(0, &a, 1), member(2, &b, 1)])],
+            "is number 1 to join but holds slot 2",
+        );
+        check(
+            vec![record("twice", 1, vec![member(0, &a, 1), member(1, &a, 1)])],
+            "holds two slots",
+        );
+        check(
+            vec![record("thin", 1, vec![member(0, &a, 0)])],
+            "has 0 endpoints, the cluster requires 1",
+        );
+        let mut ghost = a.clone();
+        ghost.id = Id::from_bytes(&[9u8; 32]).unwrap();
+        check(
+            vec![record("ghost", 1, vec![member(0, &ghost, 1)])],
+            "is not a registered node",
+        );
+        check(
+            vec![record("dup", 1, vec![]), record("dup", 2, vec![])],
+            "is missing from the name index",
+        );
+        let mut shared = record("shared", 1, vec![]);
+        shared.id = a.id.clone();
+        check(vec![shared], "shares its id with a node");
+
+        let mut bad_meta = Snapshot::from_records(None, &nodes, &[]).unwrap();
+        let meta_tree = bad_meta.trees.get_mut(&b"meta"[..]).unwrap();
+        meta_tree.insert(REGISTRY_KEY.to_vec(), vec![1, 2]);
+        meta_tree.insert(b"schema_version".to_vec(), 7u32.to_be_bytes().to_vec());
+        let problems = bad_meta.verify();
+        assert!(
+            problems.iter().any(|p| p.contains("registry meta")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("schema version is Some(7)")),
+            "{problems:?}"
+        );
     }
 }

@@ -1,0 +1,440 @@
+//! The control socket: how admin commands reach a running daemon.
+//!
+//! This module owns both ends. While the daemon runs, sled holds the data directory, so
+//! `xlreg admin` asks the daemon instead, over the Unix socket `DATA_DIR/control.sock`.
+//!
+//! Security: the socket is created with mode 0600 inside a private 0700 directory and only
+//! then renamed into place, so it is never reachable with looser permissions; on every
+//! connection the daemon reads the peer's credentials (`SO_PEERCRED`) and serves only its own
+//! effective uid, and the client likewise talks only to a daemon of its own uid. Requests are
+//! read-only except `backup`, which hands out the registry's private keys, and so goes only
+//! to the same user who can already read them in the data directory.
+//!
+//! Protocol: one JSON [`Request`] line from the client, one JSON response line back
+//! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. Requests are at
+//! most [`MAX_REQUEST_BYTES`] and must arrive within [`REQUEST_TIMEOUT`]; replies are at most
+//! [`MAX_RESPONSE_BYTES`]; at most [`MAX_CONCURRENT`] requests are served at once (more are
+//! told the daemon is busy). The daemon answers with the same [`answer`] function an offline
+//! command runs, on a blocking thread, so the output is the same either way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use zeroize::Zeroizing;
+
+use super::{answer, AdminError, Reply, Request};
+use crate::store::Store;
+
+/// File name of the control socket in the data directory.
+pub const SOCKET_FILE: &str = "control.sock";
+/// Mode of the control socket.
+pub const SOCKET_MODE: u32 = 0o600;
+/// Longest request line the daemon reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Longest response line the client reads (a snapshot or export of a very large registry).
+pub const MAX_RESPONSE_BYTES: usize = 2 << 30;
+/// How long the daemon waits for a client's request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to send a reply, and the client to accept it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the client waits for the daemon's whole answer.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most requests the daemon serves at once.
+pub const MAX_CONCURRENT: usize = 4;
+/// How long stopping waits for requests in progress.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// One response line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    /// The request's answer.
+    Ok(Box<Reply>),
+    /// Why there is none; shown to the user as it is.
+    Error(String),
+}
+
+/// The effective uid of this process.
+fn own_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end of `stream` (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    Ok(stream.peer_cred()?.uid())
+}
+
+/// Reads one line of at most `limit` bytes (newline excluded) within `timeout`. Returns the
+/// line without its newline; `Ok(None)` if the peer closed before sending anything.
+async fn read_line(
+    stream: &mut UnixStream,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+    let mut line = Zeroizing::new(Vec::new());
+    let mut reader = BufReader::new(stream.take(limit as u64 + 1));
+    let read = tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line)).await;
+    match read {
+        Err(_) => Err(format!("no complete line within {timeout:?}")),
+        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Ok(0)) => Ok(None),
+        Ok(Ok(_)) if line.last() == Some(&b'\n') => {
+            line.pop();
+            Ok(Some(line))
+        }
+        Ok(Ok(_)) if line.len() > limit => Err(format!("line longer than {limit} bytes")),
+        Ok(Ok(_)) => Err("connection closed in the middle of a line".into()),
+    }
+}
+
+/// Writes one JSON line and closes the writing side, within `timeout`.
+async fn write_line(
+    stream: &mut UnixStream,
+    value: &impl Serialize,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut line = Zeroizing::new(serde_json::to_vec(value).map_err(|e| e.to_string())?);
+    line.push(b'\n');
+    tokio::time::timeout(timeout, async {
+        stream.write_all(&line).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| format!("the peer did not take the reply within {timeout:?}"))?
+    .map_err(|e| e.to_string())
+}
+
+/// The daemon's end: a listening control socket and the task serving it.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the socket at `DIR/control.sock` with mode 0600 without ever exposing it with
+/// looser permissions: bound inside a fresh private 0700 directory, chmodded, then renamed
+/// into place. A stale socket left by a daemon that died is replaced.
+fn bind(dir: &Path) -> Result<(UnixListener, PathBuf), AdminError> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+    let path = dir.join(SOCKET_FILE);
+    let control = |source| AdminError::Control {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path).map_err(control)?,
+        Ok(_) => {
+            return Err(control(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; remove it",
+            )))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(control(error)),
+    }
+    let private = dir.join(format!(
+        ".control-{}",
+        &crate::id::Id::random(&mut rand::rng()).to_hex()[..12]
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(control)?;
+    let staged = private.join(SOCKET_FILE);
+    let result = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+        std::fs::rename(&staged, &path)?;
+        listener.set_nonblocking(true)?;
+        UnixListener::from_std(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    Ok((result.map_err(control)?, path))
+}
+
+impl ControlServer {
+    /// Starts serving admin requests for `store` on `DATA_DIR/control.sock`. Must be called
+    /// on a tokio runtime; the store must have a data directory.
+    pub fn start(store: Store) -> Result<ControlServer, AdminError> {
+        let dir = store.data_dir().ok_or(AdminError::Ephemeral)?.to_path_buf();
+        let (listener, path) = bind(&dir)?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, store, stopped));
+        tracing::info!(socket = %path.display(), "control socket listening");
+        Ok(ControlServer { path, stop, task })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, gives requests in progress a few seconds, and removes the socket.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(socket = %self.path.display(), %error, "could not remove the control socket");
+        }
+    }
+}
+
+async fn serve(listener: UnixListener, store: Store, mut stopped: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let uid = own_uid();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = super::stop_requested(&mut stopped) => break,
+            accepted = listener.accept() => {
+                let mut stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let refusal = match peer_uid(&stream) {
+                    Ok(peer) if peer == uid => None,
+                    Ok(peer) => {
+                        tracing::warn!(peer_uid = peer, "control connection refused: not the daemon's user");
+                        Some(format!("refused: the control socket serves only uid {uid}"))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "control connection refused: peer credentials unreadable");
+                        Some("refused: peer credentials unreadable".to_string())
+                    }
+                };
+                let permit = match refusal {
+                    Some(_) => None,
+                    None => limit.clone().try_acquire_owned().ok(),
+                };
+                let store = store.clone();
+                tasks.spawn(async move {
+                    match (refusal, permit) {
+                        (Some(refusal), _) => {
+                            let _ = write_line(&mut stream, &Response::Error(refusal), REQUEST_TIMEOUT).await;
+                        }
+                        (None, None) => {
+                            let busy = Response::Error("the daemon is busy with other admin requests; try again".into());
+                            let _ = write_line(&mut stream, &busy, REQUEST_TIMEOUT).await;
+                        }
+                        (None, Some(permit)) => {
+                            handle(stream, store).await;
+                            drop(permit);
+                        }
+                    }
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
+}
+
+/// Serves one control connection: one request, one response.
+async fn handle(mut stream: UnixStream, store: Store) {
+    let started = Instant::now();
+    let request = match read_line(&mut stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT).await {
+        Ok(Some(line)) => serde_json::from_slice::<Request>(&line)
+            .map_err(|e| format!("bad control request: {e}")),
+        Ok(None) => return,
+        Err(error) => Err(format!("bad control request: {error}")),
+    };
+    let op = request.as_ref().map(Request::op).unwrap_or("invalid");
+    let response = match request {
+        Err(error) => Response::Error(error),
+        Ok(request) => {
+            let answered = tokio::task::spawn_blocking(move || {
+                answer(&store, &request, crate::server::now_ms())
+            })
+            .await;
+            match answered {
+                Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
+                Ok(Err(error)) => Response::Error(error.to_string()),
+                Err(error) => {
+                    Response::Error(AdminError::Interrupted(error.to_string()).to_string())
+                }
+            }
+        }
+    };
+    let result = match &response {
+        Response::Ok(_) => "ok".to_string(),
+        Response::Error(error) => format!("error: {error}"),
+    };
+    let sent = write_line(&mut stream, &response, WRITE_TIMEOUT).await;
+    tracing::info!(
+        op,
+        result,
+        sent = sent.is_ok(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "admin request"
+    );
+}
+
+/// The client's end: a connection to a running daemon's control socket.
+#[derive(Debug)]
+pub struct ControlConnection {
+    stream: UnixStream,
+    path: PathBuf,
+}
+
+/// Connects to the daemon serving `data_dir`. `Ok(None)` if no daemon listens there (no
+/// socket, or a stale one); an error if one answers but is not this user's.
+pub async fn connect(data_dir: &Path) -> Result<Option<ControlConnection>, AdminError> {
+    let path = data_dir.join(SOCKET_FILE);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(source) => return Err(AdminError::Control { path, source }),
+    };
+    let peer = peer_uid(&stream).map_err(|source| AdminError::Control {
+        path: path.clone(),
+        source,
+    })?;
+    if peer != own_uid() {
+        return Err(AdminError::ControlProtocol {
+            path,
+            reason: format!("served by uid {peer}, not by this user; refusing to use it"),
+        });
+    }
+    Ok(Some(ControlConnection { stream, path }))
+}
+
+impl ControlConnection {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends one request and returns the daemon's reply (its error as
+    /// [`AdminError::Remote`]).
+    pub async fn ask(mut self, request: &Request) -> Result<Reply, AdminError> {
+        let path = self.path.clone();
+        let protocol = |reason: String| AdminError::ControlProtocol {
+            path: path.clone(),
+            reason,
+        };
+        write_line(&mut self.stream, request, WRITE_TIMEOUT)
+            .await
+            .map_err(&protocol)?;
+        let line = read_line(&mut self.stream, MAX_RESPONSE_BYTES, RESPONSE_TIMEOUT)
+            .await
+            .map_err(&protocol)?
+            .ok_or_else(|| protocol("the daemon closed the connection without answering".into()))?;
+        match serde_json::from_slice::<Response>(&line) {
+            Ok(Response::Ok(reply)) => Ok(*reply),
+            Ok(Response::Error(message)) => Err(AdminError::Remote(message)),
+            Err(error) => Err(protocol(format!("unreadable answer: {error}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn serves_requests_and_refuses_malformed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        runtime().block_on(async {
+            // A stale socket file is replaced.
+            let stale = std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET_FILE));
+            drop(stale);
+            let server = ControlServer::start(store.clone()).unwrap();
+            let mode = std::fs::metadata(server.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, SOCKET_MODE);
+            assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".control")));
+
+            let reply = connect(dir.path())
+                .await
+                .unwrap()
+                .unwrap()
+                .ask(&Request::Info)
+                .await
+                .unwrap();
+            assert!(matches!(reply, Reply::Info(info) if info.nodes == 0));
+            let error = connect(dir.path())
+                .await
+                .unwrap()
+                .unwrap()
+                .ask(&Request::Cluster {
+                    cluster: "nope".into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(error.to_string(), "no such cluster: nope");
+
+            // Garbage, an over-long line and silence each get an error, and the daemon
+            // goes on serving.
+            let ask_raw = |bytes: Vec<u8>| {
+                let path = dir.path().join(SOCKET_FILE);
+                async move {
+                    let mut stream = UnixStream::connect(&path).await.unwrap();
+                    let _ = stream.write_all(&bytes).await;
+                    let _ = stream.shutdown().await;
+                    let mut answer = String::new();
+                    let _ = stream.read_to_string(&mut answer).await;
+                    answer
+                }
+            };
+            assert!(ask_raw(b"{\"op\":\"drop-tables\"}\n".to_vec())
+                .await
+                .contains("bad control request"));
+            // Exactly one byte too many, so the daemon reads it all (closing a Unix socket
+            // with unread data resets the peer, which would lose the answer).
+            let long = vec![b'x'; MAX_REQUEST_BYTES + 1];
+            assert!(ask_raw(long).await.contains("longer than"));
+            assert!(ask_raw(b"{\"op\":\"info\"}".to_vec())
+                .await
+                .contains("closed in the middle"));
+            let still = connect(dir.path()).await.unwrap().unwrap();
+            assert!(still.ask(&Request::Nodes).await.is_ok());
+
+            server.stop().await;
+            assert!(!dir.path().join(SOCKET_FILE).exists());
+            assert!(connect(dir.path()).await.unwrap().is_none());
+        });
+    }
+}

@@ -1,0 +1,546 @@
+//! `admin export` and `admin import`: the registry's public data as a versioned JSON document.
+//!
+//! This module owns [`ExportDocument`] (format `xlreg-export`, version 1), building it from a
+//! point-in-time [`Snapshot`], and rebuilding a registry from it. The document holds the
+//! registry's name and ID, every node (with its public keys), every cluster and every
+//! membership; never a private key. Export is deterministic (nodes and clusters in ID order,
+//! members in slot order), and import stores exactly what the document says, so export ->
+//! import -> export gives the same document.
+//!
+//! Import checks the document as strictly as the registry checks its peers (names,
+//! endpoints, key sizes, duplicate IDs) and then every store invariant
+//! ([`Snapshot::verify`]) before it writes anything. Since the document carries no private
+//! keys, an imported registry gets fresh key files: same name and ID, new keys, so clients
+//! need the new regCred.dat that `serve` writes.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::target::NewDataDir;
+use super::AdminError;
+use crate::crypto::PublicKey;
+use crate::id::Id;
+use crate::store::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, Store};
+use crate::validate;
+
+/// The `format` field of an export document.
+pub const EXPORT_FORMAT: &str = "xlreg-export";
+/// The document version this xlreg writes and reads.
+pub const EXPORT_VERSION: u32 = 1;
+/// The largest export file `import` reads.
+pub const MAX_EXPORT_BYTES: u64 = 1 << 30;
+
+/// A complete export of a registry's public data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDocument {
+    /// Always [`EXPORT_FORMAT`].
+    pub format: String,
+    /// The document version, [`EXPORT_VERSION`].
+    pub version: u32,
+    /// The registry's own facts, if it has been started.
+    pub registry: Option<ExportedRegistry>,
+    /// Every node, in ID order.
+    pub nodes: Vec<ExportedNode>,
+    /// Every cluster with its members, in ID order.
+    pub clusters: Vec<ExportedCluster>,
+}
+
+/// The registry's name and ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedRegistry {
+    /// The registry's name.
+    pub name: String,
+    /// The registry's ID, hex.
+    pub id: String,
+    /// When it was set up, ms since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedNode {
+    /// The node's ID, hex.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its attribute bits.
+    pub attrs: u64,
+    /// Its communications key, base64 DER SubjectPublicKeyInfo.
+    pub comms_key: String,
+    /// Its signing key, base64 DER SubjectPublicKeyInfo.
+    pub sig_key: String,
+    /// Its endpoints.
+    pub endpoints: Vec<String>,
+    /// When it first registered.
+    pub registered_at_ms: u64,
+    /// When it last changed.
+    pub updated_at_ms: u64,
+}
+
+/// A cluster and its memberships.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedCluster {
+    /// The cluster's ID, hex.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its attribute bits.
+    pub attrs: u64,
+    /// Its maximum size.
+    pub max_size: u32,
+    /// Endpoints each member must offer.
+    pub endpoint_count: u32,
+    /// When it was created.
+    pub created_at_ms: u64,
+    /// When a member last joined.
+    pub touched_at_ms: u64,
+    /// Its members, in slot order.
+    pub members: Vec<ExportedMember>,
+}
+
+/// One membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedMember {
+    /// The member's slot.
+    pub slot: u32,
+    /// The member node's ID, hex.
+    pub node_id: String,
+    /// The member's name.
+    pub name: String,
+    /// The member's attribute bits.
+    pub attrs: u64,
+    /// The member's endpoints.
+    pub endpoints: Vec<String>,
+    /// When it first joined.
+    pub joined_at_ms: u64,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// The registry's name and ID, if the document had them.
+    pub registry: Option<(String, String)>,
+    /// Nodes imported.
+    pub nodes: usize,
+    /// Clusters imported.
+    pub clusters: usize,
+    /// Memberships imported.
+    pub members: usize,
+}
+
+fn b64(der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// Builds the export document of a snapshot.
+pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
+    let unreadable = |e: crate::store::StoreError| AdminError::Unreadable(e.to_string());
+    let registry = snapshot
+        .registry_meta()
+        .map_err(unreadable)?
+        .map(|meta| ExportedRegistry {
+            name: meta.name,
+            id: meta.id.to_hex(),
+            created_at_ms: meta.created_at_ms,
+        });
+    let nodes = snapshot
+        .nodes()
+        .map(|node| {
+            node.map(|n| ExportedNode {
+                id: n.id.to_hex(),
+                name: n.name,
+                attrs: n.attrs,
+                comms_key: b64(&n.comms_key),
+                sig_key: b64(&n.sig_key),
+                endpoints: n.endpoints,
+                registered_at_ms: n.registered_at_ms,
+                updated_at_ms: n.updated_at_ms,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(unreadable)?;
+    let clusters = snapshot
+        .clusters()
+        .map(|cluster| {
+            cluster.map(|c| ExportedCluster {
+                id: c.id.to_hex(),
+                name: c.name,
+                attrs: c.attrs,
+                max_size: c.max_size,
+                endpoint_count: c.endpoint_count,
+                created_at_ms: c.created_at_ms,
+                touched_at_ms: c.touched_at_ms,
+                members: c
+                    .members
+                    .into_iter()
+                    .map(|m| ExportedMember {
+                        slot: m.slot,
+                        node_id: m.node_id.to_hex(),
+                        name: m.name,
+                        attrs: m.attrs,
+                        endpoints: m.endpoints,
+                        joined_at_ms: m.joined_at_ms,
+                    })
+                    .collect(),
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(unreadable)?;
+    Ok(ExportDocument {
+        format: EXPORT_FORMAT.into(),
+        version: EXPORT_VERSION,
+        registry,
+        nodes,
+        clusters,
+    })
+}
+
+/// The records a document describes.
+struct Records {
+    meta: Option<RegistryMeta>,
+    nodes: Vec<NodeRecord>,
+    clusters: Vec<ClusterRecord>,
+}
+
+/// The records a document describes, checked as the registry checks what its peers send,
+/// and then against every store invariant. Every problem found is listed (not just the
+/// first).
+fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
+    let mut problems = Vec::new();
+    if doc.format != EXPORT_FORMAT {
+        problems.push(format!(
+            "format is {:?}, expected {EXPORT_FORMAT:?}",
+            doc.format
+        ));
+    }
+    if doc.version != EXPORT_VERSION {
+        problems.push(format!(
+            "document version {} is not supported; this xlreg reads version {EXPORT_VERSION}",
+            doc.version
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut id = |what: &str, text: &str| match Id::from_hex(text) {
+        Ok(id) if text == id.to_hex() => Some(id),
+        Ok(_) => {
+            problems.push(format!("{what}: ID {text:?} must be lowercase hex"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("{what}: ID {text:?}: {e}"));
+            None
+        }
+    };
+    let meta = doc.registry.as_ref().and_then(|r| {
+        Some(RegistryMeta {
+            name: r.name.clone(),
+            id: id("registry", &r.id)?,
+            created_at_ms: r.created_at_ms,
+        })
+    });
+    let nodes: Vec<Option<NodeRecord>> = doc
+        .nodes
+        .iter()
+        .map(|n| {
+            Some(NodeRecord {
+                id: id(&format!("node {}", n.name), &n.id)?,
+                name: n.name.clone(),
+                attrs: n.attrs,
+                comms_key: Vec::new(),
+                sig_key: Vec::new(),
+                endpoints: n.endpoints.clone(),
+                registered_at_ms: n.registered_at_ms,
+                updated_at_ms: n.updated_at_ms,
+            })
+        })
+        .collect();
+    let clusters: Vec<Option<ClusterRecord>> = doc
+        .clusters
+        .iter()
+        .map(|c| {
+            let members = c
+                .members
+                .iter()
+                .map(|m| {
+                    Some(MemberRecord {
+                        slot: m.slot,
+                        node_id: id(&format!("cluster {} member {}", c.name, m.name), &m.node_id)?,
+                        name: m.name.clone(),
+                        attrs: m.attrs,
+                        endpoints: m.endpoints.clone(),
+                        joined_at_ms: m.joined_at_ms,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(ClusterRecord {
+                id: id(&format!("cluster {}", c.name), &c.id)?,
+                name: c.name.clone(),
+                attrs: c.attrs,
+                max_size: c.max_size,
+                endpoint_count: c.endpoint_count,
+                created_at_ms: c.created_at_ms,
+                touched_at_ms: c.touched_at_ms,
+                members,
+            })
+        })
+        .collect();
+
+    let mut checked_nodes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (exported, node) in doc.nodes.iter().zip(nodes) {
+        let Some(mut node) = node else { continue };
+        let label = format!("node {} ({})", exported.name, exported.id);
+        if !seen.insert(node.id.clone()) {
+            problems.push(format!("{label} appears twice"));
+        }
+        if let Err(e) = validate::member_name(&node.name) {
+            problems.push(format!("{label}: {e}"));
+        }
+        if let Err(e) = validate::endpoints(&node.endpoints) {
+            problems.push(format!("{label}: {e}"));
+        }
+        for (which, text, slot) in [
+            ("communications", &exported.comms_key, &mut node.comms_key),
+            ("signing", &exported.sig_key, &mut node.sig_key),
+        ] {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| e.to_string())
+                .and_then(|der| {
+                    PublicKey::from_member_der(&der)
+                        .map(|key| key.to_spki_der().to_vec())
+                        .map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok(der) => *slot = der,
+                Err(e) => problems.push(format!("{label}: {which} key: {e}")),
+            }
+        }
+        checked_nodes.push(node);
+    }
+    let mut checked_clusters = Vec::new();
+    for (exported, cluster) in doc.clusters.iter().zip(clusters) {
+        let Some(cluster) = cluster else { continue };
+        let label = format!("cluster {} ({})", exported.name, exported.id);
+        if !seen.insert(cluster.id.clone()) {
+            problems.push(format!("{label}: its ID is used twice"));
+        }
+        if let Err(e) = validate::cluster_name(&cluster.name) {
+            problems.push(format!("{label}: {e}"));
+        }
+        if let Err(e) = validate::endpoint_count(cluster.endpoint_count) {
+            problems.push(format!("{label}: {e}"));
+        }
+        for member in &cluster.members {
+            if let Err(e) = validate::member_name(&member.name) {
+                problems.push(format!("{label}: {e}"));
+            }
+        }
+        checked_clusters.push(cluster);
+    }
+    let snapshot = match Snapshot::from_records(meta.as_ref(), &checked_nodes, &checked_clusters) {
+        Ok(snapshot) => {
+            problems.extend(snapshot.verify());
+            snapshot
+        }
+        Err(error) => {
+            problems.push(error.to_string());
+            return Err(problems);
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let records = Records {
+        meta,
+        nodes: checked_nodes,
+        clusters: checked_clusters,
+    };
+    Ok((records, snapshot))
+}
+
+/// Reads an export document from a file (at most [`MAX_EXPORT_BYTES`]).
+pub fn read_document(path: &Path) -> Result<ExportDocument, AdminError> {
+    let bytes = super::read_bounded(path, MAX_EXPORT_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| AdminError::BadExport {
+        path: path.to_path_buf(),
+        reason: format!("not an xlreg export document: {e}"),
+    })
+}
+
+/// Rebuilds a registry from `doc` in `dir`, which must be new or empty. Nothing is written
+/// unless the whole document is valid; if writing fails, what was written is removed.
+pub fn import(
+    doc: &ExportDocument,
+    source: &Path,
+    dir: &Path,
+) -> Result<ImportSummary, AdminError> {
+    let bad = |problems: Vec<String>| AdminError::BadExport {
+        path: source.to_path_buf(),
+        reason: format!(
+            "{} problem(s), nothing imported:\n- {}",
+            problems.len(),
+            problems.join("\n- ")
+        ),
+    };
+    let (records, snapshot) = records(doc).map_err(bad)?;
+    let target = NewDataDir::create(dir)?;
+    {
+        let store = Store::create_from_snapshot(dir, &snapshot)?;
+        if records.meta.is_some() {
+            crate::registry::create_key_files(dir)?;
+        }
+        store.flush_blocking()?;
+    }
+    target.keep();
+    Ok(ImportSummary {
+        registry: records.meta.map(|m| (m.name, m.id.to_hex())),
+        nodes: records.nodes.len(),
+        clusters: records.clusters.len(),
+        members: records.clusters.iter().map(|c| c.members.len()).sum(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{RsaKeyPair, RSA_BITS};
+    use crate::store::{ClusterRef, NewCluster, NewNode};
+
+    fn populated() -> Store {
+        let store = Store::temporary().unwrap();
+        store
+            .set_registry_meta(&RegistryMeta {
+                name: "reg".into(),
+                id: Id::from_bytes(&[1u8; 32]).unwrap(),
+                created_at_ms: 5,
+            })
+            .unwrap();
+        let mut fresh = || Id::random(&mut rand::rng());
+        let (c, _) = store
+            .create_cluster(
+                NewCluster {
+                    name: "web".into(),
+                    attrs: 1,
+                    max_size: 4,
+                    endpoint_count: 1,
+                },
+                &mut fresh,
+                10,
+            )
+            .unwrap();
+        for name in ["a", "b"] {
+            let comms = RsaKeyPair::generate(RSA_BITS).unwrap();
+            let sig = RsaKeyPair::generate(RSA_BITS).unwrap();
+            let node = store
+                .register_node(
+                    NewNode {
+                        id: None,
+                        name: name.into(),
+                        attrs: 0,
+                        comms_key: comms.public_key().to_spki_der().to_vec(),
+                        sig_key: sig.public_key().to_spki_der().to_vec(),
+                        endpoints: vec!["127.0.0.1:7000".into()],
+                    },
+                    &mut fresh,
+                    20,
+                )
+                .unwrap()
+                .node;
+            store
+                .join(&ClusterRef::Id(c.id.clone()), &node, 30)
+                .unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn export_import_export_is_identical_and_keys_are_new() {
+        let store = populated();
+        let doc = export(&store.snapshot().unwrap()).unwrap();
+        assert_eq!(doc.nodes.len(), 2);
+        assert_eq!(doc.clusters[0].members.len(), 2);
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(!json.contains("PRIVATE"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("new");
+        let summary = import(&doc, Path::new("doc.json"), &target).unwrap();
+        assert_eq!(
+            (summary.nodes, summary.clusters, summary.members),
+            (2, 1, 2)
+        );
+        let imported = Store::open(&target).unwrap();
+        assert_eq!(export(&imported.snapshot().unwrap()).unwrap(), doc);
+        assert_eq!(imported.verify().unwrap(), Vec::<String>::new());
+        for file in [
+            crate::registry::COMMS_KEY_FILE,
+            crate::registry::SIG_KEY_FILE,
+        ] {
+            assert!(target.join(file).is_file(), "{file}");
+        }
+        drop(imported);
+
+        // Not into a directory that holds something.
+        let e = import(&doc, Path::new("doc.json"), &target).unwrap_err();
+        assert!(matches!(e, AdminError::TargetNotEmpty(_)), "{e}");
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_every_problem_and_write_nothing() {
+        let store = populated();
+        let good = export(&store.snapshot().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("new");
+
+        let mut doc = good.clone();
+        doc.version = 2;
+        let e = import(&doc, Path::new("d"), &target).unwrap_err();
+        assert!(e.to_string().contains("version 2 is not supported"), "{e}");
+
+        let mut doc = good.clone();
+        doc.nodes[0].name = String::new();
+        doc.nodes[1].sig_key = "!!".into();
+        doc.clusters[0].name = "9bad".into();
+        doc.clusters[0].members[1].node_id = "00".repeat(32);
+        let text = import(&doc, Path::new("d"), &target)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "member name is empty",
+            "signing key",
+            "must start with a letter",
+            "is not a registered node",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+
+        let mut doc = good.clone();
+        doc.nodes.push(doc.nodes[0].clone());
+        let text = import(&doc, Path::new("d"), &target)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("appears twice"), "{text}");
+
+        let mut doc = good;
+        doc.clusters[0].members.truncate(0);
+        doc.clusters[0].id = doc.clusters[0].id.to_uppercase();
+        let text = import(&doc, Path::new("d"), &target)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("lowercase"), "{text}");
+        assert!(!target.exists());
+
+        let unknown_field = r#"{"format":"xlreg-export","version":1,"registry":null,"nodes":[],"clusters":[],"extra":1}"#;
+        assert!(serde_json::from_str::<ExportDocument>(unknown_field).is_err());
+    }
+}

@@ -1,0 +1,376 @@
+//! Operating a registry: the library behind `xlreg admin` and the daemon's admin services.
+//!
+//! One file per concern:
+//! - [`report`]: the read-only views (`info`, `clusters`, `cluster`, `nodes`, `node`,
+//!   `verify`) and their text forms;
+//! - [`export`]: the versioned JSON export of the public data, and import from it;
+//! - [`backup`]: point-in-time snapshots with the registry's keys, and restore;
+//! - [`control`]: the daemon's control socket, and the client end the commands use;
+//! - [`expiry`]: `serve --cluster-ttl`, removing clusters untouched for too long;
+//! - `target`: the new data directory import and restore fill; `error`: [`AdminError`].
+//!
+//! This file owns the admin [`Request`]s and [`Reply`]s, [`answer`] (the one function both
+//! an offline command and the daemon run to answer a request, so output is the same either
+//! way) and [`Access`]: reaching a registry by opening its data directory, or through its
+//! running daemon's control socket when the daemon holds the directory.
+
+pub mod backup;
+pub mod control;
+mod error;
+pub mod expiry;
+pub mod export;
+pub mod report;
+mod target;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use error::AdminError;
+
+use crate::store::{Store, StoreError};
+use export::ExportDocument;
+use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
+
+/// An admin request: what `xlreg admin` asks a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// The registry's facts and counts.
+    Info,
+    /// Every cluster.
+    Clusters,
+    /// One cluster and its members.
+    Cluster {
+        /// The cluster's name, or its ID in hex.
+        cluster: String,
+    },
+    /// Every node.
+    Nodes,
+    /// One node.
+    Node {
+        /// The node's ID in hex.
+        id: String,
+    },
+    /// The export document.
+    Export,
+    /// The invariant check.
+    Verify,
+    /// A snapshot file, keys included.
+    Backup,
+}
+
+impl Request {
+    /// The request's name, for logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Info => "info",
+            Request::Clusters => "clusters",
+            Request::Cluster { .. } => "cluster",
+            Request::Nodes => "nodes",
+            Request::Node { .. } => "node",
+            Request::Export => "export",
+            Request::Verify => "verify",
+            Request::Backup => "backup",
+        }
+    }
+}
+
+/// The answer to a [`Request`], variant for variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    /// For [`Request::Info`].
+    Info(Info),
+    /// For [`Request::Clusters`].
+    Clusters(Vec<ClusterRow>),
+    /// For [`Request::Cluster`].
+    Cluster(ClusterDetail),
+    /// For [`Request::Nodes`].
+    Nodes(Vec<NodeRow>),
+    /// For [`Request::Node`].
+    Node(NodeDetail),
+    /// For [`Request::Export`].
+    Export(ExportDocument),
+    /// For [`Request::Verify`].
+    Verify(VerifyReport),
+    /// For [`Request::Backup`].
+    Backup(SnapshotBytes),
+}
+
+/// A snapshot file's bytes (base64 in JSON), wiped when dropped: they hold private keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotBytes(pub Zeroizing<Vec<u8>>);
+
+impl Serialize for SnapshotBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0));
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Zeroizing::new(String::deserialize(deserializer)?);
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|bytes| SnapshotBytes(Zeroizing::new(bytes)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
+/// `now_ms` stamps snapshots.
+pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
+    Ok(match request {
+        Request::Info => Reply::Info(report::info(store)?),
+        Request::Clusters => Reply::Clusters(report::clusters(store)?),
+        Request::Cluster { cluster } => Reply::Cluster(report::cluster(store, cluster)?),
+        Request::Nodes => Reply::Nodes(report::nodes(store)?),
+        Request::Node { id } => Reply::Node(report::node(store, id)?),
+        Request::Export => Reply::Export(export::export(&store.snapshot()?)?),
+        Request::Verify => Reply::Verify(report::verify(&store.snapshot()?)),
+        Request::Backup => Reply::Backup(SnapshotBytes(backup::take(store, now_ms)?)),
+    })
+}
+
+/// Completes once `stop` says true (or its sender is gone). Holds no borrow of the channel
+/// when it completes, so it can sit in a `select!` whose other arms await.
+pub(crate) async fn stop_requested(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Reads a whole file of at most `limit` bytes.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, AdminError> {
+    let file = std::fs::File::open(path).map_err(AdminError::file(path))?;
+    let len = file.metadata().map_err(AdminError::file(path))?.len();
+    if len > limit {
+        return Err(AdminError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(AdminError::file(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(AdminError::TooLarge {
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Opens the registry in `data_dir`, which must already hold one (admin commands never
+/// create a registry where there was none).
+fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
+    // sled's data file: present in every directory a registry has used.
+    if !data_dir.join("db").is_file() {
+        return Err(AdminError::NoRegistry(data_dir.to_path_buf()));
+    }
+    Ok(Store::open(data_dir)?)
+}
+
+/// Opens a stopped registry's data directory for a command that changes it; refuses while a
+/// daemon holds it.
+pub fn open_offline(data_dir: &Path) -> Result<Store, AdminError> {
+    match open_store(data_dir) {
+        Err(AdminError::Store(StoreError::Locked { dir })) => Err(AdminError::Running(dir)),
+        other => other,
+    }
+}
+
+/// How an admin command reaches a registry.
+#[derive(Debug)]
+pub enum Access {
+    /// The registry is stopped: its data directory is open.
+    Offline(Store),
+    /// The registry runs: requests go to its control socket.
+    Daemon(control::ControlConnection),
+}
+
+impl Access {
+    /// Reaches the registry in `data_dir`: through its daemon if one answers on the control
+    /// socket, else by opening the directory.
+    pub async fn open(data_dir: &Path) -> Result<Access, AdminError> {
+        let socket_error = match control::connect(data_dir).await {
+            Ok(Some(connection)) => return Ok(Access::Daemon(connection)),
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
+        let dir = data_dir.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || open_store(&dir))
+            .await
+            .map_err(|e| AdminError::Interrupted(e.to_string()))?;
+        match opened {
+            Ok(store) => Ok(Access::Offline(store)),
+            Err(AdminError::Store(StoreError::Locked { dir })) => {
+                Err(AdminError::DaemonUnreachable {
+                    socket: dir.join(control::SOCKET_FILE),
+                    dir,
+                    reason: socket_error
+                        .map_or_else(|| "no daemon listens on it".to_string(), |e| e.to_string()),
+                })
+            }
+            // A socket that exists but could not be used says more than the open failing.
+            Err(error) => Err(socket_error.unwrap_or(error)),
+        }
+    }
+
+    /// Whether requests go to a running daemon.
+    pub fn is_online(&self) -> bool {
+        matches!(self, Access::Daemon(_))
+    }
+
+    /// Sends one request (an [`Access`] answers one request).
+    pub async fn ask(self, request: Request) -> Result<Reply, AdminError> {
+        match self {
+            Access::Daemon(connection) => connection.ask(&request).await,
+            Access::Offline(store) => tokio::task::spawn_blocking(move || {
+                answer(&store, &request, crate::server::now_ms())
+            })
+            .await
+            .map_err(|e| AdminError::Interrupted(e.to_string()))?,
+        }
+    }
+}
+
+/// The error for a reply that does not answer the request sent.
+fn unexpected(request: &str, path: PathBuf) -> AdminError {
+    AdminError::ControlProtocol {
+        path,
+        reason: format!("the reply does not answer the {request} request"),
+    }
+}
+
+macro_rules! typed_request {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $out:ty, $request:expr, $variant:ident) => {
+        $(#[$doc])*
+        pub async fn $name(self, $($arg: $ty),*) -> Result<$out, AdminError> {
+            let socket = self.socket();
+            match self.ask($request).await? {
+                Reply::$variant(value) => Ok(value),
+                _ => Err(unexpected(stringify!($name), socket)),
+            }
+        }
+    };
+}
+
+impl Access {
+    fn socket(&self) -> PathBuf {
+        match self {
+            Access::Daemon(connection) => connection.path().to_path_buf(),
+            Access::Offline(store) => store
+                .data_dir()
+                .map(|d| d.join(control::SOCKET_FILE))
+                .unwrap_or_default(),
+        }
+    }
+
+    typed_request!(
+        /// `admin info`.
+        info() -> Info, Request::Info, Info);
+    typed_request!(
+        /// `admin clusters`.
+        clusters() -> Vec<ClusterRow>, Request::Clusters, Clusters);
+    typed_request!(
+        /// `admin cluster NAME_OR_ID`.
+        cluster(name_or_id: &str) -> ClusterDetail,
+        Request::Cluster { cluster: name_or_id.to_string() }, Cluster);
+    typed_request!(
+        /// `admin nodes`.
+        nodes() -> Vec<NodeRow>, Request::Nodes, Nodes);
+    typed_request!(
+        /// `admin node ID`.
+        node(id: &str) -> NodeDetail, Request::Node { id: id.to_string() }, Node);
+    typed_request!(
+        /// `admin export`.
+        export() -> ExportDocument, Request::Export, Export);
+    typed_request!(
+        /// `admin verify`.
+        verify() -> VerifyReport, Request::Verify, Verify);
+    typed_request!(
+        /// `admin backup`: the snapshot file's bytes.
+        backup() -> SnapshotBytes, Request::Backup, Backup);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_through_json() {
+        for request in [
+            Request::Info,
+            Request::Cluster {
+                cluster: "web".into(),
+            },
+            Request::Node { id: "ab".into() },
+            Request::Backup,
+        ] {
+            let json = serde_json::to_string(&request).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Cluster {
+                cluster: "web".into()
+            })
+            .unwrap(),
+            r#"{"op":"cluster","cluster":"web"}"#
+        );
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"cluster","cluster":"a","x":1}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
+
+        let reply = Reply::Backup(SnapshotBytes(Zeroizing::new(vec![0, 1, 2, 255])));
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"backup":"AAEC/w=="}"#);
+        assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn admin_never_creates_a_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nothing");
+        assert!(matches!(
+            open_offline(&missing),
+            Err(AdminError::NoRegistry(_))
+        ));
+        assert!(!missing.exists());
+        let held = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            open_offline(dir.path()),
+            Err(AdminError::Running(_))
+        ));
+        drop(held);
+        assert!(open_offline(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn bounded_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_bounded(&path, 5).unwrap(), b"12345");
+        assert!(matches!(
+            read_bounded(&path, 4),
+            Err(AdminError::TooLarge {
+                len: 5,
+                limit: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            read_bounded(&dir.path().join("none"), 4),
+            Err(AdminError::File { .. })
+        ));
+    }
+}
