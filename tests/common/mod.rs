@@ -514,3 +514,38 @@ impl Server {
         }
     }
 }
+
+impl RawConn {
+    /// Dials `endpoint` with a receive buffer of about `bytes` (the kernel may round it),
+    /// so that a client that stops reading soon stops the registry's writes.
+    pub async fn connect_with_receive_buffer(endpoint: &str, bytes: u32) -> RawConn {
+        let address: std::net::SocketAddr = endpoint.parse().expect("a numeric endpoint");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        let stream = socket.connect(address).await.expect("dial registry");
+        stream.set_nodelay(true).unwrap();
+        RawConn {
+            conn: Connection::new(stream, MAX_FRAME_LEN),
+        }
+    }
+
+    /// Reads and discards whatever arrives until the registry closes the connection;
+    /// returns how many bytes came. Panics if the connection stays open for
+    /// [`HEAR_TIMEOUT`] without sending anything.
+    pub async fn drain_until_closed(&mut self) -> usize {
+        use tokio::io::AsyncReadExt as _;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let read = tokio::time::timeout(HEAR_TIMEOUT, self.conn.get_mut().read(&mut buffer))
+                .await
+                .expect("the registry neither sent nor closed");
+            match read {
+                Ok(0) => return total,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
+                Err(e) => panic!("unexpected read failure: {e}"),
+            }
+        }
+    }
+}
