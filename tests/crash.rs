@@ -298,7 +298,7 @@ async fn acknowledged_changes_survive_sigkill() {
         .register(&common::node(0, "checker", 1))
         .await
         .unwrap();
-    let acked = acked.lock().unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(
         !acked.joins.is_empty(),
         "no join was acknowledged: the test proved nothing"

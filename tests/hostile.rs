@@ -518,6 +518,7 @@ fn crafted_token(
 }
 
 type TokenEdit = Box<dyn FnOnce(&mut XlRegToken)>;
+type TokenMaker<'a> = Box<dyn Fn(&RawSession) -> XlRegToken + 'a>;
 
 /// `node`'s token for this session, with its signature removed.
 fn unsigned_token(session: &RawSession, node: &NodeIdentity) -> XlRegToken {
@@ -720,7 +721,7 @@ async fn bad_member_tokens_are_refused_with_a_clear_error() {
 
     // Signatures: missing, empty, altered, by the wrong key, or made for another session.
     let unsigned = |session: &RawSession| unsigned_token(session, &mallory);
-    let signature_cases: Vec<(&str, Box<dyn Fn(&RawSession) -> XlRegToken>, ErrCode, &str)> = vec![
+    let signature_cases: Vec<(&str, TokenMaker, ErrCode, &str)> = vec![
         (
             "no DigSig",
             Box::new(unsigned),

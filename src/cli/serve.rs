@@ -98,6 +98,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         RegistryIdentity::load_or_create(&store, key_dir, args.name.as_deref(), now_ms())
             .context("loading the registry identity")?;
     let registry = Arc::new(Registry::new(store, identity)?);
+    // Every field has an option today; the update keeps fields added later at their defaults.
+    #[allow(clippy::needless_update)]
     let config = ServerConfig {
         max_connections: args.max_connections,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
