@@ -227,7 +227,6 @@ use xlreg::id::Id;
 use xlreg::proto::{ErrCode, Tag, XlRegMsg};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher, SALT_LEN};
 use xlreg::store::{ClusterRecord, NodeRecord, Store};
-use xlreg::token::{self, TokenFields};
 
 /// How long a raw client waits for the registry to answer or hang up. Far longer than any
 /// reply takes, far shorter than the handshake and idle timeouts the hostile tests configure,
@@ -406,17 +405,9 @@ impl RawSession {
 
 /// A Member message carrying `node`'s token, signed for the session whose salt is `salt`.
 pub fn member_msg(node: &NodeIdentity, salt: &[u8]) -> XlRegMsg {
-    let fields = TokenFields {
-        id: node.id.as_ref().map(Id::as_bytes),
-        name: &node.name,
-        attrs: 0,
-        comms_key: node.comms.public_key().to_spki_der(),
-        sig_key: node.sig.public_key().to_spki_der(),
-        endpoints: &node.endpoints,
-    };
     XlRegMsg {
         op: Some(Tag::Member as i32),
-        member_specs: Some(token::sign_v2(&fields, &node.sig, salt).unwrap()),
+        member_specs: Some(xlreg::client::signed_token(node, salt).unwrap()),
         ..XlRegMsg::default()
     }
 }
