@@ -4,8 +4,8 @@
 //! Every mutating store method bumps a `written` sequence number after its transaction commits.
 //! `durable()` notes that number as its target and waits until a flush that started after it
 //! was read has finished. At most one flusher runs (on a blocking thread); it loops: read
-//! `written`, `db.flush()`, sync the files sled's flush left unsynced (the data file `DIR/db`
-//! and any new blob files, see `disk`), publish the flushed number through a
+//! `written`, sync any new blob files, `db.flush()`, fdatasync the data file `DIR/db` (see
+//! `disk` for why both), publish the flushed number through a
 //! `tokio::sync::watch` channel, and stop once nothing new was written meanwhile.
 //!
 //! The syncing matters: sled 0.34.7's flush uses `sync_file_range`, which flushes neither
@@ -112,11 +112,14 @@ impl Drop for FlusherGuard {
 }
 
 impl Store {
-    /// Flushes sled's log and syncs its files (for a directory-backed store).
+    /// Syncs new blob files, flushes sled's log and syncs it (for a directory-backed store).
     fn flush_to_disk(&self) -> Result<(), StoreError> {
+        if let Some(disk) = &self.inner.disk {
+            disk.sync_blobs()?;
+        }
         self.inner.db.flush()?;
         if let Some(disk) = &self.inner.disk {
-            disk.sync()?;
+            disk.sync_log()?;
         }
         Ok(())
     }

@@ -8,13 +8,14 @@
 //! | file | written | synced by sled | synced here |
 //! |------|---------|----------------|-------------|
 //! | `db` | the log: every page, always | `sync_file_range` only | `fdatasync` after every flush |
-//! | `blobs/<lsn>` | any page over ~128 KiB (a large cluster record, or a leaf of 16 big ones) | never, nor their directory entries | each new one, then `blobs/`, after every flush |
+//! | `blobs/<lsn>` | any page over ~128 KiB (a large cluster record, or a leaf of 16 big ones) | never, nor their directory entries | each new one, then `blobs/`, before every flush |
 //! | `conf` | once, when the directory is created | never | at open |
 //! | `snap.<lsn>` | at open (recovery), then renamed into place | the file, not the rename | the directory, at open |
 //! | the directory and its parent | new entries at creation | never | at open |
 //!
-//! So after [`DiskFiles::sync`] returns, every change sled's flush covered is on stable
-//! storage, provided the disk honours cache flushes (FLUSH/FUA).
+//! So after [`DiskFiles::sync_blobs`], sled's flush and [`DiskFiles::sync_log`], every
+//! change committed before the first of them is on stable storage, provided the disk
+//! honours cache flushes (FLUSH/FUA).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -79,13 +80,21 @@ impl DiskFiles {
         Ok(disk)
     }
 
-    /// Syncs everything sled's last flush wrote. Blob files go first: a log entry must not
-    /// reach the disk before the blob it points to, as far as it is up to us.
-    pub(super) fn sync(&self) -> std::io::Result<()> {
+    /// Syncs the blob files written so far (call before sled's flush: a change's blob file
+    /// is written while its transaction commits, so this covers every committed change,
+    /// and the log entries the flush writes do not reach the disk before their blobs).
+    pub(super) fn sync_blobs(&self) -> std::io::Result<()> {
         if self.durability == Durability::ProcessCrash {
             return Ok(());
         }
-        self.sync_new_blobs()?;
+        self.sync_new_blobs()
+    }
+
+    /// Syncs the log (call after sled's flush).
+    pub(super) fn sync_log(&self) -> std::io::Result<()> {
+        if self.durability == Durability::ProcessCrash {
+            return Ok(());
+        }
         self.data_file.sync_data()
     }
 
