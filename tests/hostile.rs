@@ -3,7 +3,7 @@
 //! that the registry still serves a normal session and that its store is unchanged.
 //!
 //! The two hostile inputs of the legacy 1.9 listener (ciphertext that is not a whole number
-//! of blocks, or shorter than one block) are covered with that listener's tests.
+X
 
 mod common;
 
