@@ -3,7 +3,7 @@
 //! that the registry still serves a normal session and that its store is unchanged.
 //!
 //! The two hostile inputs of the legacy 1.9 listener (ciphertext that is not a whole number
-X
+//! of blocks, or shorter than one block) belong to that listener (issue 4) and its tests.
 
 mod common;
 
