@@ -200,15 +200,7 @@ impl Client {
 
     /// Registers `node` (Member): returns the node's ID, issued now if it had none.
     pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
-        let fields = TokenFields {
-            id: node.id.as_ref().map(Id::as_bytes),
-            name: &node.name,
-            attrs: 0,
-            comms_key: node.comms.public_key().to_spki_der(),
-            sig_key: node.sig.public_key().to_spki_der(),
-            endpoints: &node.endpoints,
-        };
-        let token = token::sign_v2(&fields, &node.sig, &self.server_salt)?;
+        let token = signed_token(node, &self.server_salt)?;
         self.register_token(token).await
     }
 
@@ -300,6 +292,19 @@ impl Client {
         self.conn.shutdown().await;
         Ok(())
     }
+}
+
+/// `node`'s member token, signed for the session whose registry salt is `server_salt`.
+pub fn signed_token(node: &NodeIdentity, server_salt: &[u8]) -> Result<XlRegToken, CryptoError> {
+    let fields = TokenFields {
+        id: node.id.as_ref().map(Id::as_bytes),
+        name: &node.name,
+        attrs: 0,
+        comms_key: node.comms.public_key().to_spki_der(),
+        sig_key: node.sig.public_key().to_spki_der(),
+        endpoints: &node.endpoints,
+    };
+    token::sign_v2(&fields, &node.sig, server_salt)
 }
 
 async fn read_or_closed(
