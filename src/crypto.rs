@@ -112,6 +112,9 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 #[derive(Clone)]
 pub struct RsaKeyPair {
     private: rsa::PrivateKey,
+    /// The same key on aws-lc-rs, for signing: a member signs its token in every session,
+    /// and aws-lc-rs's private-key operation is 4x the rsa crate's (docs/dependencies.md).
+    signer: std::sync::Arc<signature::RsaKeyPair>,
     public: PublicKey,
 }
 
@@ -132,7 +135,28 @@ impl RsaKeyPair {
 
     fn from_private(private: rsa::PrivateKey) -> Result<RsaKeyPair, CryptoError> {
         let public = PublicKey::from_rsa(private.to_public_key())?;
-        Ok(RsaKeyPair { private, public })
+        let der = private
+            .to_pkcs8_der()
+            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
+        let signer = signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
+        Ok(RsaKeyPair {
+            private,
+            signer: std::sync::Arc::new(signer),
+            public,
+        })
+    }
+
+    fn sign_with(
+        &self,
+        encoding: &'static signature::RsaSignatureEncoding,
+        message: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut out = vec![0u8; self.signer.public_modulus_len()];
+        self.signer
+            .sign(encoding, &aws_lc_rs::rand::SystemRandom::new(), message, &mut out)
+            .map_err(|_| CryptoError::Sign)?;
+        Ok(out)
     }
 
     /// Reads a PKCS#8 PEM (`BEGIN PRIVATE KEY`) or PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`) key.
@@ -168,13 +192,12 @@ impl RsaKeyPair {
 
     /// RSASSA-PKCS1-v1_5 signature with SHA-256 over `message` (xlReg/2 tokens).
     pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.private
-            .pkcs1v15_sign::<Sha256>(message)
-            .map_err(|_| CryptoError::Sign)
+        self.sign_with(&signature::RSA_PKCS1_SHA256, message)
     }
 
     /// RSASSA-PKCS1-v1_5 signature with SHA-1 over `message` (xlReg 1.9 tokens only).
     pub fn sign_sha1(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        // aws-lc-rs makes no SHA-1 signatures; only the 1.9 wire needs them.
         self.private
             .pkcs1v15_sign::<sha1::Sha1>(message)
             .map_err(|_| CryptoError::Sign)
