@@ -317,7 +317,8 @@ async fn read_or_closed(
     }
 }
 
-fn name_cluster(request: &mut XlRegMsg, cluster: Option<&ClusterRef>) {
+/// Names `cluster` in `request` by ID or name (`None`: leave it to the session's default).
+pub(crate) fn name_cluster(request: &mut XlRegMsg, cluster: Option<&ClusterRef>) {
     match cluster {
         Some(ClusterRef::Id(id)) => request.cluster_id = Some(id.as_bytes().to_vec()),
         Some(ClusterRef::Name(name)) => request.cluster_name = Some(name.clone()),
