@@ -22,7 +22,7 @@ use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::regcred::RegCred;
 use crate::session_crypto::{ClientHandshake, HandshakeError, Role, SessionCipher, SALT_LEN};
 use crate::store::ClusterRef;
-use crate::token::{self, TokenFields};
+use crate::token;
 
 /// How long the client waits for a reply beyond any wait it asked the registry for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -158,14 +158,7 @@ impl Client {
         registry_key: &PublicKey,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|source| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream = dial(endpoint, timeout).await?;
         let mut conn = Connection::new(stream, MAX_FRAME_LEN);
         let (handshake, hello) = ClientHandshake::start(registry_key)?;
         conn.write_frame(&hello, timeout).await?;
@@ -200,15 +193,7 @@ impl Client {
 
     /// Registers `node` (Member): returns the node's ID, issued now if it had none.
     pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
-        let fields = TokenFields {
-            id: node.id.as_ref().map(Id::as_bytes),
-            name: &node.name,
-            attrs: 0,
-            comms_key: node.comms.public_key().to_spki_der(),
-            sig_key: node.sig.public_key().to_spki_der(),
-            endpoints: &node.endpoints,
-        };
-        let token = token::sign_v2(&fields, &node.sig, &self.server_salt)?;
+        let token = token::sign_v2(&node.token_fields(0), &node.sig, &self.server_salt)?;
         self.register_token(token).await
     }
 
@@ -300,6 +285,20 @@ impl Client {
         self.conn.shutdown().await;
         Ok(())
     }
+}
+
+/// Connects to `endpoint` within `timeout`, with Nagle's algorithm off (every message is
+/// written whole and waited for: delaying it only adds latency).
+pub(crate) async fn dial(endpoint: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 async fn read_or_closed(

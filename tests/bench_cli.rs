@@ -17,31 +17,28 @@ use xlreg::proto::Tag;
 use xlreg::regcred::RegCred;
 use xlreg::store::ClusterRef;
 
+/// Runs `xlreg bench ARGS` for 12 sessions of 6 clients in clusters of 3 and checks the
+/// JSON report says they all completed, without errors, at a positive rate.
+fn bench_12_sessions(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "--json", "--clients", "6", "--sessions", "12"];
+    all.extend(["--cluster-size", "3", "--identities", "2"]);
+    all.extend(args);
+    let output = xlreg(&all);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["completed"], 12, "{report}");
+    assert_eq!(report["errors"].as_object().unwrap().len(), 0, "{report}");
+    assert!(report["sessions_per_s"].as_f64().unwrap() > 0.0);
+    report
+}
+
 #[test]
 fn bench_runs_complete_sessions_and_reports_json() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let regcred = server.regcred_path.to_str().unwrap();
-    let output = xlreg(&[
-        "bench",
-        "--regcred",
-        regcred,
-        "--clients",
-        "6",
-        "--sessions",
-        "12",
-        "--cluster-size",
-        "3",
-        "--identities",
-        "2",
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_12_sessions(&["--regcred", regcred]);
     assert_eq!(report["wire"], "xlReg/2");
-    assert_eq!(report["completed"], 12);
-    assert_eq!(report["errors"].as_object().unwrap().len(), 0);
-    assert!(report["sessions_per_s"].as_f64().unwrap() > 0.0);
     assert!(
         report["latency_ms"]["max"].as_f64().unwrap()
             >= report["latency_ms"]["p50"].as_f64().unwrap()
@@ -90,32 +87,27 @@ fn start_legacy(data: &std::path::Path) -> (Server, std::path::PathBuf, RegCred)
     (server, path, cred)
 }
 
+/// The rows of `xlreg admin WHAT --json` on the registry in `data`.
+fn admin_json(data: &std::path::Path, what: &str) -> Vec<serde_json::Value> {
+    let output = xlreg(&[
+        "admin",
+        what,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    rows.as_array().unwrap().clone()
+}
+
 #[test]
 fn bench_legacy_runs_complete_1_9_sessions_against_the_legacy_listener() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (server, legacy_regcred, _) = start_legacy(&data);
-    let output = xlreg(&[
-        "bench",
-        "--legacy",
-        "--regcred",
-        legacy_regcred.to_str().unwrap(),
-        "--clients",
-        "6",
-        "--sessions",
-        "12",
-        "--cluster-size",
-        "3",
-        "--identities",
-        "2",
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_12_sessions(&["--legacy", "--regcred", legacy_regcred.to_str().unwrap()]);
     assert_eq!(report["wire"], "xlReg/1.9");
-    assert_eq!(report["completed"], 12);
-    assert_eq!(report["errors"].as_object().unwrap().len(), 0, "{report}");
-    assert!(report["sessions_per_s"].as_f64().unwrap() > 0.0);
     // The process found through the legacy port is this registry.
     let pid = report["server_pid"]
         .as_u64()
@@ -138,32 +130,20 @@ fn bench_legacy_runs_complete_1_9_sessions_against_the_legacy_listener() {
     assert!(!log.contains("wire=\"xlReg/2\""), "{log}");
     // Every member registered with the 20-byte ID it chose itself, as Go clients do, and
     // the four clusters are full.
-    let nodes = xlreg(&[
-        "admin",
-        "nodes",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(nodes.status.success(), "{}", stderr(&nodes));
-    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
-    let nodes = nodes.as_array().unwrap();
+    let nodes = admin_json(&data, "nodes");
     assert_eq!(nodes.len(), 12);
-    for node in nodes {
+    for node in &nodes {
         assert_eq!(node["id"].as_str().unwrap().len(), 40, "{node}");
         assert_eq!(node["attrs"], 1, "the Go client's ATTR_EPHEMERAL: {node}");
     }
-    let clusters = xlreg(&[
-        "admin",
-        "clusters",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(clusters.status.success(), "{}", stderr(&clusters));
-    let clusters: serde_json::Value = serde_json::from_slice(&clusters.stdout).unwrap();
-    let clusters = clusters.as_array().unwrap();
+    let clusters = admin_json(&data, "clusters");
     assert_eq!(clusters.len(), 4, "{clusters:?}");
+    for cluster in &clusters {
+        assert_eq!(
+            (&cluster["members"], &cluster["max_size"]),
+            (&3.into(), &3.into())
+        );
+    }
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::client::{check_reply, cluster_info, cluster_view, name_cluster};
+use crate::client::{check_reply, cluster_info, cluster_view, dial, name_cluster};
 use crate::client::{ClientError, ClusterInfo, ClusterView};
 use crate::connection::ConnectionError;
 use crate::crypto::{AesKey, PublicKey};
@@ -38,7 +38,7 @@ use crate::proto::{Tag, XlRegMsg};
 use crate::regcred::RegCred;
 use crate::session_crypto::HandshakeError;
 use crate::store::ClusterRef;
-use crate::token::{self, TokenFields};
+use crate::token;
 
 /// How often [`LegacyClient::wait_until_complete`] asks for the cluster again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -92,16 +92,9 @@ impl LegacyClient {
         ck: &PublicKey,
         timeout: Duration,
     ) -> Result<LegacyClient, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|source| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                source,
-            })?;
-        // Each message must leave at once, in one piece: Go registries read one read() as
-        // one message.
-        let _ = stream.set_nodelay(true);
+        // Without Nagle's algorithm each message also leaves in one piece, as Go registries,
+        // which take one read() as one message, need.
+        let stream = dial(endpoint, timeout).await?;
         let hello = Hello::fresh(PROPOSED_VERSION);
         let mut client = LegacyClient {
             stream,
@@ -140,17 +133,10 @@ impl LegacyClient {
     /// carrying `node.id` if it has one (Go clients send their own 20-byte ID: see
     /// [`Id::random_legacy`]) or none (the registry issues one). Returns the ID.
     pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
-        let fields = TokenFields {
-            id: node.id.as_ref().map(Id::as_bytes),
-            name: &node.name,
-            attrs: GO_MEMBER_ATTRS,
-            comms_key: node.comms.public_key().to_spki_der(),
-            sig_key: node.sig.public_key().to_spki_der(),
-            endpoints: &node.endpoints,
-        };
+        let token = token::sign_legacy(&node.token_fields(GO_MEMBER_ATTRS), &node.sig)?;
         let request = XlRegMsg {
             op: Some(Tag::Member as i32),
-            member_specs: Some(token::sign_legacy(&fields, &node.sig)?),
+            member_specs: Some(token),
             ..XlRegMsg::default()
         };
         let reply = self.call(&request, Tag::MemberOk).await?;
