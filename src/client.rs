@@ -193,7 +193,7 @@ impl Client {
 
     /// Registers `node` (Member): returns the node's ID, issued now if it had none.
     pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
-        let token = token::sign_v2(&node.token_fields(0), &node.sig, &self.server_salt)?;
+        let token = signed_token(node, &self.server_salt)?;
         self.register_token(token).await
     }
 
@@ -299,6 +299,11 @@ pub(crate) async fn dial(endpoint: &str, timeout: Duration) -> Result<TcpStream,
         })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// `node`'s member token, signed for the session whose registry salt is `server_salt`.
+pub fn signed_token(node: &NodeIdentity, server_salt: &[u8]) -> Result<XlRegToken, CryptoError> {
+    token::sign_v2(&node.token_fields(0), &node.sig, server_salt)
 }
 
 async fn read_or_closed(

@@ -105,4 +105,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn get_ref(&self) -> &S {
         &self.stream
     }
+
+    /// The underlying stream, to write bytes that are not frames (tests of hostile input).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
 }

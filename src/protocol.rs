@@ -326,10 +326,9 @@ mod tests {
 
     use super::*;
     use crate::crypto::RsaKeyPair;
-    use crate::handlers::testing::{keys, with_ctx};
+    use crate::handlers::testing::{member_msg_for, with_ctx};
     use crate::session_crypto::{ClientHandshake, SessionKeys};
     use crate::store::Store;
-    use crate::token::{self, TokenFields};
     use std::sync::OnceLock;
 
     fn registry_key() -> &'static RsaKeyPair {
@@ -372,21 +371,7 @@ mod tests {
     }
 
     fn member(peer: &Peer) -> XlRegMsg {
-        let (comms, sig) = &keys()[0];
-        let endpoints = vec!["127.0.0.1:9".to_string()];
-        let fields = TokenFields {
-            id: None,
-            name: "m",
-            attrs: 0,
-            comms_key: comms.public_key().to_spki_der(),
-            sig_key: sig.public_key().to_spki_der(),
-            endpoints: &endpoints,
-        };
-        XlRegMsg {
-            op: Some(Tag::Member as i32),
-            member_specs: Some(token::sign_v2(&fields, sig, &peer.keys.server_salt).unwrap()),
-            ..XlRegMsg::default()
-        }
+        member_msg_for(&peer.keys.server_salt, 0, "m", None, &["127.0.0.1:9"])
     }
 
     fn op(tag: Tag) -> XlRegMsg {

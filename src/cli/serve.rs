@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Seconds a session may stay silent between requests.
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
+    /// Seconds a client may take to accept a reply before its session is closed.
+    #[arg(long, default_value_t = 30)]
+    write_timeout: u64,
     /// Largest frame accepted from a client, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_frame: usize,
@@ -163,10 +166,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         RegistryIdentity::load_or_create(&store, key_dir, args.name.as_deref(), now_ms())
             .context("loading the registry identity")?;
     let registry = Arc::new(Registry::new(store, identity)?);
+    // Every field has an option today; the update keeps fields added later at their defaults.
+    #[allow(clippy::needless_update)]
     let config = ServerConfig {
         max_connections: args.max_connections,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        write_timeout: Duration::from_secs(args.write_timeout),
         max_frame: args.max_frame,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..ServerConfig::default()

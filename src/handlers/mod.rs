@@ -195,8 +195,19 @@ pub(crate) mod testing {
 
     pub const SALT: [u8; 16] = [9u8; 16];
 
-    /// A signed Member message for key set `which`.
+    /// A signed Member message for key set `which`, for the session salted with [`SALT`].
     pub fn member_msg(which: usize, name: &str, id: Option<&Id>, endpoints: &[&str]) -> XlRegMsg {
+        member_msg_for(&SALT, which, name, id, endpoints)
+    }
+
+    /// A signed Member message for key set `which`, for the session salted with `salt`.
+    pub fn member_msg_for(
+        salt: &[u8],
+        which: usize,
+        name: &str,
+        id: Option<&Id>,
+        endpoints: &[&str],
+    ) -> XlRegMsg {
         let (comms, sig) = &keys()[which];
         let endpoints: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
         let fields = TokenFields {
@@ -209,7 +220,7 @@ pub(crate) mod testing {
         };
         XlRegMsg {
             op: Some(Tag::Member as i32),
-            member_specs: Some(token::sign_v2(&fields, sig, &SALT).unwrap()),
+            member_specs: Some(token::sign_v2(&fields, sig, salt).unwrap()),
             ..XlRegMsg::default()
         }
     }

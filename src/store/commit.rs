@@ -4,12 +4,13 @@
 //! Every mutating store method bumps a `written` sequence number after its transaction commits.
 //! `durable()` notes that number as its target and waits until a flush that started after it
 //! was read has finished. At most one flusher runs (on a blocking thread); it loops: read
-//! `written`, `db.flush()`, `fdatasync` the sled data file `DIR/db`, publish the flushed number
-//! through a `tokio::sync::watch` channel, and stop once nothing new was written meanwhile.
+//! `written`, sync any new blob files, `db.flush()`, fdatasync the data file `DIR/db` (see
+//! `disk` for why both), publish the flushed number through a
+//! `tokio::sync::watch` channel, and stop once nothing new was written meanwhile.
 //!
-//! The fdatasync matters: sled 0.34.7's flush uses `sync_file_range`, which flushes neither
-//! the disk's write cache nor the file-size metadata, so without it an acknowledged change can
-//! be lost on power failure. sled's `flush_async` is never used: concurrent `flush_async`
+//! The syncing matters: sled 0.34.7's flush uses `sync_file_range`, which flushes neither
+//! the disk's write cache nor the file-size metadata, and never syncs blob files, so without
+//! it an acknowledged change can be lost on power failure. sled's `flush_async` is never used: concurrent `flush_async`
 //! calls deadlock in sled 0.34.7 (sled#1308).
 //!
 //! Publishing a result and deciding whether the flusher stops happen under one mutex, and a
@@ -146,11 +147,14 @@ impl Drop for FlusherGuard {
 }
 
 impl Store {
-    /// Flushes sled's log and fdatasyncs its data file (for a directory-backed store).
+    /// Syncs new blob files, flushes sled's log and syncs it (for a directory-backed store).
     fn flush_to_disk(&self) -> Result<(), StoreError> {
+        if let Some(disk) = &self.inner.disk {
+            disk.sync_blobs()?;
+        }
         self.inner.db.flush()?;
-        if let Some(file) = &self.inner.data_file {
-            file.sync_data()?;
+        if let Some(disk) = &self.inner.disk {
+            disk.sync_log()?;
         }
         Ok(())
     }

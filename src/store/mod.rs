@@ -4,9 +4,9 @@
 //! and the transactions that enforce the registry's rules (a cluster is never overfilled,
 //! member names are unique within a cluster, a node id stays bound to the keys it first
 //! registered with). Submodules own the records ([`records`]), the error type (`error`),
-//! schema versions and migrations (`schema`), group commit (`commit`), point-in-time
-//! snapshots and the gate every mutation passes (`snapshot`) and the consistency checks
-//! (`verify`).
+//! schema versions and migrations (`schema`), group commit (`commit`), syncing sled's
+//! files (`disk`), point-in-time snapshots and the gate every mutation passes (`snapshot`)
+//! and the consistency checks (`verify`).
 //!
 //! # On-disk layout (schema 1)
 //!
@@ -28,9 +28,11 @@
 //!
 //! Mutating methods commit in memory (sled transactions) and return; a caller that must not
 //! acknowledge a change before it is on disk then awaits [`Store::durable`], which shares
-//! flushes between concurrent callers (group commit).
+//! flushes between concurrent callers (group commit) and syncs every file sled's flush leaves
+//! unsynced (`disk` lists them), so an acknowledged change survives power loss.
 
 mod commit;
+mod disk;
 mod error;
 pub mod records;
 mod schema;
@@ -39,7 +41,6 @@ mod verify;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+pub use disk::Durability;
 pub use error::StoreError;
 pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
 pub use schema::SCHEMA_VERSION;
@@ -55,6 +57,7 @@ pub use snapshot::Snapshot;
 
 use crate::id::Id;
 use commit::GroupCommit;
+use disk::DiskFiles;
 use records::{decode, encode};
 use snapshot::Gate;
 
@@ -84,8 +87,8 @@ struct Inner {
     cluster_names: sled::Tree,
     /// The data directory, `None` for a temporary store.
     dir: Option<PathBuf>,
-    /// sled's data file `DIR/db`, kept open to fdatasync it; `None` for a temporary store.
-    data_file: Option<File>,
+    /// sled's files, kept to sync them after each flush; `None` for a temporary store.
+    disk: Option<DiskFiles>,
     commit: GroupCommit,
     /// Every mutation passes this gate; a snapshot closes it while it copies the trees.
     gate: Gate,
@@ -241,41 +244,41 @@ fn resolve_in_tx(
 
 impl Store {
     /// Opens (creating if missing) the store in `dir`, bringing its schema up to date.
+    /// Acknowledged changes survive power loss ([`Durability::PowerLoss`]).
     ///
     /// Fails with [`StoreError::Locked`] if another store holds the directory, and with
     /// [`StoreError::SchemaTooNew`] if a newer xlreg wrote it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, Durability::PowerLoss)
+    }
+
+    /// Opens the store in `dir` with an explicit [`Durability`] (the durability benchmark
+    /// compares them; the registry always uses [`Store::open`]).
+    pub fn open_with(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_CAPACITY_BYTES)
             .open()
             .map_err(|e| error::open_error(dir, e))?;
-        Store::from_db(db, Some(dir.to_path_buf()))
+        schema::migrate(&db)?;
+        // After sled's own start-up writes (conf, snapshot) and the migration.
+        let disk = DiskFiles::open(dir, durability)?;
+        Store::from_db(db, Some(dir.to_path_buf()), Some(disk))
     }
 
     /// A store held in memory only and deleted when dropped, for tests and `--ephemeral`.
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        Store::from_db(db, None)
+        schema::migrate(&db)?;
+        Store::from_db(db, None, None)
     }
 
-    fn from_db(db: sled::Db, dir: Option<PathBuf>) -> Result<Store, StoreError> {
-        schema::migrate(&db)?;
-        let data_file = match &dir {
-            Some(dir) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(dir.join("db"))?;
-                file.sync_data()?;
-                // Make the directory entries of sled's files durable too.
-                #[cfg(unix)]
-                File::open(dir)?.sync_all()?;
-                Some(file)
-            }
-            None => None,
-        };
+    fn from_db(
+        db: sled::Db,
+        dir: Option<PathBuf>,
+        disk: Option<DiskFiles>,
+    ) -> Result<Store, StoreError> {
         Ok(Store {
             inner: Arc::new(Inner {
                 meta: db.open_tree("meta")?,
@@ -284,7 +287,7 @@ impl Store {
                 cluster_names: db.open_tree("cluster_names")?,
                 db,
                 dir,
-                data_file,
+                disk,
                 commit: GroupCommit::new(),
                 gate: Gate::default(),
             }),

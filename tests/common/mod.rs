@@ -337,3 +337,331 @@ pub fn wait_for_metric(addr: &str, series: &str, value: f64) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw xlReg/2, for tests that must send what a well-behaved client never would. Built from the
+// library's own pieces (handshake, session cipher, frames, messages, token signing), so only
+// the deliberately broken part of each test differs from a real client.
+
+use prost::Message as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use xlreg::connection::{Connection, ConnectionError};
+use xlreg::frame::{self, MAX_FRAME_LEN};
+use xlreg::id::Id;
+use xlreg::proto::{ErrCode, Tag, XlRegMsg};
+use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher, SALT_LEN};
+use xlreg::store::{ClusterRecord, NodeRecord, Store};
+
+/// How long a raw client waits for the registry to answer or hang up. Far longer than any
+/// reply takes, far shorter than the handshake and idle timeouts the hostile tests configure,
+/// so "closed" can only mean the registry closed on purpose.
+pub const HEAR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a raw client heard from the registry.
+#[derive(Debug)]
+pub enum Heard {
+    /// A whole frame.
+    Frame(Vec<u8>),
+    /// The registry closed the connection (cleanly or with a reset) without a frame.
+    Closed,
+    /// Nothing within [`HEAR_TIMEOUT`].
+    Silence,
+}
+
+/// A raw TCP connection to a registry, framed for reading.
+pub struct RawConn {
+    conn: Connection<TcpStream>,
+}
+
+impl RawConn {
+    /// Dials `endpoint`.
+    pub async fn connect(endpoint: &str) -> RawConn {
+        let stream = TcpStream::connect(endpoint).await.expect("dial registry");
+        stream.set_nodelay(true).unwrap();
+        RawConn {
+            conn: Connection::new(stream, MAX_FRAME_LEN),
+        }
+    }
+
+    /// Sends `bytes` as they are. Errors (the registry already hung up) are returned.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stream = self.conn.get_mut();
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    }
+
+    /// Sends `payload` as one frame.
+    pub async fn send_frame(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        self.send_raw(&frame::encode(payload)).await
+    }
+
+    /// Closes our sending side: the registry reads end-of-stream.
+    pub async fn half_close(&mut self) {
+        let _ = self.conn.get_mut().shutdown().await;
+    }
+
+    /// Waits for the next frame or the end of the connection.
+    pub async fn hear(&mut self) -> Heard {
+        match self.conn.read_frame(HEAR_TIMEOUT).await {
+            Ok(Some(frame)) => Heard::Frame(frame),
+            Ok(None) => Heard::Closed,
+            Err(ConnectionError::ReadTimeout(_)) => Heard::Silence,
+            Err(ConnectionError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Heard::Closed
+            }
+            Err(other) => panic!("unexpected read failure: {other}"),
+        }
+    }
+
+    /// Asserts that the registry closes the connection without sending anything.
+    pub async fn expect_silent_close(&mut self, case: &str) {
+        match self.hear().await {
+            Heard::Closed => {}
+            other => panic!("{case}: expected a silent close, got {other:?}"),
+        }
+    }
+
+    /// Performs the xlReg/2 handshake against the registry of `regcred`.
+    pub async fn handshake(mut self, regcred: &RegCred) -> RawSession {
+        let (handshake, hello) = ClientHandshake::start(&regcred.comms_key).unwrap();
+        self.send_frame(&hello).await.expect("send hello");
+        let Heard::Frame(reply) = self.hear().await else {
+            panic!("no handshake reply")
+        };
+        let keys = handshake.finish(&reply).expect("handshake reply");
+        RawSession {
+            conn: self,
+            cipher: SessionCipher::new(&keys.key, Role::Client),
+            server_salt: keys.server_salt,
+        }
+    }
+}
+
+/// An established raw xlReg/2 session.
+pub struct RawSession {
+    /// The connection underneath.
+    pub conn: RawConn,
+    cipher: SessionCipher,
+    /// The registry's salt for this session (member token signatures cover it).
+    pub server_salt: [u8; SALT_LEN],
+}
+
+impl RawSession {
+    /// Dials `server` and performs the handshake.
+    pub async fn open(server: &Server) -> RawSession {
+        RawConn::connect(&server.endpoint())
+            .await
+            .handshake(&server.regcred)
+            .await
+    }
+
+    /// Seals `plaintext` as the session's next message, without sending it.
+    pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        self.cipher.seal(plaintext)
+    }
+
+    /// Seals and sends arbitrary plaintext bytes (for crafted protobuf).
+    pub async fn send_plain(&mut self, plaintext: &[u8]) -> std::io::Result<()> {
+        let sealed = self.seal(plaintext);
+        self.conn.send_frame(&sealed).await
+    }
+
+    /// Seals and sends a message.
+    pub async fn send(&mut self, msg: &XlRegMsg) -> std::io::Result<()> {
+        self.send_plain(&msg.encode_to_vec()).await
+    }
+
+    /// Reads, opens and decodes the registry's next message; panics if there is none.
+    pub async fn recv(&mut self) -> XlRegMsg {
+        let Heard::Frame(sealed) = self.conn.hear().await else {
+            panic!("the registry sent no reply")
+        };
+        let plaintext = self.cipher.open(&sealed).expect("reply authenticates");
+        XlRegMsg::decode(plaintext.as_slice()).expect("reply decodes")
+    }
+
+    /// Sends `msg` and returns the reply.
+    pub async fn call(&mut self, msg: &XlRegMsg) -> XlRegMsg {
+        self.send(msg).await.expect("send request");
+        self.recv().await
+    }
+
+    /// Asserts that the next message is an Error of class `code` whose description
+    /// contains `text`, and that the registry then closes the connection.
+    pub async fn expect_error(&mut self, case: &str, code: ErrCode, text: &str) {
+        let reply = self.recv().await;
+        assert_eq!(
+            reply.op,
+            Some(Tag::Error as i32),
+            "{case}: expected an Error, got {reply:?}"
+        );
+        let description = reply.err_desc.clone().unwrap_or_default();
+        assert_eq!(
+            reply.err_kind,
+            Some(code as i32),
+            "{case}: wrong error class ({description})"
+        );
+        assert!(
+            description.contains(text),
+            "{case}: error {description:?} should mention {text:?}"
+        );
+        self.conn.expect_silent_close(case).await;
+    }
+
+    /// A Member message for `node`, signed for this session.
+    pub fn member_msg(&self, node: &NodeIdentity) -> XlRegMsg {
+        member_msg(node, &self.server_salt)
+    }
+
+    /// Registers `node` and returns its ID.
+    pub async fn register(&mut self, node: &NodeIdentity) -> Id {
+        let msg = self.member_msg(node);
+        let reply = self.call(&msg).await;
+        assert_eq!(reply.op, Some(Tag::MemberOk as i32), "{reply:?}");
+        Id::from_bytes(&reply.member_id.unwrap()).unwrap()
+    }
+}
+
+/// A Member message carrying `node`'s token, signed for the session whose salt is `salt`.
+pub fn member_msg(node: &NodeIdentity, salt: &[u8]) -> XlRegMsg {
+    XlRegMsg {
+        op: Some(Tag::Member as i32),
+        member_specs: Some(xlreg::client::signed_token(node, salt).unwrap()),
+        ..XlRegMsg::default()
+    }
+}
+
+/// Everything a store holds, to compare a data directory before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreContents {
+    /// Every node, in id order.
+    pub nodes: Vec<NodeRecord>,
+    /// Every cluster, in id order.
+    pub clusters: Vec<ClusterRecord>,
+}
+
+impl StoreContents {
+    /// One line per node and cluster, without keys: what a failed comparison prints.
+    pub fn summary(&self) -> Vec<String> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| format!("node {} {:?}", n.id, n.name));
+        let clusters = self.clusters.iter().map(|c| {
+            let members: Vec<_> = c
+                .members
+                .iter()
+                .map(|m| format!("{}:{}", m.slot, m.name))
+                .collect();
+            format!(
+                "cluster {} {:?} max {} members {members:?}",
+                c.id, c.name, c.max_size
+            )
+        });
+        nodes.chain(clusters).collect()
+    }
+
+    /// Asserts that `self` equals `before`, printing summaries if not.
+    pub fn assert_unchanged_since(&self, before: &StoreContents) {
+        assert!(
+            self == before,
+            "the store changed:\nbefore: {:#?}\nafter: {:#?}",
+            before.summary(),
+            self.summary()
+        );
+    }
+}
+
+/// Opens the (stopped) registry's data directory, checks it verifies clean and returns its
+/// contents.
+pub fn store_contents(dir: &Path) -> StoreContents {
+    let store = Store::open(dir).expect("open the data directory");
+    assert_eq!(
+        store.verify().unwrap(),
+        Vec::<String>::new(),
+        "Store::verify found problems"
+    );
+    StoreContents {
+        nodes: store.nodes().collect::<Result<_, _>>().unwrap(),
+        clusters: store.clusters().collect::<Result<_, _>>().unwrap(),
+    }
+}
+
+impl Server {
+    /// The registry's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The registry's resident memory, in KiB (VmRSS from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// How many lines of the log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits (at most 60 s) until at least `count` log lines contain `needle`.
+    pub fn wait_for_log_lines(&self, needle: &str, count: usize) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < until,
+                "fewer than {count} log lines contain {needle:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl RawConn {
+    /// Dials `endpoint` with a receive buffer of about `bytes` (the kernel may round it),
+    /// so that a client that stops reading soon stops the registry's writes.
+    pub async fn connect_with_receive_buffer(endpoint: &str, bytes: u32) -> RawConn {
+        let address: std::net::SocketAddr = endpoint.parse().expect("a numeric endpoint");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        let stream = socket.connect(address).await.expect("dial registry");
+        stream.set_nodelay(true).unwrap();
+        RawConn {
+            conn: Connection::new(stream, MAX_FRAME_LEN),
+        }
+    }
+
+    /// Reads and discards whatever arrives until the registry closes the connection;
+    /// returns how many bytes came. Panics if the connection stays open for
+    /// [`HEAR_TIMEOUT`] without sending anything.
+    pub async fn drain_until_closed(&mut self) -> usize {
+        use tokio::io::AsyncReadExt as _;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let read = tokio::time::timeout(HEAR_TIMEOUT, self.conn.get_mut().read(&mut buffer))
+                .await
+                .expect("the registry neither sent nor closed");
+            match read {
+                Ok(0) => return total,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
+                Err(e) => panic!("unexpected read failure: {e}"),
+            }
+        }
+    }
+}
