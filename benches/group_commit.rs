@@ -1,25 +1,32 @@
-//! Durable joins per second at the store layer, with concurrent joiners: the group-commit
-//! benchmark behind docs/performance.md.
+//! Acknowledged joins per second at the store layer, with concurrent joiners: the
+//! group-commit and durability-cost benchmark behind docs/performance.md and
+//! docs/reliability.md.
 //!
-//! For 1 and 64 concurrent joiners it measures three ways of acknowledging a join:
-//! - `memory`: the transaction only, no durability (an upper bound);
-//! - `flush-per-join`: each joiner flushes and fdatasyncs for its own join, serialised (what
+//! For 1 and 64 concurrent joiners it measures four ways of acknowledging a join:
+//! - `Memory`: the transaction only, no durability (an upper bound);
+//! - `FlushPerJoin`: each joiner flushes and fdatasyncs for its own join, one at a time (what
 //!   a store without group commit does);
-//! - `group-commit`: `Store::durable()`, where concurrent joiners share flushes.
+//! - `GroupFlushOnly`: `Store::durable()` on a store that only flushes (survives process
+//!   death, not power loss): shows what the fdatasync costs;
+//! - `GroupCommit`: `Store::durable()` as `xlreg serve` runs it (flush + fdatasync, shared by
+//!   concurrent joiners).
 //!
-//! Run: `cargo bench --bench group_commit` (add `-- --quick` for a short run). It prints one
-//! line per case. Each case uses a fresh data directory under the system temp dir.
+//! Each line gives joins/s and the latency of one join from its transaction to its
+//! acknowledgement (p50, p99). Run: `cargo bench --bench group_commit` (`-- --quick` for a
+//! short run). Each case uses a fresh data directory under the system temp dir.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use xlreg::bench::stats::LatencySummary;
 use xlreg::id::Id;
-use xlreg::store::{ClusterRef, NewCluster, NewNode, NodeRecord, Store};
+use xlreg::store::{ClusterRef, Durability, NewCluster, NewNode, NodeRecord, Store};
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     Memory,
     FlushPerJoin,
+    GroupFlushOnly,
     GroupCommit,
 }
 
@@ -56,10 +63,15 @@ fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<
     (nodes, clusters)
 }
 
-/// Runs `joiners` tasks; each joins every cluster once. Returns durable joins per second.
-fn measure(mode: Mode, joiners: usize, rounds: usize) -> f64 {
+/// Runs `joiners` tasks; each joins every cluster once. Returns acknowledged joins per
+/// second and the latency of each join.
+fn measure(mode: Mode, joiners: usize, rounds: usize) -> (f64, LatencySummary) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let durability = match mode {
+        Mode::GroupFlushOnly => Durability::ProcessCrash,
+        _ => Durability::PowerLoss,
+    };
+    let store = Store::open_with(dir.path(), durability).unwrap();
     let (nodes, clusters) = setup(&store, joiners, rounds);
     let clusters = Arc::new(clusters);
     let flush_lock = Arc::new(std::sync::Mutex::new(()));
@@ -68,20 +80,24 @@ fn measure(mode: Mode, joiners: usize, rounds: usize) -> f64 {
         .build()
         .unwrap();
     let started = Instant::now();
-    runtime.block_on(async {
+    let latencies = runtime.block_on(async {
         let tasks: Vec<_> = nodes
             .into_iter()
             .map(|node| {
                 let (store, clusters, flush_lock) =
                     (store.clone(), clusters.clone(), flush_lock.clone());
                 tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(clusters.len());
                     for cluster in clusters.iter() {
+                        let began = Instant::now();
                         store
                             .join(&ClusterRef::Id(cluster.clone()), &node, 2)
                             .unwrap();
                         match mode {
                             Mode::Memory => {}
-                            Mode::GroupCommit => store.durable().await.unwrap(),
+                            Mode::GroupCommit | Mode::GroupFlushOnly => {
+                                store.durable().await.unwrap()
+                            }
                             Mode::FlushPerJoin => {
                                 let (store, lock) = (store.clone(), flush_lock.clone());
                                 tokio::task::spawn_blocking(move || {
@@ -92,17 +108,21 @@ fn measure(mode: Mode, joiners: usize, rounds: usize) -> f64 {
                                 .unwrap()
                             }
                         }
+                        latencies.push(began.elapsed());
                     }
+                    latencies
                 })
             })
             .collect();
+        let mut all = Vec::new();
         for task in tasks {
-            task.await.unwrap();
+            all.extend(task.await.unwrap());
         }
+        all
     });
-    let joins = (joiners * rounds) as f64;
-    assert_eq!(store.counts().unwrap().members as f64, joins);
-    joins / started.elapsed().as_secs_f64()
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(store.counts().unwrap().members as usize, joiners * rounds);
+    (rate, LatencySummary::of(latencies))
 }
 
 fn main() {
@@ -113,20 +133,26 @@ fn main() {
         Duration::from_secs(2)
     };
     println!(
-        "durable joins/s at the store layer (real data dir, {} per case)",
+        "acknowledged joins/s at the store layer (real data dir, {} per case)",
         if quick { "quick" } else { "~2 s" }
     );
     for joiners in [1usize, 64] {
-        for mode in [Mode::Memory, Mode::FlushPerJoin, Mode::GroupCommit] {
+        for mode in [
+            Mode::Memory,
+            Mode::FlushPerJoin,
+            Mode::GroupFlushOnly,
+            Mode::GroupCommit,
+        ] {
             // Calibrate the number of rounds to the time budget with a short first run.
-            let probe_rounds = 4;
-            let probe = measure(mode, joiners, probe_rounds);
+            let (probe, _) = measure(mode, joiners, 4);
             let rounds =
                 ((probe * budget.as_secs_f64()) / joiners as f64).clamp(4.0, 2_000.0) as usize;
-            let rate = measure(mode, joiners, rounds);
+            let (rate, latency) = measure(mode, joiners, rounds);
             println!(
-                "{joiners:>3} joiners  {:<15} {rate:>10.0} joins/s  ({} joins)",
+                "{joiners:>3} joiners  {:<15} {rate:>8.0} joins/s  p50 {:>7.3} ms  p99 {:>7.3} ms  ({} joins)",
                 format!("{mode:?}"),
+                latency.p50,
+                latency.p99,
                 joiners * rounds
             );
         }
