@@ -22,7 +22,7 @@ use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::regcred::RegCred;
 use crate::session_crypto::{ClientHandshake, HandshakeError, Role, SessionCipher, SALT_LEN};
 use crate::store::ClusterRef;
-use crate::token::{self, TokenFields};
+use crate::token;
 
 /// How long the client waits for a reply beyond any wait it asked the registry for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -158,14 +158,7 @@ impl Client {
         registry_key: &PublicKey,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
-            .map_err(|source| ClientError::Connect {
-                endpoint: endpoint.to_string(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream = dial(endpoint, timeout).await?;
         let mut conn = Connection::new(stream, MAX_FRAME_LEN);
         let (handshake, hello) = ClientHandshake::start(registry_key)?;
         conn.write_frame(&hello, timeout).await?;
@@ -294,17 +287,23 @@ impl Client {
     }
 }
 
+/// Connects to `endpoint` within `timeout`, with Nagle's algorithm off (every message is
+/// written whole and waited for: delaying it only adds latency).
+pub(crate) async fn dial(endpoint: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// `node`'s member token, signed for the session whose registry salt is `server_salt`.
 pub fn signed_token(node: &NodeIdentity, server_salt: &[u8]) -> Result<XlRegToken, CryptoError> {
-    let fields = TokenFields {
-        id: node.id.as_ref().map(Id::as_bytes),
-        name: &node.name,
-        attrs: 0,
-        comms_key: node.comms.public_key().to_spki_der(),
-        sig_key: node.sig.public_key().to_spki_der(),
-        endpoints: &node.endpoints,
-    };
-    token::sign_v2(&fields, &node.sig, server_salt)
+    token::sign_v2(&node.token_fields(0), &node.sig, server_salt)
 }
 
 async fn read_or_closed(
@@ -322,7 +321,8 @@ async fn read_or_closed(
     }
 }
 
-fn name_cluster(request: &mut XlRegMsg, cluster: Option<&ClusterRef>) {
+/// Names `cluster` in `request` by ID or name (`None`: leave it to the session's default).
+pub(crate) fn name_cluster(request: &mut XlRegMsg, cluster: Option<&ClusterRef>) {
     match cluster {
         Some(ClusterRef::Id(id)) => request.cluster_id = Some(id.as_bytes().to_vec()),
         Some(ClusterRef::Name(name)) => request.cluster_name = Some(name.clone()),

@@ -37,6 +37,13 @@ impl Id {
         Id(bytes)
     }
 
+    /// A fresh random 20-byte id, as an xlReg 1.9 (Go) client makes for itself.
+    pub fn random_legacy<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Id {
+        let mut bytes = vec![0u8; LEGACY_ID_LEN];
+        rng.fill_bytes(&mut bytes);
+        Id(bytes)
+    }
+
     /// Wraps bytes received from a peer or read from the store, checking the length.
     pub fn from_bytes(bytes: &[u8]) -> Result<Id, IdError> {
         match bytes.len() {

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, CryptoError, RsaKeyPair};
 use crate::id::Id;
 use crate::regcred::write_atomic;
+use crate::token::TokenFields;
 use crate::validate::{self, Invalid};
 
 /// Name of the file holding the node's name, endpoints and id.
@@ -223,6 +224,19 @@ fn exists(path: &Path) -> Result<bool, NodeError> {
 }
 
 impl NodeIdentity {
+    /// The fields a member token signature covers, for a token with `attrs`: this node's
+    /// ID (if it has one), name, public keys and endpoints.
+    pub fn token_fields(&self, attrs: u64) -> TokenFields<'_> {
+        TokenFields {
+            id: self.id.as_ref().map(Id::as_bytes),
+            name: &self.name,
+            attrs,
+            comms_key: self.comms.public_key().to_spki_der(),
+            sig_key: self.sig.public_key().to_spki_der(),
+            endpoints: &self.endpoints,
+        }
+    }
+
     /// Makes a new identity in `dir`: checks the name and endpoints, generates the two keys
     /// and writes the three files. Creates `dir` (mode 0700) if it is missing; refuses a
     /// directory that already holds an identity, or part of one.

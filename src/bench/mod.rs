@@ -8,6 +8,12 @@
 //! distribution, errors by kind and, when the registry runs on this machine, the registry's
 //! CPU time per session read from /proc ([`proc_stat`]).
 //!
+//! The generator speaks either wire ([`Wire`]): xlReg/2 through [`Client`], or xlReg 1.9
+//! through [`LegacyClient`], so one generator measures the Go registry and xlreg's legacy
+//! listener the same way. A 1.9 session registers with its own 20-byte ID, as Go clients do,
+//! and, since 1.9 cannot ask the registry to hold a GetCluster, polls until its cluster is
+//! complete ([`crate::legacy::client::POLL_INTERVAL`]).
+//!
 //! Member keys come from an [`IdentityPool`] made before the clock starts: RSA key
 //! generation costs tens of milliseconds a key, and the point is to measure the registry.
 
@@ -21,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientError, DEFAULT_TIMEOUT};
 use crate::crypto::{CryptoError, RsaKeyPair, RSA_BITS};
+use crate::id::Id;
+use crate::legacy::client::LegacyClient;
 use crate::node::NodeIdentity;
 use crate::regcred::RegCred;
 use crate::store::ClusterRef;
@@ -37,11 +45,34 @@ pub enum BenchError {
     Crypto(#[from] CryptoError),
 }
 
+/// The protocol the generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Wire {
+    /// xlReg/2, this registry's own protocol.
+    #[serde(rename = "xlReg/2")]
+    V2,
+    /// xlReg 1.9, the Go registry's wire (xlreg's `--legacy-listen`).
+    #[serde(rename = "xlReg/1.9")]
+    Legacy,
+}
+
+impl Wire {
+    /// The name used in reports and in the registry's session log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wire::V2 => "xlReg/2",
+            Wire::Legacy => "xlReg/1.9",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// The registry.
+    /// The registry (for [`Wire::Legacy`], a Go-format regCred.dat naming a 1.9 endpoint).
     pub regcred: RegCred,
+    /// The protocol to speak.
+    pub wire: Wire,
     /// Concurrent client tasks.
     pub clients: usize,
     /// Complete sessions to run in total.
@@ -113,6 +144,8 @@ impl IdentityPool {
 /// What a run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    /// The protocol measured.
+    pub wire: Wire,
     /// Concurrent clients.
     pub clients: usize,
     /// Sessions attempted.
@@ -152,7 +185,8 @@ impl Report {
                 .join(" ")
         };
         format!(
-            "{}/{} sessions in {:.2} s: {:.0} sessions/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}{cpu}; {errors}",
+            "{}: {}/{} sessions in {:.2} s: {:.0} sessions/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}{cpu}; {errors}",
+            self.wire.name(),
             self.completed,
             self.sessions,
             self.elapsed_s,
@@ -194,23 +228,47 @@ async fn one_session(
         index / config.cluster_size as usize
     );
     let identity = pool.identity(index);
-    let result: Result<bool, ClientError> = async {
-        let mut client = Client::connect(&config.regcred, DEFAULT_TIMEOUT).await?;
-        client.register(&identity).await?;
-        client.create(&cluster, config.cluster_size, 1).await?;
-        client
-            .join(Some(&ClusterRef::Name(cluster.clone())))
-            .await?;
-        let view = client.get_cluster(None, None, config.wait).await?;
-        client.bye().await?;
-        Ok(view.is_complete())
-    }
-    .await;
+    let result = match config.wire {
+        Wire::V2 => v2_session(config, &identity, cluster).await,
+        Wire::Legacy => legacy_session(config, identity, cluster).await,
+    };
     match result {
         Ok(true) => Ok(()),
         Ok(false) => Err("incomplete".into()),
         Err(error) => Err(error_kind(&error)),
     }
+}
+
+/// An xlReg/2 session; true if the cluster was complete.
+async fn v2_session(
+    config: &BenchConfig,
+    identity: &NodeIdentity,
+    cluster: String,
+) -> Result<bool, ClientError> {
+    let mut client = Client::connect(&config.regcred, DEFAULT_TIMEOUT).await?;
+    client.register(identity).await?;
+    client.create(&cluster, config.cluster_size, 1).await?;
+    client.join(Some(&ClusterRef::Name(cluster))).await?;
+    let view = client.get_cluster(None, None, config.wait).await?;
+    client.bye().await?;
+    Ok(view.is_complete())
+}
+
+/// An xlReg 1.9 session as a Go client runs it (its own 20-byte ID, GetCluster polled until
+/// the cluster is complete); true if it was.
+async fn legacy_session(
+    config: &BenchConfig,
+    mut identity: NodeIdentity,
+    cluster: String,
+) -> Result<bool, ClientError> {
+    identity.id = Some(Id::random_legacy(&mut rand::rng()));
+    let mut client = LegacyClient::connect(&config.regcred, DEFAULT_TIMEOUT).await?;
+    client.register(&identity).await?;
+    client.create(&cluster, config.cluster_size, 1).await?;
+    client.join(Some(&ClusterRef::Name(cluster))).await?;
+    let view = client.wait_until_complete(config.wait).await?;
+    client.bye().await?;
+    Ok(view.is_complete())
 }
 
 /// Runs the benchmark; `progress` hears (sessions done, sessions total) about once a second.
@@ -307,6 +365,7 @@ pub async fn run(
         _ => None,
     };
     Ok(Report {
+        wire: config.wire,
         clients: config.clients,
         sessions: config.sessions,
         cluster_size: config.cluster_size,

@@ -4,16 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::bench::{self, BenchConfig, IdentityPool};
+use crate::bench::{self, BenchConfig, IdentityPool, Wire};
 use crate::id::Id;
 use crate::regcred::RegCred;
 
 /// Options of `xlreg bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The registry's regCred.dat.
+    /// The registry's regCred.dat (with --legacy: the Go-format one naming the 1.9
+    /// endpoint, e.g. DATA_DIR/legacy/regCred.dat or the Go registry's own).
     #[arg(long, value_name = "FILE")]
     regcred: PathBuf,
+    /// Speak the xlReg 1.9 wire (the Go registry's) instead of xlReg/2.
+    #[arg(long)]
+    legacy: bool,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -50,6 +54,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let config = BenchConfig {
         regcred,
+        wire: if args.legacy { Wire::Legacy } else { Wire::V2 },
         clients: args.clients,
         sessions: args.sessions,
         cluster_size: args.cluster_size,

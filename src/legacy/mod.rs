@@ -1,5 +1,5 @@
-//! The opt-in listener for xlReg 1.9 clients (the Go registry's wire), sharing the store
-//! and the request handlers with xlReg/2.
+//! xlReg 1.9, the Go registry's wire: the opt-in listener for 1.9 clients, sharing the store
+//! and the request handlers with xlReg/2, and a 1.9 client for load generation.
 //!
 //! Clusters built with the Go registry's client code move to this registry unchanged: they
 //! dial the legacy listener (`xlreg serve --legacy-listen ADDR`, found through a Go-format
@@ -10,8 +10,10 @@
 //! - [`wire`]: the pure codec (hello, reply, session messages, version numbers);
 //! - [`reader`]: finding message boundaries in an unframed byte stream;
 //! - [`session`]: the pure 1.9 state machine over the shared [`crate::handlers`];
-//! - [`server`]: the tokio glue, run by [`crate::server::Server`]'s accept loop.
+//! - [`server`]: the tokio glue, run by [`crate::server::Server`]'s accept loop;
+//! - [`client`]: a 1.9 client library over the same codec (drives `xlreg bench --legacy`).
 
+pub mod client;
 pub mod reader;
 pub mod server;
 pub mod session;

@@ -3,9 +3,11 @@
 //! The 1.9 wire has no framing: the Go peers write each message with one `write()` and
 //! treat whatever one `read()` returns as one whole message, which breaks as soon as TCP
 //! splits a message or a peer is slow. This module owns the robust replacement, as a pure
-//! accumulator (the session feeds it whatever the socket delivers):
-//! - the hello is exactly as long as the registry's RSA modulus (256 bytes for RSA-2048), so
-//!   it is complete when that many bytes are in ([`Assembler::take_exact`]);
+//! accumulator (the registry's session, and the 1.9 client reading replies, feed it whatever
+//! the socket delivers):
+//! - the hello is exactly as long as the registry's RSA modulus (256 bytes for RSA-2048),
+//!   and its reply is always 64 bytes, so each is complete when that many bytes are in
+//!   ([`Assembler::take_exact`]);
 //! - a session message is `IV || whole AES blocks`, so each time the buffer reaches such a
 //!   length, [`Assembler::take_message`] tries to decrypt, strictly unpad and decode it, and
 //!   accepts it only if it is an XLRegMsg with a known Op; otherwise it waits for more bytes.

@@ -167,7 +167,7 @@ impl LegacySession {
             }
         };
         // The proposed version is ignored, as by the Go registry (its clients propose 0).
-        let reply = wire::fresh_reply(self.version);
+        let reply = wire::Hello::fresh(self.version);
         let bytes = wire::seal_fresh(&hello.key, &reply.to_bytes());
         self.phase = Phase::Established {
             key: reply.key,

@@ -20,7 +20,9 @@ use std::str::FromStr;
 use prost::Message as _;
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, AesKey, CryptoError, HelloDecryptor, AES_BLOCK_LEN, AES_KEY_LEN};
+use crate::crypto::{
+    self, AesKey, CryptoError, HelloDecryptor, PublicKey, AES_BLOCK_LEN, AES_KEY_LEN,
+};
 use crate::proto::{Tag, XlRegMsg};
 
 /// Length of the salts in the hello and its reply.
@@ -31,6 +33,8 @@ pub const HELLO_LEN: usize = AES_KEY_LEN + SALT_LEN + 4;
 pub const IV_LEN: usize = AES_BLOCK_LEN;
 /// The smallest possible session message: an IV and one block.
 pub const MIN_MESSAGE_LEN: usize = IV_LEN + AES_BLOCK_LEN;
+/// Length of the hello reply on the wire: an IV and the padded 44-byte plaintext (64 bytes).
+pub const REPLY_LEN: usize = IV_LEN + (HELLO_LEN / AES_BLOCK_LEN + 1) * AES_BLOCK_LEN;
 
 /// Why bytes from a 1.9 peer are not what the wire format says they must be.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,16 @@ impl fmt::Debug for Hello {
 }
 
 impl Hello {
+    /// A fresh random key and salt with `version`: a client's hello (key1, proposing
+    /// `version`) or the registry's reply (key2, the decided version).
+    pub fn fresh(version: Version) -> Hello {
+        Hello {
+            key: crypto::random_aes_key(),
+            salt: crypto::random_array(),
+            version,
+        }
+    }
+
     /// Parses a 44-byte plaintext.
     pub fn parse(plaintext: &[u8]) -> Result<Hello, WireError> {
         if plaintext.len() != HELLO_LEN {
@@ -164,13 +178,15 @@ pub fn open_hello(decryptor: &HelloDecryptor, ciphertext: &[u8]) -> Result<Hello
     Hello::parse(&decryptor.decrypt_oaep_sha1(ciphertext)?)
 }
 
-/// A fresh reply to a hello: a new session key (key2) and salt, announcing `version`.
-pub fn fresh_reply(version: Version) -> Hello {
-    Hello {
-        key: crypto::random_aes_key(),
-        salt: crypto::random_array(),
-        version,
-    }
+/// Encrypts a client's hello under the registry's comms key `ck` (RSA-OAEP-SHA-1).
+pub fn seal_hello(ck: &PublicKey, hello: &Hello) -> Result<Vec<u8>, CryptoError> {
+    ck.encrypt_oaep_sha1(&hello.to_bytes())
+}
+
+/// Opens the registry's reply to a hello: a session message under key1 holding key2, salt2
+/// and the registry's version.
+pub fn open_reply(key1: &[u8; AES_KEY_LEN], message: &[u8]) -> Result<Hello, WireError> {
+    Hello::parse(&open(key1, message)?)
 }
 
 /// Seals `plaintext` as a session message: `iv || AES-256-CBC(key, iv, PKCS#7(plaintext))`.
@@ -237,7 +253,7 @@ mod tests {
 
     #[test]
     fn hello_layout_round_trips_and_only_44_bytes_parse() {
-        let reply = fresh_reply(Version::GO_REGISTRY);
+        let reply = Hello::fresh(Version::GO_REGISTRY);
         let bytes = reply.to_bytes();
         assert_eq!(bytes.len(), HELLO_LEN);
         assert_eq!(&bytes[40..], &[1, 9, 24, 0]);
@@ -249,6 +265,29 @@ mod tests {
             Err(WireError::HelloLength(43))
         ));
         assert!(format!("{back:?}").contains("1.9.24"));
+    }
+
+    #[test]
+    fn a_client_hello_and_its_reply_round_trip() {
+        let ck = crate::crypto::RsaKeyPair::from_pem(include_str!(
+            "../../tests/data/legacy-vectors/registry-ck.pem"
+        ))
+        .unwrap();
+        let hello = Hello::fresh(Version([0; 4]));
+        let sealed = seal_hello(ck.public_key(), &hello).unwrap();
+        assert_eq!(sealed.len(), 256);
+        let opened = open_hello(&ck.hello_decryptor().unwrap(), &sealed).unwrap();
+        assert_eq!(*opened.key, *hello.key);
+        assert_eq!((opened.salt, opened.version), (hello.salt, hello.version));
+
+        let reply = Hello::fresh(Version::GO_REGISTRY);
+        let sealed = seal_fresh(&hello.key, &reply.to_bytes());
+        assert_eq!(sealed.len(), REPLY_LEN);
+        assert_eq!(REPLY_LEN, 64);
+        let opened = open_reply(&hello.key, &sealed).unwrap();
+        assert_eq!(*opened.key, *reply.key);
+        assert_eq!(opened.version, Version::GO_REGISTRY);
+        assert!(open_reply(&reply.key, &sealed).is_err());
     }
 
     #[test]
