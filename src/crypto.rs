@@ -154,7 +154,12 @@ impl RsaKeyPair {
     ) -> Result<Vec<u8>, CryptoError> {
         let mut out = vec![0u8; self.signer.public_modulus_len()];
         self.signer
-            .sign(encoding, &aws_lc_rs::rand::SystemRandom::new(), message, &mut out)
+            .sign(
+                encoding,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                message,
+                &mut out,
+            )
             .map_err(|_| CryptoError::Sign)?;
         Ok(out)
     }
