@@ -182,8 +182,10 @@ fn main() {
         .map(Into::into)
         .unwrap_or_else(|_| temp.path().to_path_buf());
     let (small, large) = (base.join("small"), base.join("large"));
-    eprintln!("building the single-cluster registry");
-    populate(&small, 1, members);
+    if !small.join("db").exists() {
+        eprintln!("building the single-cluster registry");
+        populate(&small, 1, members);
+    }
     if !large.join("db").exists() {
         eprintln!("building the large registry: {clusters} clusters x {members} members");
         populate(&large, clusters, members);

@@ -64,7 +64,7 @@ use snapshot::Gate;
 /// sled's page cache size. sled's default (1 GiB) would let a large registry's resident
 /// memory grow far beyond what a registry needs: the hot data (clusters being formed) is
 /// small, and everything else is read rarely.
-const CACHE_CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
+const CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How many fresh ids are drawn before giving up on finding an unused one.
 const MAX_ID_TRIES: u32 = 16;
