@@ -344,3 +344,26 @@ fn regcred_show_reads_the_go_registrys_file() {
     assert_eq!(doc["version"], "1.9.24");
     assert_eq!(doc["comms_key_bits"], 2048);
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_crash() {
+    // `xlreg regcred show FILE | head -0`: the pipe is closed before xlreg writes.
+    let mut child = std::process::Command::new(common::xlreg_bin())
+        .args([
+            "regcred",
+            "show",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/regCred-go-vectors.dat"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(output.status.success(), "{err}");
+}

@@ -130,9 +130,9 @@ fn show(
     text: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        outln!("{}", serde_json::to_string_pretty(value)?)?;
     } else {
-        print!("{}", text());
+        write!(std::io::stdout(), "{}", text())?;
     }
     Ok(())
 }
@@ -200,8 +200,8 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             let output = args.output.clone();
             let summary =
                 tokio::task::spawn_blocking(move || backup::save(&bytes.0, &output)).await??;
-            println!("snapshot written to {}", args.output.display());
-            print!("{}", snapshot_text(&summary));
+            outln!("snapshot written to {}", args.output.display())?;
+            write!(std::io::stdout(), "{}", snapshot_text(&summary))?;
         }
         C::Restore(args) => return restore(args).await,
         C::DeleteCluster(args) => return delete_cluster(args).await,
@@ -234,18 +234,18 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         export::import(&doc, &file, &dir)
     })
     .await??;
-    println!(
+    outln!(
         "imported {} nodes, {} clusters and {} members into {}",
         summary.nodes,
         summary.clusters,
         summary.members,
         args.data.data_dir.display()
-    );
+    )?;
     if let Some((name, id)) = summary.registry {
-        println!(
+        outln!(
             "registry {name} ({id}) has new keys (an export carries none): give clients the \
              regCred.dat that `xlreg serve` writes"
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -254,12 +254,12 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data.data_dir.clone();
     let snapshot = args.snapshot.clone();
     let summary = tokio::task::spawn_blocking(move || backup::restore(&snapshot, &dir)).await??;
-    println!(
+    outln!(
         "restored {} into {}",
         args.snapshot.display(),
         args.data.data_dir.display()
-    );
-    print!("{}", snapshot_text(&summary.snapshot));
+    )?;
+    write!(std::io::stdout(), "{}", snapshot_text(&summary.snapshot))?;
     if !summary.problems.is_empty() {
         eprintln!(
             "xlreg: the restored registry fails verify ({} problem(s)); it holds exactly what \
@@ -319,11 +319,11 @@ async fn delete_cluster(args: DeleteClusterArgs) -> anyhow::Result<ExitCode> {
     })
     .await??
     .ok_or_else(|| crate::admin::AdminError::NoSuchCluster(args.cluster.clone()))?;
-    println!(
+    outln!(
         "deleted cluster {} ({}): {} membership(s) removed; its nodes stay registered",
         deleted.name,
         deleted.id,
         deleted.member_count()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -67,9 +67,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!("{}", report.summary());
+        outln!("{}", report.summary())?;
     }
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS

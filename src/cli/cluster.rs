@@ -170,7 +170,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             cluster.name, cluster.max_size
         );
     }
-    println!("{}", cluster.id);
+    outln!("{}", cluster.id)?;
     Ok(ExitCode::SUCCESS)
 }
 

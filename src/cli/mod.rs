@@ -6,6 +6,15 @@
 //! human and JSON renderings they share. This is the program's edge, so
 //! errors here are `anyhow` errors: [`main`] prints one clear line and exits non-zero.
 
+/// `println!` for command output that reports a closed stdout (`xlreg ... | head`) as an
+/// error instead of panicking; [`main`] then exits quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 mod admin;
 mod bench;
 mod cluster;
@@ -75,11 +84,22 @@ pub fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing left to say.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("xlreg: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// True if `error` comes from writing to a closed pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Renders an error and its causes on one line, without repeating a cause that the

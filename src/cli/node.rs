@@ -45,12 +45,12 @@ pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
     match command {
         NodeCommand::Init(args) => {
             let node = NodeIdentity::create(&args.dir, &args.name, &args.endpoints)?;
-            println!(
+            outln!(
                 "node {} created in {} (sig key {})",
                 node.name,
                 args.dir.display(),
                 node.sig.public_key().fingerprint()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -72,6 +72,6 @@ pub async fn run_register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
         node.save_id(&args.node, id.clone())
             .with_context(|| format!("recording the node ID in {}", args.node.display()))?;
     }
-    println!("{id}");
+    outln!("{id}")?;
     Ok(ExitCode::SUCCESS)
 }

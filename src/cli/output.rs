@@ -42,14 +42,18 @@ pub fn cluster_json(view: &ClusterView) -> serde_json::Value {
 /// Prints a cluster listing to stdout, as JSON or as a table.
 pub fn print_cluster(view: &ClusterView, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&cluster_json(view))?);
+        outln!("{}", serde_json::to_string_pretty(&cluster_json(view))?)?;
         return Ok(());
     }
     let cluster = &view.cluster;
-    println!(
+    outln!(
         "cluster {} ({}): {}/{} members, {} endpoint(s) each",
-        cluster.name, cluster.id, cluster.size, cluster.max_size, cluster.endpoint_count
-    );
+        cluster.name,
+        cluster.id,
+        cluster.size,
+        cluster.max_size,
+        cluster.endpoint_count
+    )?;
     let name_width = view
         .members
         .iter()
@@ -57,18 +61,20 @@ pub fn print_cluster(view: &ClusterView, json: bool) -> anyhow::Result<()> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!(
+    outln!(
         "{:>4}  {:<name_width$}  {:<64}  ENDPOINTS",
-        "SLOT", "NAME", "ID"
-    );
+        "SLOT",
+        "NAME",
+        "ID"
+    )?;
     for member in &view.members {
-        println!(
+        outln!(
             "{:>4}  {:<name_width$}  {:<64}  {}",
             member.slot,
             member.name,
             member.id.to_hex(),
             member.endpoints.join(" ")
-        );
+        )?;
     }
     Ok(())
 }

@@ -33,22 +33,22 @@ pub fn run(command: RegcredCommand) -> anyhow::Result<ExitCode> {
             "comms_key_bits": cred.comms_key.bits(),
             "sig_key_bits": cred.sig_key.bits(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        println!("name:      {}", cred.name);
-        println!("id:        {}", cred.id);
-        println!("endpoints: {}", cred.endpoints.join(", "));
-        println!("version:   {}", cred.version);
-        println!(
+        outln!("name:      {}", cred.name)?;
+        outln!("id:        {}", cred.id)?;
+        outln!("endpoints: {}", cred.endpoints.join(", "))?;
+        outln!("version:   {}", cred.version)?;
+        outln!(
             "comms key: {} bits, sha256 {}",
             cred.comms_key.bits(),
             cred.comms_key.fingerprint()
-        );
-        println!(
+        )?;
+        outln!(
             "sig key:   {} bits, sha256 {}",
             cred.sig_key.bits(),
             cred.sig_key.fingerprint()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
