@@ -272,7 +272,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let copy = Store::open(&target).unwrap();
+        let copy = Store::reopen(&target).unwrap();
         assert_eq!(copy.snapshot().unwrap(), store.snapshot().unwrap());
         drop(copy);
 

@@ -479,7 +479,7 @@ mod tests {
             (summary.nodes, summary.clusters, summary.members),
             (2, 1, 2)
         );
-        let imported = Store::open(&target).unwrap();
+        let imported = Store::reopen(&target).unwrap();
         assert_eq!(export(&imported.snapshot().unwrap()).unwrap(), doc);
         assert_eq!(imported.verify().unwrap(), Vec::<String>::new());
         for file in [

@@ -200,7 +200,7 @@ mod tests {
             assert_eq!(disk.synced_blob_count(), on_disk);
             cluster
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path()).unwrap();
         assert_eq!(store.cluster(&cluster).unwrap().unwrap().members.len(), 64);
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
     }

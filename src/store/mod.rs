@@ -267,6 +267,22 @@ impl Store {
         Store::from_db(db, Some(dir.to_path_buf()), Some(disk))
     }
 
+    /// Opens `dir` in a test that has just dropped another `Store` on it. sled's background
+    /// threads may still finish that store's last writes for a moment after the drop, and
+    /// until they do the directory stays locked; this waits (at most 10 s) for the lock.
+    #[cfg(test)]
+    pub(crate) fn reopen(dir: &Path) -> Result<Store, StoreError> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// A store held in memory only and deleted when dropped, for tests and `--ephemeral`.
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
@@ -1032,7 +1048,7 @@ pub(super) mod tests {
             assert!(store.size_on_disk().unwrap() > 0);
             (a, c)
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::reopen(dir.path()).unwrap();
         assert_eq!(store.registry_meta().unwrap(), Some(meta));
         assert_eq!(store.node(&a.id).unwrap(), Some(a));
         assert_eq!(store.cluster(&name("c")).unwrap(), Some(c));
@@ -1062,7 +1078,7 @@ pub(super) mod tests {
                 .unwrap();
             store.flush_blocking().unwrap();
         }
-        let e = Store::open(dir.path()).unwrap_err();
+        let e = Store::reopen(dir.path()).unwrap_err();
         assert!(
             matches!(
                 e,

@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(copy.verify().unwrap(), Vec::<String>::new());
         drop(copy);
         // Durable: a fresh open sees the same.
-        let reopened = Store::open(&dir.path().join("b")).unwrap();
+        let reopened = Store::reopen(&dir.path().join("b")).unwrap();
         assert_eq!(reopened.snapshot().unwrap(), snap);
 
         // Not into a directory that holds data, and not from a newer schema.
