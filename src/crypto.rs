@@ -114,7 +114,9 @@ pub struct RsaKeyPair {
     private: rsa::PrivateKey,
     /// The same key on aws-lc-rs, for signing: a member signs its token in every session,
     /// and aws-lc-rs's private-key operation is 4x the rsa crate's (docs/dependencies.md).
-    signer: std::sync::Arc<signature::RsaKeyPair>,
+    /// `None` for keys aws-lc-rs refuses (below 2048 bits, which only tests make): those
+    /// sign with the rsa crate.
+    signer: Option<std::sync::Arc<signature::RsaKeyPair>>,
     public: PublicKey,
 }
 
@@ -139,29 +141,13 @@ impl RsaKeyPair {
             .to_pkcs8_der()
             .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
         let signer = signature::RsaKeyPair::from_pkcs8(der.as_bytes())
-            .map_err(|e| CryptoError::BadPrivateKey(e.to_string()))?;
+            .ok()
+            .map(std::sync::Arc::new);
         Ok(RsaKeyPair {
             private,
-            signer: std::sync::Arc::new(signer),
+            signer,
             public,
         })
-    }
-
-    fn sign_with(
-        &self,
-        encoding: &'static signature::RsaSignatureEncoding,
-        message: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        let mut out = vec![0u8; self.signer.public_modulus_len()];
-        self.signer
-            .sign(
-                encoding,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                message,
-                &mut out,
-            )
-            .map_err(|_| CryptoError::Sign)?;
-        Ok(out)
     }
 
     /// Reads a PKCS#8 PEM (`BEGIN PRIVATE KEY`) or PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`) key.
@@ -197,7 +183,22 @@ impl RsaKeyPair {
 
     /// RSASSA-PKCS1-v1_5 signature with SHA-256 over `message` (xlReg/2 tokens).
     pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.sign_with(&signature::RSA_PKCS1_SHA256, message)
+        let Some(signer) = &self.signer else {
+            return self
+                .private
+                .pkcs1v15_sign::<Sha256>(message)
+                .map_err(|_| CryptoError::Sign);
+        };
+        let mut out = vec![0u8; signer.public_modulus_len()];
+        signer
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                message,
+                &mut out,
+            )
+            .map_err(|_| CryptoError::Sign)?;
+        Ok(out)
     }
 
     /// RSASSA-PKCS1-v1_5 signature with SHA-1 over `message` (xlReg 1.9 tokens only).
