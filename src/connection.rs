@@ -101,11 +101,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
     }
 
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
-
     /// The underlying stream, to write bytes that are not frames (tests of hostile input).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.stream
