@@ -2,14 +2,16 @@
 //! group-commit and durability-cost benchmark behind docs/performance.md and
 //! docs/reliability.md.
 //!
-//! For 1 and 64 concurrent joiners it measures four ways of acknowledging a join:
-//! - `Memory`: the transaction only, no durability (an upper bound);
-//! - `FlushPerJoin`: each joiner flushes and fdatasyncs for its own join, one at a time (what
-//!   a store without group commit does);
-//! - `GroupFlushOnly`: `Store::durable()` on a store that only flushes (survives process
-//!   death, not power loss): shows what the fdatasync costs;
-//! - `GroupCommit`: `Store::durable()` as `xlreg serve` runs it (flush + fdatasync, shared by
-//!   concurrent joiners).
+//! For 1 and 64 concurrent joiners it measures five ways of acknowledging a join:
+//! - `Memory`: one transaction per join, no durability;
+//! - `FlushPerJoin`: one transaction per join, then the joiner flushes and fdatasyncs for its
+//!   own join, one at a time (what a store without group commit does);
+//! - `TxThenDurable`: one transaction per join, then `Store::durable()`, whose flushes
+//!   concurrent joiners share (group commit of flushes only);
+//! - `BatchFlushOnly`: `Store::write()` on a store that only flushes (survives process death,
+//!   not power loss): shows what the fdatasync costs;
+//! - `Batch`: `Store::write()` as `xlreg serve` runs it: the writer thread applies the joins
+//!   queued meanwhile in one transaction, flushes and fdatasyncs once, then answers each.
 //!
 //! Each line gives joins/s and the latency of one join from its transaction to its
 //! acknowledgement (p50, p99). Run: `cargo bench --bench group_commit` (`-- --quick` for a
@@ -20,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use xlreg::bench::stats::LatencySummary;
 use xlreg::id::Id;
-use xlreg::store::{ClusterRef, Durability, NewCluster, NewNode, NodeRecord, Store};
+use xlreg::store::{ClusterRef, Durability, NewCluster, NewNode, NodeRecord, Store, Write};
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     Memory,
     FlushPerJoin,
-    GroupFlushOnly,
-    GroupCommit,
+    TxThenDurable,
+    BatchFlushOnly,
+    Batch,
 }
 
 fn fresh() -> Id {
@@ -68,7 +71,7 @@ fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<
 fn measure(mode: Mode, joiners: usize, rounds: usize) -> (f64, LatencySummary) {
     let dir = tempfile::tempdir().unwrap();
     let durability = match mode {
-        Mode::GroupFlushOnly => Durability::ProcessCrash,
+        Mode::BatchFlushOnly => Durability::ProcessCrash,
         _ => Durability::PowerLoss,
     };
     let store = Store::open_with(dir.path(), durability).unwrap();
@@ -90,14 +93,21 @@ fn measure(mode: Mode, joiners: usize, rounds: usize) -> (f64, LatencySummary) {
                     let mut latencies = Vec::with_capacity(clusters.len());
                     for cluster in clusters.iter() {
                         let began = Instant::now();
-                        store
-                            .join(&ClusterRef::Id(cluster.clone()), &node, 2)
-                            .unwrap();
+                        let cluster = ClusterRef::Id(cluster.clone());
+                        if let Mode::Batch | Mode::BatchFlushOnly = mode {
+                            let write = Write::Join {
+                                cluster,
+                                node: node.id.clone(),
+                                now_ms: 2,
+                            };
+                            store.write(write).await.unwrap();
+                            latencies.push(began.elapsed());
+                            continue;
+                        }
+                        store.join(&cluster, &node, 2).unwrap();
                         match mode {
-                            Mode::Memory => {}
-                            Mode::GroupCommit | Mode::GroupFlushOnly => {
-                                store.durable().await.unwrap()
-                            }
+                            Mode::Memory | Mode::Batch | Mode::BatchFlushOnly => {}
+                            Mode::TxThenDurable => store.durable().await.unwrap(),
                             Mode::FlushPerJoin => {
                                 let (store, lock) = (store.clone(), flush_lock.clone());
                                 tokio::task::spawn_blocking(move || {
@@ -140,8 +150,9 @@ fn main() {
         for mode in [
             Mode::Memory,
             Mode::FlushPerJoin,
-            Mode::GroupFlushOnly,
-            Mode::GroupCommit,
+            Mode::TxThenDurable,
+            Mode::BatchFlushOnly,
+            Mode::Batch,
         ] {
             // Calibrate the number of rounds to the time budget with a short first run.
             let (probe, _) = measure(mode, joiners, 4);

@@ -45,3 +45,17 @@ pub mod session_crypto;
 pub mod store;
 pub mod token;
 pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Helpers shared by unit tests in several modules.
+
+    /// A two-worker tokio runtime with I/O and timers.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a test runtime")
+    }
+}

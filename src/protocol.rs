@@ -2,9 +2,9 @@
 //!
 //! This is the protocol core, in the manner of quinn-proto: it takes each received frame
 //! payload, the store and the time, and returns a [`Step`] telling the glue what to do
-//! (send this frame, after making the store durable or not; close; or hold a GetCluster
-//! until the cluster changes). It owns no socket and no clock, so every path is testable
-//! without the network and fuzzable.
+//! (send this frame, after making the store durable or not; apply a write to the store and
+//! come back with its result; close; or hold a GetCluster until the cluster changes). It owns
+//! no socket and no clock, so every path is testable without the network and fuzzable.
 //!
 //! States: `AwaitHello` -> (hello) -> `Established` -> (Member) -> `Registered`; in
 //! `Registered`, Create, Join and GetCluster may come in any order and number; Bye is
@@ -19,10 +19,11 @@ use prost::Message as _;
 
 use crate::crypto::HelloDecryptor;
 use crate::handlers::get_cluster::{self, GetOutcome, Wait};
-use crate::handlers::{self, Context, HandlerError, Reply, SessionState};
+use crate::handlers::{self, Context, HandlerError, SessionState};
 use crate::id::Id;
 use crate::proto::{ErrCode, Tag, XlRegMsg};
 use crate::session_crypto::{Role, ServerHandshake, SessionCipher, SALT_LEN};
+use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
 
 /// What the glue must do after feeding the session a frame.
@@ -42,6 +43,10 @@ pub enum Step {
         /// The cluster a Join changed.
         joined: Option<Id>,
     },
+    /// Apply `write` to the store and pass the result to [`ServerSession::on_written`]. The
+    /// registry uses [`Store::write`](crate::store::Store::write), which batches concurrent
+    /// writes and answers once the change is durable.
+    Write(Write),
     /// Hold the reply until the cluster changes (call [`ServerSession::resume`] with
     /// `expired = false`) or `wait.wait_ms` pass (call it with `expired = true`).
     Wait(Wait),
@@ -105,6 +110,8 @@ pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
     phase: Phase,
     waiting: Option<Wait>,
+    /// A [`Step::Write`] was returned and its result has not come back yet.
+    writing: bool,
     report: SessionReport,
 }
 
@@ -115,6 +122,7 @@ impl ServerSession {
             decryptor,
             phase: Phase::AwaitHello,
             waiting: None,
+            writing: false,
             report: SessionReport::default(),
         }
     }
@@ -131,8 +139,8 @@ impl ServerSession {
 
     /// Feeds one received frame payload.
     pub fn on_frame(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
-        if self.waiting.is_some() {
-            // The client spoke while its GetCluster was held: lock-step is broken.
+        if self.waiting.is_some() || self.writing {
+            // The client spoke before its request was answered: lock-step is broken.
             return self.drop_connection();
         }
         match &mut self.phase {
@@ -180,6 +188,39 @@ impl ServerSession {
         self.get_outcome(outcome)
     }
 
+    /// [`on_frame`](Self::on_frame), applying a write it asks for at once through
+    /// `ctx.store` ([`Store::apply`](crate::store::Store::apply): unbatched, not yet durable):
+    /// for tests, fuzzing and tools that drive the session without the glue.
+    pub fn on_frame_applying(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
+        match self.on_frame(frame, ctx) {
+            Step::Write(write) => {
+                let result = ctx.store.apply(&write, ctx.fresh_id);
+                self.on_written(result)
+            }
+            step => step,
+        }
+    }
+
+    /// Takes the result of the [`Step::Write`] returned last and says what to send.
+    pub fn on_written(&mut self, result: Result<Written, StoreError>) -> Step {
+        if !std::mem::take(&mut self.writing) {
+            return self.drop_connection();
+        }
+        match result {
+            Ok(written) => {
+                let reply = handlers::finish(&mut self.report.state, written);
+                Step::Send {
+                    frame: self.seal(&reply.msg),
+                    // The store answers a write only once it (and all it read) is durable.
+                    durable: false,
+                    close: false,
+                    joined: reply.joined,
+                }
+            }
+            Err(error) => self.handler_error(HandlerError::Store(error)),
+        }
+    }
+
     fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
         self.report.requests += 1;
         self.report.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
@@ -207,24 +248,14 @@ impl ServerSession {
                 }
             }
             Tag::Member if !registered => {
-                let result = handlers::member::handle(
-                    ctx,
-                    &mut self.report.state,
-                    msg,
-                    Scheme::V2 {
-                        server_salt: &server_salt,
-                    },
-                );
-                self.reply(result, None)
+                let scheme = Scheme::V2 {
+                    server_salt: &server_salt,
+                };
+                self.write(handlers::member::prepare(msg, scheme, ctx.now_ms))
             }
-            Tag::Create if registered => {
-                let result = handlers::create::handle(ctx, &mut self.report.state, msg);
-                self.reply(result, None)
-            }
+            Tag::Create if registered => self.write(handlers::create::prepare(msg, ctx.now_ms)),
             Tag::Join if registered => {
-                let result = handlers::join::handle(ctx, &mut self.report.state, msg);
-                let joined = self.report.state.joined.clone();
-                self.reply(result, joined)
+                self.write(handlers::join::prepare(&self.report.state, msg, ctx.now_ms))
             }
             Tag::GetCluster if registered => {
                 let outcome = get_cluster::handle(ctx, &self.report.state, msg);
@@ -275,15 +306,12 @@ impl ServerSession {
         }
     }
 
-    fn reply(&mut self, result: Result<Reply, HandlerError>, joined: Option<Id>) -> Step {
-        match result {
-            Ok(reply) => Step::Send {
-                frame: self.seal(&reply.msg),
-                // Even an unchanged reply may report what another session just wrote.
-                durable: true,
-                close: false,
-                joined: if reply.changed { joined } else { None },
-            },
+    fn write(&mut self, prepared: Result<Write, HandlerError>) -> Step {
+        match prepared {
+            Ok(write) => {
+                self.writing = true;
+                Step::Write(write)
+            }
             Err(error) => self.handler_error(error),
         }
     }
@@ -348,6 +376,10 @@ mod tests {
         }
     }
 
+    fn feed(store: &Store, session: &mut ServerSession, frame: &[u8]) -> Step {
+        with_ctx(store, |ctx| session.on_frame_applying(frame, ctx))
+    }
+
     fn connect(store: &Store) -> (ServerSession, Peer) {
         let mut session = ServerSession::new(Arc::new(registry_key().hello_decryptor().unwrap()));
         let (client, hello) = ClientHandshake::start(registry_key().public_key()).unwrap();
@@ -365,7 +397,7 @@ mod tests {
         msg: &XlRegMsg,
     ) -> (XlRegMsg, bool) {
         let frame = peer.cipher.seal(&msg.encode_to_vec());
-        let (reply, close) = sent(with_ctx(store, |ctx| session.on_frame(&frame, ctx)));
+        let (reply, close) = sent(feed(store, session, &frame));
         let plaintext = peer.cipher.open(&reply).unwrap();
         (XlRegMsg::decode(plaintext.as_slice()).unwrap(), close)
     }
@@ -419,6 +451,51 @@ mod tests {
     }
 
     #[test]
+    fn a_write_is_handed_to_the_glue_and_its_result_becomes_the_reply() {
+        let store = Store::temporary().unwrap();
+        let (mut session, mut peer) = connect(&store);
+        let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
+        let step = with_ctx(&store, |ctx| session.on_frame(&frame, ctx));
+        let Step::Write(write) = step else {
+            panic!("Member should ask for a write, got {step:?}")
+        };
+        assert!(
+            matches!(write, Write::RegisterNode { ref node, now_ms: 1_000 } if node.name == "m")
+        );
+        // Nothing is stored until the glue applies the write.
+        assert_eq!(store.counts().unwrap().nodes, 0);
+        // The client may not speak before it is answered.
+        let early = peer.cipher.seal(&op(Tag::Bye).encode_to_vec());
+        assert!(matches!(
+            with_ctx(&store, |ctx| session.on_frame(&early, ctx)),
+            Step::Close
+        ));
+        assert_eq!(session.report().outcome, Outcome::Dropped);
+
+        // A refusal from the store (here a full cluster) is an Error reply, then the close.
+        let (mut session, mut peer) = connect(&store);
+        let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
+        let Step::Write(_) = with_ctx(&store, |ctx| session.on_frame(&frame, ctx)) else {
+            panic!("no write")
+        };
+        let full = StoreError::ClusterFull {
+            name: "c".into(),
+            members: 2,
+            max: 2,
+        };
+        let (reply, close) = sent(session.on_written(Err(full)));
+        let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
+        assert_eq!(reply.err_kind, Some(ErrCode::ClusterFull as i32));
+        assert!(close);
+        // A result nobody asked for is not answered.
+        let (mut session, _) = connect(&store);
+        assert!(matches!(
+            session.on_written(Err(StoreError::NoSuchNode(Id::random(&mut rand::rng())))),
+            Step::Close
+        ));
+    }
+
+    #[test]
     fn requests_in_the_wrong_state_or_from_the_server_side_are_errors() {
         let store = Store::temporary().unwrap();
         for (tag, code) in [
@@ -456,7 +533,7 @@ mod tests {
         let (mut session, mut peer) = connect(&store);
         let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
         assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&frame, ctx)),
+            feed(&store, &mut session, &frame),
             Step::Send { .. }
         ));
         assert!(matches!(

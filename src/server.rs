@@ -525,6 +525,10 @@ async fn run_session(
                     }
                     break;
                 }
+                Step::Write(write) => {
+                    let result = registry.store.write(write).await;
+                    step = session.on_written(result);
+                }
                 Step::Wait(wait) => {
                     let deadline = *deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + Duration::from_millis(wait.wait_ms.into())

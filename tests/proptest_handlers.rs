@@ -272,7 +272,7 @@ fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> 
                 _ => unreachable!(),
             },
         };
-        let mut step = session.on_frame(&frame, &mut ctx);
+        let mut step = session.on_frame_applying(&frame, &mut ctx);
         if let Step::Wait(_) = step {
             // The glue would wait for a change or the deadline: take the deadline.
             step = session.resume(&mut ctx, true);
@@ -297,6 +297,7 @@ fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> 
                 break;
             }
             Step::Wait(_) => return Err(TestCaseError::fail("still waiting after the deadline")),
+            Step::Write(_) => return Err(TestCaseError::fail("a write's result led to a write")),
         }
     }
     Ok(replies)

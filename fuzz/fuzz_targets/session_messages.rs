@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for plaintext in plaintexts.iter().take(16) {
-        let mut step = session.on_frame(&cipher.seal(plaintext), &mut ctx);
+        let mut step = session.on_frame_applying(&cipher.seal(plaintext), &mut ctx);
         if let Step::Wait(_) = step {
             step = session.resume(&mut ctx, true);
         }
@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Step::Close => break,
             Step::Wait(_) => panic!("still waiting after the deadline"),
+            Step::Write(_) => panic!("a write's result led to a write"),
         }
     }
     let problems = store.verify().expect("verify");

@@ -5,17 +5,24 @@
 //! an existing name returns that cluster unchanged, as the Go registry did, so every member
 //! of a fleet may race to create its cluster and all of them learn the same ID.
 
-use super::{with_cluster, Context, HandlerError, Reply, SessionState};
-use crate::proto::{Tag, XlRegMsg};
-use crate::store::NewCluster;
+use super::{apply_now, Context, HandlerError, Reply, SessionState};
+use crate::proto::XlRegMsg;
+use crate::store::{NewCluster, Write};
 use crate::validate;
 
-/// Creates (or finds) the cluster the message names.
+/// Creates (or finds) the cluster the message names, now (see [`apply_now`]).
 pub fn handle(
     ctx: &mut Context<'_>,
     state: &mut SessionState,
     msg: &XlRegMsg,
 ) -> Result<Reply, HandlerError> {
+    let write = prepare(msg, ctx.now_ms);
+    apply_now(ctx, state, write)
+}
+
+/// Checks the request and returns the cluster to create (or find); the reply is built by
+/// [`finish`](super::finish) from what the store did.
+pub fn prepare(msg: &XlRegMsg, now_ms: u64) -> Result<Write, HandlerError> {
     let name = msg
         .cluster_name
         .as_deref()
@@ -26,20 +33,14 @@ pub fn handle(
         .ok_or_else(|| HandlerError::BadRequest("Create needs a ClusterMaxSize".to_string()))?;
     let max_size = validate::clamp_cluster_size(requested);
     let endpoint_count = validate::endpoint_count(msg.end_point_count.unwrap_or(1))?;
-    let (cluster, created) = ctx.store.create_cluster(
-        NewCluster {
+    Ok(Write::CreateCluster {
+        cluster: NewCluster {
             name: name.to_string(),
             attrs: msg.cluster_attrs.unwrap_or(0),
             max_size,
             endpoint_count,
         },
-        ctx.fresh_id,
-        ctx.now_ms,
-    )?;
-    state.created = Some(cluster.id.clone());
-    Ok(Reply {
-        msg: with_cluster(Tag::CreateReply, &cluster),
-        changed: created,
+        now_ms,
     })
 }
 
@@ -47,6 +48,7 @@ pub fn handle(
 mod tests {
     use super::*;
     use crate::handlers::testing::with_ctx;
+    use crate::proto::Tag;
     use crate::store::Store;
 
     fn create(

@@ -5,27 +5,32 @@
 //! back (a restarted node rejoins), a different node with the same name is refused, a full
 //! cluster is refused, a node with fewer endpoints than the cluster requires is refused.
 
-use super::{cluster_ref, with_cluster, Context, HandlerError, Reply, SessionState};
-use crate::proto::{Tag, XlRegMsg};
+use super::{apply_now, cluster_ref, Context, HandlerError, Reply, SessionState};
+use crate::proto::XlRegMsg;
+use crate::store::Write;
 
-/// Joins the session's node to the named cluster.
+/// Joins the session's node to the named cluster, now (see [`apply_now`]).
 pub fn handle(
     ctx: &mut Context<'_>,
     state: &mut SessionState,
     msg: &XlRegMsg,
 ) -> Result<Reply, HandlerError> {
+    let write = prepare(state, msg, ctx.now_ms);
+    apply_now(ctx, state, write)
+}
+
+/// Checks the request and returns the join to store; the reply is built by
+/// [`finish`](super::finish) from what the store did.
+pub fn prepare(state: &SessionState, msg: &XlRegMsg, now_ms: u64) -> Result<Write, HandlerError> {
     let node = state
         .node
         .as_ref()
         .ok_or_else(|| HandlerError::BadRequest("Join before Member".to_string()))?;
-    let target = cluster_ref(msg, state.created.as_ref(), "Join")?;
-    let outcome = ctx.store.join(&target, node, ctx.now_ms)?;
-    let mut reply = with_cluster(Tag::JoinReply, &outcome.cluster);
-    reply.slot = Some(outcome.slot);
-    state.joined = Some(outcome.cluster.id.clone());
-    Ok(Reply {
-        msg: reply,
-        changed: true,
+    let cluster = cluster_ref(msg, state.created.as_ref(), "Join")?;
+    Ok(Write::Join {
+        cluster,
+        node: node.id.clone(),
+        now_ms,
     })
 }
 
@@ -34,6 +39,7 @@ mod tests {
     use super::*;
     use crate::handlers::testing::{member_msg, with_ctx, SALT};
     use crate::handlers::{create, member};
+    use crate::proto::Tag;
     use crate::store::Store;
     use crate::token::Scheme;
 

@@ -5,21 +5,28 @@
 //! node gets a fresh 32-byte one; with a registered ID it is accepted only if its keys match
 //! the stored ones; with an unregistered ID it is bound to the presented keys.
 
-use super::{Context, HandlerError, Reply, SessionState};
+use super::{apply_now, Context, HandlerError, Reply, SessionState};
 use crate::crypto::PublicKey;
 use crate::id::Id;
-use crate::proto::{Tag, XlRegMsg};
-use crate::store::{NewNode, RegistrationOutcome};
+use crate::proto::XlRegMsg;
+use crate::store::{NewNode, Write};
 use crate::token::{self, Scheme, TokenFields};
 use crate::validate;
 
-/// Registers the node described by the message's token.
+/// Registers the node described by the message's token, now (see [`apply_now`]).
 pub fn handle(
     ctx: &mut Context<'_>,
     state: &mut SessionState,
     msg: &XlRegMsg,
     scheme: Scheme<'_>,
 ) -> Result<Reply, HandlerError> {
+    let write = prepare(msg, scheme, ctx.now_ms);
+    apply_now(ctx, state, write)
+}
+
+/// Checks the message's token (fields, key sizes, signature) and returns the registration to
+/// store; the reply is built by [`finish`](super::finish) from what the store did.
+pub fn prepare(msg: &XlRegMsg, scheme: Scheme<'_>, now_ms: u64) -> Result<Write, HandlerError> {
     let bad = |text: &str| HandlerError::BadRequest(text.to_string());
     let token = msg
         .member_specs
@@ -65,8 +72,8 @@ pub fn handle(
     token::verify(&fields, &sig_key, signature, scheme)
         .map_err(|_| HandlerError::Unauthorized("token signature does not verify".to_string()))?;
 
-    let registration = ctx.store.register_node(
-        NewNode {
+    Ok(Write::RegisterNode {
+        node: NewNode {
             id,
             name: name.to_string(),
             attrs,
@@ -74,20 +81,7 @@ pub fn handle(
             sig_key: sig_key.to_spki_der().to_vec(),
             endpoints: token.my_ends.clone(),
         },
-        ctx.fresh_id,
-        ctx.now_ms,
-    )?;
-    let changed = registration.outcome != RegistrationOutcome::Unchanged;
-    let reply = XlRegMsg {
-        op: Some(Tag::MemberOk as i32),
-        member_id: Some(registration.node.id.as_bytes().to_vec()),
-        member_attrs: Some(attrs),
-        ..XlRegMsg::default()
-    };
-    state.node = Some(registration.node);
-    Ok(Reply {
-        msg: reply,
-        changed,
+        now_ms,
     })
 }
 
@@ -95,6 +89,7 @@ pub fn handle(
 mod tests {
     use super::*;
     use crate::handlers::testing::{keys, member_msg, with_ctx, SALT};
+    use crate::proto::Tag;
     use crate::store::Store;
 
     fn register(store: &Store, msg: &XlRegMsg) -> Result<(Reply, SessionState), HandlerError> {

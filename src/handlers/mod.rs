@@ -15,7 +15,10 @@ pub mod member;
 
 use crate::id::Id;
 use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
-use crate::store::{ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Store, StoreError};
+use crate::store::{
+    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, Store, StoreError,
+    Write, Written,
+};
 use crate::validate::Invalid;
 
 /// What a handler needs from outside the message: the store, the current time and a
@@ -49,6 +52,9 @@ pub struct Reply {
     pub msg: XlRegMsg,
     /// True if the request wrote to the store.
     pub changed: bool,
+    /// The cluster a Join added the node to or refreshed it in: whoever waits on that
+    /// cluster is to be woken once the reply is sent.
+    pub joined: Option<Id>,
 }
 
 /// Why a request was refused. Each variant maps to an error class on the wire
@@ -109,6 +115,60 @@ impl HandlerError {
         }
         (code, self.description())
     }
+}
+
+/// Builds the reply to a Member, Create or Join from what the store did with its [`Write`],
+/// and records in `state` what the session now is (its node, the cluster it created or
+/// joined).
+pub fn finish(state: &mut SessionState, written: Written) -> Reply {
+    match written {
+        Written::Node(registration) => {
+            let node = registration.node;
+            let msg = XlRegMsg {
+                op: Some(Tag::MemberOk as i32),
+                member_id: Some(node.id.as_bytes().to_vec()),
+                member_attrs: Some(node.attrs),
+                ..XlRegMsg::default()
+            };
+            state.node = Some(node);
+            Reply {
+                msg,
+                changed: registration.outcome != RegistrationOutcome::Unchanged,
+                joined: None,
+            }
+        }
+        Written::Cluster(cluster, created) => {
+            state.created = Some(cluster.id.clone());
+            Reply {
+                msg: with_cluster(Tag::CreateReply, &cluster),
+                changed: created,
+                joined: None,
+            }
+        }
+        Written::Joined(outcome) => {
+            let mut msg = with_cluster(Tag::JoinReply, &outcome.cluster);
+            msg.slot = Some(outcome.slot);
+            state.joined = Some(outcome.cluster.id.clone());
+            Reply {
+                msg,
+                changed: true,
+                joined: Some(outcome.cluster.id),
+            }
+        }
+    }
+}
+
+/// Applies a prepared write to the store at once (its own transaction, not yet durable) and
+/// finishes it: the synchronous path, for tests and tools. The registry's sessions instead
+/// hand the write to [`Store::write`](crate::store::Store::write), which batches it with
+/// concurrent ones and answers once it is durable.
+pub fn apply_now(
+    ctx: &mut Context<'_>,
+    state: &mut SessionState,
+    write: Result<Write, HandlerError>,
+) -> Result<Reply, HandlerError> {
+    let written = ctx.store.apply(&write?, ctx.fresh_id)?;
+    Ok(finish(state, written))
 }
 
 /// An Error message with a description and class.

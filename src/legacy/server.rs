@@ -108,7 +108,7 @@ async fn run_session(
     loop {
         // Answer whatever the bytes received so far hold.
         while let Some(step) = with_context(registry, |ctx| session.next_step(ctx)) {
-            if !perform(registry, stream, step, config).await? {
+            if !perform(registry, stream, session, step, config).await? {
                 return Ok(());
             }
         }
@@ -129,7 +129,7 @@ async fn run_session(
                 Err(_elapsed) => {
                     let step = session.on_stall();
                     let answered = matches!(step, Step::Send { .. });
-                    perform(registry, stream, step, config).await?;
+                    perform(registry, stream, session, step, config).await?;
                     return if answered {
                         Ok(())
                     } else {
@@ -142,7 +142,7 @@ async fn run_session(
                 Ok(Ok(read)) => session.push(&chunk[..read]),
             }
             if let Some(step) = with_context(registry, |ctx| session.next_step(ctx)) {
-                if !perform(registry, stream, step, config).await? {
+                if !perform(registry, stream, session, step, config).await? {
                     return Ok(());
                 }
                 break;
@@ -151,15 +151,23 @@ async fn run_session(
     }
 }
 
-/// Carries out one step. Returns whether the session goes on.
+/// Carries out one step (and, after a write, the step its result leads to). Returns whether
+/// the session goes on.
 async fn perform(
     registry: &Registry,
     stream: &mut TcpStream,
-    step: Step,
+    session: &mut LegacySession,
+    mut step: Step,
     config: &ServerConfig,
 ) -> Result<bool, ConnectionError> {
+    if let Step::Write(write) = step {
+        let result = registry.store.write(write).await;
+        step = session.on_written(result);
+    }
     match step {
         Step::Close => Ok(false),
+        // A write's result is a reply or a refusal, never another write.
+        Step::Write(_) => Ok(false),
         Step::Send {
             bytes,
             durable,

@@ -26,12 +26,13 @@ use std::sync::Arc;
 
 use crate::crypto::{AesKey, HelloDecryptor};
 use crate::handlers::get_cluster::{self, GetOutcome};
-use crate::handlers::{self, Context, HandlerError, Reply};
+use crate::handlers::{self, Context, HandlerError};
 use crate::id::Id;
 use crate::legacy::reader::Assembler;
 use crate::legacy::wire::{self, Version};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
 use crate::protocol::{Outcome, SessionReport};
+use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
 
 /// The Go registry's answer to a message not allowed in the current state, word for word.
@@ -53,6 +54,9 @@ pub enum Step {
         /// The cluster a Join changed.
         joined: Option<Id>,
     },
+    /// Apply `write` to the store and pass the result to [`LegacySession::on_written`] (the
+    /// registry uses [`Store::write`](crate::store::Store::write): batched, then durable).
+    Write(Write),
     /// Close the connection without a word.
     Close,
 }
@@ -196,18 +200,16 @@ impl LegacySession {
         match (stage, tag) {
             (_, Tag::Bye) => self.last_word(&handlers::bye::handle(), Outcome::Bye),
             (Stage::AwaitMember, Tag::Member) => {
-                let result =
-                    handlers::member::handle(ctx, &mut self.report.state, &msg, Scheme::Legacy);
-                self.reply(result, Stage::Registered, false)
+                self.write(handlers::member::prepare(&msg, Scheme::Legacy, ctx.now_ms))
             }
             (Stage::Registered, Tag::Create) => {
-                let result = handlers::create::handle(ctx, &mut self.report.state, &msg);
-                self.reply(result, Stage::Created, false)
+                self.write(handlers::create::prepare(&msg, ctx.now_ms))
             }
-            (Stage::Registered | Stage::Created, Tag::Join) => {
-                let result = handlers::join::handle(ctx, &mut self.report.state, &msg);
-                self.reply(result, Stage::Joined, true)
-            }
+            (Stage::Registered | Stage::Created, Tag::Join) => self.write(handlers::join::prepare(
+                &self.report.state,
+                &msg,
+                ctx.now_ms,
+            )),
             (Stage::Joined, Tag::GetCluster) => {
                 let outcome = match get_cluster::handle(ctx, &self.report.state, &msg) {
                     // Never held without WaitMs; answer with what is there regardless.
@@ -230,27 +232,49 @@ impl LegacySession {
         }
     }
 
-    fn reply(&mut self, result: Result<Reply, HandlerError>, next: Stage, join: bool) -> Step {
-        match result {
-            Ok(reply) => {
-                let bytes = self.seal(&reply.msg);
-                if let Phase::Established { stage, .. } = &mut self.phase {
-                    *stage = next;
-                }
-                let joined = if join && reply.changed {
-                    self.report.state.joined.clone()
-                } else {
-                    None
-                };
-                Step::Send {
-                    bytes,
-                    // Even an unchanged reply may report what another session just wrote.
-                    durable: true,
-                    close: false,
-                    joined,
-                }
-            }
+    fn write(&mut self, prepared: Result<Write, HandlerError>) -> Step {
+        match prepared {
+            Ok(write) => Step::Write(write),
             Err(error) => self.handler_error(error),
+        }
+    }
+
+    /// [`next_step`](Self::next_step), applying a write it asks for at once through
+    /// `ctx.store` ([`Store::apply`](crate::store::Store::apply): unbatched, not yet durable):
+    /// for tests and tools that drive the session without the glue.
+    pub fn next_step_applying(&mut self, ctx: &mut Context<'_>) -> Option<Step> {
+        match self.next_step(ctx)? {
+            Step::Write(write) => {
+                let result = ctx.store.apply(&write, ctx.fresh_id);
+                Some(self.on_written(result))
+            }
+            step => Some(step),
+        }
+    }
+
+    /// Takes the result of the [`Step::Write`] returned last and says what to send.
+    pub fn on_written(&mut self, result: Result<Written, StoreError>) -> Step {
+        let written = match result {
+            Ok(written) => written,
+            Err(error) => return self.handler_error(HandlerError::Store(error)),
+        };
+        let next = match &written {
+            Written::Node(_) => Stage::Registered,
+            Written::Cluster(..) => Stage::Created,
+            Written::Joined(_) => Stage::Joined,
+        };
+        let reply = handlers::finish(&mut self.report.state, written);
+        let bytes = self.seal(&reply.msg);
+        let Phase::Established { stage, .. } = &mut self.phase else {
+            return self.drop_connection();
+        };
+        *stage = next;
+        Step::Send {
+            bytes,
+            // The store answers a write only once it (and all it read) is durable.
+            durable: false,
+            close: false,
+            joined: reply.joined,
         }
     }
 
@@ -380,7 +404,7 @@ mod tests {
     impl Client {
         fn send(&mut self, store: &Store, msg: &XlRegMsg) -> (XlRegMsg, bool) {
             self.session.push(&wire::seal_message(&self.key, msg));
-            match with_ctx(store, |ctx| self.session.next_step(ctx)) {
+            match with_ctx(store, |ctx| self.session.next_step_applying(ctx)) {
                 Some(Step::Send { bytes, close, .. }) => {
                     (wire::open_message(&self.key, &bytes).unwrap(), close)
                 }

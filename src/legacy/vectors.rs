@@ -435,7 +435,7 @@ fn the_live_capture_replays_with_replies_of_the_go_servers_shape() {
                 let our_key2 = replay.our_key2.unwrap();
                 // The same request, under the key our session chose.
                 replay.session.push(&wire::seal_message(&our_key2, &msg));
-                match with_ctx(&store, |ctx| replay.session.next_step(ctx)) {
+                match with_ctx(&store, |ctx| replay.session.next_step_applying(ctx)) {
                     Some(Step::Send { bytes, close, .. }) => {
                         replay.our_reply = Some(wire::open_message(&our_key2, &bytes).unwrap());
                         replay.our_close = close;

@@ -1,154 +1,287 @@
-//! Group commit: making committed changes durable, with concurrent callers sharing flushes.
+//! Group commit: applying the registry's changes in batches and making them durable, with
+//! concurrent callers sharing transactions, flushes and syncs.
 //!
-//! This module owns [`Store::durable`] and [`Store::flush_blocking`] and the state behind them.
-//! Every mutating store method bumps a `written` sequence number after its transaction commits.
-//! `durable()` notes that number as its target and waits until a flush that started after it
-//! was read has finished. At most one flusher runs (on a blocking thread); it loops: read
-//! `written`, sync any new blob files, `db.flush()`, fdatasync the data file `DIR/db` (see
-//! `disk` for why both), publish the flushed number through a
-//! `tokio::sync::watch` channel, and stop once nothing new was written meanwhile.
+//! This module owns [`Store::write`], [`Store::durable`] and [`Store::flush_blocking`], and
+//! the store's writer thread behind the first two.
 //!
-//! The syncing matters: sled 0.34.7's flush uses `sync_file_range`, which flushes neither
-//! the disk's write cache nor the file-size metadata, and never syncs blob files, so without
-//! it an acknowledged change can be lost on power failure. sled's `flush_async` is never used: concurrent `flush_async`
-//! calls deadlock in sled 0.34.7 (sled#1308).
+//! # Why one writer, and batches
 //!
-//! Publishing a result and deciding whether the flusher stops happen under one mutex, and a
-//! waiter checks the published state and starts a flusher if none runs under the same mutex,
-//! so no waiter is ever left without a flusher.
+//! Read from sled 0.34.7's source, three costs dominate a small write:
+//! - every transaction first rolls sled's I/O buffer (`PageCache::pin_log`): what is buffered
+//!   is written and `sync_file_range`d by one of sled's I/O threads, so a transaction per
+//!   request costs a disk write and two thread hand-offs per request;
+//! - transactions are serialised behind one global lock;
+//! - `flush()` holds that lock (read side) while it writes, so no transaction can commit
+//!   while a flush runs.
+//!
+//! So the writer thread takes every [`Write`] queued since its last round, applies them in
+//! order in *one* transaction (a refused write changes nothing and leaves the others alone;
+//! see [`Store::apply_batch`]), then flushes and syncs once, and only then answers each
+//! caller: a reply is never sent before its change is durable. While a round's flush runs,
+//! the next round's writes queue up, so the batch grows with the load. Under concurrent load
+//! (the last round held more than one write) the writer also waits [`GATHER`] before taking
+//! a batch, trading that much latency for fewer, larger rounds; a lone client never waits.
+//!
+//! # Durability of other changes
+//!
+//! Changes made outside the writer (admin commands, expiry, [`Store::apply`]) bump the
+//! `written` sequence number after their transaction commits. [`Store::durable`] notes that
+//! number, asks the writer for a round, and waits until a flush that started after it was
+//! read has finished. Every round flushes if anything was written since the last flush.
+//!
+//! Flushing is `disk`'s job: sled's flush uses `sync_file_range`, which flushes neither the
+//! disk's write cache nor the file-size metadata and never syncs blob files, so the round
+//! also syncs those. sled's `flush_async` is never used: concurrent `flush_async` calls
+//! deadlock in sled 0.34.7 (sled#1308).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::{Store, StoreError};
+use super::{Inner, Store, StoreError, Write, Written};
+use crate::id::Id;
 
-/// A flush starts once no commit has landed for this long (see `GroupCommit::gather`).
-const GATHER_QUIET: Duration = Duration::from_micros(100);
-/// ...or once it has waited this long for a burst of commits to end.
-const GATHER_MAX: Duration = Duration::from_millis(2);
+/// Under concurrent load, how long the writer lets writes gather before taking a batch.
+const GATHER: Duration = Duration::from_millis(1);
 
-/// How long the flusher pauses after a failed flush before retrying for newer writes.
+/// The most writes one round applies (one transaction; sled holds its writes in memory).
+const MAX_BATCH: usize = 1024;
+
+/// How long the writer pauses after a failed flush, so a broken disk is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// What the flusher has achieved so far.
+/// What the writer has made durable so far.
 #[derive(Debug, Default)]
 struct Progress {
     /// Every change with a sequence number up to this one is on disk.
     flushed: u64,
-    /// How many flush rounds have failed so far.
+    /// How many flushes have failed so far.
     failures: u64,
-    /// The target of the last failed round, and its error.
+    /// The target of the last failed flush, and its error.
     last_failure: Option<(u64, Arc<StoreError>)>,
 }
 
-/// The group-commit state of one store.
-#[derive(Debug)]
-pub(super) struct GroupCommit {
+/// A write waiting for the writer, with where its result goes.
+struct Pending {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+/// The writer's inbox.
+#[derive(Default)]
+struct Queue {
+    writes: Vec<Pending>,
+    /// A caller of `durable()` wants a flush.
+    flush_wanted: bool,
+    /// The writer thread has been started.
+    started: bool,
+    /// The store is gone (or the writer died): no more rounds.
+    closed: bool,
+}
+
+/// The state shared by a store and its writer thread. The writer holds it strongly and the
+/// store itself weakly, so that dropping the last `Store` closes the database.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gets work or is closed.
+    work: Condvar,
     /// Sequence number of committed changes; bumped after every committed transaction.
     written: AtomicU64,
-    /// Whether a flusher is running.
-    running: Mutex<bool>,
-    /// How many commits the last flush covered.
-    last_batch: AtomicU64,
-    /// The flusher's progress, for waiters.
+    /// The writer's progress, for waiters.
     progress: watch::Sender<Progress>,
+    /// Tests set this to make the next flush fail.
+    #[cfg(test)]
+    fail_next_flush: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock leaves the queue consistent (pushes and drains
+        // only), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a successful flush of everything up to `target`.
+    fn publish_ok(&self, target: u64) {
+        self.progress
+            .send_modify(|p| p.flushed = p.flushed.max(target));
+    }
+
+    /// Publishes a failed flush whose target was `target`.
+    fn publish_err(&self, target: u64, error: Arc<StoreError>) {
+        self.progress.send_modify(|p| {
+            p.failures += 1;
+            p.last_failure = Some((target, error));
+        });
+    }
+
+    /// Waits for work and takes the next round's writes (empty for a flush-only round).
+    /// `gather`: wait [`GATHER`] first, letting concurrent writes join the batch. Returns
+    /// `None` once the store is closed.
+    fn next_round(&self, gather: bool) -> Option<Vec<Pending>> {
+        let mut queue = self.lock();
+        loop {
+            if !queue.writes.is_empty() || queue.flush_wanted {
+                break;
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+        }
+        if gather && !queue.writes.is_empty() && queue.writes.len() < MAX_BATCH {
+            drop(queue);
+            std::thread::sleep(GATHER);
+            queue = self.lock();
+        }
+        queue.flush_wanted = false;
+        let n = queue.writes.len().min(MAX_BATCH);
+        Some(queue.writes.drain(..n).collect())
+    }
+}
+
+/// The group-commit state of one store.
+pub(super) struct GroupCommit {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("written", &self.shared.written)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GroupCommit {
-    /// A fresh state: nothing written, nothing flushed.
+    /// A fresh state: nothing written, nothing flushed, no writer yet.
     pub(super) fn new() -> GroupCommit {
         GroupCommit {
-            written: AtomicU64::new(0),
-            running: Mutex::new(false),
-            last_batch: AtomicU64::new(0),
-            progress: watch::Sender::new(Progress::default()),
+            shared: Arc::new(Shared::default()),
         }
     }
 
     /// Records that a transaction has committed.
     pub(super) fn bump(&self) {
-        self.written.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Lets a burst of commits land before a flush starts. sled's `flush()` holds sled's
-    /// concurrency-control lock in read mode while it writes, and every transaction needs it
-    /// in write mode, so no join can commit while a flush runs: a flush started on the first
-    /// commit of a burst would cover that one commit and stall the rest of the burst behind
-    /// it. Waiting until commits stop arriving for [`GATHER_QUIET`] (at most
-    /// [`GATHER_MAX`]) makes one flush cover the burst. A lone commit pays one quiet period.
-    /// Gathering only pays when commits come concurrently, so it is skipped while the last
-    /// flush covered a single commit (a lone client pays nothing).
-    fn gather(&self) {
-        if self.last_batch.load(Ordering::Relaxed) <= 1 {
-            return;
-        }
-        let started = Instant::now();
-        let mut seen = self.written.load(Ordering::SeqCst);
-        loop {
-            std::thread::sleep(GATHER_QUIET);
-            let now = self.written.load(Ordering::SeqCst);
-            if now == seen || started.elapsed() >= GATHER_MAX {
-                return;
-            }
-            seen = now;
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, bool> {
-        self.running
-            .lock()
-            .expect("group-commit mutex poisoned: a flusher panicked while publishing")
-    }
-
-    /// Publishes a successful flush of everything up to `target`.
-    fn publish_ok(&self, target: u64) {
-        self.progress.send_modify(|p| {
-            self.last_batch
-                .store(target.saturating_sub(p.flushed), Ordering::Relaxed);
-            p.flushed = p.flushed.max(target);
-        });
-    }
-
-    /// Publishes a failed flush round whose target was `target`.
-    fn publish_err(&self, target: u64, error: StoreError) {
-        self.progress.send_modify(|p| {
-            p.failures += 1;
-            p.last_failure = Some((target, Arc::new(error)));
-        });
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-/// Owns the flusher's claim to be running. If the flusher ends without clearing `running`
-/// itself (it panicked, or its blocking task was dropped unrun because the runtime shut
-/// down), dropping the guard clears it and fails the waiters, so none waits forever.
-struct FlusherGuard {
-    store: Store,
-    finished: bool,
-}
-
-impl Drop for FlusherGuard {
+impl Drop for GroupCommit {
+    /// The store is going away: the writer finishes its round and stops.
     fn drop(&mut self) {
-        if !self.finished {
-            let gc = &self.store.inner.commit;
-            let mut running = gc.running.lock().unwrap_or_else(|p| p.into_inner());
-            tracing::error!("the store flusher stopped unexpectedly");
-            gc.publish_err(
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+/// Fails every queued write and every waiter if the writer thread unwinds, so none waits
+/// forever on a writer that is gone.
+struct WriterGuard(Arc<Shared>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the store writer stopped unexpectedly");
+            let orphans = {
+                let mut queue = self.0.lock();
+                queue.closed = true;
+                std::mem::take(&mut queue.writes)
+            };
+            // Dropping the reply senders fails their receivers.
+            drop(orphans);
+            self.0.publish_err(
                 u64::MAX,
-                StoreError::Io(std::io::Error::other(
-                    "the store flusher stopped unexpectedly",
-                )),
+                Arc::new(StoreError::Io(std::io::Error::other(
+                    "the store writer stopped unexpectedly",
+                ))),
             );
-            *running = false;
+        }
+    }
+}
+
+/// The writer thread's loop.
+fn run_writer(shared: Arc<Shared>, store: Weak<Inner>) {
+    let _guard = WriterGuard(Arc::clone(&shared));
+    let mut last_round = 0;
+    while let Some(batch) = shared.next_round(last_round > 1) {
+        let Some(inner) = store.upgrade() else {
+            // Unreachable while writes are queued (each caller holds the store), but a
+            // flush request may outlive it.
+            return;
+        };
+        last_round = batch.len();
+        let flushed = Store { inner }.round(&shared, batch);
+        if !flushed {
+            std::thread::sleep(RETRY_PAUSE);
         }
     }
 }
 
 impl Store {
+    /// One writer round: applies `batch` in one transaction, flushes, answers each write.
+    /// Returns false if the flush failed.
+    fn round(&self, shared: &Shared, batch: Vec<Pending>) -> bool {
+        let mut fresh = || Id::random(&mut rand::rng());
+        let applied = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+            self.apply_batch(&writes, &mut fresh)
+        };
+        let target = shared.written.load(Ordering::SeqCst);
+        let flush = if shared.progress.borrow().flushed >= target {
+            Ok(())
+        } else {
+            match self.flush_to_disk(shared) {
+                Ok(()) => {
+                    shared.publish_ok(target);
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "flushing the store to disk failed");
+                    let error = Arc::new(error);
+                    shared.publish_err(target, Arc::clone(&error));
+                    Err(error)
+                }
+            }
+        };
+        let flushed = flush.is_ok();
+        match applied {
+            Ok(results) => {
+                for (pending, result) in batch.into_iter().zip(results) {
+                    let result = match &flush {
+                        Ok(()) => result,
+                        // Not durable, so not to be reported; a refusal may rest on
+                        // changes that are not durable either.
+                        Err(error) => Err(StoreError::FlushFailed(Arc::clone(error))),
+                    };
+                    // The caller may have gone (its connection closed): nothing to do.
+                    let _ = pending.reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "a batch of store writes failed");
+                let error = Arc::new(error);
+                for pending in batch {
+                    let _ = pending
+                        .reply
+                        .send(Err(StoreError::BatchFailed(Arc::clone(&error))));
+                }
+            }
+        }
+        flushed
+    }
+
     /// Syncs new blob files, flushes sled's log and syncs it (for a directory-backed store).
-    fn flush_to_disk(&self) -> Result<(), StoreError> {
+    fn flush_to_disk(&self, _shared: &Shared) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if _shared.fail_next_flush.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Corrupt("disk on fire (test)".into()));
+        }
         if let Some(disk) = &self.inner.disk {
             disk.sync_blobs()?;
         }
@@ -159,34 +292,43 @@ impl Store {
         Ok(())
     }
 
-    /// The flusher loop; runs on a blocking thread.
-    fn run_flusher(mut guard: FlusherGuard) {
-        let store = guard.store.clone();
-        let gc = &store.inner.commit;
-        loop {
-            gc.gather();
-            let target = gc.written.load(Ordering::SeqCst);
-            let result = store.flush_to_disk();
-            let failed = result.is_err();
-            {
-                let mut running = gc.lock();
-                match result {
-                    Ok(()) => gc.publish_ok(target),
-                    Err(e) => {
-                        tracing::error!(error = %e, "flushing the store to disk failed");
-                        gc.publish_err(target, e);
-                    }
-                }
-                if gc.written.load(Ordering::SeqCst) == target {
-                    *running = false;
-                    guard.finished = true;
-                    return;
-                }
-            }
-            if failed {
-                std::thread::sleep(RETRY_PAUSE);
-            }
+    /// Hands the writer work (`add` edits its queue), starting it on first use.
+    fn to_writer(&self, add: impl FnOnce(&mut Queue)) -> Result<(), StoreError> {
+        let shared = &self.inner.commit.shared;
+        let mut queue = shared.lock();
+        if queue.closed {
+            return Err(StoreError::Io(std::io::Error::other(
+                "the store's writer has stopped",
+            )));
         }
+        add(&mut queue);
+        if !queue.started {
+            let thread_shared = Arc::clone(shared);
+            let store = Arc::downgrade(&self.inner);
+            std::thread::Builder::new()
+                .name("xlreg-store-writer".into())
+                .spawn(move || run_writer(thread_shared, store))?;
+            queue.started = true;
+        }
+        drop(queue);
+        shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Applies `write`, batched with concurrent writes in one transaction, and returns its
+    /// result once the change is durable (survives power loss, for a directory-backed store).
+    ///
+    /// A refusal (a full cluster, a name taken, ...) is returned as the error it would be
+    /// from [`Store::apply`]. If the round's flush fails, every write in it gets
+    /// [`StoreError::FlushFailed`]; if its transaction fails, [`StoreError::BatchFailed`].
+    pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, result) = oneshot::channel();
+        self.to_writer(|queue| queue.writes.push(Pending { write, reply }))?;
+        result.await.map_err(|_| {
+            StoreError::Io(std::io::Error::other(
+                "the store's writer stopped before answering",
+            ))
+        })?
     }
 
     /// Returns once every change committed before the call is on disk (and survives power
@@ -196,29 +338,17 @@ impl Store {
     /// If the flush covering this call's changes fails, every caller waiting on it gets
     /// [`StoreError::FlushFailed`].
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let gc = &self.inner.commit;
-        let target = gc.written.load(Ordering::SeqCst);
-        let mut rx = gc.progress.subscribe();
-        if rx.borrow().flushed >= target {
-            return Ok(());
-        }
-        let (seen_failures, start) = {
-            let mut running = gc.lock();
-            let seen = {
-                let p = rx.borrow_and_update();
-                if p.flushed >= target {
-                    return Ok(());
-                }
-                p.failures
-            };
-            let start = !*running;
-            *running = true;
-            (seen, start)
+        let shared = &self.inner.commit.shared;
+        let target = shared.written.load(Ordering::SeqCst);
+        let mut rx = shared.progress.subscribe();
+        let seen_failures = {
+            let p = rx.borrow_and_update();
+            if p.flushed >= target {
+                return Ok(());
+            }
+            p.failures
         };
-        if start {
-            // Outside the mutex: a flusher that fails to start takes it to release waiters.
-            self.start_flusher();
-        }
+        self.to_writer(|queue| queue.flush_wanted = true)?;
         let p = rx
             .wait_for(|p| {
                 p.flushed >= target
@@ -226,7 +356,7 @@ impl Store {
                         && p.last_failure.as_ref().is_some_and(|(t, _)| *t >= target))
             })
             .await
-            .map_err(|_| StoreError::Io(std::io::Error::other("the store's flusher went away")))?;
+            .map_err(|_| StoreError::Io(std::io::Error::other("the store's writer went away")))?;
         if p.flushed >= target {
             return Ok(());
         }
@@ -236,38 +366,13 @@ impl Store {
         }
     }
 
-    /// Starts the flusher on a blocking thread. The caller has set `running` and must not
-    /// hold the mutex.
-    fn start_flusher(&self) {
-        let guard = FlusherGuard {
-            store: self.clone(),
-            finished: false,
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn_blocking(move || Store::run_flusher(guard));
-            }
-            Err(_) => {
-                // Not on a tokio runtime: use a plain thread. If it cannot be started, the
-                // dropped guard releases the waiters with an error.
-                let spawned = std::thread::Builder::new()
-                    .name("xlreg-store-flush".into())
-                    .spawn(move || Store::run_flusher(guard));
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "could not start the store flusher");
-                }
-            }
-        }
-    }
-
     /// Flushes every committed change to disk now, blocking the calling thread (for shutdown
     /// and command-line use).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let gc = &self.inner.commit;
-        let target = gc.written.load(Ordering::SeqCst);
-        self.flush_to_disk()?;
-        let _running = gc.lock();
-        gc.publish_ok(target);
+        let shared = &self.inner.commit.shared;
+        let target = shared.written.load(Ordering::SeqCst);
+        self.flush_to_disk(shared)?;
+        shared.publish_ok(target);
         Ok(())
     }
 }
@@ -276,144 +381,203 @@ impl Store {
 mod tests {
     use super::super::tests::{cluster, node};
     use super::*;
-    use crate::store::ClusterRef;
+    use crate::store::{ClusterRef, NewCluster};
+
+    use crate::test_support::runtime;
+
+    fn flushed_everything(store: &Store) -> bool {
+        let shared = &store.inner.commit.shared;
+        shared.progress.borrow().flushed >= shared.written.load(Ordering::SeqCst)
+    }
+
+    fn join(cluster: &ClusterRecord, node: &crate::store::NodeRecord) -> Write {
+        Write::Join {
+            cluster: ClusterRef::Id(cluster.id.clone()),
+            node: node.id.clone(),
+            now_ms: 1,
+        }
+    }
+
+    use crate::store::ClusterRecord;
 
     #[test]
-    fn durable_with_nothing_written_returns_at_once() {
+    fn durable_with_nothing_written_returns_at_once_without_a_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        // No runtime features (no blocking pool use, no timers): it must not need a flusher.
         rt.block_on(async {
-            let start = std::time::Instant::now();
             store.durable().await.unwrap();
             store.durable().await.unwrap();
-            assert!(start.elapsed() < Duration::from_secs(1));
         });
-        assert!(!*store.inner.commit.lock());
+        assert!(!store.inner.commit.shared.lock().started);
     }
 
     #[test]
-    fn concurrent_joins_then_durable_all_succeed() {
+    fn concurrent_writes_are_batched_durable_and_never_overfill() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let c = cluster(&store, "big", 64, 1);
+        let c = cluster(&store, "big", 60, 1);
         let nodes: Vec<_> = (0..64).map(|i| node(&store, &format!("n{i}"), 1)).collect();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut tasks = Vec::new();
-            for n in nodes {
-                let store = store.clone();
-                let r = ClusterRef::Id(c.id.clone());
-                tasks.push(tokio::spawn(async move {
-                    let out = store.join(&r, &n, 1)?;
-                    store.durable().await?;
-                    Ok::<_, StoreError>(out.slot)
-                }));
-            }
-            let mut slots = Vec::new();
+        let outcomes = runtime().block_on(async {
+            let tasks: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let store = store.clone();
+                    let write = join(&c, n);
+                    tokio::spawn(async move { store.write(write).await })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
             for t in tasks {
-                slots.push(t.await.unwrap().unwrap());
+                outcomes.push(t.await.unwrap());
             }
-            slots.sort_unstable();
-            assert_eq!(slots, (0..64).collect::<Vec<_>>());
-            // Everything is flushed now; another call returns at once.
-            store.durable().await.unwrap();
+            outcomes
         });
-        let gc = &store.inner.commit;
-        assert!(gc.progress.borrow().flushed >= gc.written.load(Ordering::SeqCst));
+        let mut slots: Vec<u32> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Ok(Written::Joined(j)) => Some(j.slot),
+                _ => None,
+            })
+            .collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..60).collect::<Vec<_>>());
+        let full = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(StoreError::ClusterFull { .. })))
+            .count();
+        assert_eq!(full, 4);
+        // Every answer came after its change was on disk.
+        assert!(flushed_everything(&store));
+    }
+
+    #[test]
+    fn a_refusal_inside_a_batch_leaves_the_other_writes_alone() {
+        let store = Store::temporary().unwrap();
+        let c = cluster(&store, "pair", 2, 1);
+        let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
+        let writes: Vec<Write> = vec![
+            join(&c, &nodes[0]),
+            Write::Join {
+                cluster: ClusterRef::Name("nope".into()),
+                node: nodes[1].id.clone(),
+                now_ms: 1,
+            },
+            join(&c, &nodes[1]),
+            join(&c, &nodes[2]),
+            Write::CreateCluster {
+                cluster: NewCluster {
+                    name: "pair".into(),
+                    attrs: 0,
+                    max_size: 9,
+                    endpoint_count: 1,
+                },
+                now_ms: 1,
+            },
+        ];
+        let refs: Vec<&Write> = writes.iter().collect();
+        let mut fresh = || Id::random(&mut rand::rng());
+        let results = store.apply_batch(&refs, &mut fresh).unwrap();
+        assert!(matches!(&results[0], Ok(Written::Joined(j)) if j.slot == 0));
+        assert!(matches!(&results[1], Err(StoreError::NoSuchCluster(_))));
+        assert!(matches!(&results[2], Ok(Written::Joined(j)) if j.slot == 1));
+        assert!(matches!(&results[3], Err(StoreError::ClusterFull { .. })));
+        // A later write in the batch sees the earlier ones.
+        assert!(matches!(&results[4], Ok(Written::Cluster(c, false)) if c.members.len() == 2));
+        let stored = store
+            .cluster(&ClusterRef::Id(c.id.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.members.len(), 2);
     }
 
     #[test]
     fn durable_on_temporary_store_and_flush_blocking() {
         let store = Store::temporary().unwrap();
         node(&store, "a", 0);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        rt.block_on(async { store.durable().await.unwrap() });
+        runtime().block_on(async { store.durable().await.unwrap() });
         node(&store, "b", 0);
         store.flush_blocking().unwrap();
-        let gc = &store.inner.commit;
+        let shared = &store.inner.commit.shared;
         assert_eq!(
-            gc.progress.borrow().flushed,
-            gc.written.load(Ordering::SeqCst)
+            shared.progress.borrow().flushed,
+            shared.written.load(Ordering::SeqCst)
         );
     }
 
     #[test]
-    fn flusher_runs_without_a_tokio_runtime() {
+    fn the_writer_needs_no_runtime_features() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        node(&store, "a", 0);
-        let gc = &store.inner.commit;
-        *gc.lock() = true;
-        store.start_flusher();
-        let start = std::time::Instant::now();
-        while gc.progress.borrow().flushed < gc.written.load(Ordering::SeqCst) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "flusher never finished"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn a_failed_round_reaches_its_waiters() {
-        let store = Store::temporary().unwrap();
-        node(&store, "a", 0);
-        let gc = &store.inner.commit;
-        // Pretend a flusher is running, so the waiters do not start a real one.
-        *gc.lock() = true;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
+        // No I/O or timer driver, no blocking pool: the writer is a plain thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let waiters: Vec<_> = (0..3)
-                .map(|_| {
-                    let s = store.clone();
-                    tokio::spawn(async move { s.durable().await })
+        let n = rt.block_on(async {
+            let new = crate::store::tests::new_node("a", 1);
+            store
+                .write(Write::RegisterNode {
+                    node: new,
+                    now_ms: 1,
                 })
-                .collect();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            {
-                let mut running = gc.lock();
-                let target = gc.written.load(Ordering::SeqCst);
-                gc.publish_err(target, StoreError::Corrupt("disk on fire".into()));
-                *running = false;
-            }
-            for w in waiters {
-                let e = w.await.unwrap().unwrap_err();
-                assert!(matches!(e, StoreError::FlushFailed(_)), "{e}");
-                assert!(e.to_string().contains("disk on fire"), "{e}");
-            }
-            // A later call retries with a real flusher and succeeds.
-            store.durable().await.unwrap();
+                .await
         });
+        assert!(matches!(n, Ok(Written::Node(_))));
+        node(&store, "b", 0);
+        rt.block_on(async { store.durable().await.unwrap() });
+        assert!(flushed_everything(&store));
     }
 
     #[test]
-    fn a_flusher_that_never_ran_releases_its_waiters() {
+    fn a_failed_flush_reaches_every_waiter_and_the_next_round_retries() {
         let store = Store::temporary().unwrap();
-        node(&store, "a", 0);
-        let gc = &store.inner.commit;
-        *gc.lock() = true;
-        drop(FlusherGuard {
-            store: store.clone(),
-            finished: false,
+        let c = cluster(&store, "c", 8, 1);
+        let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
+        store
+            .inner
+            .commit
+            .shared
+            .fail_next_flush
+            .store(true, Ordering::SeqCst);
+        runtime().block_on(async {
+            let e = store.write(join(&c, &nodes[0])).await.unwrap_err();
+            assert!(matches!(e, StoreError::FlushFailed(_)), "{e}");
+            assert!(e.to_string().contains("disk on fire"), "{e}");
+            // The next round flushes again and succeeds; the earlier change is now durable.
+            let j = store.write(join(&c, &nodes[1])).await.unwrap();
+            assert!(matches!(j, Written::Joined(j) if j.slot == 1));
+            store.durable().await.unwrap();
         });
-        assert!(!*gc.lock());
-        let p = gc.progress.borrow();
-        assert_eq!(p.failures, 1);
-        assert!(matches!(&p.last_failure, Some((u64::MAX, _))));
+        assert!(flushed_everything(&store));
+    }
+
+    #[test]
+    fn dropping_the_store_stops_the_writer_and_releases_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = runtime().block_on(async {
+            store
+                .write(Write::CreateCluster {
+                    cluster: NewCluster {
+                        name: "kept".into(),
+                        attrs: 0,
+                        max_size: 3,
+                        endpoint_count: 1,
+                    },
+                    now_ms: 1,
+                })
+                .await
+                .unwrap()
+        });
+        assert!(store.inner.commit.shared.lock().started);
+        drop(store);
+        // The writer held the store only weakly: the directory is free again.
+        let store = Store::reopen(dir.path()).unwrap();
+        let Written::Cluster(c, true) = c else {
+            panic!("not created: {c:?}")
+        };
+        assert!(store.cluster(&ClusterRef::Id(c.id)).unwrap().is_some());
     }
 }

@@ -31,6 +31,10 @@ pub enum StoreError {
     /// waiting on that flush.
     #[error("could not write changes to disk: {0}")]
     FlushFailed(#[source] Arc<StoreError>),
+    /// The transaction of a batch of writes ([`Store::write`](super::Store::write)) failed as
+    /// a whole; the same failure is reported to every write in the batch.
+    #[error("could not apply changes: {0}")]
+    BatchFailed(#[source] Arc<StoreError>),
     /// A stored record or key could not be decoded, or the stored data is inconsistent.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -26,10 +26,12 @@
 //!
 //! # Durability
 //!
-//! Mutating methods commit in memory (sled transactions) and return; a caller that must not
-//! acknowledge a change before it is on disk then awaits [`Store::durable`], which shares
-//! flushes between concurrent callers (group commit) and syncs every file sled's flush leaves
-//! unsynced (`disk` lists them), so an acknowledged change survives power loss.
+//! The protocol's changes go through [`Store::write`]: one writer thread applies concurrent
+//! writes in one transaction, flushes once, syncs every file sled's flush leaves unsynced
+//! (`disk` lists them) and only then answers, so an acknowledged change survives power loss
+//! (group commit, `commit`). The synchronous mutating methods commit in memory and return; a
+//! caller that must not acknowledge a change before it is on disk then awaits
+//! [`Store::durable`].
 
 mod commit;
 mod disk;
@@ -199,7 +201,7 @@ fn tx<T>(r: Result<T, StoreError>) -> Result<T, ConflictableTransactionError<Sto
 
 /// Draws ids from `fresh` until one is used by no node and no cluster.
 fn draw_unused_id(
-    fresh: &RefCell<&mut dyn FnMut() -> Id>,
+    fresh: &FreshIds<'_>,
     nodes: &TransactionalTree,
     clusters: &TransactionalTree,
 ) -> ConflictableTransactionResult<Id, StoreError> {
@@ -240,6 +242,231 @@ fn resolve_in_tx(
             ))),
         },
     }
+}
+
+/// The trees a registry write touches, inside one transaction.
+struct Trees<'a> {
+    names: &'a TransactionalTree,
+    clusters: &'a TransactionalTree,
+    nodes: &'a TransactionalTree,
+}
+
+/// The source of fresh ids inside a transaction (a closure re-run on conflict).
+type FreshIds<'a> = RefCell<&'a mut dyn FnMut() -> Id>;
+
+/// A change to the registry: what the Member, Create and Join requests do to the store.
+/// [`Store::write`] applies it batched with concurrent ones and returns once it is durable;
+/// [`Store::apply`] applies it alone, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Register or re-register a node, as [`Store::register_node`].
+    RegisterNode {
+        /// The node.
+        node: NewNode,
+        /// The time of the request, milliseconds since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Create a cluster or find the existing one of that name, as [`Store::create_cluster`].
+    CreateCluster {
+        /// The cluster.
+        cluster: NewCluster,
+        /// The time of the request, milliseconds since the Unix epoch.
+        now_ms: u64,
+    },
+    /// Add a registered node to a cluster or give it its slot back, as [`Store::join`].
+    Join {
+        /// The cluster.
+        cluster: ClusterRef,
+        /// The node's id.
+        node: Id,
+        /// The time of the request, milliseconds since the Unix epoch.
+        now_ms: u64,
+    },
+}
+
+/// What a [`Write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The result of [`Write::RegisterNode`].
+    Node(Registration),
+    /// The result of [`Write::CreateCluster`]: the cluster, and whether it was created.
+    Cluster(ClusterRecord, bool),
+    /// The result of [`Write::Join`].
+    Joined(JoinOutcome),
+}
+
+impl Write {
+    fn apply_in(
+        &self,
+        t: &Trees<'_>,
+        fresh: &FreshIds<'_>,
+    ) -> ConflictableTransactionResult<Written, StoreError> {
+        match self {
+            Write::RegisterNode { node, now_ms } => {
+                register_in_tx(t, node, fresh, *now_ms).map(Written::Node)
+            }
+            Write::CreateCluster { cluster, now_ms } => {
+                let (record, created) = create_in_tx(t, cluster, fresh, *now_ms)?;
+                Ok(Written::Cluster(record, created))
+            }
+            Write::Join {
+                cluster,
+                node,
+                now_ms,
+            } => join_in_tx(t, cluster, node, *now_ms).map(Written::Joined),
+        }
+    }
+}
+
+// The three writes below each check everything before they write anything, so that a
+// refusal (an abort) inside a batch leaves the batch's transaction as it found it.
+
+fn register_in_tx(
+    t: &Trees<'_>,
+    new: &NewNode,
+    fresh: &FreshIds<'_>,
+    now_ms: u64,
+) -> ConflictableTransactionResult<Registration, StoreError> {
+    let created = |id: Id| NodeRecord {
+        id,
+        name: new.name.clone(),
+        attrs: new.attrs,
+        comms_key: new.comms_key.clone(),
+        sig_key: new.sig_key.clone(),
+        endpoints: new.endpoints.clone(),
+        registered_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    };
+    let (node, outcome) = match &new.id {
+        None => {
+            let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
+            (created(id), RegistrationOutcome::Created)
+        }
+        Some(id) => match t.nodes.get(id.as_bytes())? {
+            None => (created(id.clone()), RegistrationOutcome::Created),
+            Some(v) => {
+                let mut old: NodeRecord = tx(decode("node", id.as_bytes(), &v))?;
+                if old.sig_key != new.sig_key || old.comms_key != new.comms_key {
+                    return abort(StoreError::NodeKeyMismatch { id: id.clone() });
+                }
+                if old.name == new.name && old.attrs == new.attrs && old.endpoints == new.endpoints
+                {
+                    return Ok(Registration {
+                        node: old,
+                        outcome: RegistrationOutcome::Unchanged,
+                    });
+                }
+                old.name = new.name.clone();
+                old.attrs = new.attrs;
+                old.endpoints = new.endpoints.clone();
+                old.updated_at_ms = now_ms;
+                (old, RegistrationOutcome::Updated)
+            }
+        },
+    };
+    t.nodes
+        .insert(node.id.as_bytes(), tx(encode("node", &node))?)?;
+    Ok(Registration { node, outcome })
+}
+
+fn create_in_tx(
+    t: &Trees<'_>,
+    new: &NewCluster,
+    fresh: &FreshIds<'_>,
+    now_ms: u64,
+) -> ConflictableTransactionResult<(ClusterRecord, bool), StoreError> {
+    let by_name = ClusterRef::Name(new.name.clone());
+    if let Some(existing) = resolve_in_tx(t.names, t.clusters, &by_name)? {
+        return Ok((existing, false));
+    }
+    let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
+    let record = ClusterRecord {
+        id,
+        name: new.name.clone(),
+        attrs: new.attrs,
+        max_size: new.max_size,
+        endpoint_count: new.endpoint_count,
+        created_at_ms: now_ms,
+        touched_at_ms: now_ms,
+        members: Vec::new(),
+    };
+    let value = tx(encode("cluster", &record))?;
+    t.clusters.insert(record.id.as_bytes(), value)?;
+    t.names.insert(new.name.as_bytes(), record.id.as_bytes())?;
+    Ok((record, true))
+}
+
+fn join_in_tx(
+    t: &Trees<'_>,
+    cluster: &ClusterRef,
+    node: &Id,
+    now_ms: u64,
+) -> ConflictableTransactionResult<JoinOutcome, StoreError> {
+    let Some(mut c) = resolve_in_tx(t.names, t.clusters, cluster)? else {
+        return abort(StoreError::NoSuchCluster(cluster.to_string()));
+    };
+    let Some(v) = t.nodes.get(node.as_bytes())? else {
+        return abort(StoreError::NoSuchNode(node.clone()));
+    };
+    let n: NodeRecord = tx(decode("node", node.as_bytes(), &v))?;
+    let name_taken = c
+        .members
+        .iter()
+        .any(|m| m.name == n.name && m.node_id != n.id);
+    if name_taken {
+        return abort(StoreError::MemberNameTaken {
+            cluster: c.name.clone(),
+            name: n.name.clone(),
+        });
+    }
+    let offered = u32::try_from(n.endpoints.len()).unwrap_or(u32::MAX);
+    let too_few = || StoreError::TooFewEndpoints {
+        cluster: c.name.clone(),
+        needed: c.endpoint_count,
+        offered,
+    };
+    let (slot, rejoined) = match c.members.iter().position(|m| m.node_id == n.id) {
+        Some(pos) => {
+            if offered < c.endpoint_count {
+                return abort(too_few());
+            }
+            let m = &mut c.members[pos];
+            m.name = n.name.clone();
+            m.attrs = n.attrs;
+            m.endpoints = n.endpoints.clone();
+            (m.slot, true)
+        }
+        None => {
+            if c.is_full() {
+                return abort(StoreError::ClusterFull {
+                    name: c.name.clone(),
+                    members: c.member_count(),
+                    max: c.max_size,
+                });
+            }
+            if offered < c.endpoint_count {
+                return abort(too_few());
+            }
+            let slot = c.next_slot();
+            c.members.push(MemberRecord {
+                slot,
+                node_id: n.id.clone(),
+                name: n.name.clone(),
+                attrs: n.attrs,
+                endpoints: n.endpoints.clone(),
+                joined_at_ms: now_ms,
+            });
+            (slot, false)
+        }
+    };
+    c.touched_at_ms = now_ms;
+    t.clusters
+        .insert(c.id.as_bytes(), tx(encode("cluster", &c))?)?;
+    Ok(JoinOutcome {
+        cluster: c,
+        slot,
+        rejoined,
+    })
 }
 
 impl Store {
@@ -344,54 +571,7 @@ impl Store {
         fresh_id: &mut dyn FnMut() -> Id,
         now_ms: u64,
     ) -> Result<Registration, StoreError> {
-        let fresh = RefCell::new(fresh_id);
-        let i = &self.inner;
-        let _gate = i.gate.pass();
-        let reg = (&i.nodes, &i.clusters).transaction(|(nodes, clusters)| {
-            let created = |id: Id| NodeRecord {
-                id,
-                name: new.name.clone(),
-                attrs: new.attrs,
-                comms_key: new.comms_key.clone(),
-                sig_key: new.sig_key.clone(),
-                endpoints: new.endpoints.clone(),
-                registered_at_ms: now_ms,
-                updated_at_ms: now_ms,
-            };
-            let (node, outcome) = match &new.id {
-                None => {
-                    let id = draw_unused_id(&fresh, nodes, clusters)?;
-                    (created(id), RegistrationOutcome::Created)
-                }
-                Some(id) => match nodes.get(id.as_bytes())? {
-                    None => (created(id.clone()), RegistrationOutcome::Created),
-                    Some(v) => {
-                        let mut old: NodeRecord = tx(decode("node", id.as_bytes(), &v))?;
-                        if old.sig_key != new.sig_key || old.comms_key != new.comms_key {
-                            return abort(StoreError::NodeKeyMismatch { id: id.clone() });
-                        }
-                        if old.name == new.name
-                            && old.attrs == new.attrs
-                            && old.endpoints == new.endpoints
-                        {
-                            return Ok(Registration {
-                                node: old,
-                                outcome: RegistrationOutcome::Unchanged,
-                            });
-                        }
-                        old.name = new.name.clone();
-                        old.attrs = new.attrs;
-                        old.endpoints = new.endpoints.clone();
-                        old.updated_at_ms = now_ms;
-                        (old, RegistrationOutcome::Updated)
-                    }
-                },
-            };
-            nodes.insert(node.id.as_bytes(), tx(encode("node", &node))?)?;
-            Ok(Registration { node, outcome })
-        })?;
-        i.commit.bump();
-        Ok(reg)
+        self.transact(fresh_id, |t, fresh| register_in_tx(t, &new, fresh, now_ms))
     }
 
     /// The node with this id, if registered.
@@ -413,32 +593,7 @@ impl Store {
         fresh_id: &mut dyn FnMut() -> Id,
         now_ms: u64,
     ) -> Result<(ClusterRecord, bool), StoreError> {
-        let fresh = RefCell::new(fresh_id);
-        let i = &self.inner;
-        let _gate = i.gate.pass();
-        let out =
-            (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
-                let by_name = ClusterRef::Name(new.name.clone());
-                if let Some(existing) = resolve_in_tx(names, clusters, &by_name)? {
-                    return Ok((existing, false));
-                }
-                let id = draw_unused_id(&fresh, nodes, clusters)?;
-                let record = ClusterRecord {
-                    id,
-                    name: new.name.clone(),
-                    attrs: new.attrs,
-                    max_size: new.max_size,
-                    endpoint_count: new.endpoint_count,
-                    created_at_ms: now_ms,
-                    touched_at_ms: now_ms,
-                    members: Vec::new(),
-                };
-                clusters.insert(record.id.as_bytes(), tx(encode("cluster", &record))?)?;
-                names.insert(new.name.as_bytes(), record.id.as_bytes())?;
-                Ok((record, true))
-            })?;
-        i.commit.bump();
-        Ok(out)
+        self.transact(fresh_id, |t, fresh| create_in_tx(t, &new, fresh, now_ms))
     }
 
     /// Adds a node to a cluster, or gives a member its slot back.
@@ -456,74 +611,65 @@ impl Store {
         node: &NodeRecord,
         now_ms: u64,
     ) -> Result<JoinOutcome, StoreError> {
+        // A join draws no ids.
+        self.transact(&mut || Id::random(&mut rand::rng()), |t, _| {
+            join_in_tx(t, cluster, &node.id, now_ms)
+        })
+    }
+
+    /// Applies one [`Write`] in its own transaction. The change is committed, not yet durable:
+    /// see [`Store::durable`], or use [`Store::write`], which batches and waits for both.
+    pub fn apply(
+        &self,
+        write: &Write,
+        fresh_id: &mut dyn FnMut() -> Id,
+    ) -> Result<Written, StoreError> {
+        self.transact(fresh_id, |t, fresh| write.apply_in(t, fresh))
+    }
+
+    /// Applies `writes` in order in one transaction, each with the result it would have had
+    /// alone in that order: a refused write (a full cluster, say) changes nothing and does not
+    /// affect the others. Fails as a whole only if the transaction itself fails.
+    pub(crate) fn apply_batch(
+        &self,
+        writes: &[&Write],
+        fresh_id: &mut dyn FnMut() -> Id,
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        self.transact(fresh_id, |t, fresh| {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                match write.apply_in(t, fresh) {
+                    Ok(written) => results.push(Ok(written)),
+                    // Every write checks before it writes, so a refused one changed nothing.
+                    Err(ConflictableTransactionError::Abort(refusal)) => results.push(Err(refusal)),
+                    // A conflict (sled reruns the whole batch) or a storage failure.
+                    Err(other) => return Err(other),
+                }
+            }
+            Ok(results)
+        })
+    }
+
+    /// Runs `f` in one transaction over the cluster and node trees, past the snapshot gate,
+    /// and counts the commit for group commit.
+    fn transact<T>(
+        &self,
+        fresh_id: &mut dyn FnMut() -> Id,
+        f: impl Fn(&Trees<'_>, &FreshIds<'_>) -> ConflictableTransactionResult<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
         let _gate = i.gate.pass();
         let out =
             (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
-                let Some(mut c) = resolve_in_tx(names, clusters, cluster)? else {
-                    return abort(StoreError::NoSuchCluster(cluster.to_string()));
-                };
-                let Some(v) = nodes.get(node.id.as_bytes())? else {
-                    return abort(StoreError::NoSuchNode(node.id.clone()));
-                };
-                let n: NodeRecord = tx(decode("node", node.id.as_bytes(), &v))?;
-                let name_taken = c
-                    .members
-                    .iter()
-                    .any(|m| m.name == n.name && m.node_id != n.id);
-                if name_taken {
-                    return abort(StoreError::MemberNameTaken {
-                        cluster: c.name.clone(),
-                        name: n.name.clone(),
-                    });
-                }
-                let offered = u32::try_from(n.endpoints.len()).unwrap_or(u32::MAX);
-                let too_few = || StoreError::TooFewEndpoints {
-                    cluster: c.name.clone(),
-                    needed: c.endpoint_count,
-                    offered,
-                };
-                let (slot, rejoined) = match c.members.iter().position(|m| m.node_id == n.id) {
-                    Some(pos) => {
-                        if offered < c.endpoint_count {
-                            return abort(too_few());
-                        }
-                        let m = &mut c.members[pos];
-                        m.name = n.name.clone();
-                        m.attrs = n.attrs;
-                        m.endpoints = n.endpoints.clone();
-                        (m.slot, true)
-                    }
-                    None => {
-                        if c.is_full() {
-                            return abort(StoreError::ClusterFull {
-                                name: c.name.clone(),
-                                members: c.member_count(),
-                                max: c.max_size,
-                            });
-                        }
-                        if offered < c.endpoint_count {
-                            return abort(too_few());
-                        }
-                        let slot = c.next_slot();
-                        c.members.push(MemberRecord {
-                            slot,
-                            node_id: n.id.clone(),
-                            name: n.name.clone(),
-                            attrs: n.attrs,
-                            endpoints: n.endpoints.clone(),
-                            joined_at_ms: now_ms,
-                        });
-                        (slot, false)
-                    }
-                };
-                c.touched_at_ms = now_ms;
-                clusters.insert(c.id.as_bytes(), tx(encode("cluster", &c))?)?;
-                Ok(JoinOutcome {
-                    cluster: c,
-                    slot,
-                    rejoined,
-                })
+                f(
+                    &Trees {
+                        names,
+                        clusters,
+                        nodes,
+                    },
+                    &fresh,
+                )
             })?;
         i.commit.bump();
         Ok(out)
@@ -650,7 +796,7 @@ pub(super) mod tests {
         move || Id::random(&mut rng)
     }
 
-    fn new_node(name: &str, endpoints: usize) -> NewNode {
+    pub(in crate::store) fn new_node(name: &str, endpoints: usize) -> NewNode {
         NewNode {
             id: None,
             name: name.into(),
