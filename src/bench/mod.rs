@@ -271,35 +271,43 @@ async fn legacy_session(
     Ok(view.is_complete())
 }
 
+impl BenchConfig {
+    /// Checks the parameters (before anything is generated or sent).
+    pub fn check(&self) -> Result<(), BenchError> {
+        if self.clients == 0 || self.sessions == 0 {
+            return Err(BenchError::BadConfig(
+                "--clients and --sessions must be at least 1".into(),
+            ));
+        }
+        let size = self.cluster_size as usize;
+        if !(2..=64).contains(&size) {
+            return Err(BenchError::BadConfig(
+                "--cluster-size must be 2 to 64".into(),
+            ));
+        }
+        if self.clients < size {
+            return Err(BenchError::BadConfig(format!(
+            "--clients ({}) must be at least --cluster-size ({size}): a cluster completes only when all its members are in flight",
+            self.clients
+        )));
+        }
+        if !self.sessions.is_multiple_of(size) {
+            return Err(BenchError::BadConfig(format!(
+            "--sessions ({}) must be a multiple of --cluster-size ({size}) so every cluster can complete",
+            self.sessions
+        )));
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark; `progress` hears (sessions done, sessions total) about once a second.
 pub async fn run(
     config: BenchConfig,
     pool: IdentityPool,
     progress: impl Fn(usize, usize) + Send + Sync + 'static,
 ) -> Result<Report, BenchError> {
-    if config.clients == 0 || config.sessions == 0 {
-        return Err(BenchError::BadConfig(
-            "--clients and --sessions must be at least 1".into(),
-        ));
-    }
-    let size = config.cluster_size as usize;
-    if !(2..=64).contains(&size) {
-        return Err(BenchError::BadConfig(
-            "--cluster-size must be 2 to 64".into(),
-        ));
-    }
-    if config.clients < size {
-        return Err(BenchError::BadConfig(format!(
-            "--clients ({}) must be at least --cluster-size ({size}): a cluster completes only when all its members are in flight",
-            config.clients
-        )));
-    }
-    if !config.sessions.is_multiple_of(size) {
-        return Err(BenchError::BadConfig(format!(
-            "--sessions ({}) must be a multiple of --cluster-size ({size}) so every cluster can complete",
-            config.sessions
-        )));
-    }
+    config.check()?;
     let server_pid = config
         .server_pid
         .or_else(|| proc_stat::pid_listening_on(config.regcred.endpoint()));

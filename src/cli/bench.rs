@@ -44,14 +44,6 @@ pub struct BenchArgs {
 /// Runs `xlreg bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let regcred = RegCred::read(&args.regcred)?;
-    eprintln!("xlreg bench: generating {} identities", args.identities);
-    let made = Instant::now();
-    let pool =
-        tokio::task::spawn_blocking(move || IdentityPool::generate(args.identities)).await??;
-    eprintln!(
-        "xlreg bench: identities ready in {:.1} s",
-        made.elapsed().as_secs_f64()
-    );
     let config = BenchConfig {
         regcred,
         wire: if args.legacy { Wire::Legacy } else { Wire::V2 },
@@ -62,6 +54,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         server_pid: args.server_pid,
         run_id: Id::random(&mut rand::rng()).to_hex()[..8].to_string(),
     };
+    // Refuse bad parameters before spending seconds on key generation.
+    config.check()?;
+    eprintln!("xlreg bench: generating {} identities", args.identities);
+    let made = Instant::now();
+    let pool =
+        tokio::task::spawn_blocking(move || IdentityPool::generate(args.identities)).await??;
+    eprintln!(
+        "xlreg bench: identities ready in {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
     let report = bench::run(config, pool, |done, total| {
         eprintln!("xlreg bench: {done}/{total} sessions");
     })
