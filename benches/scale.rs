@@ -85,11 +85,12 @@ fn populate(dir: &Path, clusters: usize, members: usize) {
     );
 }
 
-fn rss_mib(pid: u32) -> f64 {
+/// A memory figure of `pid` from /proc/PID/status, in MiB (`VmRSS`, `RssAnon`, ...).
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -147,7 +148,7 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
             .await
             .unwrap();
         let start_s = started.elapsed().as_secs_f64();
-        let rss_start = rss_mib(child.id());
+        let rss_start = status_mib(child.id(), "VmRSS");
         let mut samples = Vec::with_capacity(lookups);
         for i in 0..lookups {
             let name = format!("cluster-{}", (i * 7919) % clusters);
@@ -162,7 +163,13 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
         client.bye().await.unwrap();
         (start_s, rss_start, LatencySummary::of(samples))
     });
-    let rss_after = rss_mib(child.id());
+    let rss_after = status_mib(child.id(), "VmRSS");
+    eprintln!(
+        "  after lookups: RssAnon {:.1} MiB, RssFile {:.1} MiB, threads {}",
+        status_mib(child.id(), "RssAnon"),
+        status_mib(child.id(), "RssFile"),
+        std::fs::read_dir(format!("/proc/{}/task", child.id())).map_or(0, |d| d.count())
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();

@@ -531,11 +531,21 @@ impl RegCred {
     }
 }
 
-/// Writes `contents` to `path` atomically with exactly `mode`: a new temporary file in the
-/// same directory, created with `mode` from the start (so private files are never readable by
-/// others, even briefly), fsync, rename over `path`, then fsync of the directory so the
-/// rename survives a crash. The temporary file is removed if any step fails.
+/// Writes `contents` to `path` atomically with exactly `mode` (see [`write_atomic_with`]).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |file| file.write_all(contents))
+}
+
+/// Replaces `path` atomically with exactly `mode` by what `write` writes: a new temporary
+/// file in the same directory, created with `mode` from the start (so private files are never
+/// readable by others, even briefly), written by `write`, fsync, rename over `path`, then
+/// fsync of the directory so the rename survives a crash. The temporary file is removed if
+/// any step fails.
+pub(crate) fn write_atomic_with<T>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut File) -> io::Result<T>,
+) -> io::Result<T> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
 
     let file_name = path.file_name().ok_or_else(|| {
@@ -573,16 +583,22 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Resul
         // The umask may have removed bits from `mode`; restore them before any data is
         // written. This never widens access beyond `mode`.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
+        let written = write(&mut file)?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&tmp_path, path)
+        std::fs::rename(&tmp_path, path)?;
+        Ok(written)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(e);
+    match result {
+        Ok(written) => {
+            File::open(dir)?.sync_all()?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_path);
+            Err(e)
+        }
     }
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -13,10 +13,13 @@
 //! keys, an imported registry gets fresh key files: same name and ID, new keys, so clients
 //! need the new regCred.dat that `serve` writes.
 
+use std::cell::Cell;
+use std::io::Write;
 use std::path::Path;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::ser::{Error as _, SerializeSeq as _, SerializeStruct as _};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::target::NewDataDir;
 use super::AdminError;
@@ -139,58 +142,69 @@ fn b64(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
+fn exported_registry(meta: RegistryMeta) -> ExportedRegistry {
+    ExportedRegistry {
+        name: meta.name,
+        id: meta.id.to_hex(),
+        created_at_ms: meta.created_at_ms,
+    }
+}
+
+fn exported_node(n: NodeRecord) -> ExportedNode {
+    ExportedNode {
+        id: n.id.to_hex(),
+        name: n.name,
+        attrs: n.attrs,
+        comms_key: b64(&n.comms_key),
+        sig_key: b64(&n.sig_key),
+        endpoints: n.endpoints,
+        registered_at_ms: n.registered_at_ms,
+        updated_at_ms: n.updated_at_ms,
+    }
+}
+
+fn exported_cluster(c: ClusterRecord) -> ExportedCluster {
+    ExportedCluster {
+        id: c.id.to_hex(),
+        name: c.name,
+        attrs: c.attrs,
+        max_size: c.max_size,
+        endpoint_count: c.endpoint_count,
+        created_at_ms: c.created_at_ms,
+        touched_at_ms: c.touched_at_ms,
+        members: c
+            .members
+            .into_iter()
+            .map(|m| ExportedMember {
+                slot: m.slot,
+                node_id: m.node_id.to_hex(),
+                name: m.name,
+                attrs: m.attrs,
+                endpoints: m.endpoints,
+                joined_at_ms: m.joined_at_ms,
+            })
+            .collect(),
+    }
+}
+
+fn unreadable(e: crate::store::StoreError) -> AdminError {
+    AdminError::Unreadable(e.to_string())
+}
+
 /// Builds the export document of a snapshot.
 pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
-    let unreadable = |e: crate::store::StoreError| AdminError::Unreadable(e.to_string());
     let registry = snapshot
         .registry_meta()
         .map_err(unreadable)?
-        .map(|meta| ExportedRegistry {
-            name: meta.name,
-            id: meta.id.to_hex(),
-            created_at_ms: meta.created_at_ms,
-        });
+        .map(exported_registry);
     let nodes = snapshot
         .nodes()
-        .map(|node| {
-            node.map(|n| ExportedNode {
-                id: n.id.to_hex(),
-                name: n.name,
-                attrs: n.attrs,
-                comms_key: b64(&n.comms_key),
-                sig_key: b64(&n.sig_key),
-                endpoints: n.endpoints,
-                registered_at_ms: n.registered_at_ms,
-                updated_at_ms: n.updated_at_ms,
-            })
-        })
+        .map(|node| node.map(exported_node))
         .collect::<Result<_, _>>()
         .map_err(unreadable)?;
     let clusters = snapshot
         .clusters()
-        .map(|cluster| {
-            cluster.map(|c| ExportedCluster {
-                id: c.id.to_hex(),
-                name: c.name,
-                attrs: c.attrs,
-                max_size: c.max_size,
-                endpoint_count: c.endpoint_count,
-                created_at_ms: c.created_at_ms,
-                touched_at_ms: c.touched_at_ms,
-                members: c
-                    .members
-                    .into_iter()
-                    .map(|m| ExportedMember {
-                        slot: m.slot,
-                        node_id: m.node_id.to_hex(),
-                        name: m.name,
-                        attrs: m.attrs,
-                        endpoints: m.endpoints,
-                        joined_at_ms: m.joined_at_ms,
-                    })
-                    .collect(),
-            })
-        })
+        .map(|cluster| cluster.map(exported_cluster))
         .collect::<Result<_, _>>()
         .map_err(unreadable)?;
     Ok(ExportDocument {
@@ -200,6 +214,132 @@ pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
         nodes,
         clusters,
     })
+}
+
+/// What an export file is written from.
+#[derive(Debug)]
+pub enum ExportSource {
+    /// A stopped registry's store, which this process holds locked (so nothing changes it
+    /// meanwhile): its records are read from its trees and written one at a time, so the
+    /// document is never held in memory.
+    Store(Store),
+    /// The document a running registry sent through its control socket (a consistent
+    /// snapshot taken while it serves).
+    Document(ExportDocument),
+}
+
+/// How much an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportCounts {
+    /// Nodes written.
+    pub nodes: usize,
+    /// Clusters written.
+    pub clusters: usize,
+}
+
+impl ExportSource {
+    /// Writes the export document as pretty-printed JSON and a newline. Both sources give
+    /// the same bytes for the same registry. A record that does not decode fails the write
+    /// with [`std::io::ErrorKind::InvalidData`], naming it.
+    pub fn write_to(&self, mut out: impl Write) -> std::io::Result<ExportCounts> {
+        let counts = match self {
+            ExportSource::Document(doc) => {
+                serde_json::to_writer_pretty(&mut out, doc)?;
+                ExportCounts {
+                    nodes: doc.nodes.len(),
+                    clusters: doc.clusters.len(),
+                }
+            }
+            ExportSource::Store(store) => {
+                let invalid = |e: String| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{e}; run `xlreg admin verify`"),
+                    )
+                };
+                let registry = store
+                    .registry_meta()
+                    .map_err(|e| invalid(e.to_string()))?
+                    .map(exported_registry);
+                let streamed = Streamed {
+                    registry,
+                    nodes: StreamedSeq::new(store.nodes().map(|n| n.map(exported_node))),
+                    clusters: StreamedSeq::new(store.clusters().map(|c| c.map(exported_cluster))),
+                };
+                serde_json::to_writer_pretty(&mut out, &streamed).map_err(|e| {
+                    if e.is_io() {
+                        std::io::Error::from(e)
+                    } else {
+                        invalid(e.to_string())
+                    }
+                })?;
+                ExportCounts {
+                    nodes: streamed.nodes.count.get(),
+                    clusters: streamed.clusters.count.get(),
+                }
+            }
+        };
+        out.write_all(b"\n")?;
+        Ok(counts)
+    }
+}
+
+/// An export document serialized one record at a time, with the shape of [`ExportDocument`].
+struct Streamed<N, C> {
+    registry: Option<ExportedRegistry>,
+    nodes: StreamedSeq<N>,
+    clusters: StreamedSeq<C>,
+}
+
+/// A sequence serialized (once) from a fallible iterator, counting its elements.
+struct StreamedSeq<I> {
+    items: Cell<Option<I>>,
+    count: Cell<usize>,
+}
+
+impl<I> StreamedSeq<I> {
+    fn new(items: I) -> StreamedSeq<I> {
+        StreamedSeq {
+            items: Cell::new(Some(items)),
+            count: Cell::new(0),
+        }
+    }
+}
+
+impl<I, T> Serialize for StreamedSeq<I>
+where
+    I: Iterator<Item = Result<T, crate::store::StoreError>>,
+    T: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let items = self
+            .items
+            .take()
+            .ok_or_else(|| S::Error::custom("an export sequence was serialized twice"))?;
+        let mut seq = serializer.serialize_seq(None)?;
+        for item in items {
+            seq.serialize_element(&item.map_err(S::Error::custom)?)?;
+            self.count.set(self.count.get() + 1);
+        }
+        seq.end()
+    }
+}
+
+impl<N, C> Serialize for Streamed<N, C>
+where
+    StreamedSeq<N>: Serialize,
+    StreamedSeq<C>: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The fields of ExportDocument, in its order.
+        let mut doc = serializer.serialize_struct("ExportDocument", 5)?;
+        doc.serialize_field("format", EXPORT_FORMAT)?;
+        doc.serialize_field("version", &EXPORT_VERSION)?;
+        doc.serialize_field("registry", &self.registry)?;
+        doc.serialize_field("nodes", &self.nodes)?;
+        doc.serialize_field("clusters", &self.clusters)?;
+        doc.end()
+    }
 }
 
 /// The records a document describes.
@@ -461,6 +601,40 @@ mod tests {
                 .unwrap();
         }
         store
+    }
+
+    #[test]
+    fn a_streamed_export_is_byte_identical_to_the_document() {
+        for store in [populated(), Store::temporary().unwrap()] {
+            let doc = export(&store.snapshot().unwrap()).unwrap();
+            let mut expected = serde_json::to_vec_pretty(&doc).unwrap();
+            expected.push(b'\n');
+            let mut streamed = Vec::new();
+            let counts = ExportSource::Store(store).write_to(&mut streamed).unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(expected.clone()).unwrap()
+            );
+            assert_eq!(
+                (counts.nodes, counts.clusters),
+                (doc.nodes.len(), doc.clusters.len())
+            );
+            let mut sent = Vec::new();
+            ExportSource::Document(doc).write_to(&mut sent).unwrap();
+            assert_eq!(sent, expected);
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_fails_the_streamed_export() {
+        let store = populated();
+        let first = store.nodes().next().unwrap().unwrap().id;
+        store.corrupt_for_test("nodes", first.as_bytes(), b"not a node");
+        let error = ExportSource::Store(store)
+            .write_to(std::io::sink())
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("admin verify"), "{error}");
     }
 
     #[test]

@@ -224,6 +224,15 @@ impl Access {
         }
     }
 
+    /// What `admin export` writes from: the store itself, read record by record, for a
+    /// stopped registry; the document the daemon sends, for a running one.
+    pub async fn export_source(self) -> Result<export::ExportSource, AdminError> {
+        match self {
+            Access::Daemon(_) => Ok(export::ExportSource::Document(self.export().await?)),
+            Access::Offline(store) => Ok(export::ExportSource::Store(store)),
+        }
+    }
+
     /// Whether requests go to a running daemon.
     pub fn is_online(&self) -> bool {
         matches!(self, Access::Daemon(_))

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 
 use super::DataDirArg;
 use crate::admin::{backup, export, open_offline, report, Access};
-use crate::regcred::write_atomic;
+use crate::regcred::write_atomic_with;
 
 /// `xlreg admin ...`
 #[derive(Debug, clap::Subcommand)]
@@ -169,18 +169,25 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             show(args.read.json, &detail, || detail.to_text())?;
         }
         C::Export(args) => {
-            let doc = access(&args.data).await?.export().await?;
-            let mut json = serde_json::to_string_pretty(&doc)?;
-            json.push('\n');
+            let source = access(&args.data).await?.export_source().await?;
             match &args.output {
-                None => std::io::stdout().write_all(json.as_bytes())?,
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    source.write_to(&mut out)?;
+                    out.flush()?;
+                }
                 Some(path) => {
-                    write_atomic(path, json.as_bytes(), 0o644)
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    let counts = write_atomic_with(path, 0o644, |file| {
+                        let mut out = std::io::BufWriter::new(file);
+                        let counts = source.write_to(&mut out)?;
+                        out.flush()?;
+                        Ok(counts)
+                    })
+                    .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!(
                         "xlreg: exported {} nodes and {} clusters to {}",
-                        doc.nodes.len(),
-                        doc.clusters.len(),
+                        counts.nodes,
+                        counts.clusters,
                         path.display()
                     );
                 }

@@ -780,6 +780,17 @@ impl Store {
         schema::stored_version(&self.inner.db)
     }
 
+    /// Overwrites one raw value in the named tree, bypassing every check: for tests of how
+    /// corrupt data is reported.
+    #[cfg(test)]
+    pub(crate) fn corrupt_for_test(&self, tree: &str, key: &[u8], value: &[u8]) {
+        self.inner
+            .db
+            .open_tree(tree)
+            .and_then(|t| t.insert(key, value))
+            .expect("a raw write to a temporary store");
+    }
+
     /// The space the database takes on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
