@@ -2,7 +2,8 @@
 //!
 //! This module owns sockets, timers and tasks, and nothing else: each session task reads
 //! frames, hands them to the pure [`ServerSession`], and carries out the [`Step`] it returns
-//! (wait for durability, write, close, or hold a GetCluster until the cluster changes). It
+//! (hand a write to the store's writer and return its durable result to the session; wait
+//! for durability, send, close, or hold a GetCluster until the cluster changes). It
 //! enforces the operational limits: a maximum number of concurrent connections (a client
 //! over the limit is closed at once), a handshake timeout, an idle timeout per session and a
 //! maximum frame size. Shutdown stops accepting, lets sessions in flight finish within a
