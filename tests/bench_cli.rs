@@ -48,6 +48,7 @@ fn bench_runs_complete_sessions_and_reports_json() {
         "the local registry is found: {report}"
     );
     assert!(report["server_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
+    assert!(report["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -119,6 +120,7 @@ fn bench_legacy_runs_complete_1_9_sessions_against_the_legacy_listener() {
         "{cmdline}"
     );
     assert!(report["server_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
+    assert!(report["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
 
     // The registry saw twelve 1.9 sessions, each ended by Bye, and none on xlReg/2.
     let log = server.wait_for_log("twelve 1.9 sessions ended by Bye", |log| {

@@ -166,15 +166,22 @@ pub struct Report {
     pub server_pid: Option<u32>,
     /// The registry's CPU time (user + system) per completed session, milliseconds.
     pub server_cpu_ms_per_session: Option<f64>,
+    /// This generator's own CPU time per completed session, milliseconds (identity
+    /// generation excluded): near the wall time per session on its core, the generator,
+    /// not the registry, is the limit.
+    pub generator_cpu_ms_per_session: Option<f64>,
 }
 
 impl Report {
     /// The one-line summary printed at the end of a run.
     pub fn summary(&self) -> String {
-        let cpu = self
-            .server_cpu_ms_per_session
-            .map(|ms| format!(", server CPU {ms:.3} ms/session"))
-            .unwrap_or_default();
+        let cpu = [
+            ("server", self.server_cpu_ms_per_session),
+            ("generator", self.generator_cpu_ms_per_session),
+        ]
+        .into_iter()
+        .filter_map(|(who, ms)| Some(format!(", {who} CPU {:.3} ms/session", ms?)))
+        .collect::<String>();
         let errors = if self.errors.is_empty() {
             "no errors".to_string()
         } else {
@@ -312,6 +319,7 @@ pub async fn run(
         .server_pid
         .or_else(|| proc_stat::pid_listening_on(config.regcred.endpoint()));
     let cpu_before = server_pid.and_then(proc_stat::cpu_time);
+    let own_cpu_before = proc_stat::cpu_time(std::process::id());
     let config = Arc::new(config);
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -363,10 +371,11 @@ pub async fn run(
     let elapsed = started.elapsed();
     reporter.abort();
     let cpu_after = server_pid.and_then(proc_stat::cpu_time);
+    let own_cpu_after = proc_stat::cpu_time(std::process::id());
     let (latencies, errors) =
         std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
     let completed = latencies.len();
-    let server_cpu_ms_per_session = match (cpu_before, cpu_after) {
+    let per_session = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
         (Some(before), Some(after)) if completed > 0 => {
             Some((after.saturating_sub(before)).as_secs_f64() * 1e3 / completed as f64)
         }
@@ -383,6 +392,7 @@ pub async fn run(
         sessions_per_s: completed as f64 / elapsed.as_secs_f64().max(1e-9),
         latency_ms: LatencySummary::of(latencies),
         server_pid,
-        server_cpu_ms_per_session,
+        server_cpu_ms_per_session: per_session(cpu_before, cpu_after),
+        generator_cpu_ms_per_session: per_session(own_cpu_before, own_cpu_after),
     })
 }
