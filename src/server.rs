@@ -454,8 +454,8 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
 }
 
 /// The result a request was answered with: a refusal's error kind, or success.
-fn request_result(session: &ServerSession) -> Result<(), ErrCode> {
-    match session.report().outcome {
+pub(crate) fn request_result(report: &SessionReport) -> Result<(), ErrCode> {
+    match report.outcome {
         Outcome::Refused(code) => Err(code),
         _ => Ok(()),
     }
@@ -512,7 +512,7 @@ async fn run_session(
                     let sent = deliver(registry, durable, joined.as_ref(), write).await?;
                     if let (Some(metrics), Some(op)) = (metrics, answering.take()) {
                         let result = if sent {
-                            request_result(session)
+                            request_result(session.report())
                         } else {
                             Err(ErrCode::Unavailable)
                         };

@@ -11,7 +11,7 @@ use common::legacy_client::{
     create_msg, expect, expect_error, get_msg, hello, join_by_id, join_by_name, op, LegacyClient,
     LegacyMember,
 };
-use common::{node, Server};
+use common::{metric, node, wait_for_metric, Server};
 use tokio::io::AsyncReadExt as _;
 use xlreg::client::Client;
 use xlreg::proto::{Tag, XlRegMsg};
@@ -128,6 +128,42 @@ async fn legacy_clients_register_create_join_list_and_say_bye() {
     let log = server.log_text();
     assert!(log.contains("xlReg/1.9"), "{log}");
     assert!(log.contains("legacy_regcred"), "{log}");
+}
+
+#[tokio::test]
+async fn legacy_requests_are_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cred) = start(
+        &dir.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let metrics = server.metrics_addr();
+    let mut a = LegacyClient::connect(&cred).await;
+    a.member(&LegacyMember::new(0, "alpha")).await;
+    let created = expect(a.call(&create_msg("pair", 2)).await, Tag::CreateReply);
+    let id = created.cluster_id.unwrap();
+    expect(a.call(&op(Tag::Join)).await, Tag::JoinReply);
+    expect(a.call(&get_msg(&id, 0b11)).await, Tag::ClusterMembers);
+    expect(a.call(&get_msg(&id, 0b01)).await, Tag::ClusterMembers);
+    a.bye().await;
+    // A second session sends Join before Member: refused with the Go server's words.
+    let mut b = LegacyClient::connect(&cred).await;
+    let reply = b.call(&join_by_name("pair")).await;
+    expect_error(&mut b, reply, "invalid msg type for current state").await;
+
+    let text = wait_for_metric(&metrics, r#"xlreg_sessions_total{outcome="refused"}"#, 1.0);
+    for (series, value) in [
+        (r#"xlreg_requests_total{op="Member",result="ok"}"#, 1.0),
+        (r#"xlreg_requests_total{op="Create",result="ok"}"#, 1.0),
+        (r#"xlreg_requests_total{op="Join",result="ok"}"#, 1.0),
+        (r#"xlreg_requests_total{op="GetCluster",result="ok"}"#, 2.0),
+        (r#"xlreg_requests_total{op="Bye",result="ok"}"#, 1.0),
+        (r#"xlreg_requests_total{op="Join",result="InvalidState"}"#, 1.0),
+        (r#"xlreg_errors_total{kind="InvalidState"}"#, 1.0),
+        (r#"xlreg_sessions_total{outcome="bye"}"#, 1.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(value), "{series} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -21,9 +21,12 @@ use crate::connection::ConnectionError;
 use crate::legacy::session::{LegacySession, Step};
 use crate::legacy::wire::Version;
 use crate::metrics::Metrics;
+use crate::proto::ErrCode;
 use crate::protocol::Outcome;
 use crate::registry::Registry;
-use crate::server::{deliver, describe_end, log_session, with_context, Ending, ServerConfig};
+use crate::server::{
+    deliver, describe_end, log_session, request_result, with_context, Ending, ServerConfig,
+};
 
 /// Size of each read from a 1.9 peer (the Go peers read 16 KiB at a time too).
 const READ_CHUNK: usize = 16 * 1024;
@@ -81,7 +84,15 @@ pub async fn serve_connection(
     // Each reply must leave in one segment train, at once: Go peers read it in one read().
     let _ = stream.set_nodelay(true);
     let mut session = LegacySession::new(registry.decryptor.clone(), version, config.max_frame);
-    let ended = run_session(&registry, &mut stream, &mut session, &config, stop).await;
+    let ended = run_session(
+        &registry,
+        &mut stream,
+        &mut session,
+        &config,
+        stop,
+        metrics.as_deref(),
+    )
+    .await;
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let duration = started.elapsed();
@@ -103,12 +114,19 @@ async fn run_session(
     session: &mut LegacySession,
     config: &ServerConfig,
     mut stop: watch::Receiver<bool>,
+    metrics: Option<&Metrics>,
 ) -> Result<(), ConnectionError> {
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut glue = Glue {
+        registry,
+        config,
+        metrics,
+        answered: 0,
+    };
     loop {
         // Answer whatever the bytes received so far hold.
         while let Some(step) = with_context(registry, |ctx| session.next_step(ctx)) {
-            if !perform(registry, stream, session, step, config).await? {
+            if !glue.perform(stream, session, step).await? {
                 return Ok(());
             }
         }
@@ -129,7 +147,7 @@ async fn run_session(
                 Err(_elapsed) => {
                     let step = session.on_stall();
                     let answered = matches!(step, Step::Send { .. });
-                    perform(registry, stream, session, step, config).await?;
+                    glue.perform(stream, session, step).await?;
                     return if answered {
                         Ok(())
                     } else {
@@ -142,7 +160,7 @@ async fn run_session(
                 Ok(Ok(read)) => session.push(&chunk[..read]),
             }
             if let Some(step) = with_context(registry, |ctx| session.next_step(ctx)) {
-                if !perform(registry, stream, session, step, config).await? {
+                if !glue.perform(stream, session, step).await? {
                     return Ok(());
                 }
                 break;
@@ -151,32 +169,54 @@ async fn run_session(
     }
 }
 
-/// Carries out one step (and, after a write, the step its result leads to). Returns whether
-/// the session goes on.
-async fn perform(
-    registry: &Registry,
-    stream: &mut TcpStream,
-    session: &mut LegacySession,
-    mut step: Step,
-    config: &ServerConfig,
-) -> Result<bool, ConnectionError> {
-    if let Step::Write(write) = step {
-        let result = registry.store.write(write).await;
-        step = session.on_written(result);
-    }
-    match step {
-        Step::Close => Ok(false),
-        // A write's result is a reply or a refusal, never another write.
-        Step::Write(_) => Ok(false),
-        Step::Send {
-            bytes,
-            durable,
-            close,
-            joined,
-        } => {
-            let write = write_message(stream, &bytes, config.write_timeout);
-            let sent = deliver(registry, durable, joined.as_ref(), write).await?;
-            Ok(sent && !close)
+/// What carrying out a session's steps needs besides the session and its socket.
+struct Glue<'a> {
+    registry: &'a Registry,
+    config: &'a ServerConfig,
+    metrics: Option<&'a Metrics>,
+    /// How many of the session's requests have been answered (and counted in the metrics).
+    answered: u32,
+}
+
+impl Glue<'_> {
+    /// Carries out one step (and, after a write, the step its result leads to), counting a
+    /// reply to a request in the metrics. Returns whether the session goes on.
+    async fn perform(
+        &mut self,
+        stream: &mut TcpStream,
+        session: &mut LegacySession,
+        mut step: Step,
+    ) -> Result<bool, ConnectionError> {
+        if let Step::Write(write) = step {
+            let result = self.registry.store.write(write).await;
+            step = session.on_written(result);
+        }
+        match step {
+            Step::Close => Ok(false),
+            // A write's result is a reply or a refusal, never another write.
+            Step::Write(_) => Ok(false),
+            Step::Send {
+                bytes,
+                durable,
+                close,
+                joined,
+            } => {
+                let write = write_message(stream, &bytes, self.config.write_timeout);
+                let sent = deliver(self.registry, durable, joined.as_ref(), write).await?;
+                let report = session.report();
+                if report.requests > self.answered {
+                    self.answered = report.requests;
+                    if let Some(metrics) = self.metrics {
+                        let result = if sent {
+                            request_result(report)
+                        } else {
+                            Err(ErrCode::Unavailable)
+                        };
+                        metrics.request(report.last_op, result);
+                    }
+                }
+                Ok(sent && !close)
+            }
         }
     }
 }

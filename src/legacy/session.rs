@@ -187,6 +187,7 @@ impl LegacySession {
 
     fn on_message(&mut self, mut msg: XlRegMsg, ctx: &mut Context<'_>) -> Step {
         self.report.requests += 1;
+        self.report.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
         let Phase::Established { stage, .. } = &self.phase else {
             return self.drop_connection();
         };
