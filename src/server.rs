@@ -577,6 +577,19 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Hands memory the allocator holds but no longer uses back to the operating system
+/// (glibc's `malloc_trim`; a no-op on other C libraries). glibc keeps freed memory for reuse,
+/// so after one admin request that built a snapshot of a large registry (an export of
+/// 100,000 clusters peaks at 2.3 GiB) the daemon would otherwise stay that large for the
+/// rest of its life. Blocking: it walks every arena.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel; any pad is valid.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Raises this process's soft limit on open files so that `max_connections` clients fit
 /// (as far as the hard limit allows), making `--max-connections`, not the descriptor limit,
 /// what refuses clients; warns if they still do not fit.

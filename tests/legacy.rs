@@ -158,7 +158,10 @@ async fn legacy_requests_are_counted_in_the_metrics() {
         (r#"xlreg_requests_total{op="Join",result="ok"}"#, 1.0),
         (r#"xlreg_requests_total{op="GetCluster",result="ok"}"#, 2.0),
         (r#"xlreg_requests_total{op="Bye",result="ok"}"#, 1.0),
-        (r#"xlreg_requests_total{op="Join",result="InvalidState"}"#, 1.0),
+        (
+            r#"xlreg_requests_total{op="Join",result="InvalidState"}"#,
+            1.0,
+        ),
         (r#"xlreg_errors_total{kind="InvalidState"}"#, 1.0),
         (r#"xlreg_sessions_total{outcome="bye"}"#, 1.0),
     ] {

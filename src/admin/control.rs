@@ -280,6 +280,7 @@ async fn handle(mut stream: UnixStream, store: Store) {
         Response::Error(error) => format!("error: {error}"),
     };
     let sent = write_line(&mut stream, &response, WRITE_TIMEOUT).await;
+    drop(response);
     tracing::info!(
         op,
         result,
@@ -287,6 +288,10 @@ async fn handle(mut stream: UnixStream, store: Store) {
         duration_ms = started.elapsed().as_millis() as u64,
         "admin request"
     );
+    if matches!(op, "export" | "backup" | "verify") {
+        // These built a copy of the whole registry; give that memory back.
+        let _ = tokio::task::spawn_blocking(crate::server::release_free_memory).await;
+    }
 }
 
 /// The client's end: a connection to a running daemon's control socket.
