@@ -100,9 +100,9 @@ fn answer(
     }
     let mut reply = with_cluster(Tag::ClusterMembers, cluster);
     reply.which = Some(returned);
-    for (member, keys) in ctx.store.members_with_keys(cluster)? {
+    for (member, node) in ctx.store.members_with_nodes(cluster)? {
         if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
-            reply.tokens.push(member_token(&member, keys));
+            reply.tokens.push(member_token(&member, &node));
         }
     }
     Ok(GetOutcome::Ready(Box::new(reply)))

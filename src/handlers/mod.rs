@@ -16,8 +16,8 @@ pub mod member;
 use crate::id::Id;
 use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::store::{
-    ClusterRecord, ClusterRef, MemberKeys, MemberRecord, NodeRecord, RegistrationOutcome, Store,
-    StoreError, Write, Written,
+    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, Store, StoreError,
+    Write, Written,
 };
 use crate::validate::Invalid;
 
@@ -204,13 +204,13 @@ pub(crate) fn cluster_ref(
 }
 
 /// The token describing one member in a member list: no signature (the registry vouches).
-pub(crate) fn member_token(member: &MemberRecord, keys: MemberKeys) -> XlRegToken {
+pub(crate) fn member_token(member: &MemberRecord, node: &NodeRecord) -> XlRegToken {
     XlRegToken {
         name: Some(member.name.clone()),
         attrs: Some(member.attrs),
         id: Some(member.node_id.as_bytes().to_vec()),
-        comms_key: Some(keys.comms_key),
-        sig_key: Some(keys.sig_key),
+        comms_key: Some(node.comms_key.clone()),
+        sig_key: Some(node.sig_key.clone()),
         my_ends: member.endpoints.clone(),
         dig_sig: None,
     }

@@ -8,7 +8,7 @@
 //! files (`disk`), point-in-time snapshots and the gate every mutation passes (`snapshot`)
 //! and the consistency checks (`verify`).
 //!
-//! # On-disk layout (schema 2)
+//! # On-disk layout (schema 1)
 //!
 //! The data directory is a sled 0.34.7 database with these trees; values are
 //! `bincode::serialize`-encoded (bincode 1.3.3) records:
@@ -20,11 +20,6 @@
 //! | `nodes`         | node id bytes (32, or 20 legacy) | [`NodeRecord`]                          |
 //! | `clusters`      | cluster id bytes                 | [`ClusterRecord`], members inline (≤ 64) |
 //! | `cluster_names` | cluster name, UTF-8 bytes        | cluster id bytes                        |
-//! | `member_keys`   | id length (1 byte) ‖ cluster id ‖ slot (u32 BE) | [`MemberKeys`]: the member node's keys |
-//!
-//! `member_keys` repeats each member's public keys next to its cluster's other members, so
-//! that a GetCluster reads one cluster's adjacent entries rather than one node record per
-//! member (schema 2; migration 0002 built it for existing data).
 //!
 //! Node and cluster ids are drawn so that no id is used by both a node and a cluster.
 //! Migrations between layouts live in the crate's `migrations/` directory (see `schema`).
@@ -58,14 +53,14 @@ use sled::Transactional;
 
 pub use disk::Durability;
 pub use error::StoreError;
-pub use records::{ClusterRecord, MemberKeys, MemberRecord, NodeRecord, RegistryMeta};
+pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::Snapshot;
 
 use crate::id::Id;
 use commit::GroupCommit;
 use disk::DiskFiles;
-use records::{decode, encode, member_keys_key, member_keys_prefix};
+use records::{decode, encode};
 use snapshot::Gate;
 
 /// sled's page cache size. sled's default (1 GiB) would let a large registry's resident
@@ -92,7 +87,6 @@ struct Inner {
     nodes: sled::Tree,
     clusters: sled::Tree,
     cluster_names: sled::Tree,
-    member_keys: sled::Tree,
     /// The data directory, `None` for a temporary store.
     dir: Option<PathBuf>,
     /// sled's files, kept to sync them after each flush; `None` for a temporary store.
@@ -255,7 +249,6 @@ struct Trees<'a> {
     names: &'a TransactionalTree,
     clusters: &'a TransactionalTree,
     nodes: &'a TransactionalTree,
-    member_keys: &'a TransactionalTree,
 }
 
 /// The source of fresh ids inside a transaction (a closure re-run on conflict).
@@ -467,19 +460,8 @@ fn join_in_tx(
         }
     };
     c.touched_at_ms = now_ms;
-    // Encode everything before writing anything (a refusal must leave the batch untouched).
-    let cluster_value = tx(encode("cluster", &c))?;
-    let keys_value = if rejoined {
-        None
-    } else {
-        Some(tx(encode("member keys", &MemberKeys::of(&n)))?)
-    };
-    if let Some(keys_value) = keys_value {
-        // A node's keys never change, so a rejoining member's entry stays as it is.
-        t.member_keys
-            .insert(member_keys_key(&c.id, slot), keys_value)?;
-    }
-    t.clusters.insert(c.id.as_bytes(), cluster_value)?;
+    t.clusters
+        .insert(c.id.as_bytes(), tx(encode("cluster", &c))?)?;
     Ok(JoinOutcome {
         cluster: c,
         slot,
@@ -546,7 +528,6 @@ impl Store {
                 nodes: db.open_tree("nodes")?,
                 clusters: db.open_tree("clusters")?,
                 cluster_names: db.open_tree("cluster_names")?,
-                member_keys: db.open_tree("member_keys")?,
                 db,
                 dir,
                 disk,
@@ -679,19 +660,17 @@ impl Store {
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
         let _gate = i.gate.pass();
-        let out = (&i.cluster_names, &i.clusters, &i.nodes, &i.member_keys).transaction(
-            |(names, clusters, nodes, member_keys)| {
+        let out =
+            (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
                 f(
                     &Trees {
                         names,
                         clusters,
                         nodes,
-                        member_keys,
                     },
                     &fresh,
                 )
-            },
-        )?;
+            })?;
         i.commit.bump();
         Ok(out)
     }
@@ -730,37 +709,6 @@ impl Store {
             .collect()
     }
 
-    /// The cluster's members, each with its public keys (from `member_keys`: the cluster's
-    /// adjacent entries, one range read).
-    pub fn members_with_keys(
-        &self,
-        cluster: &ClusterRecord,
-    ) -> Result<Vec<(MemberRecord, MemberKeys)>, StoreError> {
-        let mut keys = std::collections::BTreeMap::new();
-        for entry in self
-            .inner
-            .member_keys
-            .scan_prefix(member_keys_prefix(&cluster.id))
-        {
-            let (key, value) = entry?;
-            keys.insert(key, value);
-        }
-        cluster
-            .members
-            .iter()
-            .map(|m| {
-                let key = member_keys_key(&cluster.id, m.slot);
-                match keys.get(key.as_slice()) {
-                    Some(value) => Ok((m.clone(), decode("member keys", &key, value)?)),
-                    None => Err(StoreError::Corrupt(format!(
-                        "cluster {} has no keys for its member in slot {}",
-                        cluster.name, m.slot
-                    ))),
-                }
-            })
-            .collect()
-    }
-
     /// Every registered node, in id order.
     pub fn nodes(&self) -> impl Iterator<Item = Result<NodeRecord, StoreError>> {
         self.inner.nodes.iter().map(|kv| {
@@ -794,26 +742,21 @@ impl Store {
     ) -> Result<Option<ClusterRecord>, StoreError> {
         let i = &self.inner;
         let _gate = i.gate.pass();
-        let out = (&i.cluster_names, &i.clusters, &i.member_keys).transaction(
-            |(names, clusters, member_keys)| {
-                let Some(c) = resolve_in_tx(names, clusters, r)? else {
-                    return Ok(None);
-                };
-                if !condition(&c) {
-                    return Ok(None);
+        let out = (&i.cluster_names, &i.clusters).transaction(|(names, clusters)| {
+            let Some(c) = resolve_in_tx(names, clusters, r)? else {
+                return Ok(None);
+            };
+            if !condition(&c) {
+                return Ok(None);
+            }
+            clusters.remove(c.id.as_bytes())?;
+            if let Some(b) = names.get(c.name.as_bytes())? {
+                if b.as_ref() == c.id.as_bytes() {
+                    names.remove(c.name.as_bytes())?;
                 }
-                for member in &c.members {
-                    member_keys.remove(member_keys_key(&c.id, member.slot))?;
-                }
-                clusters.remove(c.id.as_bytes())?;
-                if let Some(b) = names.get(c.name.as_bytes())? {
-                    if b.as_ref() == c.id.as_bytes() {
-                        names.remove(c.name.as_bytes())?;
-                    }
-                }
-                Ok(Some(c))
-            },
-        )?;
+            }
+            Ok(Some(c))
+        })?;
         i.commit.bump();
         Ok(out)
     }
@@ -1266,43 +1209,6 @@ pub(super) mod tests {
         assert_eq!(store.registry_meta().unwrap(), Some(meta));
         assert_eq!(store.node(&a.id).unwrap(), Some(a));
         assert_eq!(store.cluster(&name("c")).unwrap(), Some(c));
-    }
-
-    #[test]
-    fn a_schema_1_directory_gets_its_member_keys_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let (c, nodes) = {
-            let store = Store::open(dir.path()).unwrap();
-            let c = cluster(&store, "web", 3, 1);
-            let nodes: Vec<_> = ["a", "b"].iter().map(|n| node(&store, n, 1)).collect();
-            for n in &nodes {
-                store.join(&ClusterRef::Id(c.id.clone()), n, 2).unwrap();
-            }
-            // Back to schema 1: no member_keys tree, version 1.
-            let db = &store.inner.db;
-            assert!(db.drop_tree("member_keys").unwrap());
-            db.open_tree("meta")
-                .unwrap()
-                .insert(b"schema_version", &1u32.to_be_bytes()[..])
-                .unwrap();
-            store.flush_blocking().unwrap();
-            (c, nodes)
-        };
-        let store = Store::reopen(dir.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), Some(SCHEMA_VERSION));
-        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-        let c = store.cluster(&ClusterRef::Id(c.id)).unwrap().unwrap();
-        let listed = store.members_with_keys(&c).unwrap();
-        for ((member, keys), n) in listed.iter().zip(&nodes) {
-            assert_eq!(member.node_id, n.id);
-            assert_eq!(keys, &MemberKeys::of(n));
-        }
-        // The step may run again after an interruption: it writes the same entries.
-        let before: Vec<_> = store.inner.member_keys.iter().collect();
-        schema::rerun_step_for_test(&store.inner.db, 2);
-        let after: Vec<_> = store.inner.member_keys.iter().collect();
-        assert_eq!(before.len(), 2);
-        assert_eq!(format!("{before:?}"), format!("{after:?}"));
     }
 
     #[test]

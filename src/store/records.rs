@@ -2,9 +2,8 @@
 //!
 //! This module owns the serde structs stored (bincode-encoded) as the values of the store's
 //! trees: [`NodeRecord`] in `nodes`, [`ClusterRecord`] (with its [`MemberRecord`]s inline) in
-//! `clusters`, [`MemberKeys`] in `member_keys` (under [`member_keys_key`]), and
-//! [`RegistryMeta`] in `meta`. It also owns the encode/decode helpers, which never panic on
-//! bad input.
+//! `clusters`, and [`RegistryMeta`] in `meta`. It also owns the encode/decode helpers, which
+//! never panic on bad input.
 
 use bincode::Options;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -96,46 +95,6 @@ impl ClusterRecord {
     pub fn member_by_node(&self, node: &Id) -> Option<&MemberRecord> {
         self.members.iter().find(|m| &m.node_id == node)
     }
-}
-
-/// A member's two public keys, copied from its node record when it joined (a node's keys
-/// never change), and kept in the `member_keys` tree next to the other members of its
-/// cluster: listing a cluster's members then reads the cluster's few adjacent entries instead
-/// of one node record per member, scattered over the whole `nodes` tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberKeys {
-    /// The member node's communications public key, DER SubjectPublicKeyInfo.
-    pub comms_key: Vec<u8>,
-    /// The member node's signing public key, DER SubjectPublicKeyInfo.
-    pub sig_key: Vec<u8>,
-}
-
-impl MemberKeys {
-    /// The keys of `node`.
-    pub fn of(node: &NodeRecord) -> MemberKeys {
-        MemberKeys {
-            comms_key: node.comms_key.clone(),
-            sig_key: node.sig_key.clone(),
-        }
-    }
-}
-
-/// The prefix of every `member_keys` entry of a cluster: the id's length (one byte), then
-/// the id. The length keeps one cluster's prefix from being a prefix of another's.
-pub fn member_keys_prefix(cluster: &Id) -> Vec<u8> {
-    let id = cluster.as_bytes();
-    let mut key = Vec::with_capacity(1 + id.len() + 4);
-    key.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
-    key.extend_from_slice(id);
-    key
-}
-
-/// The `member_keys` key of the member in `slot` of `cluster`: the cluster's prefix, then the
-/// slot (u32, big-endian, so entries sort in slot order).
-pub fn member_keys_key(cluster: &Id, slot: u32) -> Vec<u8> {
-    let mut key = member_keys_prefix(cluster);
-    key.extend_from_slice(&slot.to_be_bytes());
-    key
 }
 
 /// Facts about this registry instance, kept under `meta`/`registry`.

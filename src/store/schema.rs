@@ -12,11 +12,9 @@ use super::StoreError;
 
 #[path = "../../migrations/0001_initial_layout.rs"]
 mod m0001_initial_layout;
-#[path = "../../migrations/0002_member_keys.rs"]
-mod m0002_member_keys;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// The tree and key holding the schema version.
 pub(super) const META_TREE: &str = "meta";
@@ -30,18 +28,11 @@ struct Step {
 }
 
 /// All migration steps, in order; the last one's version is [`SCHEMA_VERSION`].
-const STEPS: &[Step] = &[
-    Step {
-        version: 1,
-        name: "initial layout",
-        apply: m0001_initial_layout::apply,
-    },
-    Step {
-        version: 2,
-        name: "member keys beside their cluster",
-        apply: m0002_member_keys::apply,
-    },
-];
+const STEPS: &[Step] = &[Step {
+    version: 1,
+    name: "initial layout",
+    apply: m0001_initial_layout::apply,
+}];
 
 /// Reads the stored schema version: `None` if none is stored.
 pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StoreError> {
@@ -109,16 +100,6 @@ pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs migration step `version` again (it must be safe to rerun).
-#[cfg(test)]
-pub(super) fn rerun_step_for_test(db: &Db, version: u32) {
-    let step = STEPS
-        .iter()
-        .find(|s| s.version == version)
-        .expect("a known step");
-    (step.apply)(db).expect("the step reruns");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +122,7 @@ mod tests {
         migrate(&db).unwrap();
         assert_eq!(stored_version(&db).unwrap(), Some(SCHEMA_VERSION));
         let names: Vec<_> = db.tree_names();
-        for t in ["meta", "nodes", "clusters", "cluster_names", "member_keys"] {
+        for t in ["meta", "nodes", "clusters", "cluster_names"] {
             assert!(names.iter().any(|n| n.as_ref() == t.as_bytes()), "{t}");
         }
         migrate(&db).unwrap();
@@ -162,7 +143,7 @@ mod tests {
         ));
         assert_eq!(
             e.to_string(),
-            "data directory has schema version 7, this xlreg understands up to 2; use a newer xlreg"
+            "data directory has schema version 7, this xlreg understands up to 1; use a newer xlreg"
         );
 
         let db = temp_db();

@@ -19,10 +19,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::records::{decode, encode, member_keys_key, MemberKeys};
+use super::records::{decode, encode};
 use super::schema::{self, META_TREE, SCHEMA_VERSION, VERSION_KEY};
 use super::{ClusterRecord, NodeRecord, RegistryMeta, Store, StoreError, REGISTRY_KEY};
-use crate::id::Id;
 
 /// sled's default tree, which xlreg never uses; snapshots leave it out.
 const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
@@ -124,30 +123,17 @@ impl Snapshot {
         }
         let mut cluster_tree = TreeEntries::new();
         let mut name_tree = TreeEntries::new();
-        let mut keys_tree = TreeEntries::new();
-        let by_id: std::collections::HashMap<&Id, &NodeRecord> =
-            nodes.iter().map(|n| (&n.id, n)).collect();
         for cluster in clusters {
             cluster_tree.insert(cluster.id.as_bytes().to_vec(), encode("cluster", cluster)?);
             name_tree.insert(
                 cluster.name.as_bytes().to_vec(),
                 cluster.id.as_bytes().to_vec(),
             );
-            for member in &cluster.members {
-                // A member without a node gets no keys; verify reports both.
-                if let Some(node) = by_id.get(&member.node_id) {
-                    keys_tree.insert(
-                        member_keys_key(&cluster.id, member.slot),
-                        encode("member keys", &MemberKeys::of(node))?,
-                    );
-                }
-            }
         }
         trees.insert(META_TREE.as_bytes().to_vec(), meta_tree);
         trees.insert(b"nodes".to_vec(), node_tree);
         trees.insert(b"clusters".to_vec(), cluster_tree);
         trees.insert(b"cluster_names".to_vec(), name_tree);
-        trees.insert(b"member_keys".to_vec(), keys_tree);
         Ok(Snapshot { trees })
     }
 }

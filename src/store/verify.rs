@@ -7,9 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::records::{
-    decode, member_keys_key, ClusterRecord, MemberKeys, NodeRecord, RegistryMeta,
-};
+use super::records::{decode, ClusterRecord, NodeRecord, RegistryMeta};
 use super::schema::SCHEMA_VERSION;
 use super::snapshot::{Snapshot, TreeEntries};
 use super::{Store, StoreError, REGISTRY_KEY};
@@ -32,8 +30,7 @@ impl Snapshot {
     /// no cluster is over its maximum or outside 2..=64; member counts match the slots
     /// (slot i holds the i-th member to join: 0, 1, 2, ... without gaps, as slots are never
     /// reused and members never leave); member names and nodes are unique within a cluster;
-    /// every member is a registered node and offers the endpoints its cluster requires; every
-    /// member has its node's keys in `member_keys`, and `member_keys` holds nothing else; no
+    /// every member is a registered node and offers the endpoints its cluster requires; no
     /// id is both a node's and a cluster's.
     pub fn verify(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -54,11 +51,9 @@ impl Snapshot {
         }
 
         let mut node_ids = HashSet::new();
-        let mut node_keys = HashMap::new();
         for (key, value) in tree("nodes") {
             match decode::<NodeRecord>("node", key, value) {
                 Ok(node) if node.id.as_bytes() == key.as_slice() => {
-                    node_keys.insert(node.id.clone(), MemberKeys::of(&node));
                     node_ids.insert(node.id);
                 }
                 Ok(node) => problems.push(format!(
@@ -101,8 +96,6 @@ impl Snapshot {
             }
         }
 
-        let keys_tree = tree("member_keys");
-        let mut expected_keys = HashSet::new();
         let mut ordered: Vec<&ClusterRecord> = clusters.values().collect();
         ordered.sort_by(|a, b| a.id.cmp(&b.id));
         for cluster in ordered {
@@ -156,32 +149,6 @@ impl Snapshot {
                         cluster.endpoint_count
                     ));
                 }
-                let key = member_keys_key(&cluster.id, member.slot);
-                match keys_tree.get(&key) {
-                    None => problems.push(format!(
-                        "{label}: member {} has no entry in member_keys",
-                        member.name
-                    )),
-                    Some(bytes) => match decode::<MemberKeys>("member keys", &key, bytes) {
-                        Ok(keys) if node_keys.get(&member.node_id).is_some_and(|k| *k != keys) => {
-                            problems.push(format!(
-                                "{label}: the keys of member {} in member_keys are not its node's",
-                                member.name
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(error) => problems.push(error.to_string()),
-                    },
-                }
-                expected_keys.insert(key);
-            }
-        }
-        for key in keys_tree.keys() {
-            if !expected_keys.contains(key) {
-                problems.push(format!(
-                    "member_keys holds an entry for no member of any cluster ({})",
-                    hex::encode(key)
-                ));
             }
         }
         problems
@@ -202,18 +169,6 @@ mod tests {
             let n = node(&store, name, 1);
             store.join(&ClusterRef::Id(c.id.clone()), &n, 2).unwrap();
         }
-        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn deleting_a_cluster_removes_its_member_keys() {
-        let store = Store::temporary().unwrap();
-        let c = cluster(&store, "web", 3, 1);
-        let n = node(&store, "a", 1);
-        store.join(&ClusterRef::Id(c.id.clone()), &n, 2).unwrap();
-        assert_eq!(store.inner.member_keys.len(), 1);
-        store.delete_cluster(&ClusterRef::Id(c.id.clone())).unwrap();
-        assert!(store.inner.member_keys.is_empty());
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
     }
 
@@ -314,34 +269,6 @@ mod tests {
         let mut shared = record("shared", 1, vec![]);
         shared.id = a.id.clone();
         check(vec![shared], "shares its id with a node");
-
-        // member_keys: a member without its entry, an entry with other keys, a stray entry.
-        let keys_of =
-            |snap: &mut Snapshot| snap.trees.get_mut(&b"member_keys"[..]).unwrap().clone();
-        let mut snap = Snapshot::from_records(None, &nodes, std::slice::from_ref(&clean)).unwrap();
-        let mut keys = keys_of(&mut snap);
-        let first = member_keys_key(&clean.id, 0);
-        let second = member_keys_key(&clean.id, 1);
-        keys.remove(&first);
-        let b_value = keys.get(&second).unwrap().clone();
-        let d_value = super::super::records::encode("member keys", &MemberKeys::of(&d)).unwrap();
-        keys.insert(second, d_value);
-        keys.insert(
-            member_keys_key(&Id::from_bytes(&[8u8; 32]).unwrap(), 0),
-            b_value,
-        );
-        snap.trees.insert(b"member_keys".to_vec(), keys);
-        let problems = snap.verify();
-        for expected in [
-            "member a has no entry in member_keys",
-            "the keys of member b in member_keys are not its node's",
-            "member_keys holds an entry for no member of any cluster",
-        ] {
-            assert!(
-                problems.iter().any(|p| p.contains(expected)),
-                "expected {expected:?} in {problems:?}"
-            );
-        }
 
         let mut bad_meta = Snapshot::from_records(None, &nodes, &[]).unwrap();
         let meta_tree = bad_meta.trees.get_mut(&b"meta"[..]).unwrap();
