@@ -561,8 +561,9 @@ async fn run_session(
 
 /// How many malloc arenas the registry's process uses (glibc). glibc's default, 8 per core,
 /// lets every thread that touches sled's page cache keep its own arena of freed pages: on a
-/// registry of 100,000 clusters that was 10 MiB of resident memory (103 MiB against 92 MiB
-/// after the same 2,000 lookups), for no measurable gain in throughput (docs/performance.md).
+/// registry of 100,000 clusters every run with the default ended at 103-107 MiB resident
+/// after 2,000 lookups, and most runs with two arenas at 92-94 MiB, with no measurable
+/// change in throughput (docs/performance.md).
 const MALLOC_ARENAS: i32 = 2;
 
 /// Limits glibc's malloc to [`MALLOC_ARENAS`] arenas, unless the operator chose otherwise
