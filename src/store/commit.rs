@@ -95,6 +95,9 @@ struct Shared {
     /// Tests set this to make the next flush fail.
     #[cfg(test)]
     fail_next_flush: std::sync::atomic::AtomicBool,
+    /// Tests set this to make the writer panic in its next round.
+    #[cfg(test)]
+    panic_next_round: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -178,34 +181,55 @@ impl Drop for GroupCommit {
     }
 }
 
-/// Fails every queued write and every waiter if the writer thread unwinds, so none waits
-/// forever on a writer that is gone.
-struct WriterGuard(Arc<Shared>);
+/// Replaces the writer thread if it unwinds (a panic inside sled, say): the writes of the
+/// round in progress fail (their reply senders are dropped by the unwinding) and so do the
+/// callers of `durable()` waiting then; queued writes go to the new writer. If no new thread
+/// can be started, the queued writes fail too, and the next write tries again.
+struct WriterGuard {
+    shared: Arc<Shared>,
+    store: Weak<Inner>,
+}
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            tracing::error!("the store writer stopped unexpectedly");
-            let orphans = {
-                let mut queue = self.0.lock();
-                queue.closed = true;
-                std::mem::take(&mut queue.writes)
-            };
+        if !std::thread::panicking() {
+            return;
+        }
+        tracing::error!("the store writer panicked; starting a new one");
+        self.shared.publish_err(
+            u64::MAX,
+            Arc::new(StoreError::Io(std::io::Error::other(
+                "the store writer stopped unexpectedly",
+            ))),
+        );
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return;
+        }
+        if let Err(error) = spawn_writer(&self.shared, &self.store) {
+            tracing::error!(%error, "could not start a new store writer");
+            queue.started = false;
             // Dropping the reply senders fails their receivers.
-            drop(orphans);
-            self.0.publish_err(
-                u64::MAX,
-                Arc::new(StoreError::Io(std::io::Error::other(
-                    "the store writer stopped unexpectedly",
-                ))),
-            );
+            drop(std::mem::take(&mut queue.writes));
         }
     }
 }
 
+/// Starts a writer thread for `shared`.
+fn spawn_writer(shared: &Arc<Shared>, store: &Weak<Inner>) -> std::io::Result<()> {
+    let (shared, store) = (Arc::clone(shared), Weak::clone(store));
+    std::thread::Builder::new()
+        .name("xlreg-store-writer".into())
+        .spawn(move || run_writer(shared, store))
+        .map(drop)
+}
+
 /// The writer thread's loop.
 fn run_writer(shared: Arc<Shared>, store: Weak<Inner>) {
-    let _guard = WriterGuard(Arc::clone(&shared));
+    let _guard = WriterGuard {
+        shared: Arc::clone(&shared),
+        store: Weak::clone(&store),
+    };
     let mut last_round = 0;
     while let Some(batch) = shared.next_round(last_round > 1) {
         let Some(inner) = store.upgrade() else {
@@ -225,6 +249,10 @@ impl Store {
     /// One writer round: applies `batch` in one transaction, flushes, answers each write.
     /// Returns false if the flush failed.
     fn round(&self, shared: &Shared, batch: Vec<Pending>) -> bool {
+        #[cfg(test)]
+        if shared.panic_next_round.swap(false, Ordering::SeqCst) {
+            panic!("a store writer panic (test)");
+        }
         let mut fresh = || Id::random(&mut rand::rng());
         let applied = if batch.is_empty() {
             Ok(Vec::new())
@@ -303,11 +331,7 @@ impl Store {
         }
         add(&mut queue);
         if !queue.started {
-            let thread_shared = Arc::clone(shared);
-            let store = Arc::downgrade(&self.inner);
-            std::thread::Builder::new()
-                .name("xlreg-store-writer".into())
-                .spawn(move || run_writer(thread_shared, store))?;
+            spawn_writer(shared, &Arc::downgrade(&self.inner))?;
             queue.started = true;
         }
         drop(queue);
@@ -548,6 +572,26 @@ mod tests {
             // The next round flushes again and succeeds; the earlier change is now durable.
             let j = store.write(join(&c, &nodes[1])).await.unwrap();
             assert!(matches!(j, Written::Joined(j) if j.slot == 1));
+            store.durable().await.unwrap();
+        });
+        assert!(flushed_everything(&store));
+    }
+
+    #[test]
+    fn a_writer_that_panics_fails_its_round_and_is_replaced() {
+        let store = Store::temporary().unwrap();
+        let c = cluster(&store, "c", 8, 1);
+        let nodes: Vec<_> = (0..2).map(|i| node(&store, &format!("n{i}"), 1)).collect();
+        let shared = &store.inner.commit.shared;
+        runtime().block_on(async {
+            // Start the writer, then make its next round panic.
+            store.durable().await.unwrap();
+            shared.panic_next_round.store(true, Ordering::SeqCst);
+            let e = store.write(join(&c, &nodes[0])).await.unwrap_err();
+            assert!(e.to_string().contains("stopped before answering"), "{e}");
+            // A new writer serves the next write.
+            let j = store.write(join(&c, &nodes[1])).await.unwrap();
+            assert!(matches!(j, Written::Joined(j) if j.slot == 0));
             store.durable().await.unwrap();
         });
         assert!(flushed_everything(&store));
