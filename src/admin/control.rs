@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-use super::{answer, AdminError, Reply, Request};
+use super::{answer, export, AdminError, Reply, Request};
 use crate::store::Store;
 
 /// File name of the control socket in the data directory.
@@ -102,8 +102,18 @@ async fn write_line(
 ) -> Result<(), String> {
     let mut line = Zeroizing::new(serde_json::to_vec(value).map_err(|e| e.to_string())?);
     line.push(b'\n');
+    write_bytes(stream, &line, timeout).await
+}
+
+/// Writes `line` (a whole line, newline included) and closes the writing side, within
+/// `timeout`.
+async fn write_bytes(
+    stream: &mut UnixStream,
+    line: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
     tokio::time::timeout(timeout, async {
-        stream.write_all(&line).await?;
+        stream.write_all(line).await?;
         stream.shutdown().await
     })
     .await
@@ -259,6 +269,20 @@ async fn handle(mut stream: UnixStream, store: Store) {
         Err(error) => Err(format!("bad control request: {error}")),
     };
     let op = request.as_ref().map(Request::op).unwrap_or("invalid");
+    if let Ok(Request::Export) = request {
+        let line = tokio::task::spawn_blocking(move || export_line(&store))
+            .await
+            .unwrap_or_else(|e| response_line(&Response::Error(e.to_string())));
+        let result = if line.starts_with(b"{\"ok\"") {
+            "ok".to_string()
+        } else {
+            format!("error: {}", String::from_utf8_lossy(&line).trim_end())
+        };
+        let sent = write_bytes(&mut stream, &line, WRITE_TIMEOUT).await;
+        drop(line);
+        finish(op, result, sent.is_ok(), started).await;
+        return;
+    }
     let response = match request {
         Err(error) => Response::Error(error),
         Ok(request) => {
@@ -281,16 +305,64 @@ async fn handle(mut stream: UnixStream, store: Store) {
     };
     let sent = write_line(&mut stream, &response, WRITE_TIMEOUT).await;
     drop(response);
+    finish(op, result, sent.is_ok(), started).await;
+}
+
+/// Logs an answered request and, after one that copied the whole registry, gives that memory
+/// back.
+async fn finish(op: &str, result: String, sent: bool, started: Instant) {
     tracing::info!(
         op,
         result,
-        sent = sent.is_ok(),
+        sent,
         duration_ms = started.elapsed().as_millis() as u64,
         "admin request"
     );
     if matches!(op, "export" | "backup" | "verify") {
-        // These built a copy of the whole registry; give that memory back.
         let _ = tokio::task::spawn_blocking(crate::server::release_free_memory).await;
+    }
+}
+
+/// A response as one line, newline included.
+fn response_line(response: &Response) -> Zeroizing<Vec<u8>> {
+    let mut line = Zeroizing::new(serde_json::to_vec(response).unwrap_or_else(|e| {
+        // A Response holds only strings and plain data; this cannot happen.
+        format!("{{\"error\":\"encoding the answer failed: {e}\"}}").into_bytes()
+    }));
+    line.push(b'\n');
+    line
+}
+
+/// The answer to an export request, serialized record by record from a snapshot: the same
+/// line as `Response::Ok(Reply::Export(document))` without building the document (on a
+/// registry of 100,000 clusters that document is several hundred MB).
+fn export_line(store: &Store) -> Zeroizing<Vec<u8>> {
+    let built = store
+        .snapshot()
+        .map_err(|e| AdminError::from(e).to_string())
+        .and_then(|snapshot| {
+            let doc = export::streamed(&snapshot).map_err(|e| e.to_string())?;
+            let mut line = serde_json::to_vec(&OkExport(doc))
+                .map_err(|e| format!("{e}; run `xlreg admin verify`"))?;
+            line.push(b'\n');
+            Ok(Zeroizing::new(line))
+        });
+    built.unwrap_or_else(|error| response_line(&Response::Error(error)))
+}
+
+/// Serializes as `Response::Ok(Box::new(Reply::Export(document)))` does, `{"ok":{"export":
+/// DOCUMENT}}`, with any serializable document.
+struct OkExport<T>(T);
+
+impl<T: Serialize> Serialize for OkExport<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct ExportReply<'a, T>(&'a T);
+        impl<T: Serialize> Serialize for ExportReply<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_newtype_variant("Reply", 0, "export", self.0)
+            }
+        }
+        serializer.serialize_newtype_variant("Response", 0, "ok", &ExportReply(&self.0))
     }
 }
 
@@ -365,6 +437,48 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use crate::test_support::runtime;
+
+    #[test]
+    fn the_streamed_export_line_is_the_document_line() {
+        let store = Store::temporary().unwrap();
+        let mut fresh = || crate::id::Id::random(&mut rand::rng());
+        let (c, _) = store
+            .create_cluster(
+                crate::store::NewCluster {
+                    name: "web".into(),
+                    attrs: 3,
+                    max_size: 4,
+                    endpoint_count: 1,
+                },
+                &mut fresh,
+                10,
+            )
+            .unwrap();
+        let node = store
+            .register_node(
+                crate::store::NewNode {
+                    id: None,
+                    name: "a".into(),
+                    attrs: 1,
+                    comms_key: vec![1, 2, 3],
+                    sig_key: vec![4, 5],
+                    endpoints: vec!["127.0.0.1:1".into()],
+                },
+                &mut fresh,
+                11,
+            )
+            .unwrap()
+            .node;
+        store
+            .join(&crate::store::ClusterRef::Id(c.id), &node, 12)
+            .unwrap();
+        let doc = export::export(&store.snapshot().unwrap()).unwrap();
+        let expected = response_line(&Response::Ok(Box::new(Reply::Export(doc))));
+        assert_eq!(
+            String::from_utf8(export_line(&store).to_vec()).unwrap(),
+            String::from_utf8(expected.to_vec()).unwrap()
+        );
+    }
 
     #[test]
     fn serves_requests_and_refuses_malformed_ones() {

@@ -257,15 +257,8 @@ impl ExportSource {
                         format!("{e}; run `xlreg admin verify`"),
                     )
                 };
-                let registry = store
-                    .registry_meta()
-                    .map_err(|e| invalid(e.to_string()))?
-                    .map(exported_registry);
-                let streamed = Streamed {
-                    registry,
-                    nodes: StreamedSeq::new(store.nodes().map(|n| n.map(exported_node))),
-                    clusters: StreamedSeq::new(store.clusters().map(|c| c.map(exported_cluster))),
-                };
+                let registry = store.registry_meta().map_err(|e| invalid(e.to_string()))?;
+                let streamed = streamed_records(registry, store.nodes(), store.clusters());
                 serde_json::to_writer_pretty(&mut out, &streamed).map_err(|e| {
                     if e.is_io() {
                         std::io::Error::from(e)
@@ -284,11 +277,50 @@ impl ExportSource {
     }
 }
 
+/// The export document of `snapshot` as a value that serializes one record at a time: the
+/// same JSON as [`export`] and then serializing the document, without building it. For the
+/// daemon, which sends an export through the control socket. Fails if the registry's own
+/// record does not decode; a node or cluster that does not decode fails the serialization.
+pub fn streamed(snapshot: &Snapshot) -> Result<impl Serialize + '_, AdminError> {
+    let registry = snapshot.registry_meta().map_err(unreadable)?;
+    Ok(streamed_records(
+        registry,
+        snapshot.nodes(),
+        snapshot.clusters(),
+    ))
+}
+
 /// An export document serialized one record at a time, with the shape of [`ExportDocument`].
 struct Streamed<N, C> {
     registry: Option<ExportedRegistry>,
     nodes: StreamedSeq<N>,
     clusters: StreamedSeq<C>,
+}
+
+type Decoded<T> = Result<T, crate::store::StoreError>;
+
+/// Records as they are read, made into their exported form one at a time.
+type Exporting<I, R, E> = std::iter::Map<I, fn(Decoded<R>) -> Decoded<E>>;
+
+/// The streamed document of these records (each iterator in ID order, as the store gives
+/// them).
+fn streamed_records<NI, CI>(
+    registry: Option<RegistryMeta>,
+    nodes: NI,
+    clusters: CI,
+) -> Streamed<Exporting<NI, NodeRecord, ExportedNode>, Exporting<CI, ClusterRecord, ExportedCluster>>
+where
+    NI: Iterator<Item = Decoded<NodeRecord>>,
+    CI: Iterator<Item = Decoded<ClusterRecord>>,
+{
+    let node: fn(Decoded<NodeRecord>) -> Decoded<ExportedNode> = |n| n.map(exported_node);
+    let cluster: fn(Decoded<ClusterRecord>) -> Decoded<ExportedCluster> =
+        |c| c.map(exported_cluster);
+    Streamed {
+        registry: registry.map(exported_registry),
+        nodes: StreamedSeq::new(nodes.map(node)),
+        clusters: StreamedSeq::new(clusters.map(cluster)),
+    }
 }
 
 /// A sequence serialized (once) from a fallible iterator, counting its elements.
