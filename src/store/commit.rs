@@ -77,7 +77,7 @@ struct Queue {
     flush_wanted: bool,
     /// The writer thread has been started.
     started: bool,
-    /// The store is gone (or the writer died): no more rounds.
+    /// The store is gone: no more rounds.
     closed: bool,
 }
 
