@@ -453,9 +453,12 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
-/// The result a request was answered with: a refusal's error kind, or success.
-pub(crate) fn request_result(report: &SessionReport) -> Result<(), ErrCode> {
+/// The result a request was answered with, for the metrics: `Unavailable` if the reply was
+/// withheld (`sent` false: the store could not be flushed), else a refusal's error kind, or
+/// success. Both wires count their requests through this.
+pub(crate) fn request_result(report: &SessionReport, sent: bool) -> Result<(), ErrCode> {
     match report.outcome {
+        _ if !sent => Err(ErrCode::Unavailable),
         Outcome::Refused(code) => Err(code),
         _ => Ok(()),
     }
@@ -511,12 +514,7 @@ async fn run_session(
                     let write = conn.write_frame(&frame, config.write_timeout);
                     let sent = deliver(registry, durable, joined.as_ref(), write).await?;
                     if let (Some(metrics), Some(op)) = (metrics, answering.take()) {
-                        let result = if sent {
-                            request_result(session.report())
-                        } else {
-                            Err(ErrCode::Unavailable)
-                        };
-                        metrics.request(op, result);
+                        metrics.request(op, request_result(session.report(), sent));
                     }
                     if !sent {
                         return Ok(Ending::StoreFailed);

@@ -100,9 +100,14 @@ async fn write_line(
     value: &impl Serialize,
     timeout: Duration,
 ) -> Result<(), String> {
+    write_bytes(stream, &json_line(value)?, timeout).await
+}
+
+/// `value` as one JSON line, newline included.
+fn json_line(value: &impl Serialize) -> Result<Zeroizing<Vec<u8>>, String> {
     let mut line = Zeroizing::new(serde_json::to_vec(value).map_err(|e| e.to_string())?);
     line.push(b'\n');
-    write_bytes(stream, &line, timeout).await
+    Ok(line)
 }
 
 /// Writes `line` (a whole line, newline included) and closes the writing side, within
@@ -325,12 +330,10 @@ async fn finish(op: &str, result: String, sent: bool, started: Instant) {
 
 /// A response as one line, newline included.
 fn response_line(response: &Response) -> Zeroizing<Vec<u8>> {
-    let mut line = Zeroizing::new(serde_json::to_vec(response).unwrap_or_else(|e| {
+    json_line(response).unwrap_or_else(|e| {
         // A Response holds only strings and plain data; this cannot happen.
-        format!("{{\"error\":\"encoding the answer failed: {e}\"}}").into_bytes()
-    }));
-    line.push(b'\n');
-    line
+        Zeroizing::new(format!("{{\"error\":\"encoding the answer failed: {e}\"}}\n").into_bytes())
+    })
 }
 
 /// The answer to an export request, serialized record by record from a snapshot: the same
@@ -342,10 +345,7 @@ fn export_line(store: &Store) -> Zeroizing<Vec<u8>> {
         .map_err(|e| AdminError::from(e).to_string())
         .and_then(|snapshot| {
             let doc = export::streamed(&snapshot).map_err(|e| e.to_string())?;
-            let mut line = serde_json::to_vec(&OkExport(doc))
-                .map_err(|e| format!("{e}; run `xlreg admin verify`"))?;
-            line.push(b'\n');
-            Ok(Zeroizing::new(line))
+            json_line(&OkExport(doc)).map_err(|e| format!("{e}; run `xlreg admin verify`"))
         });
     built.unwrap_or_else(|error| response_line(&Response::Error(error)))
 }

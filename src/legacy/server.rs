@@ -21,7 +21,6 @@ use crate::connection::ConnectionError;
 use crate::legacy::session::{LegacySession, Step};
 use crate::legacy::wire::Version;
 use crate::metrics::Metrics;
-use crate::proto::ErrCode;
 use crate::protocol::Outcome;
 use crate::registry::Registry;
 use crate::server::{
@@ -207,12 +206,7 @@ impl Glue<'_> {
                 if report.requests > self.answered {
                     self.answered = report.requests;
                     if let Some(metrics) = self.metrics {
-                        let result = if sent {
-                            request_result(report)
-                        } else {
-                            Err(ErrCode::Unavailable)
-                        };
-                        metrics.request(report.last_op, result);
+                        metrics.request(report.last_op, request_result(report, sent));
                     }
                 }
                 Ok(sent && !close)
