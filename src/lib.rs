@@ -24,7 +24,8 @@
 //!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, sd_notify),
 //!   [`clock`], and the client side: [`client`], [`legacy::client`], [`regcred`] (the
 //!   `regCred.dat` file), [`node`] (a node's identity directory);
-//! - **tools**, the programs: [`cli`] (the `xlreg` command), [`bench`] (the load generator).
+//! - **tools**, the programs: [`cli`] (the `xlreg` command), [`bench`](mod@bench) (the load
+//!   generator).
 //!
 //! The rule: **the core depends on the model; the store on the model; the glue on core and
 //! store; nothing on the glue** but other glue and the tools; nothing on the tools but the

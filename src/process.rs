@@ -18,8 +18,8 @@ const MALLOC_ARENAS: i32 = 2;
 /// listeners, the log.
 const RESERVED_FDS: libc::rlim_t = 64;
 
-/// Limits glibc's malloc to [`MALLOC_ARENAS`] arenas, unless the operator chose otherwise
-/// with `MALLOC_ARENA_MAX`. Call before starting threads. A no-op on other C libraries.
+/// Limits glibc's malloc to `MALLOC_ARENAS` (2) arenas, unless the operator chose
+/// otherwise with `MALLOC_ARENA_MAX`. Call before starting threads. A no-op on other C libraries.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

@@ -32,7 +32,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     data: DataDirArg,
     /// Address to listen on for xlReg/2 clients.
-    #[arg(long, default_value = "127.0.0.1:56789")]
+    #[arg(long, default_value = crate::daemon::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Endpoint clients should dial, written into regCred.dat (default: the listen address).
     #[arg(long, value_name = "HOST:PORT")]
@@ -95,6 +95,8 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The daemon settings these flags describe.
+    // Every limit has a flag today; the update keeps limits added later at their defaults.
+    #[allow(clippy::needless_update)]
     pub fn daemon_config(&self) -> DaemonConfig {
         DaemonConfig {
             data_dir: self.data.data_dir.clone(),
@@ -110,6 +112,7 @@ impl ServeArgs {
                 write_timeout: Duration::from_secs(self.write_timeout),
                 max_frame: self.max_frame,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace),
+                ..ServerConfig::default()
             },
             cluster_ttl: self.cluster_ttl,
             metrics_listen: self.metrics_listen,
@@ -144,4 +147,87 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = crate::daemon::shutdown_signal().context("watching SIGTERM and SIGINT")?;
     crate::daemon::run(args.daemon_config(), shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    /// `xlreg serve`'s flags on their own.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn every_flag_reaches_the_daemon_config() {
+        let serve = Serve::try_parse_from([
+            "serve",
+            "--data-dir=/srv/reg",
+            "--listen=127.0.0.1:1001",
+            "--advertise=reg.example:1001",
+            "--name=west",
+            "--ephemeral",
+            "--regcred-out=/srv/out/regCred.dat",
+            "--cluster-ttl=90s",
+            "--max-connections=7",
+            "--handshake-timeout=2",
+            "--idle-timeout=3",
+            "--write-timeout=4",
+            "--max-frame=2048",
+            "--shutdown-grace=5",
+            "--metrics-listen=127.0.0.1:1002",
+            "--legacy-listen=127.0.0.1:1003",
+            "--legacy-advertise=old.example:1003",
+            "--legacy-version=1.9.30",
+            "--legacy-regcred-out=/srv/go/regCred.dat",
+        ])
+        .unwrap();
+        let config = serve.args.daemon_config();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/reg"));
+        assert_eq!(config.listen, "127.0.0.1:1001".parse().unwrap());
+        assert_eq!(config.advertise.as_deref(), Some("reg.example:1001"));
+        assert_eq!(config.name.as_deref(), Some("west"));
+        assert!(config.ephemeral);
+        assert_eq!(config.regcred_path(), PathBuf::from("/srv/out/regCred.dat"));
+        assert_eq!(config.cluster_ttl, Some(Duration::from_secs(90)));
+        let limits = &config.limits;
+        assert_eq!(limits.max_connections, 7);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(3));
+        assert_eq!(limits.write_timeout, Duration::from_secs(4));
+        assert_eq!(limits.max_frame, 2048);
+        assert_eq!(limits.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:1002".parse().unwrap())
+        );
+        let legacy = config.legacy.as_ref().unwrap();
+        assert_eq!(legacy.listen, "127.0.0.1:1003".parse().unwrap());
+        assert_eq!(legacy.advertise.as_deref(), Some("old.example:1003"));
+        assert_eq!(legacy.version.to_string(), "1.9.30");
+        assert_eq!(
+            config.legacy_regcred_path(),
+            Some(PathBuf::from("/srv/go/regCred.dat"))
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_defaults_are_the_daemons() {
+        let serve = Serve::try_parse_from(["serve", "--data-dir=/srv/reg"]).unwrap();
+        let config = serve.args.daemon_config();
+        let defaults = DaemonConfig::new("/srv/reg");
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(
+            config.limits.max_connections,
+            defaults.limits.max_connections
+        );
+        assert_eq!(config.limits.idle_timeout, defaults.limits.idle_timeout);
+        assert_eq!(config.limits.max_frame, defaults.limits.max_frame);
+        assert!(config.legacy.is_none() && config.metrics_listen.is_none());
+        assert_eq!(config.regcred_path(), PathBuf::from("/srv/reg/regCred.dat"));
+    }
 }

@@ -6,9 +6,9 @@
 //! serves and 503 from the moment shutdown begins; the daemon keeps the endpoint up until
 //! the sessions in flight have finished or the shutdown grace is over, so a load balancer
 //! sees the 503. It is meant for a Prometheus server and a load balancer's health check,
-//! so it is small and bounded: at most [`MAX_CONNECTIONS`] connections at once (more are closed on arrival),
-//! one request per connection, request headers within [`HEADER_TIMEOUT`], and the whole
-//! connection within [`CONNECTION_TIMEOUT`].
+//! so it is small and bounded: at most [`MAX_CONNECTIONS`] connections at once (more are
+//! closed on arrival), one request per connection, request headers within
+//! [`HEADER_TIMEOUT`], and the whole connection within [`CONNECTION_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
