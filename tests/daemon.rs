@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{http_get, node, xlreg_bin};
 use xlreg::client::{Client, DEFAULT_TIMEOUT};
-use xlreg::daemon::{Daemon, DaemonConfig, DaemonError};
+use xlreg::daemon::{Daemon, DaemonConfig, DaemonError, LegacyConfig};
 use xlreg::regcred::RegCred;
 
 /// A daemon config on `data` listening on an ephemeral loopback port.
@@ -31,7 +31,11 @@ async fn a_daemon_run_in_process_serves_a_session_and_stops_cleanly() {
     let mut config = loopback_config(&data);
     config.name = Some("in-process".into());
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.legacy = Some(LegacyConfig::new("127.0.0.1:0".parse().unwrap()));
     let daemon = Daemon::start(config).await.unwrap();
+    let legacy = RegCred::read(data.join("legacy").join("regCred.dat")).unwrap();
+    assert_eq!(legacy.endpoint(), daemon.legacy_addr().unwrap().to_string());
+    assert_eq!(legacy.version, "1.9.24");
     let addr = daemon.local_addr();
     let metrics = daemon.metrics_addr().unwrap().to_string();
     // What it wrote is what it reports.
@@ -103,6 +107,14 @@ async fn settings_out_of_range_are_refused_before_anything_is_created() {
         (
             Box::new(|c| c.advertise = Some("no-port".into())),
             "--advertise: endpoint \"no-port\" is not host:port",
+        ),
+        (
+            Box::new(|c| {
+                let mut legacy = LegacyConfig::new("127.0.0.1:0".parse().unwrap());
+                legacy.regcred_out = Some(c.regcred_path());
+                c.legacy = Some(legacy);
+            }),
+            "--legacy-regcred-out",
         ),
     ];
     for (change, expected) in cases {
