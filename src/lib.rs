@@ -5,37 +5,51 @@
 //! every member fetches the others' details. All state lives in an embedded sled database, so
 //! the registry survives restarts and crashes.
 //!
-//! The crate is laid out by concern:
-//! - wire: [`frame`] (length-prefixed frames), [`proto`] (the protobuf messages),
-//!   [`connection`] (frames over tokio streams, with timeouts);
-//! - cryptography: [`crypto`] (every primitive), [`session_crypto`] (handshake and session
-//!   cipher), [`token`] (member token signatures);
-//! - the protocol core, pure and clock-free: [`protocol`] (the xlReg/2 session state
-//!   machine) and [`handlers`] (one request per file), with [`validate`] for input rules;
-//! - state: [`store`] (sled trees, transactions, group commit, migrations), [`registry`] (the
-//!   registry's identity and shared state), [`id`];
-//! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
-//!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
-//! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
-//!   handlers;
-//! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint), [`admin`]
-//!   (inspection, export/import, backup/restore, the daemon's control socket and cluster
-//!   expiry).
+//! # Architecture: layers and the dependency rule
+//!
+//! Every module belongs to one layer:
+//! - **model**, the vocabulary: [`id`], [`proto`] (the protobuf messages);
+//! - **core**, pure and clock-free, deciding what every message means: [`frame`]
+//!   (length-prefixed frames), [`crypto`] (every primitive), [`session_crypto`] (handshake
+//!   and session cipher), [`token`] (member token signatures), [`validate`] (input rules),
+//!   [`handlers`] (one request per file), [`protocol`] (the xlReg/2 session state machine),
+//!   and the 1.9 wire's pure parts [`legacy::wire`], [`legacy::reader`] and
+//!   [`legacy::session`];
+//! - **store**: [`store`] (sled trees, transactions, group commit, migrations);
+//! - **glue**, which owns sockets, files, tasks, signals and the clock: [`connection`]
+//!   (frames over tokio streams, with timeouts), [`server`] (listener and session tasks),
+//!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
+//!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
+//!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
+//!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, sd_notify),
+//!   [`clock`], and the client side: [`client`], [`legacy::client`], [`regcred`] (the
+//!   `regCred.dat` file), [`node`] (a node's identity directory);
+//! - **tools**, the programs: [`cli`] (the `xlreg` command), [`bench`](mod@bench) (the load
+//!   generator).
+//!
+//! The rule: **the core depends on the model; the store on the model; the glue on core and
+//! store; nothing on the glue** but other glue and the tools; nothing on the tools but the
+//! tools; and no two modules depend on each other, directly or around a loop.
+//! `cargo test --test architecture` checks it: it reads every `crate::` path in `src/`, and
+//! fails on an edge against the rule or a cycle between top-level modules, naming the file
+//! and line (docs/architecture.md, "Layers and the dependency rule").
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod connection;
 pub mod crypto;
+pub mod daemon;
 pub mod frame;
 pub mod handlers;
 pub mod id;
 pub mod legacy;
 pub mod metrics;
 pub mod node;
+pub mod process;
 pub mod proto;
 pub mod protocol;
 pub mod regcred;
@@ -49,6 +63,10 @@ pub mod validate;
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Helpers shared by unit tests in several modules.
+
+    use crate::crypto::RsaKeyPair;
+
+    include!("../tests/data/fixture_keys.rs");
 
     /// A two-worker tokio runtime with I/O and timers.
     pub fn runtime() -> tokio::runtime::Runtime {

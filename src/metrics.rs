@@ -8,9 +8,7 @@
 //! with no lock and no map lookup; only the duration histogram takes a short lock, once per
 //! session. Store figures are read only when scraped, on a blocking thread, and at
 //! most once per [`STORE_STATS_MAX_AGE`] (counting members walks every cluster). The HTTP
-//! endpoint that serves the text lives in [`http`].
-
-pub mod http;
+//! endpoint that serves the text is the daemon's ([`crate::daemon::http`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

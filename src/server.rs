@@ -17,12 +17,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::FrameError;
 use crate::handlers::Context;
@@ -35,10 +36,6 @@ use crate::registry::Registry;
 
 /// Least time between two log lines about connections refused over the limit.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// File descriptors kept for other than client connections: the store's files, the
-/// listeners, the log.
-const RESERVED_FDS: libc::rlim_t = 64;
 
 /// Operational limits and timeouts of a running registry.
 #[derive(Debug, Clone)]
@@ -68,14 +65,6 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch: the only clock the handlers see.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs `f` with a handler context over `registry`'s store, the current time and the
@@ -114,13 +103,19 @@ impl Server {
         config: ServerConfig,
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Server {
+        Ok(Server::new(listener, registry, config))
+    }
+
+    /// Serves on `listener`, bound beforehand (the daemon binds every address before it
+    /// creates anything).
+    pub fn new(listener: TcpListener, registry: Arc<Registry>, config: ServerConfig) -> Server {
+        Server {
             listener,
             registry,
             config,
             metrics: None,
             legacy: None,
-        })
+        }
     }
 
     /// Also serves xlReg 1.9 clients on `legacy`, under the same connection limit, timeouts
@@ -555,74 +550,4 @@ async fn run_session(
             }
         }
     }
-}
-
-/// How many malloc arenas the registry's process uses (glibc). glibc's default, 8 per core,
-/// lets every thread that touches sled's page cache keep its own arena of freed pages: on a
-/// registry of 100,000 clusters every run with the default ended at 103-107 MiB resident
-/// after 2,000 lookups, and most runs with two arenas at 92-94 MiB, with no measurable
-/// change in throughput (docs/performance.md).
-const MALLOC_ARENAS: i32 = 2;
-
-/// Limits glibc's malloc to [`MALLOC_ARENAS`] arenas, unless the operator chose otherwise
-/// with `MALLOC_ARENA_MAX`. Call before starting threads. A no-op on other C libraries.
-pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes any count.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
-
-/// Hands memory the allocator holds but no longer uses back to the operating system
-/// (glibc's `malloc_trim`; a no-op on other C libraries). glibc keeps freed memory for reuse,
-/// so after one admin request that built a snapshot of a large registry (an export of
-/// 100,000 clusters peaks at 2.3 GiB) the daemon would otherwise stay that large for the
-/// rest of its life. Blocking: it walks every arena.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages to the kernel; any pad is valid.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Raises this process's soft limit on open files so that `max_connections` clients fit
-/// (as far as the hard limit allows), making `--max-connections`, not the descriptor limit,
-/// what refuses clients; warns if they still do not fit.
-pub fn make_room_for_connections(max_connections: usize) {
-    let wanted = (max_connections as libc::rlim_t).saturating_add(RESERVED_FDS);
-    match raise_open_file_limit(wanted) {
-        Ok(limit) if limit < wanted => tracing::warn!(
-            limit,
-            max_connections,
-            "the open-file limit is too low for --max-connections; raise it (ulimit -n, LimitNOFILE=)"
-        ),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
-    }
-}
-
-/// Raises the soft RLIMIT_NOFILE to `wanted`, capped at the hard limit; returns the soft
-/// limit in force afterwards.
-fn raise_open_file_limit(wanted: libc::rlim_t) -> std::io::Result<libc::rlim_t> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct we hand it.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur >= wanted {
-        return Ok(limit.rlim_cur);
-    }
-    limit.rlim_cur = wanted.min(limit.rlim_max);
-    // SAFETY: setrlimit only reads the struct we hand it.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(limit.rlim_cur)
 }

@@ -260,7 +260,7 @@ mod tests {
 
     fn registry_key() -> &'static RsaKeyPair {
         static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
-        KEY.get_or_init(|| RsaKeyPair::generate(2048).expect("keygen"))
+        KEY.get_or_init(|| crate::test_support::fixture_key(0))
     }
 
     fn handshake() -> (SessionKeys, SessionKeys) {
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn hello_under_another_key_is_refused() {
-        let other = RsaKeyPair::generate(2048).unwrap();
+        let other = crate::test_support::fixture_key(1);
         let (_, hello) = ClientHandshake::start(other.public_key()).unwrap();
         let decryptor = registry_key().hello_decryptor().unwrap();
         assert!(matches!(

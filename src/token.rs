@@ -143,8 +143,8 @@ mod tests {
         static KEYS: OnceLock<(RsaKeyPair, RsaKeyPair)> = OnceLock::new();
         KEYS.get_or_init(|| {
             (
-                RsaKeyPair::generate(2048).unwrap(),
-                RsaKeyPair::generate(2048).unwrap(),
+                crate::test_support::fixture_key(0),
+                crate::test_support::fixture_key(1),
             )
         })
     }

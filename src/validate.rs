@@ -143,11 +143,19 @@ pub fn cluster_ref(text: &str) -> Result<crate::store::ClusterRef, Invalid> {
     Ok(ClusterRef::Name(text.to_string()))
 }
 
-/// A member's endpoint list: 1..=8 valid endpoints.
+/// A member's endpoint list as xlReg/2 registers it: 1..=8 valid endpoints.
 pub fn endpoints(list: &[String]) -> Result<(), Invalid> {
     if list.is_empty() {
         return Err(invalid("a member must register at least one endpoint"));
     }
+    stored_endpoints(list)
+}
+
+/// A node's endpoint list as the registry may hold it: 0..=8 valid endpoints. A node with
+/// none came over the 1.9 wire, as the Go client library's `AdminClient` and `SoloMember`
+/// register (the Go registry accepts them); it can create and read clusters, but joining
+/// one still needs the cluster's endpoint count.
+pub fn stored_endpoints(list: &[String]) -> Result<(), Invalid> {
     if list.len() > MAX_ENDPOINTS as usize {
         return Err(invalid(format!(
             "{} endpoints given; a member may register at most {MAX_ENDPOINTS}",
@@ -241,5 +249,9 @@ mod tests {
         }
         assert!(endpoints(&[]).is_err());
         assert!(endpoints(&vec!["h:1".to_string(); 9]).is_err());
+        assert!(stored_endpoints(&[]).is_ok());
+        assert!(stored_endpoints(&vec!["h:1".to_string(); 8]).is_ok());
+        assert!(stored_endpoints(&vec!["h:1".to_string(); 9]).is_err());
+        assert!(stored_endpoints(&["nohost".to_string()]).is_err());
     }
 }

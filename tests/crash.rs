@@ -6,9 +6,11 @@
 //! its maximum. While running, a create of an existing name must return the ID acknowledged
 //! before, and a member rejoining must get its acknowledged slot back.
 //!
-//! The kill moments and the workload are drawn from a seed, printed at the start; set
-//! `XLREG_CRASH_SEED` to replay them (thread scheduling is not replayed). `XLREG_CRASH_ROUNDS`
-//! sets the number of crashes (default 16).
+//! The kill moments and the workload are drawn from a seed, printed at the start: by default
+//! the fixed [`DEFAULT_SEED`], so CI runs the same rounds every time; set `XLREG_CRASH_SEED`
+//! to a number to replay another run, or to `random` for a fresh seed from the clock (thread
+//! scheduling is not replayed either way). `XLREG_CRASH_ROUNDS` sets the number of crashes
+//! (default 16).
 
 mod common;
 
@@ -37,6 +39,32 @@ const KEY_PAIRS: usize = 6;
 const CLUSTERS_PER_ROUND: usize = 5;
 /// How long a client waits for the registry before giving up on a session.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The seed of a run without `XLREG_CRASH_SEED`.
+const DEFAULT_SEED: u64 = 0x00c0_ffee_d15c_0001;
+
+/// The seed `XLREG_CRASH_SEED` asks for: unset, the fixed default; `random`, one from the
+/// clock; otherwise the number it holds.
+fn crash_seed(setting: Option<&str>) -> u64 {
+    match setting.map(str::trim) {
+        None | Some("") => DEFAULT_SEED,
+        Some("random") => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        Some(number) => number
+            .parse()
+            .unwrap_or_else(|_| panic!("XLREG_CRASH_SEED={number:?}: give a number or \"random\"")),
+    }
+}
+
+#[test]
+fn the_crash_seed_is_fixed_unless_the_environment_says_otherwise() {
+    assert_eq!(crash_seed(None), DEFAULT_SEED);
+    assert_eq!(crash_seed(Some("")), DEFAULT_SEED);
+    assert_eq!(crash_seed(Some("42")), 42);
+    assert_ne!(crash_seed(Some("random")), DEFAULT_SEED);
+}
 
 /// A node some registry acknowledged.
 #[derive(Debug, Clone)]
@@ -239,15 +267,7 @@ fn check_after_crash(dir: &Path, acked: &Acked, round: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_changes_survive_sigkill() {
-    let seed = std::env::var("XLREG_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = crash_seed(std::env::var("XLREG_CRASH_SEED").ok().as_deref());
     let rounds: usize = std::env::var("XLREG_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())

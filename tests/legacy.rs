@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::legacy_client::{
     create_msg, expect, expect_error, get_msg, hello, join_by_id, join_by_name, op, LegacyClient,
-    LegacyMember,
+    LegacyMember, ATTR_ADMIN, ATTR_EPHEMERAL, ATTR_SOLO,
 };
 use common::{metric, node, wait_for_metric, Server};
 use tokio::io::AsyncReadExt as _;
@@ -408,4 +408,77 @@ async fn legacy_joins_survive_a_crash_and_the_version_is_configurable() {
     assert_eq!(members.which, Some(0b1));
     assert_eq!(token_ids(&members), [member.id.to_vec()]);
     client.bye().await;
+}
+
+#[tokio::test]
+async fn go_admin_client_registers_with_no_endpoints_and_creates_a_cluster_members_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cred) = start(&dir.path().join("data"), &[]);
+
+    // Go tooling creates a cluster through AdminClient: Member with no endpoints, Create,
+    // Bye. The Go registry accepts it; so does this one.
+    let admin = LegacyMember::go_admin_client(0);
+    assert!(admin.member_msg().member_specs.unwrap().my_ends.is_empty());
+    let mut client = LegacyClient::connect(&cred).await;
+    let ok = client.member(&admin).await;
+    assert_eq!(
+        ok,
+        XlRegMsg {
+            member_id: Some(admin.id.to_vec()),
+            member_attrs: Some(ATTR_ADMIN | ATTR_SOLO | ATTR_EPHEMERAL),
+            ..op(Tag::MemberOk)
+        }
+    );
+    let created = expect(client.call(&create_msg("fleet", 2)).await, Tag::CreateReply);
+    let cluster_id = created.cluster_id.clone().unwrap();
+    assert_eq!(created, cluster_reply(Tag::CreateReply, &cluster_id, 2));
+    client.bye().await;
+
+    // The cluster it made is an ordinary one: members with endpoints join it and list it.
+    let member = LegacyMember::new(1, "web-1");
+    let mut client = LegacyClient::connect(&cred).await;
+    client.member(&member).await;
+    let joined = client.call(&join_by_name("fleet")).await;
+    assert_eq!(joined, cluster_reply(Tag::JoinReply, &cluster_id, 2));
+    let members = client.call(&get_msg(&cluster_id, u64::MAX)).await;
+    assert_eq!(token_ids(&members), [member.id.to_vec()]);
+    client.bye().await;
+
+    // Joining still needs the cluster's endpoint count, as on the Go registry: a node with
+    // no endpoints is refused, with the reason in the Error and in the registry's log.
+    let mut client = LegacyClient::connect(&cred).await;
+    client.member(&admin).await;
+    let reply = client.call(&join_by_name("fleet")).await;
+    expect_error(&mut client, reply, "the node offers 0").await;
+    server.wait_for_log("the join refusal's text in the log", |log| {
+        log.lines().any(|line| {
+            line.contains("xlReg/1.9")
+                && line.contains("refused: BadRequest")
+                && line.contains("the node offers 0")
+        })
+    });
+}
+
+#[tokio::test]
+async fn go_solo_member_obtains_an_id_with_no_endpoints_and_xlreg2_still_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cred) = start(&dir.path().join("data"), &[]);
+    let solo = LegacyMember::go_solo_member(0, "solo");
+    let mut client = LegacyClient::connect(&cred).await;
+    let ok = client.member(&solo).await;
+    assert_eq!(ok.member_id.as_deref(), Some(&solo.id[..]));
+    assert_eq!(ok.member_attrs, Some(ATTR_SOLO));
+    client.bye().await;
+
+    // xlReg/2 keeps its rule: a member registers 1 to 8 endpoints (docs/protocol.md).
+    let mut native = common::RawSession::open(&server).await;
+    let msg = native.member_msg(&node(1, "no-endpoints", 0));
+    native.send(&msg).await.unwrap();
+    native
+        .expect_error(
+            "an xlReg/2 Member with no endpoints",
+            xlreg::proto::ErrCode::BadRequest,
+            "at least one endpoint",
+        )
+        .await;
 }

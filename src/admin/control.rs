@@ -292,7 +292,7 @@ async fn handle(mut stream: UnixStream, store: Store) {
         Err(error) => Response::Error(error),
         Ok(request) => {
             let answered = tokio::task::spawn_blocking(move || {
-                answer(&store, &request, crate::server::now_ms())
+                answer(&store, &request, crate::clock::now_ms())
             })
             .await;
             match answered {
@@ -324,7 +324,7 @@ async fn finish(op: &str, result: String, sent: bool, started: Instant) {
         "admin request"
     );
     if matches!(op, "export" | "backup" | "verify") {
-        let _ = tokio::task::spawn_blocking(crate::server::release_free_memory).await;
+        let _ = tokio::task::spawn_blocking(crate::process::release_free_memory).await;
     }
 }
 

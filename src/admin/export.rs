@@ -477,7 +477,7 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
         if let Err(e) = validate::member_name(&node.name) {
             problems.push(format!("{label}: {e}"));
         }
-        if let Err(e) = validate::endpoints(&node.endpoints) {
+        if let Err(e) = validate::stored_endpoints(&node.endpoints) {
             problems.push(format!("{label}: {e}"));
         }
         for (which, text, slot) in [
@@ -585,7 +585,6 @@ pub fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{RsaKeyPair, RSA_BITS};
     use crate::store::{ClusterRef, NewCluster, NewNode};
 
     fn populated() -> Store {
@@ -610,9 +609,9 @@ mod tests {
                 10,
             )
             .unwrap();
-        for name in ["a", "b"] {
-            let comms = RsaKeyPair::generate(RSA_BITS).unwrap();
-            let sig = RsaKeyPair::generate(RSA_BITS).unwrap();
+        for (n, name) in ["a", "b"].into_iter().enumerate() {
+            let comms = crate::test_support::fixture_key(2 * n);
+            let sig = crate::test_support::fixture_key(2 * n + 1);
             let node = store
                 .register_node(
                     NewNode {

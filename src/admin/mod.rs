@@ -243,7 +243,7 @@ impl Access {
         match self {
             Access::Daemon(connection) => connection.ask(&request).await,
             Access::Offline(store) => tokio::task::spawn_blocking(move || {
-                answer(&store, &request, crate::server::now_ms())
+                answer(&store, &request, crate::clock::now_ms())
             })
             .await
             .map_err(|e| AdminError::Interrupted(e.to_string()))?,

@@ -119,7 +119,7 @@ fn one_line(error: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Serve(_) = &cli.command {
         // Before any thread exists, so that every thread's allocations follow it.
-        crate::server::limit_malloc_arenas();
+        crate::process::limit_malloc_arenas();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

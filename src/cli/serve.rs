@@ -1,25 +1,21 @@
 //! `xlreg serve`: run the registry daemon.
+//!
+//! This module maps the command's flags to a [`DaemonConfig`] and hands it to
+//! [`crate::daemon`], which does everything else; it also sets up logging (the CLI's edge).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use super::DataDirArg;
-use crate::admin::control::ControlServer;
-use crate::admin::expiry::{parse_ttl, ClusterExpiry};
-use crate::legacy::server::LegacyListener;
+use crate::admin::expiry::parse_ttl;
+use crate::daemon::{DaemonConfig, LegacyConfig};
 use crate::legacy::wire::Version;
-use crate::metrics::http::MetricsEndpoint;
-use crate::metrics::Metrics;
-use crate::regcred::RegCred;
-use crate::registry::{Registry, RegistryIdentity};
-use crate::server::{make_room_for_connections, now_ms, Server, ServerConfig};
-use crate::store::Store;
+use crate::server::ServerConfig;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -36,7 +32,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     data: DataDirArg,
     /// Address to listen on for xlReg/2 clients.
-    #[arg(long, default_value = "127.0.0.1:56789")]
+    #[arg(long, default_value = crate::daemon::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Endpoint clients should dial, written into regCred.dat (default: the listen address).
     #[arg(long, value_name = "HOST:PORT")]
@@ -97,32 +93,37 @@ pub struct ServeArgs {
     legacy_regcred_out: Option<PathBuf>,
 }
 
-/// The endpoint to write into a regCred.dat: `advertise` if given, else the bound address,
-/// which must then not be a wildcard.
-fn advertised_endpoint(
-    advertise: Option<&String>,
-    bound: SocketAddr,
-    flag: &str,
-) -> anyhow::Result<String> {
-    match advertise {
-        Some(endpoint) => Ok(endpoint.clone()),
-        None if bound.ip().is_unspecified() => {
-            anyhow::bail!(
-                "listening on {bound}: say which address clients should dial with {flag} HOST:PORT"
-            )
+impl ServeArgs {
+    /// The daemon settings these flags describe.
+    // Every limit has a flag today; the update keeps limits added later at their defaults.
+    #[allow(clippy::needless_update)]
+    pub fn daemon_config(&self) -> DaemonConfig {
+        DaemonConfig {
+            data_dir: self.data.data_dir.clone(),
+            ephemeral: self.ephemeral,
+            name: self.name.clone(),
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            regcred_out: self.regcred_out.clone(),
+            limits: ServerConfig {
+                max_connections: self.max_connections,
+                handshake_timeout: Duration::from_secs(self.handshake_timeout),
+                idle_timeout: Duration::from_secs(self.idle_timeout),
+                write_timeout: Duration::from_secs(self.write_timeout),
+                max_frame: self.max_frame,
+                shutdown_grace: Duration::from_secs(self.shutdown_grace),
+                ..ServerConfig::default()
+            },
+            cluster_ttl: self.cluster_ttl,
+            metrics_listen: self.metrics_listen,
+            legacy: self.legacy_listen.map(|listen| LegacyConfig {
+                listen,
+                advertise: self.legacy_advertise.clone(),
+                version: self.legacy_version,
+                regcred_out: self.legacy_regcred_out.clone(),
+            }),
         }
-        None => Ok(bound.to_string()),
     }
-}
-
-/// Writes `cred` to `path`, creating its directory if needed.
-fn write_regcred(cred: &RegCred, path: &std::path::Path) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    cred.write(path)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn init_logging(format: LogFormat) {
@@ -141,165 +142,92 @@ fn init_logging(format: LogFormat) {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let shutdown = shutdown_signal()?;
-    let data_dir = &args.data.data_dir;
-    if let Some(advertise) = &args.advertise {
-        crate::validate::endpoint(advertise).context("--advertise")?;
-    }
-    if let Some(advertise) = &args.legacy_advertise {
-        crate::validate::endpoint(advertise).context("--legacy-advertise")?;
-    }
-    if args.max_connections == 0 || args.max_frame < 1024 {
-        anyhow::bail!("--max-connections must be at least 1 and --max-frame at least 1024");
-    }
-    if args.handshake_timeout == 0 || args.idle_timeout == 0 {
-        anyhow::bail!("--handshake-timeout and --idle-timeout must be at least 1 second");
-    }
-    make_room_for_connections(args.max_connections);
-    let store = if args.ephemeral {
-        Store::temporary()?
-    } else {
-        Store::open(data_dir)?
-    };
-    let key_dir = (!args.ephemeral).then_some(data_dir.as_path());
-    let identity =
-        RegistryIdentity::load_or_create(&store, key_dir, args.name.as_deref(), now_ms())
-            .context("loading the registry identity")?;
-    let registry = Arc::new(Registry::new(store, identity)?);
-    // Every field has an option today; the update keeps fields added later at their defaults.
-    #[allow(clippy::needless_update)]
-    let config = ServerConfig {
-        max_connections: args.max_connections,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        write_timeout: Duration::from_secs(args.write_timeout),
-        max_frame: args.max_frame,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        ..ServerConfig::default()
-    };
-    let mut server = Server::bind(args.listen, registry.clone(), config)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    if let Some(legacy_listen) = args.legacy_listen {
-        let legacy = LegacyListener::bind(legacy_listen, args.legacy_version)
-            .await
-            .with_context(|| format!("cannot listen on {legacy_listen} (--legacy-listen)"))?;
-        server = server.with_legacy(legacy);
-    }
-    let metrics_task = match args.metrics_listen {
-        Some(addr) => {
-            let endpoint = MetricsEndpoint::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-            let metrics = Arc::new(Metrics::new());
-            server = server.with_metrics(metrics.clone());
-            tracing::info!(listen = %endpoint.local_addr()?, "metrics endpoint serving /metrics and /health");
-            Some(tokio::spawn(endpoint.run(metrics, registry.store.clone())))
-        }
-        None => None,
-    };
-    let bound = server.local_addr()?;
-    let advertised = advertised_endpoint(args.advertise.as_ref(), bound, "--advertise")?;
-    let regcred_path = args
-        .regcred_out
-        .clone()
-        .unwrap_or_else(|| data_dir.join("regCred.dat"));
-    if let Some(legacy_bound) = server.legacy_addr().transpose()? {
-        // Written before the native file, so whoever waits for that one finds both.
-        let legacy_advertised = advertised_endpoint(
-            args.legacy_advertise.as_ref(),
-            legacy_bound,
-            "--legacy-advertise",
-        )?;
-        let legacy_regcred_path = args
-            .legacy_regcred_out
-            .clone()
-            .unwrap_or_else(|| data_dir.join("legacy").join("regCred.dat"));
-        if legacy_regcred_path == regcred_path {
-            anyhow::bail!(
-                "--legacy-regcred-out {} is also the xlReg/2 regCred.dat; give each its own file",
-                regcred_path.display()
-            );
-        }
-        let mut legacy_cred = registry.identity.regcred(vec![legacy_advertised.clone()]);
-        legacy_cred.version = args.legacy_version.to_string();
-        write_regcred(&legacy_cred, &legacy_regcred_path)?;
-        tracing::warn!(
-            legacy_listen = %legacy_bound,
-            legacy_advertise = %legacy_advertised,
-            legacy_regcred = %legacy_regcred_path.display(),
-            legacy_version = %args.legacy_version,
-            "xlReg 1.9 listener on: its wire has no integrity protection; keep it on a trusted network (docs/legacy.md)"
-        );
-    }
-    // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
-    // registry keeps nothing in its data directory and has none. Started before regCred.dat
-    // is written, so a written regCred.dat means the socket is ready too.
-    let control = if args.ephemeral {
-        None
-    } else {
-        ControlServer::start(registry.store.clone())
-            .inspect_err(|error| {
-                tracing::error!(%error, "no control socket: admin commands need the daemon stopped")
-            })
-            .ok()
-    };
-    let expiry = args
-        .cluster_ttl
-        .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
-    write_regcred(
-        &registry.identity.regcred(vec![advertised.clone()]),
-        &regcred_path,
-    )?;
-    tracing::info!(
-        name = %registry.identity.name,
-        id = %registry.identity.id,
-        listen = %bound,
-        advertise = %advertised,
-        regcred = %regcred_path.display(),
-        data_dir = %if args.ephemeral { "(ephemeral)".to_string() } else { data_dir.display().to_string() },
-        version = crate::registry::VERSION,
-        "xlreg registry serving"
-    );
-    notify_systemd(sd_notify::NotifyState::Ready);
-    server.run(shutdown).await;
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
-    if let Some(expiry) = expiry {
-        expiry.stop().await;
-    }
-    if let Some(control) = control {
-        control.stop().await;
-    }
-    // The server's final flush may have run before the last expiry removals.
-    if let Err(error) = registry.store.flush_blocking() {
-        tracing::error!(%error, "final flush failed");
-    }
-    tracing::info!("stopped");
+    // Watched before the daemon announces itself (regCred.dat), so a supervisor that signals
+    // as soon as it sees the file always gets a graceful shutdown.
+    let shutdown = crate::daemon::shutdown_signal().context("watching SIGTERM and SIGINT")?;
+    crate::daemon::run(args.daemon_config(), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Watches SIGTERM and SIGINT from now on, and returns a future that completes on either.
-/// Installed before the registry announces itself (regCred.dat), so a supervisor that
-/// signals as soon as it sees the file always gets a graceful shutdown.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
-        }
-        notify_systemd(sd_notify::NotifyState::Stopping);
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
 
-/// Tells systemd (under `Type=notify`; nothing happens otherwise) that the registry is
-/// ready or stopping.
-fn notify_systemd(state: sd_notify::NotifyState<'_>) {
-    if let Err(error) = sd_notify::notify(&[state]) {
-        tracing::warn!(%error, "cannot notify systemd");
+    /// `xlreg serve`'s flags on their own.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn every_flag_reaches_the_daemon_config() {
+        let serve = Serve::try_parse_from([
+            "serve",
+            "--data-dir=/srv/reg",
+            "--listen=127.0.0.1:1001",
+            "--advertise=reg.example:1001",
+            "--name=west",
+            "--ephemeral",
+            "--regcred-out=/srv/out/regCred.dat",
+            "--cluster-ttl=90s",
+            "--max-connections=7",
+            "--handshake-timeout=2",
+            "--idle-timeout=3",
+            "--write-timeout=4",
+            "--max-frame=2048",
+            "--shutdown-grace=5",
+            "--metrics-listen=127.0.0.1:1002",
+            "--legacy-listen=127.0.0.1:1003",
+            "--legacy-advertise=old.example:1003",
+            "--legacy-version=1.9.30",
+            "--legacy-regcred-out=/srv/go/regCred.dat",
+        ])
+        .unwrap();
+        let config = serve.args.daemon_config();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/reg"));
+        assert_eq!(config.listen, "127.0.0.1:1001".parse().unwrap());
+        assert_eq!(config.advertise.as_deref(), Some("reg.example:1001"));
+        assert_eq!(config.name.as_deref(), Some("west"));
+        assert!(config.ephemeral);
+        assert_eq!(config.regcred_path(), PathBuf::from("/srv/out/regCred.dat"));
+        assert_eq!(config.cluster_ttl, Some(Duration::from_secs(90)));
+        let limits = &config.limits;
+        assert_eq!(limits.max_connections, 7);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(3));
+        assert_eq!(limits.write_timeout, Duration::from_secs(4));
+        assert_eq!(limits.max_frame, 2048);
+        assert_eq!(limits.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:1002".parse().unwrap())
+        );
+        let legacy = config.legacy.as_ref().unwrap();
+        assert_eq!(legacy.listen, "127.0.0.1:1003".parse().unwrap());
+        assert_eq!(legacy.advertise.as_deref(), Some("old.example:1003"));
+        assert_eq!(legacy.version.to_string(), "1.9.30");
+        assert_eq!(
+            config.legacy_regcred_path(),
+            Some(PathBuf::from("/srv/go/regCred.dat"))
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_defaults_are_the_daemons() {
+        let serve = Serve::try_parse_from(["serve", "--data-dir=/srv/reg"]).unwrap();
+        let config = serve.args.daemon_config();
+        let defaults = DaemonConfig::new("/srv/reg");
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(
+            config.limits.max_connections,
+            defaults.limits.max_connections
+        );
+        assert_eq!(config.limits.idle_timeout, defaults.limits.idle_timeout);
+        assert_eq!(config.limits.max_frame, defaults.limits.max_frame);
+        assert!(config.legacy.is_none() && config.metrics_listen.is_none());
+        assert_eq!(config.regcred_path(), PathBuf::from("/srv/reg/regCred.dat"));
     }
 }

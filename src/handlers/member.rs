@@ -1,7 +1,8 @@
 //! Member: a node introduces itself with a signed token and is registered (or recognised).
 //!
 //! The token must carry a valid name, two RSA public keys of 2048..=4096 bits, 1..=8
-//! endpoints and a signature by its sig key under the session's scheme. Without an ID the
+//! endpoints (0..=8 over the 1.9 wire, as the Go registry accepted) and a signature by its
+//! sig key under the session's scheme. Without an ID the
 //! node gets a fresh 32-byte one; with a registered ID it is accepted only if its keys match
 //! the stored ones; with an unregistered ID it is bound to the presented keys.
 
@@ -49,7 +50,12 @@ pub fn prepare(msg: &XlRegMsg, scheme: Scheme<'_>, now_ms: u64) -> Result<Write,
         .map_err(|e| HandlerError::BadRequest(format!("CommsKey: {e}")))?;
     let sig_key = PublicKey::from_member_der(sig_der)
         .map_err(|e| HandlerError::BadRequest(format!("SigKey: {e}")))?;
-    validate::endpoints(&token.my_ends)?;
+    match scheme {
+        Scheme::V2 { .. } => validate::endpoints(&token.my_ends)?,
+        // The Go client library's AdminClient and SoloMember register with no endpoints,
+        // and the Go registry accepts them (docs/legacy.md).
+        Scheme::Legacy => validate::stored_endpoints(&token.my_ends)?,
+    }
     let id = token
         .id
         .as_deref()
@@ -134,6 +140,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reply.msg.member_id.unwrap(), legacy.as_bytes());
+    }
+
+    #[test]
+    fn over_the_1_9_wire_a_node_may_register_no_endpoints() {
+        // As the Go client library's AdminClient does (attrs ADMIN|SOLO|EPHEMERAL).
+        let store = Store::temporary().unwrap();
+        let (comms, sig) = &keys()[0];
+        let fields = TokenFields {
+            id: None,
+            name: "admin",
+            attrs: 7,
+            comms_key: comms.public_key().to_spki_der(),
+            sig_key: sig.public_key().to_spki_der(),
+            endpoints: &[],
+        };
+        let msg = XlRegMsg {
+            op: Some(Tag::Member as i32),
+            member_specs: Some(token::sign_legacy(&fields, sig).unwrap()),
+            ..XlRegMsg::default()
+        };
+        let mut state = SessionState::default();
+        let reply = with_ctx(&store, |ctx| handle(ctx, &mut state, &msg, Scheme::Legacy)).unwrap();
+        assert!(reply.changed);
+        let id = state.node.unwrap().id;
+        assert!(store.node(&id).unwrap().unwrap().endpoints.is_empty());
     }
 
     #[test]

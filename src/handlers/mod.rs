@@ -236,20 +236,17 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::crypto::RsaKeyPair;
+    use crate::test_support::fixture_key;
     use crate::token::{self, TokenFields};
     use std::sync::OnceLock;
 
-    /// Two key pairs shared by all handler tests (key generation is slow).
+    /// Three key pairs shared by all handler tests: the committed test-only fixtures
+    /// (key generation is slow).
     pub fn keys() -> &'static [(RsaKeyPair, RsaKeyPair); 3] {
         static KEYS: OnceLock<[(RsaKeyPair, RsaKeyPair); 3]> = OnceLock::new();
         KEYS.get_or_init(|| {
-            let pair = || {
-                (
-                    RsaKeyPair::generate(2048).unwrap(),
-                    RsaKeyPair::generate(2048).unwrap(),
-                )
-            };
-            [pair(), pair(), pair()]
+            let pair = |n: usize| (fixture_key(2 * n), fixture_key(2 * n + 1));
+            [pair(0), pair(1), pair(2)]
         })
     }
 

@@ -100,7 +100,11 @@ pub async fn serve_connection(
         Outcome::Open => Ending::PeerClosed,
         _ => Ending::Protocol,
     });
-    let (end, result) = describe_end(&ended, session.is_established(), report.outcome);
+    let (end, mut result) = describe_end(&ended, session.is_established(), report.outcome);
+    if let Some(text) = session.refusal() {
+        // The Go client code never shows an Error reply: the log is where it can be read.
+        result = format!("{result}: {text}");
+    }
     if let Some(metrics) = &metrics {
         metrics.session_ended(end, duration);
     }

@@ -83,6 +83,8 @@ pub struct LegacySession {
     assembler: Assembler,
     phase: Phase,
     report: SessionReport,
+    /// The text of the Error the session was refused with, for its log line.
+    refusal: Option<String>,
 }
 
 impl std::fmt::Debug for LegacySession {
@@ -109,12 +111,19 @@ impl LegacySession {
             assembler: Assembler::new(max_message),
             phase: Phase::AwaitHello,
             report: SessionReport::default(),
+            refusal: None,
         }
     }
 
     /// What the session has done so far, for its log line.
     pub fn report(&self) -> &SessionReport {
         &self.report
+    }
+
+    /// The text of the Error the session was refused with, if it was: the 1.9 client code
+    /// never shows it, so the registry's log is where an operator finds it.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
     }
 
     /// True once the hello is answered.
@@ -285,6 +294,7 @@ impl LegacySession {
     }
 
     fn refuse(&mut self, code: ErrCode, description: String) -> Step {
+        self.refusal = Some(description.clone());
         let error = handlers::error_message(code, description);
         self.last_word(&error, Outcome::Refused(code))
     }

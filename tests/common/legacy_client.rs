@@ -30,7 +30,17 @@ pub struct LegacyMember {
     pub id: [u8; 20],
     /// Endpoints.
     pub endpoints: Vec<String>,
+    /// The MemberAttrs it proposes (xlCluster_go: ATTR_EPHEMERAL 1, ATTR_ADMIN 2,
+    /// ATTR_SOLO 4).
+    pub attrs: u64,
 }
+
+/// xlCluster_go's ATTR_EPHEMERAL.
+pub const ATTR_EPHEMERAL: u64 = 1;
+/// xlCluster_go's ATTR_ADMIN.
+pub const ATTR_ADMIN: u64 = 2;
+/// xlCluster_go's ATTR_SOLO.
+pub const ATTR_SOLO: u64 = 4;
 
 impl LegacyMember {
     /// A member using key pair `index` of the shared pool and a random 20-byte ID.
@@ -42,16 +52,39 @@ impl LegacyMember {
             sig,
             id: random_array(),
             endpoints: vec![format!("127.0.0.1:{}", 30_000 + index)],
+            attrs: ATTR_EPHEMERAL,
         }
     }
 
-    /// The Member message: the token with ID, Attrs 1 (ATTR_EPHEMERAL, as the Go client
-    /// sets), both keys as DER and a SHA-1 signature by the sig key.
+    /// The Go client library's `AdminClient`, as Go tooling creates clusters with it: a
+    /// fresh random ID, the name "admin", ATTR_ADMIN|ATTR_SOLO|ATTR_EPHEMERAL and **no
+    /// endpoints**. It runs Member, Create, Bye and never joins.
+    pub fn go_admin_client(index: usize) -> LegacyMember {
+        LegacyMember {
+            endpoints: Vec::new(),
+            attrs: ATTR_ADMIN | ATTR_SOLO | ATTR_EPHEMERAL,
+            ..LegacyMember::new(index, "admin")
+        }
+    }
+
+    /// The Go client library's `SoloMember`: ATTR_SOLO, **no endpoints**, no cluster; it
+    /// runs Member, Bye to obtain an ID.
+    pub fn go_solo_member(index: usize, name: &str) -> LegacyMember {
+        LegacyMember {
+            endpoints: Vec::new(),
+            attrs: ATTR_SOLO,
+            ..LegacyMember::new(index, name)
+        }
+    }
+
+    /// The Member message: the token with ID, Attrs (ATTR_EPHEMERAL for an ordinary
+    /// member, as the Go client sets), both keys as DER and a SHA-1 signature by the sig
+    /// key; MyEnds empty if the member has no endpoints, as the Go code sends it.
     pub fn member_msg(&self) -> XlRegMsg {
         let fields = TokenFields {
             id: Some(&self.id),
             name: &self.name,
-            attrs: 1,
+            attrs: self.attrs,
             comms_key: self.comms.public_key().to_spki_der(),
             sig_key: self.sig.public_key().to_spki_der(),
             endpoints: &self.endpoints,

@@ -1,5 +1,10 @@
 //! Shared test harness: real `xlreg serve` processes on ephemeral loopback ports with real
 //! data directories, node identities from a shared key pool, and the real CLI binary.
+//!
+//! Keys come from committed, test-only fixtures (tests/data/keys and tests/data/registry,
+//! each with a README) wherever the key itself is not what a test is about: RSA key
+//! generation costs tens to hundreds of milliseconds a key, and each registry would
+//! otherwise make two.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -49,7 +54,7 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for the process.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        std::fs::create_dir_all(dir).unwrap();
+        install_template_identity(dir);
         let regcred_path = dir.join("regCred.dat");
         let _ = std::fs::remove_file(&regcred_path);
         let log = dir.with_extension("log");
@@ -171,26 +176,62 @@ fn wait_for_regcred(path: &Path, log: &Path) -> RegCred {
     }
 }
 
-/// Key pairs shared by every test in one test binary: RSA key generation costs tens of
-/// milliseconds a key, so each pair is made once and handed out by index.
+/// The committed test data (tests/data): test-only keys for tests only, never for a real
+/// registry or node.
+pub fn test_data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("data")
+}
+
+include!("../data/fixture_keys.rs");
+
+/// Key pair `index` (comms, sig): the fixtures' pair `index` while they last, generated
+/// keys after that, each made once per test binary and handed out by index.
 pub fn key_pair(index: usize) -> (RsaKeyPair, RsaKeyPair) {
     static POOL: OnceLock<Mutex<Vec<(RsaKeyPair, RsaKeyPair)>>> = OnceLock::new();
     let pool = POOL.get_or_init(|| Mutex::new(Vec::new()));
     loop {
-        {
+        let next = {
             let keys = pool.lock().unwrap();
             if let Some(pair) = keys.get(index) {
                 return pair.clone();
             }
-        }
-        let pair = (
-            RsaKeyPair::generate(RSA_BITS).unwrap(),
-            RsaKeyPair::generate(RSA_BITS).unwrap(),
-        );
+            keys.len()
+        };
+        let pair = if 2 * next + 1 < FIXTURE_KEYS {
+            (fixture_key(2 * next), fixture_key(2 * next + 1))
+        } else {
+            (
+                RsaKeyPair::generate(RSA_BITS).unwrap(),
+                RsaKeyPair::generate(RSA_BITS).unwrap(),
+            )
+        };
         let mut keys = pool.lock().unwrap();
-        if keys.len() <= index {
+        if keys.len() == next {
             keys.push(pair);
         }
+    }
+}
+
+/// Gives a data directory that holds no registry yet the template registry's key files
+/// (tests/data/registry, mode 0600), so `xlreg serve` loads them instead of generating
+/// two keys; the registry's name and ID are still made on its first start. A directory that
+/// already holds a store or key files is left alone.
+pub fn install_template_identity(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    use xlreg::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
+    std::fs::create_dir_all(dir).unwrap();
+    let occupied = [COMMS_KEY_FILE, SIG_KEY_FILE, "db"]
+        .iter()
+        .any(|file| dir.join(file).exists());
+    if occupied {
+        return;
+    }
+    for file in [COMMS_KEY_FILE, SIG_KEY_FILE] {
+        let target = dir.join(file);
+        std::fs::copy(test_data_dir().join("registry").join(file), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 

@@ -1,10 +1,14 @@
-//! The metrics HTTP endpoint of `serve --metrics-listen`: `GET /metrics` and `GET /health`.
+//! The daemon's metrics HTTP endpoint (`serve --metrics-listen`): `GET /metrics` and
+//! `GET /health`.
 //!
-//! This module owns the endpoint's listener and connections; hyper does the HTTP. It is
-//! meant for a Prometheus server and a load balancer's health check, so it is small and
-//! bounded: at most [`MAX_CONNECTIONS`] connections at once (more are closed on arrival),
-//! one request per connection, request headers within [`HEADER_TIMEOUT`], and the whole
-//! connection within [`CONNECTION_TIMEOUT`].
+//! This module owns the endpoint's listener and connections; hyper does the HTTP; the metric
+//! set it renders is [`crate::metrics::Metrics`]. `/health` says 200 while the registry
+//! serves and 503 from the moment shutdown begins; the daemon keeps the endpoint up until
+//! the sessions in flight have finished or the shutdown grace is over, so a load balancer
+//! sees the 503. It is meant for a Prometheus server and a load balancer's health check,
+//! so it is small and bounded: at most [`MAX_CONNECTIONS`] connections at once (more are
+//! closed on arrival), one request per connection, request headers within
+//! [`HEADER_TIMEOUT`], and the whole connection within [`CONNECTION_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::server::{admit, Admission, RefusalLog};
 use crate::store::Store;
 
