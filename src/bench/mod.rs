@@ -213,7 +213,8 @@ fn error_kind(error: &ClientError) -> String {
             code: Some(code), ..
         } => code.as_str_name().to_string(),
         ClientError::Refused { code: None, .. } => "refused".into(),
-        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Connect { .. } | ClientError::NothingListens { .. } => "connect".into(),
+        ClientError::KeyNotAccepted { .. } => "key_not_accepted".into(),
         ClientError::Timeout(_) => "timeout".into(),
         ClientError::Connection(_) => "connection".into(),
         ClientError::Handshake(_) => "handshake".into(),

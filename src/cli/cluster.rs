@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::output::print_cluster;
+use super::exit::{CliError, Failure};
+use super::output::{cluster_info_json, print_cluster, print_json};
 use crate::client::{self, Client, ClientError, ClusterView};
 use crate::crypto::{RsaKeyPair, RSA_BITS};
 use crate::id::Id;
@@ -20,12 +21,22 @@ use crate::store::ClusterRef;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
     /// The registry's regCred.dat.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "XLREG_REGCRED")]
     pub regcred: PathBuf,
-    /// Seconds to keep retrying while the registry is unreachable or restarting.
-    #[arg(long, default_value_t = 30)]
-    pub retry_for: u64,
+    /// Keep retrying for this many seconds while the registry is unreachable or restarting,
+    /// a refused connection included (for scripts that start alongside the registry).
+    /// Default: a refused connection fails at once; other transient failures are retried
+    /// for 30 s.
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_for: Option<u64>,
+    /// Seconds to wait for the registry to accept the TCP connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout: u64,
 }
+
+/// How long transient failures are retried when `--retry-for` is not given.
+const DEFAULT_RETRY: Duration = Duration::from_secs(30);
 
 /// `xlreg cluster ...`
 #[derive(Debug, clap::Subcommand)]
@@ -43,58 +54,58 @@ pub enum ClusterCommand {
 pub struct CreateArgs {
     /// Cluster name.
     name: String,
-    /// Maximum number of members (clamped to 2..64).
-    #[arg(long)]
+    /// Maximum number of members, 2 to 64.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(
+        crate::validate::MIN_CLUSTER_SIZE as i64..=crate::validate::MAX_CLUSTER_SIZE as i64))]
     size: u32,
-    /// Endpoints each member must register (1..8).
-    #[arg(long, default_value_t = 1)]
+    /// Endpoints each member must register, 1 to 8.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(
+        1..=crate::validate::MAX_ENDPOINTS as i64))]
     endpoints: u32,
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Node identity to act as (default: a throwaway identity, as the Go admin client did).
-    #[arg(long)]
+    /// Node identity to act as. Without one, a throwaway identity is registered (the
+    /// protocol accepts requests only from a registered node); remove such nodes with
+    /// `xlreg admin delete-node`.
+    #[arg(long, env = "XLREG_NODE")]
     node: Option<PathBuf>,
 }
 
 /// Options of `xlreg cluster join`.
 #[derive(Debug, clap::Args)]
 pub struct JoinArgs {
-    /// Cluster name.
-    name: String,
+    /// Cluster name, or its ID (64 hex digits).
+    cluster: String,
     /// The node's identity directory.
-    #[arg(long)]
+    #[arg(long, env = "XLREG_NODE")]
     node: PathBuf,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Seconds to wait for the cluster to be complete (0: return at once after joining).
     #[arg(long, default_value_t = 60)]
     wait: u64,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Options of `xlreg cluster members`.
 #[derive(Debug, clap::Args)]
 pub struct MembersArgs {
-    /// Cluster name, or its ID as hex.
+    /// Cluster name, or its ID (64 hex digits).
     cluster: String,
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Node identity to ask as (default: a throwaway identity).
-    #[arg(long)]
+    /// Node identity to ask as. Without one, a throwaway identity is registered (the
+    /// protocol accepts requests only from a registered node); remove such nodes with
+    /// `xlreg admin delete-node`.
+    #[arg(long, env = "XLREG_NODE")]
     node: Option<PathBuf>,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Runs `xlreg cluster ...`.
-pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
-        ClusterCommand::Create(args) => create(args).await,
-        ClusterCommand::Join(args) => join(args).await,
-        ClusterCommand::Members(args) => members(args).await,
+        ClusterCommand::Create(args) => create(args, json).await,
+        ClusterCommand::Join(args) => join(args, json).await,
+        ClusterCommand::Members(args) => members(args, json).await,
     }
 }
 
@@ -106,15 +117,25 @@ where
     Fut: Future<Output = Result<T, ClientError>>,
 {
     let regcred = RegCred::read(&args.regcred)?;
-    let deadline = Instant::now() + Duration::from_secs(args.retry_for);
-    let result = client::retry(
-        deadline,
+    let budget = args.retry_for.map_or(DEFAULT_RETRY, Duration::from_secs);
+    // Interactive use: nothing listening is an answer, not a reason to wait 30 s.
+    let retry_refused = args.retry_for.is_some();
+    let dial_timeout = Duration::from_secs(args.connect_timeout);
+    let result = client::retry_if(
+        Instant::now() + budget,
+        |error| retry_refused || !matches!(error, ClientError::NothingListens { .. }),
         |error, backoff| eprintln!("xlreg: {error}; retrying in {backoff:?}"),
         || {
             let regcred = &regcred;
             let session = &session;
             async move {
-                let client = Client::connect(regcred, client::DEFAULT_TIMEOUT).await?;
+                let client = Client::connect_within(
+                    regcred.endpoint(),
+                    &regcred.comms_key,
+                    dial_timeout,
+                    client::DEFAULT_TIMEOUT,
+                )
+                .await?;
                 session(client).await
             }
         },
@@ -148,9 +169,8 @@ fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyho
     Ok(())
 }
 
-async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
+async fn create(args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
     crate::validate::cluster_name(&args.name)?;
-    crate::validate::endpoint_count(args.endpoints)?;
     let mut node = identity(args.node.as_ref())?;
     let (node_id, cluster) = connect_and(&args.registry, |mut client| {
         let node = &node;
@@ -164,48 +184,101 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     remember_id(&mut node, args.node.as_ref(), &node_id)?;
-    if cluster.max_size != args.size {
+    if cluster.max_size != args.size || cluster.endpoint_count != args.endpoints {
         eprintln!(
-            "xlreg: cluster {} has {} slots (sizes are 2 to 64, and an existing cluster keeps its size)",
-            cluster.name, cluster.max_size
+            "xlreg: cluster {} already exists with {} slots and {} endpoint(s) each; it keeps them",
+            cluster.name, cluster.max_size, cluster.endpoint_count
         );
     }
-    outln!("{}", cluster.id)?;
+    if json {
+        print_json(&serde_json::json!({ "cluster": cluster_info_json(&cluster) }))?;
+    } else {
+        outln!("{}", cluster.id)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
-    crate::validate::cluster_name(&args.name)?;
+/// Where a `cluster join` stands, for the report on Ctrl-C.
+#[derive(Debug, Default)]
+struct JoinProgress {
+    /// The cluster and slot, once joined.
+    joined: Option<(String, u32)>,
+    /// Members seen and the cluster's size, at the last listing.
+    members: Option<(usize, u32)>,
+}
+
+impl JoinProgress {
+    fn describe(&self) -> String {
+        match (&self.joined, self.members) {
+            (None, _) => "the node had not joined yet".to_string(),
+            (Some((name, slot)), Some((members, max))) => format!(
+                "the node is a member of cluster {name} (slot {slot}); the cluster is \
+                 incomplete ({members}/{max} members)"
+            ),
+            (Some((name, slot)), None) => format!(
+                "the node is a member of cluster {name} (slot {slot}); the cluster is incomplete"
+            ),
+        }
+    }
+}
+
+async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = NodeIdentity::load(&args.node)?;
-    let target = ClusterRef::Name(args.name.clone());
     let wait_until = Instant::now() + Duration::from_secs(args.wait);
     let mut registry = args.registry.clone();
-    registry.retry_for = registry.retry_for.max(args.wait);
-    let (node_id, view) = connect_and(&registry, |mut client| {
+    registry.retry_for = registry.retry_for.map(|r| r.max(args.wait));
+    let progress = std::sync::Mutex::new(JoinProgress::default());
+    let session = connect_and(&registry, |mut client| {
         let node = &node;
         let target = &target;
+        let progress = &progress;
         async move {
             let node_id = client.register(node).await?;
             let (cluster, slot) = client.join(Some(target)).await?;
             eprintln!("xlreg: joined cluster {} as slot {slot}", cluster.name);
-            let view = wait_for_members(&mut client, &cluster.id, wait_until).await?;
+            lock(progress).joined = Some((cluster.name.clone(), slot));
+            let view = wait_for_members(&mut client, &cluster.id, wait_until, |view| {
+                lock(progress).members = Some((view.members.len(), view.cluster.max_size));
+            })
+            .await?;
             client.bye().await?;
             Ok((node_id, view))
         }
-    })
-    .await?;
+    });
+    let (node_id, view) = tokio::select! {
+        result = session => result?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(CliError::new(
+                Failure::Interrupted,
+                format!("interrupted: {}", lock(&progress).describe()),
+            )
+            .into());
+        }
+    };
     remember_id(&mut node, Some(&args.node), &node_id)?;
-    print_cluster(&view, args.json)?;
+    print_cluster(&view, json)?;
     if args.wait > 0 && !view.is_complete() {
-        anyhow::bail!(
-            "cluster {} is not complete after {} s ({}/{} members)",
-            view.cluster.name,
-            args.wait,
-            view.members.len(),
-            view.cluster.max_size
-        );
+        return Err(CliError::new(
+            Failure::Timeout,
+            format!(
+                "cluster {} is not complete after {} s ({}/{} members)",
+                view.cluster.name,
+                args.wait,
+                view.members.len(),
+                view.cluster.max_size
+            ),
+        )
+        .into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Locks `mutex`, whose holder cannot leave it half-updated (a panic only loses a report).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lists the cluster, holding each request up to 5 s at the registry, until it is complete
@@ -214,6 +287,7 @@ async fn wait_for_members(
     client: &mut Client,
     cluster: &Id,
     until: Instant,
+    mut seen: impl FnMut(&ClusterView),
 ) -> Result<ClusterView, ClientError> {
     let target = ClusterRef::Id(cluster.clone());
     loop {
@@ -221,6 +295,7 @@ async fn wait_for_members(
         let view = client
             .get_cluster(Some(&target), None, left.min(Duration::from_secs(5)))
             .await?;
+        seen(&view);
         if view.is_complete() || left.is_zero() {
             return Ok(view);
         }
@@ -233,7 +308,7 @@ async fn wait_for_members(
     }
 }
 
-async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
+async fn members(args: MembersArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = identity(args.node.as_ref())?;
     let (node_id, view) = connect_and(&args.registry, |mut client| {
@@ -250,6 +325,6 @@ async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     remember_id(&mut node, args.node.as_ref(), &node_id)?;
-    print_cluster(&view, args.json)?;
+    print_cluster(&view, json)?;
     Ok(ExitCode::SUCCESS)
 }

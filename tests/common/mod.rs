@@ -665,3 +665,18 @@ impl RawConn {
         }
     }
 }
+
+/// Creates a node identity directory with `xlreg node init`, with one endpoint on `port`.
+pub fn init_node(dir: &Path, name: &str, port: u16) {
+    let output = xlreg(&[
+        "node",
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--endpoint",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
