@@ -771,3 +771,32 @@ async fn metrics_include_request_latency_and_the_process() {
         );
     }
 }
+
+#[test]
+fn a_fatal_serve_error_is_one_json_line_under_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let output = xlreg(&[
+        "serve",
+        "--data-dir",
+        s(&dir.path().join("data")),
+        "--listen",
+        &listen,
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let last = stderr(&output)
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let error: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert!(
+        error["error"].as_str().unwrap().contains(&listen),
+        "{error}"
+    );
+    assert_eq!(error["exit_code"], 1);
+}
