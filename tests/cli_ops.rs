@@ -491,6 +491,20 @@ async fn nodes_and_clusters_are_deleted_online_durably_and_waiters_are_answered(
     let deleted = admin(&["delete-node", &member_id, "--yes"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
     assert!(stdout(&deleted).contains(&format!("deleted node member ({member_id})")));
+    // What is left is the throwaway identity `cluster create` registered without --node.
+    let swept = admin(&["delete-node", "--throwaway", "--yes", "--json"]);
+    assert!(swept.status.success(), "{}", stderr(&swept));
+    let swept = json(&swept);
+    let names: Vec<_> = swept["deleted"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 1, "{swept}");
+    assert!(names[0].starts_with("xlreg-cli-"), "{swept}");
+    let info = json(&admin(&["info", "--json"]));
+    assert_eq!(info["nodes"], 0);
 }
 
 #[test]

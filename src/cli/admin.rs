@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::cluster::THROWAWAY_PREFIX;
 use super::exit::{CliError, Failure};
 use super::output::print_json;
 use super::DataDirArg;
@@ -131,7 +132,13 @@ pub struct DeleteClusterArgs {
 #[derive(Debug, clap::Args)]
 pub struct DeleteNodeArgs {
     /// The node's ID (64 hex digits).
-    id: String,
+    #[arg(required_unless_present = "throwaway", conflicts_with = "throwaway")]
+    id: Option<String>,
+    /// Instead of one node, every throwaway identity that `cluster create` and `cluster
+    /// members` registered without `--node` (named xlreg-cli-...) and that is a member of
+    /// no cluster.
+    #[arg(long)]
+    throwaway: bool,
     #[command(flatten)]
     data: DataDirArg,
     /// Do not ask for confirmation.
@@ -416,8 +423,11 @@ async fn delete_cluster(args: DeleteClusterArgs, json: bool) -> anyhow::Result<E
 }
 
 async fn delete_node(args: DeleteNodeArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(id) = &args.id else {
+        return delete_throwaway_nodes(args, json).await;
+    };
     let data_dir = &args.data.data_dir;
-    let node = Access::open(data_dir).await?.node(&args.id).await?;
+    let node = Access::open(data_dir).await?.node(id).await?;
     if !node.clusters.is_empty() {
         let clusters = node.clusters.iter().map(|m| m.cluster.clone()).collect();
         return Err(AdminError::StillMember {
@@ -439,6 +449,42 @@ async fn delete_node(args: DeleteNodeArgs, json: bool) -> anyhow::Result<ExitCod
         print_json(&serde_json::json!({ "deleted": { "node": deleted } }))?;
     } else {
         outln!("deleted node {} ({})", deleted.name, deleted.id)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `admin delete-node --throwaway`: every CLI throwaway identity that is a member of nothing.
+async fn delete_throwaway_nodes(args: DeleteNodeArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = &args.data.data_dir;
+    let nodes = Access::open(data_dir).await?.nodes().await?;
+    let throwaways: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.name.starts_with(THROWAWAY_PREFIX))
+        .collect();
+    if !throwaways.is_empty() {
+        confirmed(
+            args.yes,
+            "throwaway nodes",
+            &format!(
+                "Delete the {} throwaway node(s) ({THROWAWAY_PREFIX}...) that are members of no \
+                 cluster?",
+                throwaways.len()
+            ),
+        )?;
+    }
+    let mut deleted = Vec::new();
+    for node in &throwaways {
+        match Access::open(data_dir).await?.delete_node(&node.id).await {
+            Ok(row) => deleted.push(row),
+            // A member of a cluster (it created or listed one it then joined): kept.
+            Err(error) if error.refusal().is_some() => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if json {
+        print_json(&serde_json::json!({ "deleted": { "nodes": deleted } }))?;
+    } else {
+        outln!("deleted {} throwaway node(s)", deleted.len())?;
     }
     Ok(ExitCode::SUCCESS)
 }

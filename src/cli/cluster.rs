@@ -35,6 +35,10 @@ pub struct RegistryArgs {
     pub connect_timeout: u64,
 }
 
+/// How the name of every throwaway identity starts, so `admin delete-node --throwaway` can
+/// find them.
+pub const THROWAWAY_PREFIX: &str = "xlreg-cli-";
+
 /// How long transient failures are retried when `--retry-for` is not given.
 const DEFAULT_RETRY: Duration = Duration::from_secs(30);
 
@@ -66,7 +70,7 @@ pub struct CreateArgs {
     registry: RegistryArgs,
     /// Node identity to act as. Without one, a throwaway identity is registered (the
     /// protocol accepts requests only from a registered node); remove such nodes with
-    /// `xlreg admin delete-node`.
+    /// `xlreg admin delete-node --throwaway`.
     #[arg(long, env = "XLREG_NODE")]
     node: Option<PathBuf>,
 }
@@ -95,7 +99,7 @@ pub struct MembersArgs {
     registry: RegistryArgs,
     /// Node identity to ask as. Without one, a throwaway identity is registered (the
     /// protocol accepts requests only from a registered node); remove such nodes with
-    /// `xlreg admin delete-node`.
+    /// `xlreg admin delete-node --throwaway`.
     #[arg(long, env = "XLREG_NODE")]
     node: Option<PathBuf>,
 }
@@ -149,7 +153,10 @@ fn identity(node: Option<&PathBuf>) -> anyhow::Result<NodeIdentity> {
     match node {
         Some(dir) => Ok(NodeIdentity::load(dir)?),
         None => Ok(NodeIdentity {
-            name: format!("xlreg-cli-{}", &Id::random(&mut rand::rng()).to_hex()[..12]),
+            name: format!(
+                "{THROWAWAY_PREFIX}{}",
+                &Id::random(&mut rand::rng()).to_hex()[..12]
+            ),
             endpoints: vec!["127.0.0.1:1".to_string()],
             id: None,
             comms: RsaKeyPair::generate(RSA_BITS)?,
