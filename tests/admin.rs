@@ -528,27 +528,7 @@ async fn export_import_export_is_identical() {
 /// Runs the CLI with a pseudo-terminal as its stdin, typing `input` into it.
 fn xlreg_on_a_terminal(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write as _;
-    use std::os::fd::FromRawFd as _;
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty writes two new descriptors into the given ints; the other arguments
-    // may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty failed");
-    // SAFETY: both descriptors were just opened and are owned by nothing else.
-    let (mut master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            std::fs::File::from_raw_fd(slave),
-        )
-    };
+    let (mut master, slave) = common::openpty();
     let child = std::process::Command::new(xlreg_bin())
         .args(args)
         .env_remove("XLREG_DATA_DIR")

@@ -814,3 +814,41 @@ fn a_fatal_serve_error_is_one_json_line_under_json_logs() {
     );
     assert_eq!(error["exit_code"], 1);
 }
+
+/// `xlreg --help` written to a pseudo-terminal, as a person sees it; `env` is added.
+fn help_on_a_terminal(env: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Read as _;
+    let (mut master, slave) = common::openpty();
+    let mut child = Command::new(common::xlreg_bin())
+        .arg("--help")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut text = Vec::new();
+    // Once the child has exited and closed the terminal, reading the master ends in EIO.
+    let _ = master.read_to_end(&mut text);
+    assert!(child.wait().unwrap().success());
+    text
+}
+
+#[test]
+fn help_on_a_terminal_is_coloured_unless_no_color_is_set() {
+    let escape = |text: &[u8]| text.contains(&0x1b);
+    let coloured = help_on_a_terminal(&[]);
+    assert!(
+        String::from_utf8_lossy(&coloured).contains("completions"),
+        "{coloured:?}"
+    );
+    assert!(escape(&coloured), "a terminal gets styles");
+    let plain = help_on_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(String::from_utf8_lossy(&plain).contains("completions"));
+    assert!(
+        !escape(&plain),
+        "NO_COLOR: {}",
+        String::from_utf8_lossy(&plain)
+    );
+}
