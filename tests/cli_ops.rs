@@ -852,3 +852,61 @@ fn help_on_a_terminal_is_coloured_unless_no_color_is_set() {
         String::from_utf8_lossy(&plain)
     );
 }
+
+/// Starts `xlreg serve` on `data` listening on `listen`, and waits for its regCred.dat.
+fn serve_on(data: &Path, listen: &str) -> std::process::Child {
+    let _ = std::fs::remove_file(data.join("regCred.dat"));
+    let child = Command::new(common::xlreg_bin())
+        .args(["serve", "--data-dir", s(data), "--listen", listen])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until("regCred.dat", Duration::from_secs(60), || {
+        RegCred::read(data.join("regCred.dat")).is_ok()
+    });
+    child
+}
+
+#[test]
+fn a_join_waiting_through_a_registry_restart_retries_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut server = serve_on(&data, &listen);
+    let regcred = dir.path().join("regCred.dat");
+    std::fs::copy(data.join("regCred.dat"), &regcred).unwrap();
+    let regcred = s(&regcred).to_string();
+    create(&regcred, "pair", "2");
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    init_node(&first, "first");
+    init_node(&second, "second");
+    let waiter = spawn_join(&first, "pair", &regcred);
+    common::wait_until("the first member joined", Duration::from_secs(60), || {
+        let out = xlreg(&["admin", "cluster", "pair", "--data-dir", s(&data), "--json"]);
+        out.status.success() && json(&out)["cluster"]["member_count"] == 1
+    });
+
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    assert!(server.wait().unwrap().success());
+    let mut server = serve_on(&data, &listen);
+    let joined = join_json(&second, "pair", &regcred, "0");
+    assert!(joined.status.success(), "{}", stderr(&joined));
+
+    let waited = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(code(&waited), 0, "{err}");
+    assert!(err.contains("retrying"), "{err}");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    assert!(server.wait().unwrap().success());
+}

@@ -114,24 +114,48 @@ pub async fn run(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// Reads the regCred, then runs `session` on a fresh connection, again with backoff while
-/// the failure is one that retrying may cure, for up to `--retry-for` seconds.
+/// the failure is one that retrying may cure, for `--retry-for` seconds (default 30).
 pub async fn connect_and<T, F, Fut>(args: &RegistryArgs, session: F) -> anyhow::Result<T>
 where
     F: Fn(Client) -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
+    connect_and_for(args, Duration::ZERO, session).await
+}
+
+/// [`connect_and`], retrying for at least `at_least` (a long wait outlives the default).
+/// Without `--retry-for`, a refused connection on the first attempt fails at once (nothing
+/// runs there: interactive use wants that answer now), while one after a session has been
+/// established is a restart, and is retried.
+async fn connect_and_for<T, F, Fut>(
+    args: &RegistryArgs,
+    at_least: Duration,
+    session: F,
+) -> anyhow::Result<T>
+where
+    F: Fn(Client) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
     let regcred = RegCred::read(&args.regcred)?;
-    let budget = args.retry_for.map_or(DEFAULT_RETRY, Duration::from_secs);
-    // Interactive use: nothing listening is an answer, not a reason to wait 30 s.
+    let budget = args
+        .retry_for
+        .map_or(DEFAULT_RETRY, Duration::from_secs)
+        .max(at_least);
     let retry_refused = args.retry_for.is_some();
+    let connected = std::sync::atomic::AtomicBool::new(false);
     let dial_timeout = Duration::from_secs(args.connect_timeout);
     let result = client::retry_if(
         Instant::now() + budget,
-        |error| retry_refused || !matches!(error, ClientError::NothingListens { .. }),
+        |error| {
+            retry_refused
+                || connected.load(std::sync::atomic::Ordering::Relaxed)
+                || !matches!(error, ClientError::NothingListens { .. })
+        },
         |error, backoff| eprintln!("xlreg: {error}; retrying in {backoff:?}"),
         || {
             let regcred = &regcred;
             let session = &session;
+            let connected = &connected;
             async move {
                 let client = Client::connect_within(
                     regcred.endpoint(),
@@ -140,6 +164,7 @@ where
                     client::DEFAULT_TIMEOUT,
                 )
                 .await?;
+                connected.store(true, std::sync::atomic::Ordering::Relaxed);
                 session(client).await
             }
         },
@@ -165,6 +190,33 @@ fn identity(node: Option<&PathBuf>) -> anyhow::Result<NodeIdentity> {
     }
 }
 
+/// The node's registration across the attempts of one command: an ID the registry issued
+/// in an attempt that then failed is presented again on the next, so a retried session
+/// (after a restart, say) is the same node, not a second one with the same name.
+#[derive(Debug, Default)]
+pub struct Registration(std::sync::Mutex<Option<Id>>);
+
+impl Registration {
+    /// Registers `node` on `client` (under the ID issued earlier, if any); returns its ID.
+    pub async fn register(
+        &self,
+        client: &mut Client,
+        node: &NodeIdentity,
+    ) -> Result<Id, ClientError> {
+        let issued = lock(&self.0).clone();
+        let id = match issued {
+            Some(id) if node.id.is_none() => {
+                let mut known = node.clone();
+                known.id = Some(id);
+                client.register(&known).await?
+            }
+            _ => client.register(node).await?,
+        };
+        *lock(&self.0) = Some(id.clone());
+        Ok(id)
+    }
+}
+
 /// Records a newly issued node ID in the node's directory.
 fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyhow::Result<()> {
     if let Some(dir) = dir {
@@ -179,11 +231,13 @@ fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyho
 async fn create(args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
     crate::validate::cluster_name(&args.name)?;
     let mut node = identity(args.node.as_ref())?;
+    let registration = Registration::default();
     let (node_id, cluster) = connect_and(&args.registry, |mut client| {
         let node = &node;
+        let registration = &registration;
         let name = &args.name;
         async move {
-            let node_id = client.register(node).await?;
+            let node_id = registration.register(&mut client, node).await?;
             let cluster = client.create(name, args.size, args.endpoints).await?;
             client.bye().await?;
             Ok((node_id, cluster))
@@ -233,26 +287,30 @@ async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = NodeIdentity::load(&args.node)?;
     let wait_until = Instant::now() + Duration::from_secs(args.wait);
-    let mut registry = args.registry.clone();
-    registry.retry_for = registry.retry_for.map(|r| r.max(args.wait));
     let progress = std::sync::Mutex::new(JoinProgress::default());
-    let session = connect_and(&registry, |mut client| {
-        let node = &node;
-        let target = &target;
-        let progress = &progress;
-        async move {
-            let node_id = client.register(node).await?;
-            let (cluster, slot) = client.join(Some(target)).await?;
-            eprintln!("xlreg: joined cluster {} as slot {slot}", cluster.name);
-            lock(progress).joined = Some((cluster.name.clone(), slot));
-            let view = wait_for_members(&mut client, &cluster.id, wait_until, |view| {
-                lock(progress).members = Some((view.members.len(), view.cluster.max_size));
-            })
-            .await?;
-            client.bye().await?;
-            Ok((node_id, view))
-        }
-    });
+    let registration = Registration::default();
+    let session = connect_and_for(
+        &args.registry,
+        Duration::from_secs(args.wait),
+        |mut client| {
+            let node = &node;
+            let registration = &registration;
+            let target = &target;
+            let progress = &progress;
+            async move {
+                let node_id = registration.register(&mut client, node).await?;
+                let (cluster, slot) = client.join(Some(target)).await?;
+                eprintln!("xlreg: joined cluster {} as slot {slot}", cluster.name);
+                lock(progress).joined = Some((cluster.name.clone(), slot));
+                let view = wait_for_members(&mut client, &cluster.id, wait_until, |view| {
+                    lock(progress).members = Some((view.members.len(), view.cluster.max_size));
+                })
+                .await?;
+                client.bye().await?;
+                Ok((node_id, view))
+            }
+        },
+    );
     let (node_id, view) = tokio::select! {
         result = session => result?,
         _ = tokio::signal::ctrl_c() => {
@@ -318,11 +376,13 @@ async fn wait_for_members(
 async fn members(args: MembersArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = identity(args.node.as_ref())?;
+    let registration = Registration::default();
     let (node_id, view) = connect_and(&args.registry, |mut client| {
         let node = &node;
+        let registration = &registration;
         let target = &target;
         async move {
-            let node_id = client.register(node).await?;
+            let node_id = registration.register(&mut client, node).await?;
             let view = client
                 .get_cluster(Some(target), None, Duration::ZERO)
                 .await?;

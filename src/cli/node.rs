@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::cluster::{connect_and, RegistryArgs};
+use super::cluster::{connect_and, Registration, RegistryArgs};
 use super::output::print_json;
 use crate::node::NodeIdentity;
 
@@ -72,10 +72,12 @@ pub fn run_node(command: NodeCommand, json: bool) -> anyhow::Result<ExitCode> {
 /// Registers the node (or confirms its registration), records its ID and prints it.
 pub async fn run_register(args: RegisterArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut node = NodeIdentity::load(&args.node)?;
+    let registration = Registration::default();
     let id = connect_and(&args.registry, |mut client| {
         let node = &node;
+        let registration = &registration;
         async move {
-            let id = client.register(node).await?;
+            let id = registration.register(&mut client, node).await?;
             client.bye().await?;
             Ok(id)
         }
