@@ -27,9 +27,23 @@ use crate::token;
 /// How long the client waits for a reply beyond any wait it asked the registry for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a probe connection waits to see whether the registry closes it on arrival (over
+/// its connection limit, or stopping) or waits for a hello (it is serving: a hello it closed
+/// unanswered was one it could not decrypt).
+const PROBE_WAIT: Duration = Duration::from_millis(300);
+
 /// What went wrong talking to the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing listens at the registry's endpoint (the connection was refused).
+    #[error(
+        "cannot connect to the registry at {endpoint}: connection refused: is `xlreg serve` \
+         running at {endpoint}?"
+    )]
+    NothingListens {
+        /// The endpoint dialled.
+        endpoint: String,
+    },
     /// The registry's endpoint could not be reached.
     #[error("cannot connect to the registry at {endpoint}: {source}")]
     Connect {
@@ -51,6 +65,16 @@ pub enum ClientError {
     /// authenticate, and closes when shutting down).
     #[error("the registry closed the connection")]
     Closed,
+    /// A registry that is serving closed our hello unanswered: it could not decrypt it, so
+    /// it does not hold the key in this regCred.dat (the registry was rebuilt, or imported
+    /// into a new data directory, since the file was written).
+    #[error(
+        "the registry at {endpoint} did not accept this regCred.dat's key: fetch the current one"
+    )]
+    KeyNotAccepted {
+        /// The endpoint dialled.
+        endpoint: String,
+    },
     /// The registry refused the request.
     #[error("registry refused: {description}")]
     Refused {
@@ -74,11 +98,15 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Connect { .. }
+            | ClientError::NothingListens { .. }
             | ClientError::Timeout(_)
             | ClientError::Connection(_)
             | ClientError::Closed => true,
             ClientError::Refused { code, .. } => *code == Some(ErrCode::Unavailable),
-            ClientError::Handshake(_) | ClientError::Protocol(_) | ClientError::Crypto(_) => false,
+            ClientError::KeyNotAccepted { .. }
+            | ClientError::Handshake(_)
+            | ClientError::Protocol(_)
+            | ClientError::Crypto(_) => false,
         }
     }
 }
@@ -158,11 +186,24 @@ impl Client {
         registry_key: &PublicKey,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let stream = dial(endpoint, timeout).await?;
+        Client::connect_within(endpoint, registry_key, timeout, timeout).await
+    }
+
+    /// Like [`Client::connect_to`], giving up dialling after `dial_timeout`.
+    pub async fn connect_within(
+        endpoint: &str,
+        registry_key: &PublicKey,
+        dial_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream = dial(endpoint, dial_timeout).await?;
         let mut conn = Connection::new(stream, MAX_FRAME_LEN);
         let (handshake, hello) = ClientHandshake::start(registry_key)?;
         conn.write_frame(&hello, timeout).await?;
-        let reply = read_or_closed(&mut conn, timeout).await?;
+        let reply = match read_or_closed(&mut conn, timeout).await {
+            Err(ClientError::Closed) => return Err(hello_closed(endpoint, dial_timeout).await),
+            other => other?,
+        };
         let keys = handshake.finish(&reply)?;
         Ok(Client {
             conn,
@@ -287,15 +328,37 @@ impl Client {
     }
 }
 
+/// Why the registry closed our hello unanswered. A registry closes a connection on arrival
+/// when it is over its connection limit or stopping, and after reading the hello when it
+/// cannot decrypt it. A probe connection that sends nothing tells the two apart: if the
+/// registry keeps it open waiting for a hello, it is serving, so it refused our key.
+async fn hello_closed(endpoint: &str, dial_timeout: Duration) -> ClientError {
+    let Ok(stream) = dial(endpoint, dial_timeout).await else {
+        return ClientError::Closed;
+    };
+    let mut probe = Connection::new(stream, MAX_FRAME_LEN);
+    match probe.read_frame(PROBE_WAIT).await {
+        Err(ConnectionError::ReadTimeout(_)) => ClientError::KeyNotAccepted {
+            endpoint: endpoint.to_string(),
+        },
+        _ => ClientError::Closed,
+    }
+}
+
 /// Connects to `endpoint` within `timeout`, with Nagle's algorithm off (every message is
 /// written whole and waited for: delaying it only adds latency).
 pub(crate) async fn dial(endpoint: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(endpoint))
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source,
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::ConnectionRefused => ClientError::NothingListens {
+                endpoint: endpoint.to_string(),
+            },
+            _ => ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            },
         })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -401,6 +464,21 @@ pub fn cluster_view(reply: &XlRegMsg) -> Result<ClusterView, ClientError> {
 /// about each failure that will be retried.
 pub async fn retry<T, F, Fut>(
     deadline: tokio::time::Instant,
+    on_retry: impl FnMut(&ClientError, Duration),
+    attempt: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    retry_if(deadline, ClientError::is_retryable, on_retry, attempt).await
+}
+
+/// [`retry`], retrying only the failures `retryable` accepts (a subset of the retryable
+/// ones: an interactive command, say, gives up at once when nothing listens).
+pub async fn retry_if<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    retryable: impl Fn(&ClientError) -> bool,
     mut on_retry: impl FnMut(&ClientError, Duration),
     mut attempt: F,
 ) -> Result<T, ClientError>
@@ -412,7 +490,7 @@ where
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(error) if error.is_retryable() => {
+            Err(error) if error.is_retryable() && retryable(&error) => {
                 let now = tokio::time::Instant::now();
                 if now + backoff >= deadline {
                     return Err(error);

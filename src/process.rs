@@ -5,7 +5,10 @@
 //! than on one session or one store: [`limit_malloc_arenas`] and [`release_free_memory`]
 //! (glibc's malloc), [`make_room_for_connections`] (RLIMIT_NOFILE) and [`notify_systemd`]
 //! (`sd_notify` under systemd's `Type=notify`). The daemon ([`crate::daemon`]) calls them;
-//! nothing in the protocol core or the store does.
+//! nothing in the protocol core or the store does. [`proc_stat`] reads a process's figures
+//! from /proc, for the registry's process metrics and for `xlreg bench`.
+
+pub mod proc_stat;
 
 /// How many malloc arenas the registry's process uses (glibc). glibc's default, 8 per core,
 /// lets every thread that touches sled's page cache keep its own arena of freed pages: on a

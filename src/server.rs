@@ -491,6 +491,7 @@ async fn run_session(
         let Some(frame) = read? else {
             return Ok(Ending::PeerClosed);
         };
+        let arrived = Instant::now();
         let requests_before = session.report().requests;
         let mut step = with_context(registry, |ctx| session.on_frame(&frame, ctx));
         // The op of the request being answered, if the frame was one (not the hello).
@@ -509,7 +510,8 @@ async fn run_session(
                     let write = conn.write_frame(&frame, config.write_timeout);
                     let sent = deliver(registry, durable, joined.as_ref(), write).await?;
                     if let (Some(metrics), Some(op)) = (metrics, answering.take()) {
-                        metrics.request(op, request_result(session.report(), sent));
+                        let result = request_result(session.report(), sent);
+                        metrics.request_took(op, result, arrived.elapsed());
                     }
                     if !sent {
                         return Ok(Ending::StoreFailed);

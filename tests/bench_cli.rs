@@ -142,7 +142,7 @@ fn bench_legacy_runs_complete_1_9_sessions_against_the_legacy_listener() {
     assert_eq!(clusters.len(), 4, "{clusters:?}");
     for cluster in &clusters {
         assert_eq!(
-            (&cluster["members"], &cluster["max_size"]),
+            (&cluster["member_count"], &cluster["max_size"]),
             (&3.into(), &3.into())
         );
     }

@@ -5,24 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{stderr, stdout, xlreg, Server};
+use common::{init_node, stderr, stdout, xlreg, Server};
 
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn init_node(dir: &Path, name: &str, port: u16) {
-    let output = xlreg(&[
-        "node",
-        "init",
-        "--dir",
-        s(dir),
-        "--name",
-        name,
-        "--endpoint",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 #[test]
@@ -235,20 +221,6 @@ fn errors_are_one_clear_line() {
         ),
         (
             vec![
-                "cluster",
-                "create",
-                "ok",
-                "--size",
-                "3",
-                "--endpoints",
-                "9",
-                "--regcred",
-                &regcred,
-            ],
-            "endpoint count 9",
-        ),
-        (
-            vec![
                 "node",
                 "init",
                 "--dir",
@@ -294,36 +266,6 @@ fn errors_are_one_clear_line() {
             "{err}"
         );
     }
-}
-
-#[test]
-fn an_unreachable_registry_is_retried_then_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]);
-    let regcred_path = dir.path().join("regCred.dat");
-    std::fs::copy(&server.regcred_path, &regcred_path).unwrap();
-    assert_eq!(server.stop(), Some(0));
-    let output = xlreg(&[
-        "cluster",
-        "create",
-        "x",
-        "--size",
-        "2",
-        "--regcred",
-        s(&regcred_path),
-        "--retry-for",
-        "1",
-    ]);
-    assert!(!output.status.success());
-    let err = stderr(&output);
-    assert!(err.contains("retrying"), "{err}");
-    assert!(
-        err.lines()
-            .last()
-            .unwrap()
-            .contains("cannot connect to the registry"),
-        "{err}"
-    );
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! connection the daemon reads the peer's credentials (`SO_PEERCRED`) and serves only its own
 //! effective uid, and the client likewise talks only to a daemon of its own uid. Requests are
 //! read-only except `backup`, which hands out the registry's private keys, and so goes only
-//! to the same user who can already read them in the data directory.
+//! to the same user who can already read them in the data directory, and the deletes
+//! (`delete-cluster`, `delete-node`), which that user could make offline too. A delete is
+//! durable before it is answered, and sessions waiting on a deleted cluster are woken.
 //!
 //! Protocol: one JSON [`Request`] line from the client, one JSON response line back
 //! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. Requests are at
@@ -29,6 +31,7 @@ use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use super::{answer, export, AdminError, Reply, Request};
+use crate::registry::Registry;
 use crate::store::Store;
 
 /// File name of the control socket in the data directory.
@@ -58,10 +61,17 @@ enum Response {
     Ok(Box<Reply>),
     /// Why there is none; shown to the user as it is.
     Error(String),
+    /// A refusal on the merits, of a kind the client maps as an offline command would.
+    Refused {
+        /// What kind.
+        kind: super::Refusal,
+        /// Shown to the user as it is.
+        message: String,
+    },
 }
 
 /// The effective uid of this process.
-fn own_uid() -> u32 {
+pub(crate) fn own_uid() -> u32 {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
@@ -177,13 +187,17 @@ fn bind(dir: &Path) -> Result<(UnixListener, PathBuf), AdminError> {
 }
 
 impl ControlServer {
-    /// Starts serving admin requests for `store` on `DATA_DIR/control.sock`. Must be called
-    /// on a tokio runtime; the store must have a data directory.
-    pub fn start(store: Store) -> Result<ControlServer, AdminError> {
-        let dir = store.data_dir().ok_or(AdminError::Ephemeral)?.to_path_buf();
+    /// Starts serving admin requests for `registry` on `DATA_DIR/control.sock`. Must be
+    /// called on a tokio runtime; the store must have a data directory.
+    pub fn start(registry: Arc<Registry>) -> Result<ControlServer, AdminError> {
+        let dir = registry
+            .store
+            .data_dir()
+            .ok_or(AdminError::Ephemeral)?
+            .to_path_buf();
         let (listener, path) = bind(&dir)?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, store, stopped));
+        let task = tokio::spawn(serve(listener, registry, stopped));
         tracing::info!(socket = %path.display(), "control socket listening");
         Ok(ControlServer { path, stop, task })
     }
@@ -203,7 +217,11 @@ impl ControlServer {
     }
 }
 
-async fn serve(listener: UnixListener, store: Store, mut stopped: watch::Receiver<bool>) {
+async fn serve(
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT));
     let uid = own_uid();
     let mut tasks = JoinSet::new();
@@ -234,7 +252,7 @@ async fn serve(listener: UnixListener, store: Store, mut stopped: watch::Receive
                     Some(_) => None,
                     None => limit.clone().try_acquire_owned().ok(),
                 };
-                let store = store.clone();
+                let registry = registry.clone();
                 tasks.spawn(async move {
                     match (refusal, permit) {
                         (Some(refusal), _) => {
@@ -245,7 +263,7 @@ async fn serve(listener: UnixListener, store: Store, mut stopped: watch::Receive
                             let _ = write_line(&mut stream, &busy, REQUEST_TIMEOUT).await;
                         }
                         (None, Some(permit)) => {
-                            handle(stream, store).await;
+                            handle(stream, registry).await;
                             drop(permit);
                         }
                     }
@@ -265,7 +283,8 @@ async fn serve(listener: UnixListener, store: Store, mut stopped: watch::Receive
 }
 
 /// Serves one control connection: one request, one response.
-async fn handle(mut stream: UnixStream, store: Store) {
+async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
+    let store = registry.store.clone();
     let started = Instant::now();
     let request = match read_line(&mut stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT).await {
         Ok(Some(line)) => serde_json::from_slice::<Request>(&line)
@@ -296,8 +315,22 @@ async fn handle(mut stream: UnixStream, store: Store) {
             })
             .await;
             match answered {
-                Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
-                Ok(Err(error)) => Response::Error(error.to_string()),
+                Ok(Ok(reply)) => {
+                    if let Reply::DeletedCluster(row) = &reply {
+                        // Durable now: sessions waiting on the cluster see it is gone.
+                        if let Ok(id) = crate::id::Id::from_hex(&row.id) {
+                            registry.events.notify(&id);
+                        }
+                    }
+                    Response::Ok(Box::new(reply))
+                }
+                Ok(Err(error)) => match error.refusal() {
+                    Some(kind) => Response::Refused {
+                        kind,
+                        message: error.to_string(),
+                    },
+                    None => Response::Error(error.to_string()),
+                },
                 Err(error) => {
                     Response::Error(AdminError::Interrupted(error.to_string()).to_string())
                 }
@@ -307,6 +340,7 @@ async fn handle(mut stream: UnixStream, store: Store) {
     let result = match &response {
         Response::Ok(_) => "ok".to_string(),
         Response::Error(error) => format!("error: {error}"),
+        Response::Refused { message, .. } => format!("refused: {message}"),
     };
     let sent = write_line(&mut stream, &response, WRITE_TIMEOUT).await;
     drop(response);
@@ -426,6 +460,9 @@ impl ControlConnection {
         match serde_json::from_slice::<Response>(&line) {
             Ok(Response::Ok(reply)) => Ok(*reply),
             Ok(Response::Error(message)) => Err(AdminError::Remote(message)),
+            Ok(Response::Refused { kind, message }) => {
+                Err(AdminError::RemoteRefusal { kind, message })
+            }
             Err(error) => Err(protocol(format!("unreadable answer: {error}"))),
         }
     }
@@ -488,7 +525,10 @@ mod tests {
             // A stale socket file is replaced.
             let stale = std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET_FILE));
             drop(stale);
-            let server = ControlServer::start(store.clone()).unwrap();
+            let identity =
+                crate::registry::RegistryIdentity::load_or_create(&store, None, None, 0).unwrap();
+            let registry = Arc::new(Registry::new(store.clone(), identity).unwrap());
+            let server = ControlServer::start(registry).unwrap();
             let mode = std::fs::metadata(server.path())
                 .unwrap()
                 .permissions()

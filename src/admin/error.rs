@@ -29,6 +29,34 @@ pub enum AdminError {
     /// No node has the given ID.
     #[error("no such node: {0}")]
     NoSuchNode(String),
+    /// A node cannot be deleted while it is a member of a cluster.
+    #[error(
+        "node {node} is a member of {}; delete those clusters first (`xlreg admin \
+         delete-cluster`), or leave the node registered",
+        clusters.join(", ")
+    )]
+    StillMember {
+        /// The node's ID.
+        node: String,
+        /// The clusters it is a member of.
+        clusters: Vec<String>,
+    },
+    /// The caller does not own the data directory: an offline command would leave files
+    /// the owner (the service user) cannot read.
+    #[error(
+        "{} belongs to uid {owner}, and this is uid {caller}: run the command as its owner \
+         (e.g. `sudo -u '#{owner}' xlreg ...`), so that no file in it becomes unreadable to \
+         the registry",
+        dir.display()
+    )]
+    NotOwner {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// The caller's effective uid.
+        caller: u32,
+    },
     /// The data directory holds no registry database.
     #[error("{} holds no xlreg registry (no database file there); check --data-dir", .0.display())]
     NoRegistry(PathBuf),
@@ -119,9 +147,41 @@ pub enum AdminError {
     /// The running daemon refused or failed the request; its message is shown as it is.
     #[error("{0}")]
     Remote(String),
+    /// The running daemon refused the request on its merits (the same refusal an offline
+    /// command makes); its message is shown as it is.
+    #[error("{message}")]
+    RemoteRefusal {
+        /// What kind of refusal.
+        kind: Refusal,
+        /// The daemon's message.
+        message: String,
+    },
+}
+
+/// The kinds of refusal, the same whether a command ran offline or through the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The cluster or node named does not exist.
+    NotFound,
+    /// The registry's state forbids it (a node that is still a member, say).
+    Conflict,
+    /// The request is malformed (a bad name or ID).
+    Invalid,
 }
 
 impl AdminError {
+    /// The kind of refusal this is, if it is one rather than a failure.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            AdminError::NoSuchCluster(_) | AdminError::NoSuchNode(_) => Some(Refusal::NotFound),
+            AdminError::StillMember { .. } => Some(Refusal::Conflict),
+            AdminError::Invalid(_) => Some(Refusal::Invalid),
+            AdminError::RemoteRefusal { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     /// Wraps an I/O error with the file it concerns.
     pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AdminError {
         let path = path.into();

@@ -29,9 +29,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use error::AdminError;
+pub use error::{AdminError, Refusal};
 
-use crate::store::{Store, StoreError};
+use crate::store::{NodeDeletion, Store, StoreError};
 use export::ExportDocument;
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
@@ -61,6 +61,16 @@ pub enum Request {
     Verify,
     /// A snapshot file, keys included.
     Backup,
+    /// Delete a cluster and its memberships.
+    DeleteCluster {
+        /// The cluster's name, or its ID in hex.
+        cluster: String,
+    },
+    /// Delete a node that is a member of no cluster.
+    DeleteNode {
+        /// The node's ID in hex.
+        id: String,
+    },
 }
 
 impl Request {
@@ -75,6 +85,8 @@ impl Request {
             Request::Export => "export",
             Request::Verify => "verify",
             Request::Backup => "backup",
+            Request::DeleteCluster { .. } => "delete-cluster",
+            Request::DeleteNode { .. } => "delete-node",
         }
     }
 }
@@ -99,6 +111,10 @@ pub enum Reply {
     Verify(VerifyReport),
     /// For [`Request::Backup`].
     Backup(SnapshotBytes),
+    /// For [`Request::DeleteCluster`]: the cluster as it was when deleted.
+    DeletedCluster(ClusterRow),
+    /// For [`Request::DeleteNode`]: the node as it was when deleted.
+    DeletedNode(NodeRow),
 }
 
 /// A snapshot file's bytes (base64 in JSON), wiped when dropped: they hold private keys.
@@ -123,7 +139,7 @@ impl<'de> Deserialize<'de> for SnapshotBytes {
 }
 
 /// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
-/// `now_ms` stamps snapshots.
+/// `now_ms` stamps snapshots. A delete is on disk before its reply is returned.
 pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
     Ok(match request {
         Request::Info => Reply::Info(report::info(store)?),
@@ -134,6 +150,30 @@ pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, Ad
         Request::Export => Reply::Export(export::export(&store.snapshot()?)?),
         Request::Verify => Reply::Verify(report::verify(&store.snapshot()?)),
         Request::Backup => Reply::Backup(SnapshotBytes(backup::take(store, now_ms)?)),
+        Request::DeleteCluster { cluster } => {
+            let target = crate::validate::cluster_ref(cluster)?;
+            let deleted = store
+                .delete_cluster(&target)?
+                .ok_or_else(|| AdminError::NoSuchCluster(cluster.clone()))?;
+            store.flush_blocking()?;
+            Reply::DeletedCluster(report::cluster_row(&deleted))
+        }
+        Request::DeleteNode { id } => {
+            let parsed = crate::id::Id::from_hex(id)
+                .map_err(|e| crate::validate::Invalid(format!("node ID: {e}")))?;
+            let deleted = match store.delete_node(&parsed)? {
+                NodeDeletion::Deleted(node) => node,
+                NodeDeletion::NoSuchNode => return Err(AdminError::NoSuchNode(id.clone())),
+                NodeDeletion::Member(clusters) => {
+                    return Err(AdminError::StillMember {
+                        node: id.clone(),
+                        clusters,
+                    })
+                }
+            };
+            store.flush_blocking()?;
+            Reply::DeletedNode(report::node_row(&deleted))
+        }
     })
 }
 
@@ -175,7 +215,34 @@ fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
     if !data_dir.join("db").is_file() {
         return Err(AdminError::NoRegistry(data_dir.to_path_buf()));
     }
-    Ok(Store::open(data_dir)?)
+    check_owner(data_dir)?;
+    Store::open(data_dir).map_err(|error| match error {
+        // sled's own I/O errors name no file: name the directory.
+        StoreError::Io(source) => AdminError::File {
+            path: data_dir.to_path_buf(),
+            source,
+        },
+        other => other.into(),
+    })
+}
+
+/// Refuses unless this process's effective uid owns `data_dir`. Opening a registry writes
+/// files (sled's `snap.*`, its log) with the opener's uid and mode 0600: opened as root, a
+/// directory the service user owns would hold files the registry can no longer read.
+pub fn check_owner(data_dir: &Path) -> Result<(), AdminError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(data_dir)
+        .map_err(AdminError::file(data_dir))?
+        .uid();
+    let caller = control::own_uid();
+    if owner != caller {
+        return Err(AdminError::NotOwner {
+            dir: data_dir.to_path_buf(),
+            owner,
+            caller,
+        });
+    }
+    Ok(())
 }
 
 /// Opens a stopped registry's data directory for a command that changes it; refuses while a
@@ -308,6 +375,13 @@ impl Access {
     typed_request!(
         /// `admin backup`: the snapshot file's bytes.
         backup() -> SnapshotBytes, Request::Backup, Backup);
+    typed_request!(
+        /// `admin delete-cluster`: deletes it, durably, and returns it as it was.
+        delete_cluster(name_or_id: &str) -> ClusterRow,
+        Request::DeleteCluster { cluster: name_or_id.to_string() }, DeletedCluster);
+    typed_request!(
+        /// `admin delete-node`: deletes it, durably, unless it is a member.
+        delete_node(id: &str) -> NodeRow, Request::DeleteNode { id: id.to_string() }, DeletedNode);
 }
 
 #[cfg(test)]

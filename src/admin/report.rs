@@ -49,7 +49,8 @@ pub struct ClusterRow {
     pub name: String,
     /// The cluster's ID.
     pub id: String,
-    /// How many members it has.
+    /// How many members it has (`member_count` in JSON, as in `cluster members --json`).
+    #[serde(rename = "member_count")]
     pub members: u32,
     /// Its maximum size.
     pub max_size: u32,
@@ -155,7 +156,8 @@ fn fingerprint(der: &[u8]) -> String {
     hex::encode(sha256(der))
 }
 
-fn cluster_row(cluster: &ClusterRecord) -> ClusterRow {
+/// The row `admin clusters` shows for `cluster`.
+pub(crate) fn cluster_row(cluster: &ClusterRecord) -> ClusterRow {
     ClusterRow {
         name: cluster.name.clone(),
         id: cluster.id.to_hex(),
@@ -181,7 +183,8 @@ fn member_row(member: &MemberRecord, node: &NodeRecord) -> MemberRow {
     }
 }
 
-fn node_row(node: &NodeRecord) -> NodeRow {
+/// The row `admin nodes` shows for `node`.
+pub(crate) fn node_row(node: &NodeRecord) -> NodeRow {
     NodeRow {
         id: node.id.to_hex(),
         name: node.name.clone(),

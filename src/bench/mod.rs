@@ -6,7 +6,7 @@
 //! until the cluster is complete, Bye) from `clients` concurrent tasks, sessions grouped into
 //! clusters of `cluster_size` consecutive sessions. It reports throughput, the latency
 //! distribution, errors by kind and, when the registry runs on this machine, the registry's
-//! CPU time per session read from /proc ([`proc_stat`]).
+//! CPU time per session read from /proc ([`crate::process::proc_stat`]).
 //!
 //! The generator speaks either wire ([`Wire`]): xlReg/2 through [`Client`], or xlReg 1.9
 //! through [`LegacyClient`], so one generator measures the Go registry and xlreg's legacy
@@ -17,7 +17,6 @@
 //! Member keys come from an [`IdentityPool`] made before the clock starts: RSA key
 //! generation costs tens of milliseconds a key, and the point is to measure the registry.
 
-pub mod proc_stat;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -30,6 +29,7 @@ use crate::crypto::{CryptoError, RsaKeyPair, RSA_BITS};
 use crate::id::Id;
 use crate::legacy::client::LegacyClient;
 use crate::node::NodeIdentity;
+use crate::process::proc_stat;
 use crate::regcred::RegCred;
 use crate::store::ClusterRef;
 use stats::LatencySummary;
@@ -213,7 +213,8 @@ fn error_kind(error: &ClientError) -> String {
             code: Some(code), ..
         } => code.as_str_name().to_string(),
         ClientError::Refused { code: None, .. } => "refused".into(),
-        ClientError::Connect { .. } => "connect".into(),
+        ClientError::Connect { .. } | ClientError::NothingListens { .. } => "connect".into(),
+        ClientError::KeyNotAccepted { .. } => "key_not_accepted".into(),
         ClientError::Timeout(_) => "timeout".into(),
         ClientError::Connection(_) => "connection".into(),
         ClientError::Handshake(_) => "handshake".into(),

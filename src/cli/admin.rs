@@ -1,10 +1,12 @@
 //! `xlreg admin ...`: look inside a registry, export and import it, back it up and restore it,
 //! delete clusters.
 //!
-//! The read commands (`info`, `clusters`, `cluster`, `nodes`, `node`, `export`, `verify`) and
-//! `backup` open the data directory of a stopped registry, or ask the running daemon through
-//! its control socket; either way the output is the same ([`crate::admin::Access`]).
-//! `import`, `restore` and `delete-cluster` work on stopped registries only.
+//! The read commands (`info`, `clusters`, `cluster`, `nodes`, `node`, `export`, `verify`),
+//! `backup` and the deletes (`delete-cluster`, `delete-node`) open the data directory of a
+//! stopped registry, or ask the running daemon through its control socket; either way the
+//! output is the same ([`crate::admin::Access`]). `import` and `restore` fill a new data
+//! directory. Every command that opens an existing data directory refuses unless the caller
+//! owns it, so that no file in it becomes unreadable to the service user.
 
 use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
@@ -12,8 +14,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::cluster::THROWAWAY_PREFIX;
+use super::exit::{CliError, Failure};
+use super::output::print_json;
 use super::DataDirArg;
-use crate::admin::{backup, export, open_offline, report, Access};
+use crate::admin::{backup, export, report, Access, AdminError};
 use crate::regcred::write_atomic_with;
 
 /// `xlreg admin ...`
@@ -39,8 +44,11 @@ pub enum AdminCommand {
     Backup(BackupArgs),
     /// Restore a snapshot into a new data directory, checking its checksum first.
     Restore(RestoreArgs),
-    /// Delete a cluster and its memberships (its nodes stay registered).
+    /// Delete a cluster and its memberships (its nodes stay registered). Works while the
+    /// daemon serves: sessions waiting on the cluster are answered.
     DeleteCluster(DeleteClusterArgs),
+    /// Delete a registered node that is a member of no cluster (a throwaway identity, say).
+    DeleteNode(DeleteNodeArgs),
 }
 
 /// Options of the read commands.
@@ -48,9 +56,6 @@ pub enum AdminCommand {
 pub struct ReadArgs {
     #[command(flatten)]
     data: DataDirArg,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Options of `admin cluster`.
@@ -123,6 +128,24 @@ pub struct DeleteClusterArgs {
     yes: bool,
 }
 
+/// Options of `admin delete-node`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteNodeArgs {
+    /// The node's ID (64 hex digits).
+    #[arg(required_unless_present = "throwaway", conflicts_with = "throwaway")]
+    id: Option<String>,
+    /// Instead of one node, every throwaway identity that `cluster create` and `cluster
+    /// members` registered without `--node` (named xlreg-cli-...) and that is a member of
+    /// no cluster.
+    #[arg(long)]
+    throwaway: bool,
+    #[command(flatten)]
+    data: DataDirArg,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
 /// Prints a view as pretty JSON, or as its text form.
 fn show(
     json: bool,
@@ -138,7 +161,7 @@ fn show(
 }
 
 /// Runs `xlreg admin ...`.
-pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> {
     use AdminCommand as C;
     let access = |data: &DataDirArg| {
         let dir = data.data_dir.clone();
@@ -147,26 +170,26 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
         C::Info(args) => {
             let info = access(&args.data).await?.info().await?;
-            show(args.json, &info, || info.to_text())?;
+            show(json, &info, || info.to_text())?;
         }
         C::Clusters(args) => {
             let rows = access(&args.data).await?.clusters().await?;
-            show(args.json, &rows, || report::clusters_text(&rows))?;
+            show(json, &rows, || report::clusters_text(&rows))?;
         }
         C::Cluster(args) => {
             let detail = access(&args.read.data)
                 .await?
                 .cluster(&args.cluster)
                 .await?;
-            show(args.read.json, &detail, || detail.to_text())?;
+            show(json, &detail, || detail.to_text())?;
         }
         C::Nodes(args) => {
             let rows = access(&args.data).await?.nodes().await?;
-            show(args.json, &rows, || report::nodes_text(&rows))?;
+            show(json, &rows, || report::nodes_text(&rows))?;
         }
         C::Node(args) => {
             let detail = access(&args.read.data).await?.node(&args.id).await?;
-            show(args.read.json, &detail, || detail.to_text())?;
+            show(json, &detail, || detail.to_text())?;
         }
         C::Export(args) => {
             let source = access(&args.data).await?.export_source().await?;
@@ -184,19 +207,29 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                         Ok(counts)
                     })
                     .with_context(|| format!("writing {}", path.display()))?;
-                    eprintln!(
-                        "xlreg: exported {} nodes and {} clusters to {}",
-                        counts.nodes,
-                        counts.clusters,
-                        path.display()
-                    );
+                    if json {
+                        print_json(&serde_json::json!({
+                            "exported": {
+                                "file": path.display().to_string(),
+                                "nodes": counts.nodes,
+                                "clusters": counts.clusters,
+                            }
+                        }))?;
+                    } else {
+                        eprintln!(
+                            "xlreg: exported {} nodes and {} clusters to {}",
+                            counts.nodes,
+                            counts.clusters,
+                            path.display()
+                        );
+                    }
                 }
             }
         }
-        C::Import(args) => return import(args).await,
+        C::Import(args) => return import(args, json).await,
         C::Verify(args) => {
             let report = access(&args.data).await?.verify().await?;
-            show(args.json, &report, || report.to_text())?;
+            show(json, &report, || report.to_text())?;
             if !report.ok {
                 eprintln!("xlreg: verify found {} problem(s)", report.problems.len());
                 return Ok(ExitCode::FAILURE);
@@ -207,13 +240,34 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             let output = args.output.clone();
             let summary =
                 tokio::task::spawn_blocking(move || backup::save(&bytes.0, &output)).await??;
-            outln!("snapshot written to {}", args.output.display())?;
-            write!(std::io::stdout(), "{}", snapshot_text(&summary))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "file": args.output.display().to_string(),
+                    "snapshot": snapshot_json(&summary),
+                }))?;
+            } else {
+                outln!("snapshot written to {}", args.output.display())?;
+                write!(std::io::stdout(), "{}", snapshot_text(&summary))?;
+            }
         }
-        C::Restore(args) => return restore(args).await,
-        C::DeleteCluster(args) => return delete_cluster(args).await,
+        C::Restore(args) => return restore(args, json).await,
+        C::DeleteCluster(args) => return delete_cluster(args, json).await,
+        C::DeleteNode(args) => return delete_node(args, json).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn snapshot_json(s: &backup::SnapshotSummary) -> serde_json::Value {
+    serde_json::json!({
+        "registry": s.registry.as_ref().map(|(name, id)| serde_json::json!({ "name": name, "id": id })),
+        "created_at_ms": s.created_at_ms,
+        "xlreg_version": s.xlreg_version,
+        "nodes": s.nodes,
+        "clusters": s.clusters,
+        "members": s.members,
+        "bytes": s.bytes,
+        "sha256": s.sha256,
+    })
 }
 
 fn snapshot_text(s: &backup::SnapshotSummary) -> String {
@@ -233,7 +287,7 @@ fn snapshot_text(s: &backup::SnapshotSummary) -> String {
     )
 }
 
-async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+async fn import(args: ImportArgs, json: bool) -> anyhow::Result<ExitCode> {
     let dir = args.data.data_dir.clone();
     let file = args.file.clone();
     let summary = tokio::task::spawn_blocking(move || {
@@ -241,6 +295,20 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         export::import(&doc, &file, &dir)
     })
     .await??;
+    if json {
+        print_json(&serde_json::json!({
+            "imported": {
+                "data_dir": args.data.data_dir.display().to_string(),
+                "nodes": summary.nodes,
+                "clusters": summary.clusters,
+                "members": summary.members,
+                "registry": summary.registry.as_ref().map(|(name, id)| {
+                    serde_json::json!({ "name": name, "id": id })
+                }),
+            }
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "imported {} nodes, {} clusters and {} members into {}",
         summary.nodes,
@@ -257,16 +325,27 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+async fn restore(args: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let dir = args.data.data_dir.clone();
     let snapshot = args.snapshot.clone();
     let summary = tokio::task::spawn_blocking(move || backup::restore(&snapshot, &dir)).await??;
-    outln!(
-        "restored {} into {}",
-        args.snapshot.display(),
-        args.data.data_dir.display()
-    )?;
-    write!(std::io::stdout(), "{}", snapshot_text(&summary.snapshot))?;
+    if json {
+        print_json(&serde_json::json!({
+            "restored": {
+                "file": args.snapshot.display().to_string(),
+                "data_dir": args.data.data_dir.display().to_string(),
+                "snapshot": snapshot_json(&summary.snapshot),
+                "problems": summary.problems,
+            }
+        }))?;
+    } else {
+        outln!(
+            "restored {} into {}",
+            args.snapshot.display(),
+            args.data.data_dir.display()
+        )?;
+        write!(std::io::stdout(), "{}", snapshot_text(&summary.snapshot))?;
+    }
     if !summary.problems.is_empty() {
         eprintln!(
             "xlreg: the restored registry fails verify ({} problem(s)); it holds exactly what \
@@ -293,44 +372,119 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     ))
 }
 
-async fn delete_cluster(args: DeleteClusterArgs) -> anyhow::Result<ExitCode> {
-    let target = crate::validate::cluster_ref(&args.cluster)?;
-    let dir = args.data.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || open_offline(&dir)).await??;
-    let cluster = store
-        .cluster(&target)?
-        .ok_or_else(|| crate::admin::AdminError::NoSuchCluster(args.cluster.clone()))?;
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
-                "not deleting cluster {} without confirmation: run on a terminal, or pass --yes",
-                cluster.name
-            );
-        }
-        let question = format!(
+/// Asks for confirmation of `question` unless `yes`; refuses off a terminal.
+fn confirmed(yes: bool, what: &str, question: &str) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::new(
+            Failure::Usage,
+            format!("not deleting {what} without confirmation: run on a terminal, or pass --yes"),
+        )
+        .into());
+    }
+    if !confirm(question)? {
+        return Err(CliError::new(Failure::Internal, "not deleted").into());
+    }
+    Ok(())
+}
+
+async fn delete_cluster(args: DeleteClusterArgs, json: bool) -> anyhow::Result<ExitCode> {
+    crate::validate::cluster_ref(&args.cluster)?;
+    let data_dir = &args.data.data_dir;
+    let cluster = Access::open(data_dir).await?.cluster(&args.cluster).await?;
+    confirmed(
+        args.yes,
+        &format!("cluster {}", cluster.cluster.name),
+        &format!(
             "Delete cluster {} ({}) and its {} membership(s)? Its nodes stay registered.",
-            cluster.name,
-            cluster.id,
-            cluster.member_count()
-        );
-        if !confirm(&question)? {
-            anyhow::bail!("not deleted");
+            cluster.cluster.name,
+            cluster.cluster.id,
+            cluster.members.len()
+        ),
+    )?;
+    // Delete exactly the cluster that was shown, even if given by a name.
+    let deleted = Access::open(data_dir)
+        .await?
+        .delete_cluster(&cluster.cluster.id)
+        .await?;
+    if json {
+        print_json(&serde_json::json!({ "deleted": { "cluster": deleted } }))?;
+    } else {
+        outln!(
+            "deleted cluster {} ({}): {} membership(s) removed; its nodes stay registered",
+            deleted.name,
+            deleted.id,
+            deleted.members
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete_node(args: DeleteNodeArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(id) = &args.id else {
+        return delete_throwaway_nodes(args, json).await;
+    };
+    let data_dir = &args.data.data_dir;
+    let node = Access::open(data_dir).await?.node(id).await?;
+    if !node.clusters.is_empty() {
+        let clusters = node.clusters.iter().map(|m| m.cluster.clone()).collect();
+        return Err(AdminError::StillMember {
+            node: node.node.id,
+            clusters,
+        }
+        .into());
+    }
+    confirmed(
+        args.yes,
+        &format!("node {}", node.node.name),
+        &format!("Delete node {} ({})?", node.node.name, node.node.id),
+    )?;
+    let deleted = Access::open(data_dir)
+        .await?
+        .delete_node(&node.node.id)
+        .await?;
+    if json {
+        print_json(&serde_json::json!({ "deleted": { "node": deleted } }))?;
+    } else {
+        outln!("deleted node {} ({})", deleted.name, deleted.id)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `admin delete-node --throwaway`: every CLI throwaway identity that is a member of nothing.
+async fn delete_throwaway_nodes(args: DeleteNodeArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let data_dir = &args.data.data_dir;
+    let nodes = Access::open(data_dir).await?.nodes().await?;
+    let throwaways: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.name.starts_with(THROWAWAY_PREFIX))
+        .collect();
+    if !throwaways.is_empty() {
+        confirmed(
+            args.yes,
+            "throwaway nodes",
+            &format!(
+                "Delete the {} throwaway node(s) ({THROWAWAY_PREFIX}...) that are members of no \
+                 cluster?",
+                throwaways.len()
+            ),
+        )?;
+    }
+    let mut deleted = Vec::new();
+    for node in &throwaways {
+        match Access::open(data_dir).await?.delete_node(&node.id).await {
+            Ok(row) => deleted.push(row),
+            // A member of a cluster (it created or listed one it then joined): kept.
+            Err(error) if error.refusal().is_some() => {}
+            Err(error) => return Err(error.into()),
         }
     }
-    // Delete exactly the cluster that was shown, even if given by a name.
-    let id = crate::store::ClusterRef::Id(cluster.id.clone());
-    let deleted = tokio::task::spawn_blocking(move || {
-        let deleted = store.delete_cluster(&id)?;
-        store.flush_blocking()?;
-        Ok::<_, crate::store::StoreError>(deleted)
-    })
-    .await??
-    .ok_or_else(|| crate::admin::AdminError::NoSuchCluster(args.cluster.clone()))?;
-    outln!(
-        "deleted cluster {} ({}): {} membership(s) removed; its nodes stay registered",
-        deleted.name,
-        deleted.id,
-        deleted.member_count()
-    )?;
+    if json {
+        print_json(&serde_json::json!({ "deleted": { "nodes": deleted } }))?;
+    } else {
+        outln!("deleted {} throwaway node(s)", deleted.len())?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::admin::Access;
 use crate::bench::{self, BenchConfig, IdentityPool, Wire};
 use crate::id::Id;
 use crate::regcred::RegCred;
@@ -13,7 +14,7 @@ use crate::regcred::RegCred;
 pub struct BenchArgs {
     /// The registry's regCred.dat (with --legacy: the Go-format one naming the 1.9
     /// endpoint, e.g. DATA_DIR/legacy/regCred.dat or the Go registry's own).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "XLREG_REGCRED")]
     regcred: PathBuf,
     /// Speak the xlReg 1.9 wire (the Go registry's) instead of xlReg/2.
     #[arg(long)]
@@ -36,14 +37,18 @@ pub struct BenchArgs {
     /// PID of the registry for CPU accounting (default: found from the endpoint's port).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    /// The registry's data directory, when it runs on this machine as this user: at the end,
+    /// remove this run's clusters and their nodes through its control socket, so the bench
+    /// leaves nothing behind. Without it, they stay, named bench-RUN-N (see the report's
+    /// run_id), for `xlreg admin delete-cluster` / `delete-node`.
+    #[arg(long, value_name = "DIR")]
+    cleanup_data_dir: Option<PathBuf>,
 }
 
 /// Runs `xlreg bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     let regcred = RegCred::read(&args.regcred)?;
+    let run_id = Id::random(&mut rand::rng()).to_hex()[..8].to_string();
     let config = BenchConfig {
         regcred,
         wire: if args.legacy { Wire::Legacy } else { Wire::V2 },
@@ -52,7 +57,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         cluster_size: args.cluster_size,
         wait: Duration::from_secs(args.wait),
         server_pid: args.server_pid,
-        run_id: Id::random(&mut rand::rng()).to_hex()[..8].to_string(),
+        run_id: run_id.clone(),
     };
     // Refuse bad parameters before spending seconds on key generation.
     config.check()?;
@@ -68,14 +73,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("xlreg bench: {done}/{total} sessions");
     })
     .await?;
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+    let removed = match &args.cleanup_data_dir {
+        Some(dir) => Some(remove_run(dir, &run_id).await?),
+        None => None,
+    };
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["run_id"] = run_id.clone().into();
+        if let Some((clusters, nodes)) = removed {
+            value["removed"] = serde_json::json!({ "clusters": clusters, "nodes": nodes });
+        }
+        super::output::print_json(&value)?;
     } else {
         outln!("{}", report.summary())?;
+        match removed {
+            Some((clusters, nodes)) => outln!(
+                "removed this run's {clusters} cluster(s) and {nodes} node(s) (run {run_id})"
+            )?,
+            None => outln!(
+                "this run's clusters are named bench-{run_id}-N; they and their nodes stay \
+                 (pass --cleanup-data-dir to remove them)"
+            )?,
+        }
     }
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Removes the clusters named `bench-RUN-N` and then their member nodes, through the admin
+/// access to `data_dir` (the daemon's control socket while it runs). Returns how many
+/// clusters and nodes went.
+async fn remove_run(data_dir: &std::path::Path, run_id: &str) -> anyhow::Result<(usize, usize)> {
+    let prefix = format!("bench-{run_id}-");
+    let clusters = Access::open(data_dir).await?.clusters().await?;
+    let (mut removed_clusters, mut removed_nodes) = (0, 0);
+    for row in clusters.iter().filter(|c| c.name.starts_with(&prefix)) {
+        let detail = Access::open(data_dir).await?.cluster(&row.id).await?;
+        Access::open(data_dir)
+            .await?
+            .delete_cluster(&row.id)
+            .await?;
+        removed_clusters += 1;
+        for member in &detail.members {
+            match Access::open(data_dir).await?.delete_node(&member.id).await {
+                Ok(_) => removed_nodes += 1,
+                // Also a member of a cluster this run did not make: keep it.
+                Err(error) if error.refusal().is_some() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok((removed_clusters, removed_nodes))
 }

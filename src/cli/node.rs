@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::cluster::{connect_and, RegistryArgs};
+use super::cluster::{connect_and, Registration, RegistryArgs};
+use super::output::print_json;
 use crate::node::NodeIdentity;
 
 /// `xlreg node ...`
@@ -34,35 +35,49 @@ pub struct InitArgs {
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
     /// The node's identity directory.
-    #[arg(long)]
+    #[arg(long, env = "XLREG_NODE")]
     node: PathBuf,
     #[command(flatten)]
     registry: RegistryArgs,
 }
 
 /// Runs `xlreg node ...`.
-pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
+pub fn run_node(command: NodeCommand, json: bool) -> anyhow::Result<ExitCode> {
     match command {
         NodeCommand::Init(args) => {
             let node = NodeIdentity::create(&args.dir, &args.name, &args.endpoints)?;
-            outln!(
-                "node {} created in {} (sig key {})",
-                node.name,
-                args.dir.display(),
-                node.sig.public_key().fingerprint()
-            )?;
+            if json {
+                print_json(&serde_json::json!({
+                    "node": {
+                        "name": node.name,
+                        "dir": args.dir.display().to_string(),
+                        "endpoints": node.endpoints,
+                        "comms_key_fingerprint": node.comms.public_key().fingerprint(),
+                        "sig_key_fingerprint": node.sig.public_key().fingerprint(),
+                    }
+                }))?;
+            } else {
+                outln!(
+                    "node {} created in {} (sig key sha256 {})",
+                    node.name,
+                    args.dir.display(),
+                    node.sig.public_key().fingerprint()
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Registers the node (or confirms its registration), records its ID and prints it.
-pub async fn run_register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_register(args: RegisterArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut node = NodeIdentity::load(&args.node)?;
+    let registration = Registration::default();
     let id = connect_and(&args.registry, |mut client| {
         let node = &node;
+        let registration = &registration;
         async move {
-            let id = client.register(node).await?;
+            let id = registration.register(&mut client, node).await?;
             client.bye().await?;
             Ok(id)
         }
@@ -72,6 +87,12 @@ pub async fn run_register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
         node.save_id(&args.node, id.clone())
             .with_context(|| format!("recording the node ID in {}", args.node.display()))?;
     }
-    outln!("{id}")?;
+    if json {
+        print_json(&serde_json::json!({
+            "node": { "name": node.name, "id": id.to_hex() }
+        }))?;
+    } else {
+        outln!("{id}")?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,13 +1,16 @@
-//! How cluster listings look: a table for people, JSON for programs.
+//! How command output looks: a table or a line for people, JSON for programs.
 //!
-//! JSON shape: `{"cluster": {"name", "id", "max_size", "endpoint_count", "size"},
-//! "members": [{"slot", "name", "id", "endpoints", "attrs", "comms_key", "sig_key",
-//! "comms_key_fingerprint", "sig_key_fingerprint"}]}`; IDs are lowercase hex, keys are
-//! base64 DER SubjectPublicKeyInfo (the body of a PEM `PUBLIC KEY`).
+//! One JSON shape per object, the same in every command (`admin cluster` uses the same
+//! field names): a cluster is `{"name", "id", "max_size", "endpoint_count", "attrs",
+//! "member_count"}`; a member `{"slot", "name", "id", "endpoints", "attrs", "comms_key",
+//! "sig_key", "comms_key_fingerprint", "sig_key_fingerprint"}`; a listing
+//! `{"cluster": CLUSTER, "members": [MEMBER...]}`. IDs are lowercase hex, keys are base64
+//! DER SubjectPublicKeyInfo (the body of a PEM `PUBLIC KEY`), and a fingerprint is the
+//! lowercase hex SHA-256 of that DER, everywhere.
 
 use base64::Engine as _;
 
-use crate::client::{ClusterView, Member};
+use crate::client::{ClusterInfo, ClusterView, Member};
 use crate::crypto::sha256;
 
 fn member_json(member: &Member) -> serde_json::Value {
@@ -25,16 +28,28 @@ fn member_json(member: &Member) -> serde_json::Value {
     })
 }
 
+/// The JSON object for a cluster.
+pub fn cluster_info_json(cluster: &ClusterInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": cluster.name,
+        "id": cluster.id.to_hex(),
+        "max_size": cluster.max_size,
+        "endpoint_count": cluster.endpoint_count,
+        "attrs": cluster.attrs,
+        "member_count": cluster.size,
+    })
+}
+
+/// Prints `value` to stdout as pretty JSON.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?)?;
+    Ok(())
+}
+
 /// The JSON document for a cluster listing.
 pub fn cluster_json(view: &ClusterView) -> serde_json::Value {
     serde_json::json!({
-        "cluster": {
-            "name": view.cluster.name,
-            "id": view.cluster.id.to_hex(),
-            "max_size": view.cluster.max_size,
-            "endpoint_count": view.cluster.endpoint_count,
-            "size": view.cluster.size,
-        },
+        "cluster": cluster_info_json(&view.cluster),
         "members": view.members.iter().map(member_json).collect::<Vec<_>>(),
     })
 }
@@ -42,8 +57,7 @@ pub fn cluster_json(view: &ClusterView) -> serde_json::Value {
 /// Prints a cluster listing to stdout, as JSON or as a table.
 pub fn print_cluster(view: &ClusterView, json: bool) -> anyhow::Result<()> {
     if json {
-        outln!("{}", serde_json::to_string_pretty(&cluster_json(view))?)?;
-        return Ok(());
+        return print_json(&cluster_json(view));
     }
     let cluster = &view.cluster;
     outln!(

@@ -12,15 +12,12 @@ pub enum RegcredCommand {
     Show {
         /// The file.
         file: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
 /// Runs `xlreg regcred ...`.
-pub fn run(command: RegcredCommand) -> anyhow::Result<ExitCode> {
-    let RegcredCommand::Show { file, json } = command;
+pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let RegcredCommand::Show { file } = command;
     let cred = RegCred::read(&file)?;
     if json {
         let value = serde_json::json!({
@@ -33,7 +30,7 @@ pub fn run(command: RegcredCommand) -> anyhow::Result<ExitCode> {
             "comms_key_bits": cred.comms_key.bits(),
             "sig_key_bits": cred.sig_key.bits(),
         });
-        outln!("{}", serde_json::to_string_pretty(&value)?)?;
+        super::output::print_json(&value)?;
     } else {
         outln!("name:      {}", cred.name)?;
         outln!("id:        {}", cred.id)?;

@@ -26,70 +26,88 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options of `xlreg serve`.
+/// Options of `xlreg serve`. Every option can also be set by the `XLREG_*` environment
+/// variable its help names (a flag given on the command line wins).
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every option can also be set by its XLREG_* environment variable, shown \
+in [env: ...] above; the command line wins. A flag's variable takes true or false."
+)]
 pub struct ServeArgs {
     #[command(flatten)]
     data: DataDirArg,
     /// Address to listen on for xlReg/2 clients.
-    #[arg(long, default_value = crate::daemon::DEFAULT_LISTEN)]
+    #[arg(long, env = "XLREG_LISTEN", default_value = crate::daemon::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Endpoint clients should dial, written into regCred.dat (default: the listen address).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "XLREG_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// The registry's name (kept in the data directory; giving a new one renames it).
-    #[arg(long)]
+    #[arg(long, env = "XLREG_NAME")]
     name: Option<String>,
     /// Keep everything in memory and forget it on exit (for tests). regCred.dat is still
     /// written into the data directory.
-    #[arg(long)]
+    #[arg(long, env = "XLREG_EPHEMERAL")]
     ephemeral: bool,
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "XLREG_REGCRED_OUT", value_name = "FILE")]
     regcred_out: Option<PathBuf>,
     /// Remove clusters nobody has joined for this long, e.g. 90s, 30m, 12h, 7d (default: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    #[arg(long, env = "XLREG_CLUSTER_TTL", value_name = "DURATION", value_parser = parse_ttl)]
     cluster_ttl: Option<Duration>,
     /// Most connections served at once; more are closed on arrival.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "XLREG_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
     /// Seconds a new connection has to send its hello.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "XLREG_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     handshake_timeout: u64,
     /// Seconds a session may stay silent between requests.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "XLREG_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
     /// Seconds a client may take to accept a reply before its session is closed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "XLREG_WRITE_TIMEOUT", default_value_t = 30)]
     write_timeout: u64,
-    /// Largest frame accepted from a client, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Largest frame accepted from a client, in bytes: 1024 to 1048576 (the protocol's
+    /// maximum).
+    #[arg(long, env = "XLREG_MAX_FRAME", default_value_t = 64 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+              .range(1024..=crate::frame::MAX_FRAME_LEN as u64))]
     max_frame: usize,
     /// Seconds sessions in flight may run on after SIGTERM or SIGINT.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "XLREG_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /health
     /// (off by default).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "XLREG_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Log format (RUST_LOG sets the level; default info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "XLREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Also serve xlReg 1.9 (Go) clients on this address (off by default). The 1.9 wire has
     /// no integrity protection and replayable signatures: keep it on a trusted network (see
     /// docs/legacy.md).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "XLREG_LEGACY_LISTEN", value_name = "ADDR")]
     legacy_listen: Option<SocketAddr>,
     /// Endpoint 1.9 clients should dial, written into the legacy regCred.dat (default: the
     /// legacy listen address).
-    #[arg(long, value_name = "HOST:PORT", requires = "legacy_listen")]
+    #[arg(
+        long,
+        env = "XLREG_LEGACY_ADVERTISE",
+        value_name = "HOST:PORT",
+        requires = "legacy_listen"
+    )]
     legacy_advertise: Option<String>,
     /// Version the legacy listener announces, in its hello replies and its regCred.dat.
-    #[arg(long, value_name = "A.B.C", default_value_t = Version::GO_REGISTRY)]
+    #[arg(long, env = "XLREG_LEGACY_VERSION", value_name = "A.B.C", default_value_t = Version::GO_REGISTRY)]
     legacy_version: Version,
     /// Write the Go-format regCred.dat for 1.9 clients (legacy endpoint and version) here
     /// instead of DATA_DIR/legacy/regCred.dat. Go clients read a file named regCred.dat.
-    #[arg(long, value_name = "FILE", requires = "legacy_listen")]
+    #[arg(
+        long,
+        env = "XLREG_LEGACY_REGCRED_OUT",
+        value_name = "FILE",
+        requires = "legacy_listen"
+    )]
     legacy_regcred_out: Option<PathBuf>,
 }
 
@@ -124,14 +142,22 @@ impl ServeArgs {
             }),
         }
     }
+
+    /// Whether logs, and so a fatal error, are JSON lines.
+    pub fn logs_json(&self) -> bool {
+        matches!(self.log_format, LogFormat::Json)
+    }
 }
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: journald and log files get plain text.
+    // Colours only on a terminal, and never under NO_COLOR: journald and log files get
+    // plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -424,7 +424,7 @@ impl Daemon {
         let control = if config.ephemeral {
             None
         } else {
-            ControlServer::start(registry.store.clone())
+            ControlServer::start(registry.clone())
                 .inspect_err(|error| {
                     tracing::error!(%error, "no control socket: admin commands need the daemon stopped")
                 })

@@ -795,6 +795,41 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
     }
+
+    /// Deletes a registered node, unless it is a member of a cluster (then nothing changes
+    /// and the clusters are named). The gate is closed for the scan and the removal, so no
+    /// join can make the node a member in between; that stalls writes for one pass over the
+    /// clusters, which an admin command may. The change is committed, not yet durable.
+    pub fn delete_node(&self, id: &Id) -> Result<NodeDeletion, StoreError> {
+        let _closed = self.inner.gate.close();
+        let Some(node) = self.node(id)? else {
+            return Ok(NodeDeletion::NoSuchNode);
+        };
+        let mut memberships = Vec::new();
+        for cluster in self.clusters() {
+            let cluster = cluster?;
+            if cluster.members.iter().any(|m| &m.node_id == id) {
+                memberships.push(cluster.name);
+            }
+        }
+        if !memberships.is_empty() {
+            return Ok(NodeDeletion::Member(memberships));
+        }
+        self.inner.nodes.remove(id.as_bytes())?;
+        self.inner.commit.bump();
+        Ok(NodeDeletion::Deleted(node))
+    }
+}
+
+/// What [`Store::delete_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeDeletion {
+    /// The node was deleted; this was its record.
+    Deleted(NodeRecord),
+    /// No node has that ID.
+    NoSuchNode,
+    /// The node is a member of these clusters (by name), so it was kept.
+    Member(Vec<String>),
 }
 
 #[cfg(test)]
@@ -1278,5 +1313,42 @@ pub(super) mod tests {
             store.join(&name("dangling"), &a, 1),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn delete_node_refuses_a_member_and_removes_a_free_node() {
+        let store = Store::temporary().unwrap();
+        let member = node(&store, "member", 1);
+        let free = node(&store, "free", 1);
+        let (cluster, _) = store
+            .create_cluster(
+                NewCluster {
+                    name: "c".into(),
+                    attrs: 0,
+                    max_size: 2,
+                    endpoint_count: 1,
+                },
+                &mut fresh(),
+                1,
+            )
+            .unwrap();
+        store
+            .join(&ClusterRef::Id(cluster.id.clone()), &member, 2)
+            .unwrap();
+        assert_eq!(
+            store.delete_node(&member.id).unwrap(),
+            NodeDeletion::Member(vec!["c".into()])
+        );
+        assert!(store.node(&member.id).unwrap().is_some());
+        assert_eq!(
+            store.delete_node(&free.id).unwrap(),
+            NodeDeletion::Deleted(free.clone())
+        );
+        assert!(store.node(&free.id).unwrap().is_none());
+        assert_eq!(
+            store.delete_node(&free.id).unwrap(),
+            NodeDeletion::NoSuchNode
+        );
+        assert_eq!(store.counts().unwrap().nodes, 1);
     }
 }

@@ -41,7 +41,7 @@ impl Gate {
 
     /// Closes the gate: returns once no mutation is in progress, and no mutation starts
     /// until the guard is dropped.
-    fn close(&self) -> RwLockWriteGuard<'_, ()> {
+    pub(super) fn close(&self) -> RwLockWriteGuard<'_, ()> {
         self.0
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

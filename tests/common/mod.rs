@@ -706,3 +706,44 @@ impl RawConn {
         }
     }
 }
+
+/// Creates a node identity directory with `xlreg node init`, with one endpoint on `port`.
+pub fn init_node(dir: &Path, name: &str, port: u16) {
+    let output = xlreg(&[
+        "node",
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--endpoint",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// A new pseudo-terminal: its master end and its slave end (what a program sees as its
+/// terminal).
+pub fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two new descriptors into the given ints; the other arguments
+    // may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
