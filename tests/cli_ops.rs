@@ -108,6 +108,9 @@ fn create(regcred: &str, name: &str, size: &str) -> String {
 fn a_stale_regcred_is_named_at_once_and_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let live = Server::start(&dir.path().join("live"), &[]);
+    // A registry of its own identity, not the template every test server shares.
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    xlreg::registry::create_key_files(&dir.path().join("other")).unwrap();
     let rebuilt = Server::start(&dir.path().join("other"), &[]);
     // The live registry's endpoint with another registry's key: what a client holds after
     // the registry was rebuilt or imported into a new data directory.
