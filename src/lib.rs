@@ -12,7 +12,8 @@
 //!   cipher), [`token`] (member token signatures);
 //! - the protocol core, pure and clock-free: [`protocol`] (the xlReg/2 session state
 //!   machine) and [`handlers`] (one request per file), with [`validate`] for input rules;
-//! - state: [`store`] (sled trees, transactions, group commit, migrations), [`registry`] (the
+//! - state: [`store`] (sled trees, transactions, group commit, migrations), [`failstop`] (the
+//!   storage's health: fail-stop and the watchdog), [`registry`] (the
 //!   registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod crypto;
+pub mod failstop;
 pub mod frame;
 pub mod handlers;
 pub mod id;

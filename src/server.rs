@@ -228,8 +228,11 @@ impl Server {
             );
             sessions.abort_all();
         }
-        if let Err(error) = self.registry.store.flush_blocking() {
-            tracing::error!(%error, "final flush failed");
+        // A failed store was reported once when it failed, and is not to be touched again.
+        if !self.registry.store.health().is_failed() {
+            if let Err(error) = self.registry.store.flush_blocking() {
+                tracing::error!(%error, "final flush failed");
+            }
         }
     }
 }
@@ -398,7 +401,10 @@ pub(crate) async fn deliver(
 ) -> Result<bool, ConnectionError> {
     if durable {
         if let Err(error) = registry.store.durable().await {
-            tracing::error!(%error, "store flush failed; dropping the reply");
+            // A failed storage was logged once, when it failed (fail-stop).
+            if !registry.store.health().is_failed() {
+                tracing::error!(%error, "store flush failed; dropping the reply");
+            }
             return Ok(false);
         }
     }

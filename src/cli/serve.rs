@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Largest frame accepted from a client, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_frame: usize,
+    /// Seconds one store operation (a batch's transaction, a flush and its syncs) may take
+    /// before the storage is declared failed and the registry exits (fail-stop, exit 74).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::failstop::DEFAULT_STORE_TIMEOUT.as_secs())]
+    store_timeout: u64,
     /// Seconds sessions in flight may run on after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
@@ -156,11 +160,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--handshake-timeout and --idle-timeout must be at least 1 second");
     }
     make_room_for_connections(args.max_connections);
+    // failstop: the data directory and every file in it are the daemon's only, whatever the
+    // umask; a storage failure or a hung store operation stops the process (exit 74).
+    if args.store_timeout == 0 {
+        anyhow::bail!("--store-timeout must be at least 1 second");
+    }
+    crate::store::set_private_umask();
+    crate::failstop::log_sled_panics();
     let store = if args.ephemeral {
         Store::temporary()?
     } else {
         Store::open(data_dir)?
     };
+    crate::failstop::supervise(
+        store.health().clone(),
+        Duration::from_secs(args.store_timeout),
+    )
+    .context("starting the store watchdog")?;
+    // failstop: end
     let key_dir = (!args.ephemeral).then_some(data_dir.as_path());
     let identity =
         RegistryIdentity::load_or_create(&store, key_dir, args.name.as_deref(), now_ms())
@@ -273,8 +290,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         control.stop().await;
     }
     // The server's final flush may have run before the last expiry removals.
+    // failstop: a failed store, or a final flush that fails, is a failure for the supervisor.
+    if registry.store.health().is_failed() {
+        return Ok(ExitCode::from(crate::failstop::EXIT_STORAGE_FAILED));
+    }
     if let Err(error) = registry.store.flush_blocking() {
         tracing::error!(%error, "final flush failed");
+        return Ok(ExitCode::from(crate::failstop::EXIT_STORAGE_FAILED));
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -51,12 +51,13 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-pub use disk::Durability;
+pub use disk::{set_private_umask, Durability};
 pub use error::StoreError;
 pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::Snapshot;
 
+use crate::failstop::Health;
 use crate::id::Id;
 use commit::GroupCommit;
 use disk::DiskFiles;
@@ -94,6 +95,8 @@ struct Inner {
     commit: GroupCommit,
     /// Every mutation passes this gate; a snapshot closes it while it copies the trees.
     gate: Gate,
+    /// Whether the storage can still be trusted (fail-stop: see `crate::failstop`).
+    health: Health,
 }
 
 impl fmt::Debug for Store {
@@ -482,15 +485,24 @@ impl Store {
     /// Opens the store in `dir` with an explicit [`Durability`] (the durability benchmark
     /// compares them; the registry always uses [`Store::open`]).
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(|e| error::open_error(dir, e))?;
-        schema::migrate(&db)?;
-        // After sled's own start-up writes (conf, snapshot) and the migration.
-        let disk = DiskFiles::open(dir, durability)?;
+        disk::create_private_dir(dir)?;
+        // sled 0.34.7 panics on some I/O failures while it recovers (a failed fsync, say):
+        // that is a storage error naming the directory, not a crash with a backtrace.
+        let opened = std::panic::catch_unwind(|| {
+            let db = sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                // The store writer flushes and syncs itself, and treats a failure as fatal;
+                // sled's own periodic flusher would only log its failures.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| error::open_error(dir, e))?;
+            schema::migrate(&db)?;
+            // After sled's own start-up writes (conf, snapshot) and the migration.
+            let disk = DiskFiles::open(dir, durability)?;
+            Ok::<_, StoreError>((db, disk))
+        });
+        let (db, disk) = opened.map_err(|panic| error::open_panicked(dir, panic.as_ref()))??;
         Store::from_db(db, Some(dir.to_path_buf()), Some(disk))
     }
 
@@ -533,6 +545,7 @@ impl Store {
                 disk,
                 commit: GroupCommit::new(),
                 gate: Gate::default(),
+                health: Health::new(),
             }),
         })
     }
@@ -552,6 +565,7 @@ impl Store {
 
     /// Stores the registry's own facts.
     pub fn set_registry_meta(&self, meta: &RegistryMeta) -> Result<(), StoreError> {
+        self.check_health()?;
         let value = encode("registry meta", meta)?;
         let _gate = self.inner.gate.pass();
         self.inner.meta.insert(REGISTRY_KEY, value)?;
@@ -576,6 +590,7 @@ impl Store {
 
     /// The node with this id, if registered.
     pub fn node(&self, id: &Id) -> Result<Option<NodeRecord>, StoreError> {
+        self.check_health()?;
         match self.inner.nodes.get(id.as_bytes())? {
             Some(v) => Ok(Some(decode("node", id.as_bytes(), &v)?)),
             None => Ok(None),
@@ -657,6 +672,7 @@ impl Store {
         fresh_id: &mut dyn FnMut() -> Id,
         f: impl Fn(&Trees<'_>, &FreshIds<'_>) -> ConflictableTransactionResult<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.check_health()?;
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
         let _gate = i.gate.pass();
@@ -677,6 +693,7 @@ impl Store {
 
     /// The cluster with this id or name, if any.
     pub fn cluster(&self, r: &ClusterRef) -> Result<Option<ClusterRecord>, StoreError> {
+        self.check_health()?;
         let i = &self.inner;
         let id_bytes = match r {
             ClusterRef::Id(id) => id.as_bytes().to_vec(),
@@ -740,6 +757,7 @@ impl Store {
         r: &ClusterRef,
         condition: impl Fn(&ClusterRecord) -> bool,
     ) -> Result<Option<ClusterRecord>, StoreError> {
+        self.check_health()?;
         let i = &self.inner;
         let _gate = i.gate.pass();
         let out = (&i.cluster_names, &i.clusters).transaction(|(names, clusters)| {
