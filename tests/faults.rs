@@ -151,6 +151,14 @@ impl Drop for Registry {
     }
 }
 
+/// A runtime for the test's client sessions.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// One create session: connect, register, create `name`.
 async fn create(regcred: &RegCred, name: &str) -> Result<(), ClientError> {
     let mut client = Client::connect(regcred, Duration::from_secs(10)).await?;
@@ -171,10 +179,7 @@ struct Observed {
 /// reads `/health` and checks that no later create is acknowledged either. `between` runs
 /// after each acknowledged create (to fill a disk, say).
 fn create_until_refused(registry: &Registry, mut between: impl FnMut(usize)) -> Observed {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut acked = Vec::new();
     for i in 0..MAX_CREATES {
         let name = format!("c{i}");
@@ -286,10 +291,7 @@ fn assert_fail_stop(
 fn prepared_dir(root: &Path) -> PathBuf {
     let dir = root.join("data");
     let server = Server::start(&dir, &[]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(create(&server.regcred, "before")).unwrap();
     assert_eq!(server.stop(), Some(0));
     dir
@@ -468,4 +470,66 @@ fn a_full_filesystem_stops_the_registry() {
     assert_fail_stop(&case, &dir, registry, observed, || {
         std::fs::remove_file(&filler).unwrap()
     });
+}
+
+#[test]
+fn a_registration_retried_after_a_storage_failure_makes_one_node() {
+    let case = "registration retried after a failure";
+    if !strace_or_skip(case) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = prepared_dir(root.path());
+    let node_dir = root.path().join("node");
+    let init = xlreg(&[
+        "node",
+        "init",
+        "--dir",
+        node_dir.to_str().unwrap(),
+        "--name",
+        "retried",
+        "--endpoint",
+        "127.0.0.1:9999",
+    ]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let register = |retry_for: &str| {
+        xlreg(&[
+            "register",
+            "--node",
+            node_dir.to_str().unwrap(),
+            "--regcred",
+            dir.join("regCred.dat").to_str().unwrap(),
+            "--retry-for",
+            retry_for,
+        ])
+    };
+    // The registration's own flush fails: its reply is lost, though its record may well
+    // have reached the file.
+    let log = root.path().join("fault.log");
+    // strace counts each thread's calls: the store writer's third fdatasync fails, after
+    // those of a warm-up session's registration and create.
+    let mut registry = Registry::start(&dir, log, &strace_failing(&dir, "fdatasync", "EIO", 3));
+    let rt = runtime();
+    rt.block_on(create(&registry.regcred, "warm-up")).unwrap();
+    let first = register("1");
+    assert!(!first.status.success(), "{}", stdout(&first));
+    let (code, _) = registry.wait_exit(EXIT_BOUND);
+    assert_eq!(code, Some(EXIT_STORAGE_FAILED), "{}", registry.log_text());
+    drop(registry);
+    // The supervisor restarts the registry; the node tries again.
+    let server = Server::start(&dir, &[]);
+    let retried = register("30");
+    assert!(retried.status.success(), "{}", stderr(&retried));
+    assert_eq!(server.stop(), Some(0));
+    let nodes = stdout(&xlreg(&[
+        "admin",
+        "nodes",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]));
+    let records = nodes.lines().filter(|l| l.contains("retried")).count();
+    assert_eq!(
+        records, 1,
+        "{case}: one node, not one per attempt:\n{nodes}"
+    );
 }

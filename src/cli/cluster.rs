@@ -126,11 +126,17 @@ where
 /// The identity to act as: the node's, or a throwaway one made now.
 fn identity(node: Option<&PathBuf>) -> anyhow::Result<NodeIdentity> {
     match node {
-        Some(dir) => Ok(NodeIdentity::load(dir)?),
+        // Retries register the same node, never a second one (NodeIdentity::claim_id).
+        Some(dir) => {
+            let mut node = NodeIdentity::load(dir)?;
+            node.claim_id(dir)
+                .with_context(|| format!("recording the node ID in {}", dir.display()))?;
+            Ok(node)
+        }
         None => Ok(NodeIdentity {
             name: format!("xlreg-cli-{}", &Id::random(&mut rand::rng()).to_hex()[..12]),
             endpoints: vec!["127.0.0.1:1".to_string()],
-            id: None,
+            id: Some(Id::random(&mut rand::rng())),
             comms: RsaKeyPair::generate(RSA_BITS)?,
             sig: RsaKeyPair::generate(RSA_BITS)?,
         }),

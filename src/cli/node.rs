@@ -59,6 +59,9 @@ pub fn run_node(command: NodeCommand) -> anyhow::Result<ExitCode> {
 /// Registers the node (or confirms its registration), records its ID and prints it.
 pub async fn run_register(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let mut node = NodeIdentity::load(&args.node)?;
+    // Retries register the same node, never a second one (NodeIdentity::claim_id).
+    node.claim_id(&args.node)
+        .with_context(|| format!("recording the node ID in {}", args.node.display()))?;
     let id = connect_and(&args.registry, |mut client| {
         let node = &node;
         async move {
