@@ -15,7 +15,8 @@
 //! - state: [`store`] (sled trees, transactions, group commit, migrations), [`failstop`] (the
 //!   storage's health: fail-stop and the watchdog), [`registry`] (the
 //!   registry's identity and shared state), [`id`];
-//! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
+//! - glue and tools: [`server`] (listener and session tasks), [`admission`] (per-address
+//!   connection limits and flood-proof log summaries), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
 //!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
 //! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod bench;
 pub mod cli;
 pub mod client;

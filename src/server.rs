@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admission::PerPeerLimit;
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::FrameError;
 use crate::handlers::Context;
@@ -33,8 +34,11 @@ use crate::proto::{ErrCode, Tag};
 use crate::protocol::{Outcome, ServerSession, SessionReport, Step};
 use crate::registry::Registry;
 
-/// Least time between two log lines about connections refused over the limit.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// The `result` of a session line for a session closed by the shutdown.
+const SHUTDOWN_RESULT: &str = "closed: shutting down";
+
+/// Least time between two log lines about connections refused over a limit.
+const REFUSAL_LOG_INTERVAL: Duration = crate::admission::SUMMARY_INTERVAL;
 
 /// File descriptors kept for other than client connections: the store's files, the
 /// listeners, the log.
@@ -45,6 +49,8 @@ const RESERVED_FDS: libc::rlim_t = 64;
 pub struct ServerConfig {
     /// Most connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// Most connections one peer address may hold; more are closed on arrival.
+    pub max_connections_per_ip: usize,
     /// How long a new connection has to complete its hello.
     pub handshake_timeout: Duration,
     /// How long an established session may stay silent between requests.
@@ -61,6 +67,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 1024,
+            max_connections_per_ip: crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
@@ -153,6 +160,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
         let mut refusals = RefusalLog::new("xlreg");
+        let mut refusals_per_ip = RefusalLog::new("xlreg, per address");
+        let per_peer = PerPeerLimit::new(self.config.max_connections_per_ip);
         if let Some(metrics) = &self.metrics {
             metrics.set_connection_limit(self.config.max_connections);
         }
@@ -182,7 +191,21 @@ impl Server {
                     refusals.refused(peer, self.config.max_connections);
                     continue;
                 }
-                Admission::Failed => continue,
+                Admission::Failed => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.accept_failed();
+                    }
+                    continue;
+                }
+            };
+            // One address may not take the whole budget (see crate::admission).
+            let Some(peer_slot) = per_peer.try_admit(peer.ip()) else {
+                drop((stream, permit));
+                if let Some(metrics) = &self.metrics {
+                    metrics.connection_refused_per_ip();
+                }
+                refusals_per_ip.refused(peer, per_peer.max());
+                continue;
             };
             let registry = self.registry.clone();
             let config = self.config.clone();
@@ -206,7 +229,7 @@ impl Server {
                         .await
                     }
                 }
-                drop(permit);
+                drop((permit, peer_slot));
             });
         }
         drop(self.listener);
@@ -264,8 +287,11 @@ pub(crate) async fn admit(
     let (stream, peer) = match accepted.await {
         Ok(pair) => pair,
         Err(error) => {
-            // Usually out of file descriptors: back off briefly.
-            tracing::warn!(%error, "accept failed");
+            // Usually out of file descriptors: back off briefly. Logged once per interval
+            // (with a count in the next interval's line); the metrics count every one.
+            if crate::admission::ACCEPT_FAILURES.note(None) {
+                tracing::warn!(%error, "accept failed");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             return Admission::Failed;
         }
@@ -375,6 +401,14 @@ pub(crate) fn log_session(
     result: &str,
     duration: Duration,
 ) {
+    // admission: a flood of bogus hellos must not flood the log (a shutdown is no flood).
+    if report.node().is_none()
+        && report.requests == 0
+        && result != SHUTDOWN_RESULT
+        && !crate::admission::UNAUTHENTICATED.note(Some(peer.ip()))
+    {
+        return;
+    }
     let node = report.node().map(Id::to_hex).unwrap_or_default();
     let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
     tracing::info!(
@@ -434,7 +468,7 @@ pub(crate) fn describe_end(
             (end, format!("error: {error}"))
         }
         Ok(Ending::PeerClosed) => (SessionEnd::PeerClosed, "peer closed".to_string()),
-        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, "closed: shutting down".to_string()),
+        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, SHUTDOWN_RESULT.to_string()),
         Ok(Ending::StoreFailed) => (
             SessionEnd::StoreFailed,
             "store flush failed: reply withheld".to_string(),

@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Most connections served at once; more are closed on arrival.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Most connections one peer address may hold at once; more are closed on arrival.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
     /// Seconds a new connection has to send its hello.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
@@ -187,6 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     #[allow(clippy::needless_update)]
     let config = ServerConfig {
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         write_timeout: Duration::from_secs(args.write_timeout),
