@@ -27,6 +27,26 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// Most distinct addresses a summary remembers per interval (beyond, it says "at least").
 const MAX_SUMMARY_ADDRESSES: usize = 4096;
 
+/// The listen backlog of the registry's socket (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current kernels). Larger than tokio's 1024, so that a
+/// flood of connection attempts overflows the accept queue later: a SYN dropped from a full
+/// queue costs a genuine client a 1 s retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening TCP socket on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's TcpListener::bind: a restarted registry can bind while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Locks `mutex`; everything guarded here stays consistent across a panic (plain counter
 /// updates), so a poisoned lock is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -120,7 +120,7 @@ impl Server {
         registry: Arc<Registry>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::admission::listen(addr)?;
         Ok(Server {
             listener,
             registry,
