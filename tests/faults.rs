@@ -391,7 +391,8 @@ struct SmallFs {
 }
 
 impl SmallFs {
-    fn mount() -> SmallFs {
+    /// Mounts one, or says why it cannot (no loop device and no tmpfs mount allowed).
+    fn mount() -> Option<SmallFs> {
         let root = tempfile::tempdir().unwrap();
         let image = root.path().join("fs.img");
         let mount = root.path().join("mnt");
@@ -413,15 +414,17 @@ impl SmallFs {
             let ok = sh(Command::new("mount")
                 .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
                 .arg(&mount));
-            assert!(ok, "could mount neither ext4 on a loop device nor tmpfs");
+            if !ok {
+                return None;
+            }
             "tmpfs (24 MiB), loop devices unavailable"
         };
         eprintln!("full-disk test on {kind}");
-        SmallFs {
+        Some(SmallFs {
             mount,
             kind,
             _root: root,
-        }
+        })
     }
 
     /// Fills the filesystem: writes zeros into `filler` until the disk is full.
@@ -452,7 +455,12 @@ fn a_full_filesystem_stops_the_registry() {
     if !root_or_skip(case) {
         return;
     }
-    let fs = SmallFs::mount();
+    let Some(fs) = SmallFs::mount() else {
+        eprintln!(
+            "SKIPPED {case}: could mount neither ext4 on a loop device nor a tmpfs; the full disk was NOT tested"
+        );
+        return;
+    };
     let dir = fs.mount.join("data");
     let filler = fs.mount.join("filler");
     // The log lives off the small filesystem, so that it can tell what happened.
