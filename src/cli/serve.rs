@@ -60,6 +60,12 @@ pub struct ServeArgs {
     /// Most connections one peer address may hold at once; more are closed on arrival.
     #[arg(long, default_value_t = crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// Most clusters the registry holds; creates beyond are refused.
+    #[arg(long, default_value_t = crate::store::DEFAULT_MAX_CLUSTERS)]
+    max_clusters: u64,
+    /// Most nodes the registry holds; new registrations beyond are refused.
+    #[arg(long, default_value_t = crate::store::DEFAULT_MAX_NODES)]
+    max_nodes: u64,
     /// Seconds a new connection has to send its hello.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
@@ -175,6 +181,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         Store::open(data_dir)?
     };
+    if args.max_clusters == 0 || args.max_nodes == 0 {
+        anyhow::bail!("--max-clusters and --max-nodes must be at least 1");
+    }
+    store.set_caps(crate::store::Caps {
+        max_clusters: args.max_clusters,
+        max_nodes: args.max_nodes,
+    })?;
     crate::failstop::supervise(
         store.health().clone(),
         Duration::from_secs(args.store_timeout),

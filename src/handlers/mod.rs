@@ -101,6 +101,11 @@ impl HandlerError {
     /// details go to the registry's log, not to the network.
     pub fn description(&self) -> String {
         match self.code() {
+            ErrCode::Unavailable
+                if matches!(self, HandlerError::Store(StoreError::RegistryFull { .. })) =>
+            {
+                self.to_string()
+            }
             ErrCode::Unavailable if self.is_storage_failure() => {
                 "registry storage has failed; the registry is restarting, try again shortly"
                     .to_string()
@@ -120,7 +125,10 @@ impl HandlerError {
     /// Both wires refuse requests through this.
     pub fn refusal(&self) -> (ErrCode, String) {
         let code = self.code();
-        if code == ErrCode::Unavailable && !self.is_storage_failure() {
+        // A failed storage was logged when it failed; a full registry is a refusal.
+        let not_to_log = self.is_storage_failure()
+            || matches!(self, HandlerError::Store(StoreError::RegistryFull { .. }));
+        if code == ErrCode::Unavailable && !not_to_log {
             tracing::error!(error = %self, "request failed in the store");
         }
         (code, self.description())

@@ -51,6 +51,15 @@ pub enum StoreError {
         /// How many ids were drawn.
         tries: u32,
     },
+    /// The registry holds as many clusters (or nodes) as its operator allows
+    /// (`serve --max-clusters`, `--max-nodes`).
+    #[error("the registry holds its maximum of {max} {what}; ask its operator")]
+    RegistryFull {
+        /// "clusters" or "nodes".
+        what: &'static str,
+        /// The cap.
+        max: u64,
+    },
     /// No cluster has the given name or id (as the caller gave it).
     #[error("no such cluster: {0}")]
     NoSuchCluster(String),

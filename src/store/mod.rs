@@ -33,6 +33,7 @@
 //! caller that must not acknowledge a change before it is on disk then awaits
 //! [`Store::durable`].
 
+mod caps;
 mod commit;
 mod disk;
 mod error;
@@ -51,6 +52,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+pub use caps::{Caps, DEFAULT_MAX_CLUSTERS, DEFAULT_MAX_NODES};
 pub use disk::{set_private_umask, Durability};
 pub use error::StoreError;
 pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
@@ -97,6 +99,8 @@ struct Inner {
     gate: Gate,
     /// Whether the storage can still be trusted (fail-stop: see `crate::failstop`).
     health: Health,
+    /// The registry-wide caps and the counts they bound (`caps`).
+    held: caps::Held,
 }
 
 impl fmt::Debug for Store {
@@ -252,6 +256,9 @@ struct Trees<'a> {
     names: &'a TransactionalTree,
     clusters: &'a TransactionalTree,
     nodes: &'a TransactionalTree,
+    /// The registry-wide caps, and what this transaction attempt has created so far.
+    held: &'a caps::Held,
+    created: &'a caps::TxCount,
 }
 
 /// The source of fresh ids inside a transaction (a closure re-run on conflict).
@@ -342,11 +349,15 @@ fn register_in_tx(
     };
     let (node, outcome) = match &new.id {
         None => {
+            tx(t.created.new_node(t.held))?;
             let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
             (created(id), RegistrationOutcome::Created)
         }
         Some(id) => match t.nodes.get(id.as_bytes())? {
-            None => (created(id.clone()), RegistrationOutcome::Created),
+            None => {
+                tx(t.created.new_node(t.held))?;
+                (created(id.clone()), RegistrationOutcome::Created)
+            }
             Some(v) => {
                 let mut old: NodeRecord = tx(decode("node", id.as_bytes(), &v))?;
                 if old.sig_key != new.sig_key || old.comms_key != new.comms_key {
@@ -382,6 +393,7 @@ fn create_in_tx(
     if let Some(existing) = resolve_in_tx(t.names, t.clusters, &by_name)? {
         return Ok((existing, false));
     }
+    tx(t.created.new_cluster(t.held))?;
     let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
     let record = ClusterRecord {
         id,
@@ -546,8 +558,20 @@ impl Store {
                 commit: GroupCommit::new(),
                 gate: Gate::default(),
                 health: Health::new(),
+                held: caps::Held::default(),
             }),
         })
+    }
+
+    /// Sets the registry-wide caps (`serve --max-clusters`, `--max-nodes`): from now on a
+    /// create or registration that would pass one is refused with
+    /// [`StoreError::RegistryFull`]. Counts the clusters and nodes held now (reads every key
+    /// once). Without a call, nothing is capped.
+    pub fn set_caps(&self, caps: Caps) -> Result<(), StoreError> {
+        let clusters = self.inner.clusters.iter().keys().count() as u64;
+        let nodes = self.inner.nodes.iter().keys().count() as u64;
+        self.inner.held.set(caps, clusters, nodes);
+        Ok(())
     }
 
     /// The data directory, or `None` for a temporary store.
@@ -676,17 +700,23 @@ impl Store {
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
         let _gate = i.gate.pass();
+        // What the last attempt created: the committed one, once the transaction returns.
+        let created = RefCell::new(caps::TxCount::default());
         let out =
             (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
+                *created.borrow_mut() = caps::TxCount::default();
                 f(
                     &Trees {
                         names,
                         clusters,
                         nodes,
+                        held: &i.held,
+                        created: &created.borrow(),
                     },
                     &fresh,
                 )
             })?;
+        i.held.commit(&created.borrow());
         i.commit.bump();
         Ok(out)
     }
@@ -775,6 +805,9 @@ impl Store {
             }
             Ok(Some(c))
         })?;
+        if out.is_some() {
+            i.held.cluster_deleted();
+        }
         i.commit.bump();
         Ok(out)
     }
