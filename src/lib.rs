@@ -15,9 +15,11 @@
 //!   [`handlers`] (one request per file), [`protocol`] (the xlReg/2 session state machine),
 //!   and the 1.9 wire's pure parts [`legacy::wire`], [`legacy::reader`] and
 //!   [`legacy::session`];
-//! - **store**: [`store`] (sled trees, transactions, group commit, migrations);
+//! - **store**: [`store`] (sled trees, transactions, group commit, migrations) and
+//!   [`failstop`] (the storage's health: fail-stop and the watchdog);
 //! - **glue**, which owns sockets, files, tasks, signals and the clock: [`connection`]
 //!   (frames over tokio streams, with timeouts), [`server`] (listener and session tasks),
+//!   [`admission`] (per-address connection limits and flood-proof log summaries),
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
 //!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
@@ -36,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -43,6 +46,7 @@ pub mod clock;
 pub mod connection;
 pub mod crypto;
 pub mod daemon;
+pub mod failstop;
 pub mod frame;
 pub mod handlers;
 pub mod id;

@@ -170,6 +170,8 @@ pub struct Metrics {
     process: ProcessGauges,
     open_connections: Gauge,
     refused_connections: Counter,
+    refused_per_ip: Counter,
+    accept_errors: Counter,
     connection_limit: Gauge,
     store: StoreGauges,
     /// When the store figures were last read; the lock also keeps two scrapes from
@@ -276,6 +278,18 @@ impl Metrics {
             "Connections closed on arrival because --max-connections were open",
             refused_connections.clone(),
         );
+        let refused_per_ip = Counter::default();
+        registry.register(
+            "refused_connections_per_ip",
+            "Connections closed on arrival because their address held --max-connections-per-ip",
+            refused_per_ip.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts (usually out of file descriptors), each followed by a back-off",
+            accept_errors.clone(),
+        );
 
         let store = StoreGauges::default();
         registry.register_with_unit(
@@ -326,6 +340,8 @@ impl Metrics {
             process,
             open_connections,
             refused_connections,
+            refused_per_ip,
+            accept_errors,
             connection_limit,
             store,
             store_read_at: tokio::sync::Mutex::new(None),
@@ -344,6 +360,16 @@ impl Metrics {
     /// Counts a connection closed on arrival because the limit was reached.
     pub fn connection_refused(&self) {
         self.refused_connections.inc();
+    }
+
+    /// Counts a connection closed on arrival because its address held its share.
+    pub fn connection_refused_per_ip(&self) {
+        self.refused_per_ip.inc();
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_failed(&self) {
+        self.accept_errors.inc();
     }
 
     /// Records the configured connection limit.

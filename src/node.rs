@@ -354,6 +354,20 @@ impl NodeIdentity {
         written
     }
 
+    /// Gives a node that has no ID yet one of its own, recorded in `dir`'s node.json before
+    /// the node first registers, so that every attempt to register (a retry after Error
+    /// Unavailable, a closed connection or a registry restart, when the reply was lost but
+    /// the registration may have been stored) presents the same ID and finds the node it
+    /// may already have made, instead of leaving an orphan record per attempt. The registry
+    /// binds an unregistered ID to the presented keys (first use wins: docs/protocol.md).
+    /// A node that has an ID keeps it.
+    pub fn claim_id(&mut self, dir: impl AsRef<Path>) -> Result<(), NodeError> {
+        if self.id.is_some() {
+            return Ok(());
+        }
+        self.save_id(dir, Id::random(&mut rand::rng()))
+    }
+
     fn write_node_file(&self, dir: &Path) -> Result<(), NodeError> {
         let path = dir.join(NODE_FILE);
         let file = NodeFile {

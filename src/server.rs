@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admission::PerPeerLimit;
 use crate::clock::now_ms;
 use crate::connection::{Connection, ConnectionError};
 use crate::frame::FrameError;
@@ -34,14 +35,19 @@ use crate::proto::{ErrCode, Tag};
 use crate::protocol::{Outcome, ServerSession, SessionReport, Step};
 use crate::registry::Registry;
 
-/// Least time between two log lines about connections refused over the limit.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// The `result` of a session line for a session closed by the shutdown.
+const SHUTDOWN_RESULT: &str = "closed: shutting down";
+
+/// Least time between two log lines about connections refused over a limit.
+const REFUSAL_LOG_INTERVAL: Duration = crate::admission::SUMMARY_INTERVAL;
 
 /// Operational limits and timeouts of a running registry.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Most connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// Most connections one peer address may hold; more are closed on arrival.
+    pub max_connections_per_ip: usize,
     /// How long a new connection has to complete its hello.
     pub handshake_timeout: Duration,
     /// How long an established session may stay silent between requests.
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_connections: 1024,
+            max_connections_per_ip: crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
@@ -102,7 +109,7 @@ impl Server {
         registry: Arc<Registry>,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::admission::listen(addr)?;
         Ok(Server::new(listener, registry, config))
     }
 
@@ -148,6 +155,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
         let mut refusals = RefusalLog::new("xlreg");
+        let mut refusals_per_ip = RefusalLog::new("xlreg, per address");
+        let per_peer = PerPeerLimit::new(self.config.max_connections_per_ip);
         if let Some(metrics) = &self.metrics {
             metrics.set_connection_limit(self.config.max_connections);
         }
@@ -177,7 +186,21 @@ impl Server {
                     refusals.refused(peer, self.config.max_connections);
                     continue;
                 }
-                Admission::Failed => continue,
+                Admission::Failed => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.accept_failed();
+                    }
+                    continue;
+                }
+            };
+            // One address may not take the whole budget (see crate::admission).
+            let Some(peer_slot) = per_peer.try_admit(peer.ip()) else {
+                drop((stream, permit));
+                if let Some(metrics) = &self.metrics {
+                    metrics.connection_refused_per_ip();
+                }
+                refusals_per_ip.refused(peer, per_peer.max());
+                continue;
             };
             let registry = self.registry.clone();
             let config = self.config.clone();
@@ -201,7 +224,7 @@ impl Server {
                         .await
                     }
                 }
-                drop(permit);
+                drop((permit, peer_slot));
             });
         }
         drop(self.listener);
@@ -223,8 +246,11 @@ impl Server {
             );
             sessions.abort_all();
         }
-        if let Err(error) = self.registry.store.flush_blocking() {
-            tracing::error!(%error, "final flush failed");
+        // A failed store was reported once when it failed, and is not to be touched again.
+        if !self.registry.store.health().is_failed() {
+            if let Err(error) = self.registry.store.flush_blocking() {
+                tracing::error!(%error, "final flush failed");
+            }
         }
     }
 }
@@ -256,8 +282,11 @@ pub(crate) async fn admit(
     let (stream, peer) = match accepted.await {
         Ok(pair) => pair,
         Err(error) => {
-            // Usually out of file descriptors: back off briefly.
-            tracing::warn!(%error, "accept failed");
+            // Usually out of file descriptors: back off briefly. Logged once per interval
+            // (with a count in the next interval's line); the metrics count every one.
+            if crate::admission::ACCEPT_FAILURES.note(None) {
+                tracing::warn!(%error, "accept failed");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             return Admission::Failed;
         }
@@ -367,6 +396,14 @@ pub(crate) fn log_session(
     result: &str,
     duration: Duration,
 ) {
+    // admission: a flood of bogus hellos must not flood the log (a shutdown is no flood).
+    if report.node().is_none()
+        && report.requests == 0
+        && result != SHUTDOWN_RESULT
+        && !crate::admission::UNAUTHENTICATED.note(Some(peer.ip()))
+    {
+        return;
+    }
     let node = report.node().map(Id::to_hex).unwrap_or_default();
     let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
     tracing::info!(
@@ -393,7 +430,10 @@ pub(crate) async fn deliver(
 ) -> Result<bool, ConnectionError> {
     if durable {
         if let Err(error) = registry.store.durable().await {
-            tracing::error!(%error, "store flush failed; dropping the reply");
+            // A failed storage was logged once, when it failed (fail-stop).
+            if !registry.store.health().is_failed() {
+                tracing::error!(%error, "store flush failed; dropping the reply");
+            }
             return Ok(false);
         }
     }
@@ -423,7 +463,7 @@ pub(crate) fn describe_end(
             (end, format!("error: {error}"))
         }
         Ok(Ending::PeerClosed) => (SessionEnd::PeerClosed, "peer closed".to_string()),
-        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, "closed: shutting down".to_string()),
+        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, SHUTDOWN_RESULT.to_string()),
         Ok(Ending::StoreFailed) => (
             SessionEnd::StoreFailed,
             "store flush failed: reply withheld".to_string(),

@@ -129,8 +129,11 @@ async fn clients_that_never_speak_are_closed_after_the_timeouts() {
             .expect_silent_close(&format!("idle session {i}"))
             .await;
     }
-    server.wait_for_log_lines("error: peer sent nothing for 2s", 8);
-    server.wait_for_log_lines("error: peer sent nothing for 3s", 2);
+    // The first session that ended before authenticating is logged in full; the others of
+    // the same minute are only counted, for a summary line (xlreg::admission), so that a
+    // flood of them cannot flood the log.
+    server.wait_for_log_lines("error: peer sent nothing for 2s", 1);
+    assert_eq!(server.log_count("error: peer sent nothing for"), 1);
     normal_session(&server, &node(1, "after", 1), "busy").await;
     assert_eq!(server.stop(), Some(0));
 }
@@ -235,8 +238,14 @@ async fn a_flood_of_hellos_leaves_memory_bounded_and_others_served() {
     let server = Server::start(
         &tmp.path().join("data"),
         // The default connection limit (1024): the flood stays below it, so every valid
-        // hello is answered (the limit itself is tested above).
-        &["--handshake-timeout", "5"],
+        // hello is answered (the limit itself is tested above). Flood and steady clients
+        // share 127.0.0.1, so the per-address limit is lifted (tests/floods.rs tests it).
+        &[
+            "--handshake-timeout",
+            "5",
+            "--max-connections-per-ip",
+            "1024",
+        ],
     );
     normal_session(&server, &node(0, "warmup", 1), "steady").await;
     let rss_before = server.rss_kib();
@@ -286,7 +295,10 @@ async fn a_flood_of_hellos_leaves_memory_bounded_and_others_served() {
         };
         assert_eq!(heard, expected, "valid hello: {valid}");
     }
-    server.wait_for_log_lines("dropped: failed authentication or malformed", FLOOD / 2);
+    // Sessions that never authenticated: the first is logged, the rest of the minute only
+    // counted (xlreg::admission): the flood leaves one line, not one per hello.
+    server.wait_for_log_lines("ops=0", 1);
+    assert_eq!(server.log_count("ops=0"), 1);
     let rss_after = server.rss_kib();
     println!("hello flood of {FLOOD}: registry RSS {rss_before} KiB -> {rss_after} KiB");
     assert!(

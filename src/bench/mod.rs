@@ -17,6 +17,7 @@
 //! Member keys come from an [`IdentityPool`] made before the clock starts: RSA key
 //! generation costs tens of milliseconds a key, and the point is to measure the registry.
 
+pub mod flood;
 pub mod stats;
 
 use std::collections::BTreeMap;

@@ -176,44 +176,23 @@ where
 /// The identity to act as: the node's, or a throwaway one made now.
 fn identity(node: Option<&PathBuf>) -> anyhow::Result<NodeIdentity> {
     match node {
-        Some(dir) => Ok(NodeIdentity::load(dir)?),
+        // Retries register the same node, never a second one (NodeIdentity::claim_id).
+        Some(dir) => {
+            let mut node = NodeIdentity::load(dir)?;
+            node.claim_id(dir)
+                .with_context(|| format!("recording the node ID in {}", dir.display()))?;
+            Ok(node)
+        }
         None => Ok(NodeIdentity {
             name: format!(
                 "{THROWAWAY_PREFIX}{}",
                 &Id::random(&mut rand::rng()).to_hex()[..12]
             ),
             endpoints: vec!["127.0.0.1:1".to_string()],
-            id: None,
+            id: Some(Id::random(&mut rand::rng())),
             comms: RsaKeyPair::generate(RSA_BITS)?,
             sig: RsaKeyPair::generate(RSA_BITS)?,
         }),
-    }
-}
-
-/// The node's registration across the attempts of one command: an ID the registry issued
-/// in an attempt that then failed is presented again on the next, so a retried session
-/// (after a restart, say) is the same node, not a second one with the same name.
-#[derive(Debug, Default)]
-pub struct Registration(std::sync::Mutex<Option<Id>>);
-
-impl Registration {
-    /// Registers `node` on `client` (under the ID issued earlier, if any); returns its ID.
-    pub async fn register(
-        &self,
-        client: &mut Client,
-        node: &NodeIdentity,
-    ) -> Result<Id, ClientError> {
-        let issued = lock(&self.0).clone();
-        let id = match issued {
-            Some(id) if node.id.is_none() => {
-                let mut known = node.clone();
-                known.id = Some(id);
-                client.register(&known).await?
-            }
-            _ => client.register(node).await?,
-        };
-        *lock(&self.0) = Some(id.clone());
-        Ok(id)
     }
 }
 
@@ -231,13 +210,11 @@ fn remember_id(node: &mut NodeIdentity, dir: Option<&PathBuf>, id: &Id) -> anyho
 async fn create(args: CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
     crate::validate::cluster_name(&args.name)?;
     let mut node = identity(args.node.as_ref())?;
-    let registration = Registration::default();
     let (node_id, cluster) = connect_and(&args.registry, |mut client| {
         let node = &node;
-        let registration = &registration;
         let name = &args.name;
         async move {
-            let node_id = registration.register(&mut client, node).await?;
+            let node_id = client.register(node).await?;
             let cluster = client.create(name, args.size, args.endpoints).await?;
             client.bye().await?;
             Ok((node_id, cluster))
@@ -288,17 +265,15 @@ async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut node = NodeIdentity::load(&args.node)?;
     let wait_until = Instant::now() + Duration::from_secs(args.wait);
     let progress = std::sync::Mutex::new(JoinProgress::default());
-    let registration = Registration::default();
     let session = connect_and_for(
         &args.registry,
         Duration::from_secs(args.wait),
         |mut client| {
             let node = &node;
-            let registration = &registration;
             let target = &target;
             let progress = &progress;
             async move {
-                let node_id = registration.register(&mut client, node).await?;
+                let node_id = client.register(node).await?;
                 let (cluster, slot) = client.join(Some(target)).await?;
                 eprintln!("xlreg: joined cluster {} as slot {slot}", cluster.name);
                 lock(progress).joined = Some((cluster.name.clone(), slot));
@@ -376,13 +351,11 @@ async fn wait_for_members(
 async fn members(args: MembersArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
     let mut node = identity(args.node.as_ref())?;
-    let registration = Registration::default();
     let (node_id, view) = connect_and(&args.registry, |mut client| {
         let node = &node;
-        let registration = &registration;
         let target = &target;
         async move {
-            let node_id = registration.register(&mut client, node).await?;
+            let node_id = client.register(node).await?;
             let view = client
                 .get_cluster(Some(target), None, Duration::ZERO)
                 .await?;

@@ -9,6 +9,7 @@ use std::io::ErrorKind;
 
 use crate::admin::{AdminError, Refusal};
 use crate::client::ClientError;
+use crate::daemon::DaemonError;
 use crate::proto::ErrCode;
 use crate::store::StoreError;
 use crate::validate::Invalid;
@@ -36,6 +37,10 @@ pub enum Failure {
     /// 7: the registry did not answer in time, or a wait (`cluster join --wait`) ended
     /// before the cluster was complete.
     Timeout = 7,
+    /// 74 (EX_IOERR): the registry's storage failed, or its final flush did: nothing was
+    /// acknowledged after the failure; a supervisor restarts the registry, which recovers
+    /// from what is durable (docs/reliability.md).
+    StorageFailed = 74,
     /// 130: interrupted by Ctrl-C (SIGINT), as shells report it.
     Interrupted = 130,
 }
@@ -78,6 +83,8 @@ pub fn classify(error: &anyhow::Error) -> Failure {
                 Some(client(e))
             } else if let Some(e) = cause.downcast_ref::<AdminError>() {
                 admin(e)
+            } else if let Some(e) = cause.downcast_ref::<DaemonError>() {
+                daemon(e)
             } else if let Some(e) = cause.downcast_ref::<StoreError>() {
                 store(e)
             } else if cause.downcast_ref::<Invalid>().is_some() {
@@ -132,6 +139,15 @@ fn admin(error: &AdminError) -> Option<Failure> {
     })
 }
 
+fn daemon(error: &DaemonError) -> Option<Failure> {
+    Some(match error {
+        DaemonError::Invalid { .. } => Failure::Usage,
+        DaemonError::StoreFailed(_) | DaemonError::FinalFlush(_) => Failure::StorageFailed,
+        // Look further down the chain (a store or file error says more).
+        _ => return None,
+    })
+}
+
 fn store(error: &StoreError) -> Option<Failure> {
     Some(match error {
         StoreError::NoSuchCluster(_) | StoreError::NoSuchNode(_) => Failure::NotFound,
@@ -169,5 +185,15 @@ mod tests {
         assert_eq!(classify(&anyhow::anyhow!("odd")), Failure::Internal);
         let usage = anyhow::Error::from(CliError::new(Failure::Usage, "bad"));
         assert_eq!(classify(&usage).code(), 2);
+    }
+
+    #[test]
+    fn a_failed_store_exits_with_the_fail_stop_code() {
+        assert_eq!(
+            Failure::StorageFailed.code(),
+            crate::failstop::EXIT_STORAGE_FAILED
+        );
+        let failed = anyhow::Error::from(DaemonError::StoreFailed("fdatasync: EIO".into()));
+        assert_eq!(classify(&failed), Failure::StorageFailed);
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::cluster::{connect_and, Registration, RegistryArgs};
+use super::cluster::{connect_and, RegistryArgs};
 use super::output::print_json;
 use crate::node::NodeIdentity;
 
@@ -72,12 +72,13 @@ pub fn run_node(command: NodeCommand, json: bool) -> anyhow::Result<ExitCode> {
 /// Registers the node (or confirms its registration), records its ID and prints it.
 pub async fn run_register(args: RegisterArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut node = NodeIdentity::load(&args.node)?;
-    let registration = Registration::default();
+    // Retries register the same node, never a second one (NodeIdentity::claim_id).
+    node.claim_id(&args.node)
+        .with_context(|| format!("recording the node ID in {}", args.node.display()))?;
     let id = connect_and(&args.registry, |mut client| {
         let node = &node;
-        let registration = &registration;
         async move {
-            let id = registration.register(&mut client, node).await?;
+            let id = client.register(node).await?;
             client.bye().await?;
             Ok(id)
         }

@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// Most connections served at once; more are closed on arrival.
     #[arg(long, env = "XLREG_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Most connections one peer address may hold at once; more are closed on arrival.
+    #[arg(long, env = "XLREG_MAX_CONNECTIONS_PER_IP", default_value_t = crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Most clusters the registry holds; creates beyond are refused.
+    #[arg(long, env = "XLREG_MAX_CLUSTERS", default_value_t = crate::store::DEFAULT_MAX_CLUSTERS)]
+    max_clusters: u64,
+    /// Most nodes the registry holds; new registrations beyond are refused.
+    #[arg(long, env = "XLREG_MAX_NODES", default_value_t = crate::store::DEFAULT_MAX_NODES)]
+    max_nodes: u64,
     /// Seconds a new connection has to send its hello.
     #[arg(long, env = "XLREG_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     handshake_timeout: u64,
@@ -73,6 +82,10 @@ pub struct ServeArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
               .range(1024..=crate::frame::MAX_FRAME_LEN as u64))]
     max_frame: usize,
+    /// Seconds one store operation (a batch's transaction, a flush and its syncs) may take
+    /// before the storage is declared failed and the registry exits (fail-stop, exit 74).
+    #[arg(long, env = "XLREG_STORE_TIMEOUT", value_name = "SECONDS", default_value_t = crate::failstop::DEFAULT_STORE_TIMEOUT.as_secs())]
+    store_timeout: u64,
     /// Seconds sessions in flight may run on after SIGTERM or SIGINT.
     #[arg(long, env = "XLREG_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -125,6 +138,7 @@ impl ServeArgs {
             regcred_out: self.regcred_out.clone(),
             limits: ServerConfig {
                 max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
                 handshake_timeout: Duration::from_secs(self.handshake_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
                 write_timeout: Duration::from_secs(self.write_timeout),
@@ -140,6 +154,11 @@ impl ServeArgs {
                 version: self.legacy_version,
                 regcred_out: self.legacy_regcred_out.clone(),
             }),
+            caps: crate::store::Caps {
+                max_clusters: self.max_clusters,
+                max_nodes: self.max_nodes,
+            },
+            store_timeout: Duration::from_secs(self.store_timeout),
         }
     }
 

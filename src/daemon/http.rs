@@ -125,8 +125,14 @@ async fn respond(
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             response
         }
-        "/health" if metrics.is_serving() => text(StatusCode::OK, "ok\n"),
-        "/health" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        "/health" => match store.health().reason() {
+            Some(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("storage failed: {reason}\n"),
+            ),
+            None if metrics.is_serving() => text(StatusCode::OK, "ok\n"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics or /health\n",

@@ -92,6 +92,11 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Also serve xlReg 1.9 (Go) clients (default: off).
     pub legacy: Option<LegacyConfig>,
+    /// Registry-wide caps on clusters and nodes (docs/running.md).
+    pub caps: crate::store::Caps,
+    /// A store operation that runs longer than this fails the store (the watchdog of
+    /// [`crate::failstop::supervise`]).
+    pub store_timeout: Duration,
 }
 
 /// The opt-in xlReg 1.9 listener's settings (docs/legacy.md).
@@ -134,6 +139,8 @@ impl DaemonConfig {
             cluster_ttl: None,
             metrics_listen: None,
             legacy: None,
+            caps: crate::store::Caps::default(),
+            store_timeout: crate::failstop::DEFAULT_STORE_TIMEOUT,
         }
     }
 
@@ -169,6 +176,24 @@ impl DaemonConfig {
             if value < Duration::from_secs(1) {
                 return Err(invalid(setting, "must be at least 1 second".into()));
             }
+        }
+        if limits.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "--max-connections-per-ip",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.store_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "--store-timeout",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if self.caps.max_clusters == 0 || self.caps.max_nodes == 0 {
+            return Err(invalid(
+                "--max-clusters/--max-nodes",
+                "must be at least 1".into(),
+            ));
         }
         if self.cluster_ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(invalid("--cluster-ttl", "must be longer than 0".into()));
@@ -275,6 +300,12 @@ pub enum DaemonError {
     /// The final flush after the sessions ended failed: changes acknowledged may be lost.
     #[error("final flush of the store failed: {0}")]
     FinalFlush(StoreError),
+    /// The store failed while serving (fail-stop: nothing was acknowledged after it).
+    #[error("the store failed while serving: {0}")]
+    StoreFailed(String),
+    /// The store watchdog thread could not be started.
+    #[error("starting the store watchdog: {0}")]
+    Watchdog(std::io::Error),
 }
 
 /// Every listener of a daemon, bound, before anything is created.
@@ -293,8 +324,7 @@ impl Listeners {
                 source,
             }
         };
-        let v2 = TcpListener::bind(config.listen)
-            .await
+        let v2 = crate::admission::listen(config.listen)
             .map_err(bind_error(config.listen, "xlReg/2 clients (--listen)"))?;
         let legacy = match &config.legacy {
             Some(legacy) => Some(
@@ -362,11 +392,19 @@ impl Daemon {
             dir: data_dir.clone(),
             source,
         };
+        // The data directory and every file in it are the daemon's only, whatever the umask;
+        // a sled panic while opening becomes one line naming the directory.
+        crate::store::set_private_umask();
+        crate::failstop::log_sled_panics();
         let store = if config.ephemeral {
             Store::temporary().map_err(store_error)?
         } else {
             Store::open(&config.data_dir).map_err(store_error)?
         };
+        store.set_caps(config.caps).map_err(store_error)?;
+        // From here a storage failure or a hung store operation stops the process (exit 74).
+        crate::failstop::supervise(store.health().clone(), config.store_timeout)
+            .map_err(DaemonError::Watchdog)?;
         let key_dir = (!config.ephemeral).then_some(config.data_dir.as_path());
         let identity =
             RegistryIdentity::load_or_create(&store, key_dir, config.name.as_deref(), now_ms())?;
@@ -521,6 +559,10 @@ impl Daemon {
         }
         if let Some(control) = control {
             control.stop().await;
+        }
+        // A failed store is a failure for the supervisor, whatever stopped the sessions.
+        if let Some(reason) = registry.store.health().reason() {
+            return Err(DaemonError::StoreFailed(reason.to_string()));
         }
         // The server's final flush may have run before the last expiry removals.
         let flushed = registry

@@ -101,16 +101,34 @@ impl HandlerError {
     /// details go to the registry's log, not to the network.
     pub fn description(&self) -> String {
         match self.code() {
+            ErrCode::Unavailable
+                if matches!(self, HandlerError::Store(StoreError::RegistryFull { .. })) =>
+            {
+                self.to_string()
+            }
+            ErrCode::Unavailable if self.is_storage_failure() => {
+                "registry storage has failed; the registry is restarting, try again shortly"
+                    .to_string()
+            }
             ErrCode::Unavailable => "registry storage is unavailable; try again later".to_string(),
             _ => self.to_string(),
         }
     }
 
+    /// True if the storage has failed (fail-stop): that was logged once, when it happened.
+    fn is_storage_failure(&self) -> bool {
+        matches!(self, HandlerError::Store(StoreError::Failed(_)))
+    }
+
     /// The class and description an Error reply carries, logging the details of a storage
-    /// failure (which the client does not get). Both wires refuse requests through this.
+    /// failure (which the client does not get; a failed storage was logged once already).
+    /// Both wires refuse requests through this.
     pub fn refusal(&self) -> (ErrCode, String) {
         let code = self.code();
-        if code == ErrCode::Unavailable {
+        // A failed storage was logged when it failed; a full registry is a refusal.
+        let not_to_log = self.is_storage_failure()
+            || matches!(self, HandlerError::Store(StoreError::RegistryFull { .. }));
+        if code == ErrCode::Unavailable && !not_to_log {
             tracing::error!(error = %self, "request failed in the store");
         }
         (code, self.description())

@@ -137,6 +137,31 @@ impl DiskFiles {
     }
 }
 
+/// Creates the data directory (and any missing parent) with mode 0700 whatever the umask,
+/// and narrows an existing one to 0700: the registry's files are nobody else's business.
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Sets the process's umask to 077, so that every file and directory created from now on
+/// (sled's `db`, `conf`, snapshots, blob files; regCred.dat; exports) is its owner's only,
+/// whatever umask the daemon was started with. The daemon calls this before it opens the
+/// store.
+pub fn set_private_umask() {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// fsyncs a directory, making the entries created or renamed in it durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

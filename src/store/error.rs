@@ -5,7 +5,6 @@
 //! member name already in use, a node presenting the wrong key).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use sled::transaction::TransactionError;
 
@@ -27,14 +26,11 @@ pub enum StoreError {
     /// The embedded database (sled) reported a failure.
     #[error("database error: {0}")]
     Sled(#[source] sled::Error),
-    /// Making changes durable failed; the same failure is reported to every caller that was
-    /// waiting on that flush.
-    #[error("could not write changes to disk: {0}")]
-    FlushFailed(#[source] Arc<StoreError>),
-    /// The transaction of a batch of writes ([`Store::write`](super::Store::write)) failed as
-    /// a whole; the same failure is reported to every write in the batch.
-    #[error("could not apply changes: {0}")]
-    BatchFailed(#[source] Arc<StoreError>),
+    /// The registry's storage has failed (a write, flush or sync failed, or a store operation
+    /// hung; see `crate::failstop`): nothing is read or acknowledged any more until the
+    /// registry restarts.
+    #[error("registry storage has failed ({0}); nothing more is acknowledged until a restart")]
+    Failed(String),
     /// A stored record or key could not be decoded, or the stored data is inconsistent.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -54,6 +50,15 @@ pub enum StoreError {
     NoFreshId {
         /// How many ids were drawn.
         tries: u32,
+    },
+    /// The registry holds as many clusters (or nodes) as its operator allows
+    /// (`serve --max-clusters`, `--max-nodes`).
+    #[error("the registry holds its maximum of {max} {what}; ask its operator")]
+    RegistryFull {
+        /// "clusters" or "nodes".
+        what: &'static str,
+        /// The cap.
+        max: u64,
     },
     /// No cluster has the given name or id (as the caller gave it).
     #[error("no such cluster: {0}")]
@@ -95,6 +100,15 @@ pub enum StoreError {
     /// No node is registered with this id.
     #[error("no such node: {0}")]
     NoSuchNode(Id),
+    /// Opening the data directory failed inside sled, which gave up with a panic (sled
+    /// 0.34.7 does so on some I/O failures while it recovers, a failed fsync among them).
+    #[error("cannot open the data directory {}: {message}", dir.display())]
+    OpenFailed {
+        /// The data directory.
+        dir: PathBuf,
+        /// What sled said.
+        message: String,
+    },
     /// A snapshot was to be written into a data directory that already holds data.
     #[error("data directory {} already holds data; restore only into an empty directory", dir.display())]
     NotEmpty {
@@ -130,4 +144,25 @@ pub(super) fn open_error(dir: &std::path::Path, e: sled::Error) -> StoreError {
         }
     }
     StoreError::Sled(e)
+}
+
+/// Maps a panic caught while opening sled in `dir` to [`StoreError::OpenFailed`].
+pub(super) fn open_panicked(
+    dir: &std::path::Path,
+    panic: &(dyn std::any::Any + Send),
+) -> StoreError {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "sled panicked".to_string());
+    // sled's panics here are `unwrap`s of I/O results: say what failed, not how.
+    let message = match message.split_once("on an `Err` value: ") {
+        Some((_, error)) => format!("I/O error inside sled: {error}"),
+        None => message,
+    };
+    StoreError::OpenFailed {
+        dir: dir.to_path_buf(),
+        message,
+    }
 }

@@ -33,6 +33,7 @@
 //! caller that must not acknowledge a change before it is on disk then awaits
 //! [`Store::durable`].
 
+mod caps;
 mod commit;
 mod disk;
 mod error;
@@ -51,12 +52,14 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-pub use disk::Durability;
+pub use caps::{Caps, DEFAULT_MAX_CLUSTERS, DEFAULT_MAX_NODES};
+pub use disk::{set_private_umask, Durability};
 pub use error::StoreError;
 pub use records::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta};
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::Snapshot;
 
+use crate::failstop::Health;
 use crate::id::Id;
 use commit::GroupCommit;
 use disk::DiskFiles;
@@ -94,6 +97,10 @@ struct Inner {
     commit: GroupCommit,
     /// Every mutation passes this gate; a snapshot closes it while it copies the trees.
     gate: Gate,
+    /// Whether the storage can still be trusted (fail-stop: see `crate::failstop`).
+    health: Health,
+    /// The registry-wide caps and the counts they bound (`caps`).
+    held: caps::Held,
 }
 
 impl fmt::Debug for Store {
@@ -249,6 +256,9 @@ struct Trees<'a> {
     names: &'a TransactionalTree,
     clusters: &'a TransactionalTree,
     nodes: &'a TransactionalTree,
+    /// The registry-wide caps, and what this transaction attempt has created so far.
+    held: &'a caps::Held,
+    created: &'a caps::TxCount,
 }
 
 /// The source of fresh ids inside a transaction (a closure re-run on conflict).
@@ -339,11 +349,15 @@ fn register_in_tx(
     };
     let (node, outcome) = match &new.id {
         None => {
+            tx(t.created.new_node(t.held))?;
             let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
             (created(id), RegistrationOutcome::Created)
         }
         Some(id) => match t.nodes.get(id.as_bytes())? {
-            None => (created(id.clone()), RegistrationOutcome::Created),
+            None => {
+                tx(t.created.new_node(t.held))?;
+                (created(id.clone()), RegistrationOutcome::Created)
+            }
             Some(v) => {
                 let mut old: NodeRecord = tx(decode("node", id.as_bytes(), &v))?;
                 if old.sig_key != new.sig_key || old.comms_key != new.comms_key {
@@ -379,6 +393,7 @@ fn create_in_tx(
     if let Some(existing) = resolve_in_tx(t.names, t.clusters, &by_name)? {
         return Ok((existing, false));
     }
+    tx(t.created.new_cluster(t.held))?;
     let id = draw_unused_id(fresh, t.nodes, t.clusters)?;
     let record = ClusterRecord {
         id,
@@ -482,15 +497,24 @@ impl Store {
     /// Opens the store in `dir` with an explicit [`Durability`] (the durability benchmark
     /// compares them; the registry always uses [`Store::open`]).
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(|e| error::open_error(dir, e))?;
-        schema::migrate(&db)?;
-        // After sled's own start-up writes (conf, snapshot) and the migration.
-        let disk = DiskFiles::open(dir, durability)?;
+        disk::create_private_dir(dir)?;
+        // sled 0.34.7 panics on some I/O failures while it recovers (a failed fsync, say):
+        // that is a storage error naming the directory, not a crash with a backtrace.
+        let opened = std::panic::catch_unwind(|| {
+            let db = sled::Config::new()
+                .path(dir)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                // The store writer flushes and syncs itself, and treats a failure as fatal;
+                // sled's own periodic flusher would only log its failures.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| error::open_error(dir, e))?;
+            schema::migrate(&db)?;
+            // After sled's own start-up writes (conf, snapshot) and the migration.
+            let disk = DiskFiles::open(dir, durability)?;
+            Ok::<_, StoreError>((db, disk))
+        });
+        let (db, disk) = opened.map_err(|panic| error::open_panicked(dir, panic.as_ref()))??;
         Store::from_db(db, Some(dir.to_path_buf()), Some(disk))
     }
 
@@ -533,8 +557,21 @@ impl Store {
                 disk,
                 commit: GroupCommit::new(),
                 gate: Gate::default(),
+                health: Health::new(),
+                held: caps::Held::default(),
             }),
         })
+    }
+
+    /// Sets the registry-wide caps (`serve --max-clusters`, `--max-nodes`): from now on a
+    /// create or registration that would pass one is refused with
+    /// [`StoreError::RegistryFull`]. Counts the clusters and nodes held now (reads every key
+    /// once). Without a call, nothing is capped.
+    pub fn set_caps(&self, caps: Caps) -> Result<(), StoreError> {
+        let clusters = self.inner.clusters.iter().keys().count() as u64;
+        let nodes = self.inner.nodes.iter().keys().count() as u64;
+        self.inner.held.set(caps, clusters, nodes);
+        Ok(())
     }
 
     /// The data directory, or `None` for a temporary store.
@@ -552,6 +589,7 @@ impl Store {
 
     /// Stores the registry's own facts.
     pub fn set_registry_meta(&self, meta: &RegistryMeta) -> Result<(), StoreError> {
+        self.check_health()?;
         let value = encode("registry meta", meta)?;
         let _gate = self.inner.gate.pass();
         self.inner.meta.insert(REGISTRY_KEY, value)?;
@@ -576,6 +614,7 @@ impl Store {
 
     /// The node with this id, if registered.
     pub fn node(&self, id: &Id) -> Result<Option<NodeRecord>, StoreError> {
+        self.check_health()?;
         match self.inner.nodes.get(id.as_bytes())? {
             Some(v) => Ok(Some(decode("node", id.as_bytes(), &v)?)),
             None => Ok(None),
@@ -657,26 +696,34 @@ impl Store {
         fresh_id: &mut dyn FnMut() -> Id,
         f: impl Fn(&Trees<'_>, &FreshIds<'_>) -> ConflictableTransactionResult<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.check_health()?;
         let fresh = RefCell::new(fresh_id);
         let i = &self.inner;
         let _gate = i.gate.pass();
+        // What the last attempt created: the committed one, once the transaction returns.
+        let created = RefCell::new(caps::TxCount::default());
         let out =
             (&i.cluster_names, &i.clusters, &i.nodes).transaction(|(names, clusters, nodes)| {
+                *created.borrow_mut() = caps::TxCount::default();
                 f(
                     &Trees {
                         names,
                         clusters,
                         nodes,
+                        held: &i.held,
+                        created: &created.borrow(),
                     },
                     &fresh,
                 )
             })?;
+        i.held.commit(&created.borrow());
         i.commit.bump();
         Ok(out)
     }
 
     /// The cluster with this id or name, if any.
     pub fn cluster(&self, r: &ClusterRef) -> Result<Option<ClusterRecord>, StoreError> {
+        self.check_health()?;
         let i = &self.inner;
         let id_bytes = match r {
             ClusterRef::Id(id) => id.as_bytes().to_vec(),
@@ -740,6 +787,7 @@ impl Store {
         r: &ClusterRef,
         condition: impl Fn(&ClusterRecord) -> bool,
     ) -> Result<Option<ClusterRecord>, StoreError> {
+        self.check_health()?;
         let i = &self.inner;
         let _gate = i.gate.pass();
         let out = (&i.cluster_names, &i.clusters).transaction(|(names, clusters)| {
@@ -757,6 +805,9 @@ impl Store {
             }
             Ok(Some(c))
         })?;
+        if out.is_some() {
+            i.held.cluster_deleted();
+        }
         i.commit.bump();
         Ok(out)
     }

@@ -142,6 +142,7 @@ impl Store {
     /// A consistent point-in-time copy of the whole store, taken in memory while the gate
     /// is closed (mutations wait meanwhile; reads and the group commit go on).
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.check_health()?;
         let db = &self.inner.db;
         let _closed = self.inner.gate.close();
         let mut trees = BTreeMap::new();
