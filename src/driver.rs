@@ -318,7 +318,11 @@ pub fn apply(store: &Store, request: &Write) -> Result<Written, StoreError> {
 /// against `store` ([`read`], [`apply`]), until it has something else: a reply, a watch
 /// or a close (returned), or nothing until more input or time (`None`). The synchronous
 /// harness for tests, benches, fuzzing and tools: no sockets, no timers.
-pub fn poll_applying(core: &mut impl SessionCore, store: &Store, now: Millis) -> Option<Step> {
+pub fn poll_applying<C: SessionCore + ?Sized>(
+    core: &mut C,
+    store: &Store,
+    now: Millis,
+) -> Option<Step> {
     loop {
         match core.poll(now)? {
             Step::Read(request) => core.on_read(read(store, &request), now),
