@@ -1,18 +1,18 @@
 //! The one session driver: runs a [`SessionCore`] of either wire over a TCP connection.
 //!
-//! [`serve`] and its loop own everything a session does outside its pure core, identically
+//! `serve` and its loop own everything a session does outside its pure core, identically
 //! for xlReg/2 and xlReg 1.9: reading the socket into the core and writing its replies
 //! (with a write timeout), carrying out the store reads and writes it asks for, making the
-//! store durable before any reply that may report a change ([`deliver`]), waking the
+//! store durable before any reply that may report a change (`deliver`), waking the
 //! sessions that watch a cluster once a join to it is durable and sent, firing the core's
 //! deadlines from its [`SessionCore::poll_timeout`], shutdown (a session between requests
 //! is closed at once; one whose request has started arriving, is being answered or is held
 //! gets its reply first), the metrics, the one log line per session, and the classification
-//! of how a session ended ([`describe_end`]).
+//! of how a session ended (`describe_end`).
 //!
 //! The driver is also the only place a session touches the store: [`read`] (a cluster with
-//! its members), [`write`] (batched and durable), [`apply`] (one write at once, for tests
-//! and tools), durability in [`deliver`], and the cluster watch ([`Step::Watch`]).
+//! its members), `write` (batched and durable), [`apply`] (one write at once, for tests
+//! and tools), durability in `deliver`, and the cluster watch ([`Step::Watch`]).
 //! [`poll_applying`] runs a core synchronously against a store, without sockets or
 //! timers: the one harness the tests, benches and fuzz targets drive both cores with.
 //!

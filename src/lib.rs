@@ -10,15 +10,22 @@
 //!   [`connection`] (frames over tokio streams, with timeouts);
 //! - cryptography: [`crypto`] (every primitive), [`session_crypto`] (handshake and session
 //!   cipher), [`token`] (member token signatures);
-//! - the protocol core, pure and clock-free: [`protocol`] (the xlReg/2 session state
-//!   machine) and [`handlers`] (one request per file), with [`validate`] for input rules;
+//! - the session cores, deterministic in the manner of quinn-proto (no socket, no clock, no
+//!   store handle, no global randomness; time and an RNG are passed in): [`session`] (the
+//!   [`session::SessionCore`] trait, the one [`session::Step`] type, the lock-step
+//!   bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
+//!   [`legacy::session`] (the xlReg 1.9 core), over [`handlers`] (one request per file:
+//!   they say what to write or read, and build replies from the result), with [`validate`]
+//!   for input rules;
 //! - state: [`store`] (sled trees, transactions, group commit, migrations), [`registry`] (the
 //!   registry's identity and shared state), [`id`];
-//! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
-//!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
-//!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
-//! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store and
-//!   handlers;
+//! - glue and tools: [`driver`] (the one session driver: runs a core of either wire over a
+//!   socket, and is the only place a session touches the store), [`server`] (the accept
+//!   loop, the connection limit, shutdown), [`client`] (the client library), [`regcred`]
+//!   (the `regCred.dat` file), [`node`] (a node's identity directory), [`cli`] (the `xlreg`
+//!   command), [`bench`] (the load generator);
+//! - [`legacy`]: the opt-in listener for xlReg 1.9 (Go) clients, over the same store,
+//!   handlers and driver;
 //! - operations: [`metrics`] (the Prometheus metric set and its HTTP endpoint), [`admin`]
 //!   (inspection, export/import, backup/restore, the daemon's control socket and cluster
 //!   expiry).

@@ -14,7 +14,7 @@
 //!
 //! This module also holds what both cores share: the [`Step`] type, the store [`Read`] a core
 //! may ask for and the [`ClusterView`] it gets back, the session's [`Outcome`] and
-//! [`SessionReport`], its [`Timeouts`], and [`Exchange`], the lock-step bookkeeping (at
+//! [`SessionReport`], its [`Timeouts`], and `Exchange`, the lock-step bookkeeping (at
 //! most one store operation or reply outstanding, the read deadline, the held wait) that
 //! both cores embed, so the two wires cannot drift apart on it.
 

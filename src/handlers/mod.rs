@@ -107,7 +107,7 @@ impl HandlerError {
     }
 }
 
-/// Builds the reply to a Member, Create or Join from what the store did with its [`Write`],
+/// Builds the reply to a Member, Create or Join from what the store did with its [`Write`](crate::store::Write),
 /// and records in `state` what the session now is (its node, the cluster it created or
 /// joined).
 pub fn finish(state: &mut SessionState, written: Written) -> Reply {
