@@ -598,6 +598,41 @@ mod tests {
     }
 
     #[test]
+    fn nothing_more_is_taken_while_a_write_is_outstanding_and_a_result_nobody_asked_for_drops() {
+        let store = Store::temporary().unwrap();
+        let mut client = established(&store);
+        client.session.on_bytes(&wire::seal_message(
+            &client.key,
+            &member(0, "m-0", &[7u8; 20]),
+        ));
+        assert!(matches!(client.session.poll(NOW), Some(Step::Write(_))));
+        // The client speaks again before it is answered: nothing is taken until the write's
+        // result is in.
+        client
+            .session
+            .on_bytes(&wire::seal_message(&client.key, &op(Tag::Bye)));
+        assert!(client.session.poll(NOW).is_none());
+        let write = crate::driver::apply(
+            &store,
+            &handlers::member::prepare(&member(0, "m-0", &[7u8; 20]), Scheme::Legacy, NOW).unwrap(),
+        );
+        client.session.on_written(write, NOW);
+        let Some(Step::Send { bytes, .. }) = client.session.poll(NOW) else {
+            panic!("no MemberOK")
+        };
+        assert_eq!(
+            wire::open_message(&client.key, &bytes).unwrap().op,
+            Some(Tag::MemberOk as i32)
+        );
+        // A second result, with no write outstanding: the session is dropped.
+        client
+            .session
+            .on_written(Err(StoreError::NoSuchCluster("x".into())), NOW);
+        assert!(matches!(client.session.poll(NOW), Some(Step::Close)));
+        assert_eq!(client.session.report().outcome, Outcome::Dropped);
+    }
+
+    #[test]
     fn bad_hellos_are_dropped_without_a_word() {
         let store = Store::temporary().unwrap();
         let ck = RsaKeyPair::from_pem(CK_PEM).unwrap();
