@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::{StdRng, SysRng};
@@ -140,33 +141,35 @@ pub(crate) enum Ending {
     StoreFailed,
 }
 
+/// What every session of a running server shares: the registry, the limits and timeouts,
+/// the metrics and the shutdown signal.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    /// The registry (store, identity, cluster watches).
+    pub(crate) registry: Arc<Registry>,
+    /// The limits and timeouts.
+    pub(crate) config: ServerConfig,
+    /// Where connections, requests and sessions are counted, if anywhere.
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// Becomes true when shutdown begins.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
 /// Serves one connection with `core` to its end, logging one line about it (`wire` names
 /// the wire in it).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<C: SessionCore>(
     wire: &'static str,
     mut core: C,
     clock: SessionClock,
-    registry: &Registry,
+    shared: &Shared,
     mut stream: TcpStream,
     peer: SocketAddr,
-    config: &ServerConfig,
-    stop: watch::Receiver<bool>,
-    metrics: Option<&Metrics>,
 ) {
+    let metrics = shared.metrics.as_deref();
     let _open = metrics.map(Metrics::connection_opened);
     // Each reply must leave at once, in one segment train: Go 1.9 peers read it in one read.
     let _ = stream.set_nodelay(true);
-    let ended = drive(
-        &mut core,
-        &clock,
-        registry,
-        &mut stream,
-        config,
-        stop,
-        metrics,
-    )
-    .await;
+    let ended = drive(&mut core, &clock, shared, &mut stream).await;
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let duration = clock.elapsed();
@@ -182,12 +185,13 @@ pub(crate) async fn serve<C: SessionCore>(
 async fn drive<C: SessionCore>(
     core: &mut C,
     clock: &SessionClock,
-    registry: &Registry,
+    shared: &Shared,
     stream: &mut TcpStream,
-    config: &ServerConfig,
-    mut stop: watch::Receiver<bool>,
-    metrics: Option<&Metrics>,
 ) -> Result<Ending, ConnectionError> {
+    let registry = &*shared.registry;
+    let config = &shared.config;
+    let metrics = shared.metrics.as_deref();
+    let mut stop = shared.stop.clone();
     let mut chunk = vec![0u8; READ_CHUNK];
     // How many of the session's requests have been answered (and counted in the metrics).
     let mut answered = 0u32;

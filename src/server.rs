@@ -18,7 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 pub use crate::driver::ServerConfig;
-use crate::driver::{self, SessionClock};
+use crate::driver::{self, SessionClock, Shared};
 use crate::legacy::server::LegacyListener;
 use crate::metrics::Metrics;
 use crate::protocol::ServerSession;
@@ -133,39 +133,28 @@ impl Server {
                 }
                 Admission::Failed => continue,
             };
-            let registry = self.registry.clone();
-            let config = self.config.clone();
-            let stop = stop_rx.clone();
-            let metrics = self.metrics.clone();
+            let shared = Shared {
+                registry: self.registry.clone(),
+                config: self.config.clone(),
+                metrics: self.metrics.clone(),
+                stop: stop_rx.clone(),
+            };
             sessions.spawn(async move {
                 let clock = SessionClock::start(now_ms());
-                let metrics = metrics.as_deref();
                 match wire {
                     Wire::V2 => {
                         let core = ServerSession::new(
-                            registry.decryptor.clone(),
+                            shared.registry.decryptor.clone(),
                             driver::session_rng(),
-                            config.max_frame,
-                            config.timeouts(),
+                            shared.config.max_frame,
+                            shared.config.timeouts(),
                             clock.now(),
                         );
-                        driver::serve(
-                            "xlReg/2", core, clock, &registry, stream, peer, &config, stop, metrics,
-                        )
-                        .await
+                        driver::serve("xlReg/2", core, clock, &shared, stream, peer).await
                     }
                     Wire::Legacy => {
-                        crate::legacy::server::serve_connection(
-                            &registry,
-                            stream,
-                            peer,
-                            &config,
-                            legacy_version,
-                            clock,
-                            stop,
-                            metrics,
-                        )
-                        .await
+                        let serve = crate::legacy::server::serve_connection;
+                        serve(&shared, stream, peer, legacy_version, clock).await
                     }
                 }
                 drop(permit);

@@ -8,13 +8,10 @@
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use crate::driver::{self, ServerConfig, SessionClock};
+use crate::driver::{self, SessionClock, Shared};
 use crate::legacy::session::LegacySession;
 use crate::legacy::wire::Version;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
 
 /// A bound xlReg 1.9 listener and the version it announces.
 #[derive(Debug)]
@@ -56,35 +53,20 @@ pub(crate) async fn accept(
 
 /// Serves one xlReg 1.9 connection to its end with a [`LegacySession`] announcing
 /// `version`, run by the one session driver.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_connection(
-    registry: &Registry,
+    shared: &Shared,
     stream: TcpStream,
     peer: SocketAddr,
-    config: &ServerConfig,
     version: Version,
     clock: SessionClock,
-    stop: watch::Receiver<bool>,
-    metrics: Option<&Metrics>,
 ) {
     let core = LegacySession::new(
-        registry.decryptor.clone(),
+        shared.registry.decryptor.clone(),
         version,
         driver::session_rng(),
-        config.max_frame,
-        config.timeouts(),
+        shared.config.max_frame,
+        shared.config.timeouts(),
         clock.now(),
     );
-    driver::serve(
-        "xlReg/1.9",
-        core,
-        clock,
-        registry,
-        stream,
-        peer,
-        config,
-        stop,
-        metrics,
-    )
-    .await;
+    driver::serve("xlReg/1.9", core, clock, shared, stream, peer).await;
 }
