@@ -240,6 +240,36 @@ impl Net {
     }
 }
 
+/// Asserts that `session` stays open until `deadline` and closes silently at it, timed out
+/// after the idle timeout if `established`, else the handshake timeout.
+fn assert_times_out_at(
+    net: &mut Net,
+    session: &mut dyn SessionCore,
+    deadline: Millis,
+    established: bool,
+) {
+    let after_ms = if established {
+        TIMEOUTS.idle_ms
+    } else {
+        TIMEOUTS.handshake_ms
+    };
+    assert_eq!(session.poll_timeout(), Some(deadline));
+    net.advance(session, deadline - 1);
+    assert!(
+        net.poll(&mut [&mut *session], 0).is_none(),
+        "closed too early"
+    );
+    net.advance(session, deadline);
+    assert_eq!(net.poll(&mut [&mut *session], 0), Some(None));
+    assert_eq!(
+        session.report().outcome,
+        Outcome::TimedOut {
+            established,
+            after_ms
+        }
+    );
+}
+
 fn get_cluster_waiting(wait_ms: u32) -> XlRegMsg {
     XlRegMsg {
         wait_ms: Some(wait_ms),
@@ -256,21 +286,7 @@ fn a_hello_not_whole_within_the_handshake_timeout_closes_the_session_silently() 
     server.on_bytes(&frame::encode(&[0u8; 256])[..100]);
     net.now = 5_000;
     assert!(net.poll(&mut [&mut server], 0).is_none());
-    assert_eq!(server.poll_timeout(), Some(TIMEOUTS.handshake_ms));
-    net.advance(&mut server, TIMEOUTS.handshake_ms - 1);
-    assert!(
-        net.poll(&mut [&mut server], 0).is_none(),
-        "closed too early"
-    );
-    net.advance(&mut server, TIMEOUTS.handshake_ms);
-    assert_eq!(net.poll(&mut [&mut server], 0), Some(None));
-    assert_eq!(
-        server.report().outcome,
-        Outcome::TimedOut {
-            established: false,
-            after_ms: TIMEOUTS.handshake_ms
-        }
-    );
+    assert_times_out_at(&mut net, &mut server, TIMEOUTS.handshake_ms, false);
 }
 
 #[test]
@@ -286,21 +302,7 @@ fn a_session_silent_for_the_idle_timeout_after_a_reply_is_closed() {
     assert_eq!(reply.unwrap().op, Some(Tag::MemberOk as i32));
     // Answered at 30,000: the silence is counted from there.
     let deadline = 30_000 + TIMEOUTS.idle_ms;
-    assert_eq!(server.poll_timeout(), Some(deadline));
-    net.advance(&mut server, deadline - 1);
-    assert!(
-        net.poll(&mut [&mut server], 0).is_none(),
-        "closed too early"
-    );
-    net.advance(&mut server, deadline);
-    assert_eq!(net.poll(&mut [&mut server], 0), Some(None));
-    assert_eq!(
-        server.report().outcome,
-        Outcome::TimedOut {
-            established: true,
-            after_ms: TIMEOUTS.idle_ms
-        }
-    );
+    assert_times_out_at(&mut net, &mut server, deadline, true);
 }
 
 #[test]
@@ -398,45 +400,25 @@ fn a_held_get_cluster_is_answered_with_what_is_there_when_the_wait_expires() {
 fn shutdown_answers_a_held_get_cluster_at_once_and_speaking_while_held_drops_the_session() {
     let mut net = Net::new();
     let (mut waiter, mut client) = net.member_of(0, "a", "pair", 2);
-    assert!(net
-        .request(
-            &mut [&mut waiter],
-            &mut client,
-            &get_cluster_waiting(60_000)
-        )
-        .is_none());
+    let held = net.request(
+        &mut [&mut waiter],
+        &mut client,
+        &get_cluster_waiting(60_000),
+    );
+    assert!(held.is_none());
     waiter.on_shutdown();
     let (bytes, _) = net.poll(&mut [&mut waiter], 0).unwrap().unwrap();
     assert_eq!(client.open(&bytes).which, Some(0b01));
     assert!(waiter.is_idle(), "answered: shutdown may close it now");
 
     // In lock-step a client says nothing while its reply is held.
-    let (mut waiter, mut client) = net.member_of(1, "b", "pair", 2);
+    let (mut waiter, mut client) = net.member_of(1, "b", "other", 2);
     let held = net.request(
         &mut [&mut waiter],
         &mut client,
-        &XlRegMsg {
-            cluster_name: Some("pair".into()),
-            ..get_cluster_waiting(60_000)
-        },
+        &get_cluster_waiting(60_000),
     );
-    // Slot 1 is b's own and slot 0 is a's: the pair is complete, no wait.
-    assert!(held.is_some());
-    let create = XlRegMsg {
-        cluster_name: Some("other".into()),
-        cluster_max_size: Some(2),
-        ..op(Tag::Create)
-    };
-    net.request(&mut [&mut waiter], &mut client, &create);
-    let join = op(Tag::Join);
-    net.request(&mut [&mut waiter], &mut client, &join);
-    assert!(net
-        .request(
-            &mut [&mut waiter],
-            &mut client,
-            &get_cluster_waiting(60_000)
-        )
-        .is_none());
+    assert!(held.is_none());
     waiter.on_bytes(&client.seal(&op(Tag::Bye)));
     assert_eq!(net.poll(&mut [&mut waiter], 0), Some(None));
     assert_eq!(waiter.report().outcome, Outcome::Dropped);
@@ -477,20 +459,7 @@ fn a_1_9_hello_not_whole_within_the_handshake_timeout_closes_the_session_silentl
     let mut net = Net::new();
     let mut server = legacy_server(0);
     server.on_bytes(&[0u8; 100]);
-    net.advance(&mut server, TIMEOUTS.handshake_ms - 1);
-    assert!(
-        net.poll(&mut [&mut server], 0).is_none(),
-        "closed too early"
-    );
-    net.advance(&mut server, TIMEOUTS.handshake_ms);
-    assert_eq!(net.poll(&mut [&mut server], 0), Some(None));
-    assert_eq!(
-        server.report().outcome,
-        Outcome::TimedOut {
-            established: false,
-            after_ms: TIMEOUTS.handshake_ms
-        }
-    );
+    assert_times_out_at(&mut net, &mut server, TIMEOUTS.handshake_ms, false);
 }
 
 #[test]
@@ -499,21 +468,7 @@ fn a_1_9_session_is_closed_after_the_idle_timeout_or_told_its_partial_message_is
     net.now = 200;
     let (mut server, _client) = legacy_connect(&mut net);
     let deadline = 200 + TIMEOUTS.idle_ms;
-    assert_eq!(server.poll_timeout(), Some(deadline));
-    net.advance(&mut server, deadline - 1);
-    assert!(
-        net.poll(&mut [&mut server], 0).is_none(),
-        "closed too early"
-    );
-    net.advance(&mut server, deadline);
-    assert_eq!(net.poll(&mut [&mut server], 0), Some(None));
-    assert_eq!(
-        server.report().outcome,
-        Outcome::TimedOut {
-            established: true,
-            after_ms: TIMEOUTS.idle_ms
-        }
-    );
+    assert_times_out_at(&mut net, &mut server, deadline, true);
 
     // Bytes that never form a message: an Error when the idle timeout passes.
     net.now = 0;
