@@ -14,7 +14,11 @@ fn handshake(c: &mut Criterion) {
     let (_, hello) = ClientHandshake::start(registry.public_key()).unwrap();
     c.bench_function(
         "hello decrypt + reply (server, RSA-2048 OAEP on aws-lc-rs)",
-        |b| b.iter(|| ServerHandshake::accept(&decryptor, black_box(&hello)).unwrap()),
+        |b| {
+            b.iter(|| {
+                ServerHandshake::accept(&decryptor, black_box(&hello), &mut rand::rng()).unwrap()
+            })
+        },
     );
     c.bench_function("hello build (client, RSA-2048 OAEP encrypt on rsa)", |b| {
         b.iter(|| ClientHandshake::start(registry.public_key()).unwrap())

@@ -5,9 +5,11 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use prost::Message as _;
 use std::hint::black_box;
-use xlreg::handlers::{get_cluster, Context, SessionState};
+use xlreg::driver;
+use xlreg::handlers::{get_cluster, SessionState};
 use xlreg::id::Id;
 use xlreg::proto::XlRegMsg;
+use xlreg::session::Read;
 use xlreg::store::{ClusterRef, NewCluster, NewNode, NodeRecord, Store};
 
 fn node(store: &Store, i: usize) -> NodeRecord {
@@ -89,13 +91,9 @@ fn member_list(c: &mut Criterion) {
         "GetCluster of a 64-member cluster: read, build and encode",
         |b| {
             b.iter(|| {
-                let mut fresh = || Id::random(&mut rand::rng());
-                let mut ctx = Context {
-                    store: &store,
-                    now_ms: 0,
-                    fresh_id: &mut fresh,
-                };
-                match get_cluster::handle(&mut ctx, &state, black_box(&request)).unwrap() {
+                let get = get_cluster::request(&state, black_box(&request)).unwrap();
+                let view = driver::read(&store, &Read::Cluster(get.target.clone())).unwrap();
+                match get_cluster::answer(&get, view, false).unwrap() {
                     get_cluster::GetOutcome::Ready(reply) => reply.encode_to_vec(),
                     get_cluster::GetOutcome::Wait(_) => unreachable!("no wait was asked"),
                 }

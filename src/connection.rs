@@ -1,9 +1,11 @@
 //! Moving xlReg/2 frames over a byte stream, with a deadline on every read and write.
 //!
-//! This module owns the tokio side of framing (after mini-redis's `connection.rs`): it reads
-//! whatever the socket has into a [`FrameDecoder`] until a whole frame is there, and writes
-//! frames out. Both ends (the registry's sessions and the client library) use it. Every read
-//! from a peer has a timeout, so a peer that stops talking cannot hold a task forever.
+//! This module owns the tokio side of framing for the client library (after mini-redis's
+//! `connection.rs`): it reads whatever the socket has into a [`FrameDecoder`] until a whole
+//! frame is there, and writes frames out. Every read from a peer has a timeout, so a peer
+//! that stops talking cannot hold a task forever. The registry's sessions do not use it: their
+//! core decodes frames itself and the session driver (`crate::driver`) moves the bytes; they
+//! share [`ConnectionError`] for what can go wrong on a socket.
 
 use std::time::Duration;
 

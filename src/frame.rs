@@ -4,7 +4,8 @@
 //! This module owns the pure codec: [`encode`] writes a frame, [`FrameDecoder`] accumulates
 //! bytes as they arrive (in whatever pieces TCP delivers them) and yields whole frames. It
 //! refuses a length above its limit as soon as the four prefix bytes are in, so a peer can
-//! never make it buffer more than the limit. No I/O here; `connection` moves the bytes.
+//! never make it buffer more than the limit. No I/O here: the registry's xlReg/2 session core
+//! decodes with it (and the driver moves the bytes), the client library through `connection`.
 
 /// Size of the length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;

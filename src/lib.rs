@@ -12,13 +12,19 @@
 //! - **core**, pure and clock-free, deciding what every message means: [`frame`]
 //!   (length-prefixed frames), [`crypto`] (every primitive), [`session_crypto`] (handshake
 //!   and session cipher), [`token`] (member token signatures), [`validate`] (input rules),
-//!   [`handlers`] (one request per file), [`protocol`] (the xlReg/2 session state machine),
-//!   and the 1.9 wire's pure parts [`legacy::wire`], [`legacy::reader`] and
-//!   [`legacy::session`];
+//!   [`handlers`] (one request per file: they say what to write or read, and build replies
+//!   from the result), and the session cores, deterministic in the manner of quinn-proto (no
+//!   socket, no clock, no store handle, no global randomness; time and an RNG are passed
+//!   in): [`session`] (the [`session::SessionCore`] trait, the one [`session::Step`] type,
+//!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
+//!   [`legacy::session`] (the xlReg 1.9 core), with the 1.9 wire's pure parts
+//!   [`legacy::wire`] and [`legacy::reader`];
 //! - **store**: [`store`] (sled trees, transactions, group commit, migrations) and
 //!   [`failstop`] (the storage's health: fail-stop and the watchdog);
 //! - **glue**, which owns sockets, files, tasks, signals and the clock: [`connection`]
-//!   (frames over tokio streams, with timeouts), [`server`] (listener and session tasks),
+//!   (frames over tokio streams, with timeouts), [`driver`] (the one session driver: runs a
+//!   core of either wire over a socket, and is the only place a session touches the store),
+//!   [`server`] (the accept loop, the connection limit, shutdown),
 //!   [`admission`] (per-address connection limits and flood-proof log summaries),
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
@@ -46,6 +52,7 @@ pub mod clock;
 pub mod connection;
 pub mod crypto;
 pub mod daemon;
+pub mod driver;
 pub mod failstop;
 pub mod frame;
 pub mod handlers;
@@ -59,6 +66,7 @@ pub mod protocol;
 pub mod regcred;
 pub mod registry;
 pub mod server;
+pub mod session;
 pub mod session_crypto;
 pub mod store;
 pub mod token;

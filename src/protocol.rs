@@ -1,98 +1,37 @@
-//! The xlReg/2 server session: a deterministic state machine from frames in to frames out.
+//! The xlReg/2 server session core: a deterministic state machine from bytes in to steps out.
 //!
-//! This is the protocol core, in the manner of quinn-proto: it takes each received frame
-//! payload, the store and the time, and returns a [`Step`] telling the glue what to do
-//! (send this frame, after making the store durable or not; apply a write to the store and
-//! come back with its result; close; or hold a GetCluster until the cluster changes). It owns
-//! no socket and no clock, so every path is testable without the network and fuzzable.
+//! This is the protocol core, in the manner of quinn-proto: it implements
+//! [`SessionCore`], taking the bytes received, the results of the store reads and writes it
+//! asks for, and the time, and handing back [`Step`]s for the driver ([`crate::driver`]) to
+//! carry out. It owns no socket, no clock, no store handle and no global randomness (the
+//! handshake's key and salt come from the RNG it is given), so every path — the handshake
+//! and idle deadlines and a held GetCluster included — is testable without the network and
+//! fuzzable. The length-prefixed framing (`frame`) is done here: frames in, whole frames out.
 //!
 //! States: `AwaitHello` -> (hello) -> `Established` -> (Member) -> `Registered`; in
 //! `Registered`, Create, Join and GetCluster may come in any order and number; Bye is
 //! allowed after the hello and is answered with Ack, then the connection closes. Any error
 //! is answered with an Error message, then the connection closes. Anything that fails to
 //! authenticate (a bad hello, a forged, replayed or reordered frame) is not answered at all:
-//! the connection is closed silently.
+//! the connection is closed silently, and so is a client that speaks while its request is
+//! being answered (lock-step). A hello not whole within the handshake timeout, or a request
+//! not whole within the idle timeout after the previous reply, closes the session silently.
 
 use std::sync::Arc;
 
 use prost::Message as _;
+use rand::rngs::StdRng;
 
 use crate::crypto::HelloDecryptor;
-use crate::handlers::get_cluster::{self, GetOutcome, Wait};
-use crate::handlers::{self, Context, HandlerError, SessionState};
-use crate::id::Id;
+use crate::frame::{self, FrameDecoder, FrameError};
+use crate::handlers::{self, get_cluster, HandlerError};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
+use crate::session::{
+    Exchange, Millis, Outcome, ReadResult, SessionCore, SessionReport, Step, Timeouts,
+};
 use crate::session_crypto::{Role, ServerHandshake, SessionCipher, SALT_LEN};
 use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
-
-/// What the glue must do after feeding the session a frame.
-#[derive(Debug)]
-pub enum Step {
-    /// Send `frame` (a whole frame payload). If `durable`, only once every store change made
-    /// so far is on disk. If `close`, close the connection after sending. If `joined` is
-    /// set, the named cluster gained or refreshed a member: wake whoever waits on it (after
-    /// the change is durable).
-    Send {
-        /// The payload to send as one frame.
-        frame: Vec<u8>,
-        /// Wait for the store to be durable before sending.
-        durable: bool,
-        /// Close after sending.
-        close: bool,
-        /// The cluster a Join changed.
-        joined: Option<Id>,
-    },
-    /// Apply `write` to the store and pass the result to [`ServerSession::on_written`]. The
-    /// registry uses [`Store::write`](crate::store::Store::write), which batches concurrent
-    /// writes and answers once the change is durable.
-    Write(Write),
-    /// Hold the reply until the cluster changes (call [`ServerSession::resume`] with
-    /// `expired = false`) or `wait.wait_ms` pass (call it with `expired = true`).
-    Wait(Wait),
-    /// Close the connection without a word.
-    Close,
-}
-
-/// How a session ended, for the one log line per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Outcome {
-    /// Still running.
-    #[default]
-    Open,
-    /// The client said Bye.
-    Bye,
-    /// The registry sent an Error and closed.
-    Refused(ErrCode),
-    /// The handshake or a frame failed to authenticate, or a frame was malformed.
-    Dropped,
-}
-
-/// What a session on either wire (xlReg/2 here, xlReg 1.9 in [`crate::legacy`]) has done,
-/// for the one log line that ends it.
-#[derive(Debug, Default)]
-pub struct SessionReport {
-    /// What the session established through the handlers (its node, its clusters).
-    pub state: SessionState,
-    /// Requests handled so far.
-    pub requests: u32,
-    /// The op of the latest request, `None` if it had no op or an unknown one.
-    pub last_op: Option<Tag>,
-    /// How the session ended (or `Open`).
-    pub outcome: Outcome,
-}
-
-impl SessionReport {
-    /// The node the session registered as, if any.
-    pub fn node(&self) -> Option<&Id> {
-        self.state.node.as_ref().map(|n| &n.id)
-    }
-
-    /// The cluster the session last joined, else created, if any.
-    pub fn cluster(&self) -> Option<&Id> {
-        self.state.joined.as_ref().or(self.state.created.as_ref())
-    }
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -101,166 +40,122 @@ enum Phase {
         cipher: SessionCipher,
         server_salt: [u8; SALT_LEN],
     },
-    Closed,
 }
 
 /// One xlReg/2 connection's protocol state, on the registry side.
 #[derive(Debug)]
 pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
+    rng: StdRng,
+    decoder: FrameDecoder,
     phase: Phase,
-    waiting: Option<Wait>,
-    /// A [`Step::Write`] was returned and its result has not come back yet.
-    writing: bool,
-    report: SessionReport,
+    exchange: Exchange,
 }
 
 impl ServerSession {
-    /// A session awaiting its hello, decrypting with the registry's comms key.
-    pub fn new(decryptor: Arc<HelloDecryptor>) -> ServerSession {
+    /// A session starting at `now`, awaiting its hello: decrypts with the registry's comms
+    /// key, draws its handshake key and salt from `rng`, accepts frames of at most
+    /// `max_frame` bytes and gives the peer `timeouts` to speak.
+    pub fn new(
+        decryptor: Arc<HelloDecryptor>,
+        rng: StdRng,
+        max_frame: usize,
+        timeouts: Timeouts,
+        now: Millis,
+    ) -> ServerSession {
         ServerSession {
             decryptor,
+            rng,
+            decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
-            waiting: None,
-            writing: false,
-            report: SessionReport::default(),
+            exchange: Exchange::new(timeouts, now),
         }
     }
 
-    /// What the session has done so far, for its log line.
-    pub fn report(&self) -> &SessionReport {
-        &self.report
-    }
-
-    /// True once the handshake is done.
-    pub fn is_established(&self) -> bool {
-        matches!(self.phase, Phase::Established { .. })
-    }
-
-    /// Feeds one received frame payload.
-    pub fn on_frame(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
-        if self.waiting.is_some() || self.writing {
-            // The client spoke before its request was answered: lock-step is broken.
-            return self.drop_connection();
+    /// The next whole frame received, if any; a frame over the limit ends the session.
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        match self.decoder.next_frame() {
+            Ok(frame) => frame,
+            Err(FrameError::TooLarge { len, max }) => {
+                self.exchange.report.outcome = Outcome::FrameTooLarge { len, max };
+                self.exchange.close();
+                None
+            }
         }
+    }
+
+    fn on_frame(&mut self, frame: &[u8], now: Millis) -> Step {
         match &mut self.phase {
-            Phase::AwaitHello => match ServerHandshake::accept(&self.decryptor, frame) {
-                Ok((reply, keys)) => {
-                    self.phase = Phase::Established {
-                        cipher: SessionCipher::new(&keys.key, Role::Server),
-                        server_salt: keys.server_salt,
-                    };
-                    Step::Send {
-                        frame: reply,
-                        durable: false,
-                        close: false,
-                        joined: None,
+            Phase::AwaitHello => {
+                match ServerHandshake::accept(&self.decryptor, frame, &mut self.rng) {
+                    Ok((reply, keys)) => {
+                        self.phase = Phase::Established {
+                            cipher: SessionCipher::new(&keys.key, Role::Server),
+                            server_salt: keys.server_salt,
+                        };
+                        self.exchange.reply(frame::encode(&reply), false, None, now)
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "hello refused");
+                        self.drop_connection()
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "hello refused");
-                    self.drop_connection()
-                }
-            },
+            }
             Phase::Established { cipher, .. } => {
                 let Ok(plaintext) = cipher.open(frame) else {
                     return self.drop_connection();
                 };
                 match XlRegMsg::decode(plaintext.as_slice()) {
-                    Ok(msg) => self.on_message(&msg, ctx),
+                    Ok(msg) => self.on_message(&msg, now),
                     Err(_) => self.refuse(
                         ErrCode::BadRequest,
                         "message is not a valid XLRegMsg".to_string(),
                     ),
                 }
             }
-            Phase::Closed => Step::Close,
         }
     }
 
-    /// Re-answers a held GetCluster: after the cluster changed (`expired` false) or when the
-    /// wait is over (`expired` true).
-    pub fn resume(&mut self, ctx: &mut Context<'_>, expired: bool) -> Step {
-        let Some(wait) = self.waiting.take() else {
-            return Step::Close;
-        };
-        let outcome = get_cluster::resume(ctx, &wait, expired);
-        self.get_outcome(outcome)
-    }
-
-    /// [`on_frame`](Self::on_frame), applying a write it asks for at once through
-    /// `ctx.store` ([`Store::apply`](crate::store::Store::apply): unbatched, not yet durable):
-    /// for tests, fuzzing and tools that drive the session without the glue.
-    pub fn on_frame_applying(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
-        match self.on_frame(frame, ctx) {
-            Step::Write(write) => {
-                let result = ctx.store.apply(&write, ctx.fresh_id);
-                self.on_written(result)
-            }
-            step => step,
-        }
-    }
-
-    /// Takes the result of the [`Step::Write`] returned last and says what to send.
-    pub fn on_written(&mut self, result: Result<Written, StoreError>) -> Step {
-        if !std::mem::take(&mut self.writing) {
-            return self.drop_connection();
-        }
-        match result {
-            Ok(written) => {
-                let reply = handlers::finish(&mut self.report.state, written);
-                Step::Send {
-                    frame: self.seal(&reply.msg),
-                    // The store answers a write only once it (and all it read) is durable.
-                    durable: false,
-                    close: false,
-                    joined: reply.joined,
-                }
-            }
-            Err(error) => self.handler_error(HandlerError::Store(error)),
-        }
-    }
-
-    fn on_message(&mut self, msg: &XlRegMsg, ctx: &mut Context<'_>) -> Step {
-        self.report.requests += 1;
-        self.report.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
+    fn on_message(&mut self, msg: &XlRegMsg, now: Millis) -> Step {
+        self.exchange
+            .request(msg.op.and_then(|op| Tag::try_from(op).ok()));
         let Some(op) = msg.op else {
             return self.refuse(ErrCode::BadRequest, "message has no Op".to_string());
         };
         let Ok(tag) = Tag::try_from(op) else {
             return self.refuse(ErrCode::BadRequest, format!("unknown Op {op}"));
         };
-        let registered = self.report.state.node.is_some();
-        let server_salt = match &self.phase {
-            Phase::Established { server_salt, .. } => *server_salt,
-            _ => return Step::Close,
+        let state = &self.exchange.report.state;
+        let registered = state.node.is_some();
+        let Phase::Established { server_salt, .. } = &self.phase else {
+            return self.drop_connection();
         };
+        let server_salt = *server_salt;
         match tag {
             Tag::Bye => {
-                self.report.outcome = Outcome::Bye;
-                let frame = self.seal(&handlers::bye::handle());
-                self.phase = Phase::Closed;
-                Step::Send {
-                    frame,
-                    durable: false,
-                    close: true,
-                    joined: None,
-                }
+                let phase = &mut self.phase;
+                self.exchange.last_word(
+                    &handlers::bye::handle(),
+                    Outcome::Bye,
+                    &mut |msg: &XlRegMsg| seal(phase, msg),
+                )
             }
             Tag::Member if !registered => {
                 let scheme = Scheme::V2 {
                     server_salt: &server_salt,
                 };
-                self.write(handlers::member::prepare(msg, scheme, ctx.now_ms))
+                let prepared = handlers::member::prepare(msg, scheme, now);
+                self.write(prepared)
             }
-            Tag::Create if registered => self.write(handlers::create::prepare(msg, ctx.now_ms)),
+            Tag::Create if registered => self.write(handlers::create::prepare(msg, now)),
             Tag::Join if registered => {
-                self.write(handlers::join::prepare(&self.report.state, msg, ctx.now_ms))
+                let prepared = handlers::join::prepare(state, msg, now);
+                self.write(prepared)
             }
-            Tag::GetCluster if registered => {
-                let outcome = get_cluster::handle(ctx, &self.report.state, msg);
-                self.get_outcome(outcome)
-            }
+            Tag::GetCluster if registered => match get_cluster::request(state, msg) {
+                Ok(request) => self.exchange.read(request),
+                Err(error) => self.handler_error(error),
+            },
             Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster => {
                 let why = if registered {
                     "Member was already sent in this session"
@@ -289,62 +184,116 @@ impl ServerSession {
         }
     }
 
-    fn get_outcome(&mut self, outcome: Result<GetOutcome, HandlerError>) -> Step {
-        match outcome {
-            Ok(GetOutcome::Ready(msg)) => Step::Send {
-                frame: self.seal(&msg),
-                // Never show a member whose join is not yet on disk.
-                durable: true,
-                close: false,
-                joined: None,
-            },
-            Ok(GetOutcome::Wait(wait)) => {
-                self.waiting = Some(wait.clone());
-                Step::Wait(wait)
-            }
-            Err(error) => self.handler_error(error),
-        }
-    }
-
     fn write(&mut self, prepared: Result<Write, HandlerError>) -> Step {
         match prepared {
-            Ok(write) => {
-                self.writing = true;
-                Step::Write(write)
-            }
+            Ok(write) => self.exchange.write(write),
             Err(error) => self.handler_error(error),
         }
     }
 
     fn handler_error(&mut self, error: HandlerError) -> Step {
-        let (code, description) = error.refusal();
-        self.refuse(code, description)
+        let phase = &mut self.phase;
+        self.exchange
+            .handler_error(error, &mut |msg: &XlRegMsg| seal(phase, msg))
     }
 
     fn refuse(&mut self, code: ErrCode, description: String) -> Step {
-        self.report.outcome = Outcome::Refused(code);
-        let frame = self.seal(&handlers::error_message(code, description));
-        self.phase = Phase::Closed;
-        Step::Send {
-            frame,
-            durable: false,
-            close: true,
-            joined: None,
-        }
+        let phase = &mut self.phase;
+        self.exchange
+            .refuse(code, description, &mut |msg: &XlRegMsg| seal(phase, msg))
     }
 
     fn drop_connection(&mut self) -> Step {
-        self.report.outcome = Outcome::Dropped;
-        self.phase = Phase::Closed;
+        self.exchange.drop_session();
         Step::Close
     }
+}
 
-    fn seal(&mut self, msg: &XlRegMsg) -> Vec<u8> {
-        match &mut self.phase {
-            Phase::Established { cipher, .. } => cipher.seal(&msg.encode_to_vec()),
-            // Only reachable by a logic error; an empty frame fails the peer's authentication.
-            _ => Vec::new(),
+/// Seals `msg` as a whole frame under the session's cipher.
+fn seal(phase: &mut Phase, msg: &XlRegMsg) -> Vec<u8> {
+    match phase {
+        Phase::Established { cipher, .. } => frame::encode(&cipher.seal(&msg.encode_to_vec())),
+        // Only reachable by a logic error; an empty frame fails the peer's authentication.
+        Phase::AwaitHello => frame::encode(&[]),
+    }
+}
+
+impl SessionCore for ServerSession {
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        self.decoder.push(bytes);
+    }
+
+    fn poll(&mut self, now: Millis) -> Option<Step> {
+        if let Some(step) = self.exchange.take_next() {
+            return Some(step);
         }
+        if self.exchange.is_closed() {
+            return Some(Step::Close);
+        }
+        if self.exchange.is_holding() {
+            // In lock-step the client says nothing while its reply is held: a frame now
+            // breaks the session.
+            return match self.next_frame() {
+                Some(_) => Some(self.drop_connection()),
+                None if self.exchange.is_closed() => Some(Step::Close),
+                None => None,
+            };
+        }
+        if !self.exchange.may_take_request() {
+            return None;
+        }
+        match self.next_frame() {
+            Some(frame) => Some(self.on_frame(&frame, now)),
+            None if self.exchange.is_closed() => Some(Step::Close),
+            None => None,
+        }
+    }
+
+    fn on_read(&mut self, result: ReadResult, now: Millis) {
+        let phase = &mut self.phase;
+        self.exchange
+            .on_read(result, now, &mut |msg: &XlRegMsg| seal(phase, msg));
+    }
+
+    fn on_written(&mut self, result: Result<Written, StoreError>, now: Millis) {
+        let phase = &mut self.phase;
+        self.exchange
+            .on_written(result, now, &mut |msg: &XlRegMsg| seal(phase, msg));
+    }
+
+    fn on_changed(&mut self) {
+        self.exchange.changed();
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
+        self.exchange.poll_timeout()
+    }
+
+    fn on_timeout(&mut self, now: Millis) {
+        if self.exchange.timed_out(now) {
+            let established = self.is_established();
+            self.exchange.time_out(established);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.exchange.expire_wait();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.exchange.is_idle(self.decoder.buffered())
+    }
+
+    fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    fn report(&self) -> &SessionReport {
+        &self.exchange.report
     }
 }
 
@@ -354,14 +303,34 @@ mod tests {
 
     use super::*;
     use crate::crypto::RsaKeyPair;
-    use crate::handlers::testing::{member_msg_for, with_ctx};
+    use crate::driver::poll_applying;
+    use crate::handlers::testing::member_msg_for;
+    use crate::id::Id;
+    use crate::session::Read;
     use crate::session_crypto::{ClientHandshake, SessionKeys};
     use crate::store::Store;
+    use rand::SeedableRng as _;
     use std::sync::OnceLock;
+
+    const NOW: Millis = 1_000;
+    const TIMEOUTS: Timeouts = Timeouts {
+        handshake_ms: 10_000,
+        idle_ms: 60_000,
+    };
 
     fn registry_key() -> &'static RsaKeyPair {
         static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
         KEY.get_or_init(|| RsaKeyPair::generate(2048).unwrap())
+    }
+
+    fn new_session() -> ServerSession {
+        ServerSession::new(
+            Arc::new(registry_key().hello_decryptor().unwrap()),
+            StdRng::seed_from_u64(7),
+            64 * 1024,
+            TIMEOUTS,
+            NOW,
+        )
     }
 
     struct Peer {
@@ -369,21 +338,27 @@ mod tests {
         keys: SessionKeys,
     }
 
-    fn sent(step: Step) -> (Vec<u8>, bool) {
+    /// The frame payload of a reply, and whether the session closes after it.
+    fn sent(step: Option<Step>) -> (Vec<u8>, bool) {
         match step {
-            Step::Send { frame, close, .. } => (frame, close),
+            Some(Step::Send { bytes, close, .. }) => {
+                let mut decoder = FrameDecoder::new(frame::MAX_FRAME_LEN);
+                decoder.push(&bytes);
+                (decoder.next_frame().unwrap().unwrap(), close)
+            }
             other => panic!("expected a reply, got {other:?}"),
         }
     }
 
-    fn feed(store: &Store, session: &mut ServerSession, frame: &[u8]) -> Step {
-        with_ctx(store, |ctx| session.on_frame_applying(frame, ctx))
+    fn feed(store: &Store, session: &mut ServerSession, payload: &[u8]) -> Option<Step> {
+        session.on_bytes(&frame::encode(payload));
+        poll_applying(session, store, NOW)
     }
 
     fn connect(store: &Store) -> (ServerSession, Peer) {
-        let mut session = ServerSession::new(Arc::new(registry_key().hello_decryptor().unwrap()));
+        let mut session = new_session();
         let (client, hello) = ClientHandshake::start(registry_key().public_key()).unwrap();
-        let (reply, _) = sent(with_ctx(store, |ctx| session.on_frame(&hello, ctx)));
+        let (reply, _) = sent(feed(store, &mut session, &hello));
         let keys = client.finish(&reply).unwrap();
         let cipher = SessionCipher::new(&keys.key, Role::Client);
         assert!(session.is_established());
@@ -434,9 +409,15 @@ mod tests {
             ..op(Tag::GetCluster)
         };
         let frame = peer.cipher.seal(&wait.encode_to_vec());
-        let step = with_ctx(&store, |ctx| session.on_frame(&frame, ctx));
-        assert!(matches!(step, Step::Wait(ref w) if w.which == 0b11 && w.wait_ms == 1_000));
-        let (reply, _) = sent(with_ctx(&store, |ctx| session.resume(ctx, true)));
+        // Slot 1 is empty: the reply is held, the cluster watched, then read again.
+        assert!(matches!(
+            feed(&store, &mut session, &frame),
+            Some(Step::Watch(_))
+        ));
+        assert!(poll_applying(&mut session, &store, NOW).is_none());
+        assert_eq!(session.poll_timeout(), Some(NOW + 1_000));
+        session.on_timeout(NOW + 1_000);
+        let (reply, _) = sent(poll_applying(&mut session, &store, NOW + 1_000));
         let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
         assert_eq!(reply.which, Some(0b01));
         let (reply, close) = request(&store, &mut session, &mut peer, &op(Tag::Bye));
@@ -445,37 +426,38 @@ mod tests {
         // Anything after Bye is not answered.
         let late = peer.cipher.seal(&op(Tag::Bye).encode_to_vec());
         assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&late, ctx)),
-            Step::Close
+            feed(&store, &mut session, &late),
+            Some(Step::Close)
         ));
     }
 
     #[test]
-    fn a_write_is_handed_to_the_glue_and_its_result_becomes_the_reply() {
+    fn a_write_is_handed_to_the_driver_and_its_result_becomes_the_reply() {
         let store = Store::temporary().unwrap();
         let (mut session, mut peer) = connect(&store);
         let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
-        let step = with_ctx(&store, |ctx| session.on_frame(&frame, ctx));
-        let Step::Write(write) = step else {
+        session.on_bytes(&frame::encode(&frame));
+        let step = session.poll(NOW);
+        let Some(Step::Write(write)) = step else {
             panic!("Member should ask for a write, got {step:?}")
         };
-        assert!(
-            matches!(write, Write::RegisterNode { ref node, now_ms: 1_000 } if node.name == "m")
-        );
-        // Nothing is stored until the glue applies the write.
+        assert!(matches!(write, Write::RegisterNode { ref node, now_ms: NOW } if node.name == "m"));
+        // Nothing is stored until the driver applies the write, and nothing more is taken
+        // from the peer until it is answered.
         assert_eq!(store.counts().unwrap().nodes, 0);
-        // The client may not speak before it is answered.
         let early = peer.cipher.seal(&op(Tag::Bye).encode_to_vec());
-        assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&early, ctx)),
-            Step::Close
-        ));
+        session.on_bytes(&frame::encode(&early));
+        assert!(session.poll(NOW).is_none());
+        // A result nobody asked for drops the session.
+        session.on_read(Ok(None), NOW);
+        assert!(matches!(session.poll(NOW), Some(Step::Close)));
         assert_eq!(session.report().outcome, Outcome::Dropped);
 
         // A refusal from the store (here a full cluster) is an Error reply, then the close.
         let (mut session, mut peer) = connect(&store);
         let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
-        let Step::Write(_) = with_ctx(&store, |ctx| session.on_frame(&frame, ctx)) else {
+        session.on_bytes(&frame::encode(&frame));
+        let Some(Step::Write(_)) = session.poll(NOW) else {
             panic!("no write")
         };
         let full = StoreError::ClusterFull {
@@ -483,16 +465,45 @@ mod tests {
             members: 2,
             max: 2,
         };
-        let (reply, close) = sent(session.on_written(Err(full)));
+        session.on_written(Err(full), NOW);
+        let (reply, close) = sent(session.poll(NOW));
         let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
         assert_eq!(reply.err_kind, Some(ErrCode::ClusterFull as i32));
         assert!(close);
-        // A result nobody asked for is not answered.
+        // A second write result, after the first was answered, is not answered.
         let (mut session, _) = connect(&store);
-        assert!(matches!(
-            session.on_written(Err(StoreError::NoSuchNode(Id::random(&mut rand::rng())))),
-            Step::Close
-        ));
+        session.on_written(
+            Err(StoreError::NoSuchNode(Id::random(&mut rand::rng()))),
+            NOW,
+        );
+        assert!(matches!(session.poll(NOW), Some(Step::Close)));
+        assert_eq!(session.report().outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn a_get_cluster_asks_for_a_read_and_answers_from_it() {
+        let store = Store::temporary().unwrap();
+        let (mut session, mut peer) = connect(&store);
+        let member = member(&peer);
+        request(&store, &mut session, &mut peer, &member);
+        let get = XlRegMsg {
+            cluster_name: Some("nope".into()),
+            ..op(Tag::GetCluster)
+        };
+        let frame = peer.cipher.seal(&get.encode_to_vec());
+        session.on_bytes(&frame::encode(&frame));
+        let Some(Step::Read(read)) = session.poll(NOW) else {
+            panic!("GetCluster should ask for a read")
+        };
+        assert_eq!(
+            read,
+            Read::Cluster(crate::store::ClusterRef::Name("nope".into()))
+        );
+        session.on_read(Ok(None), NOW);
+        let (reply, close) = sent(session.poll(NOW));
+        let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
+        assert_eq!(reply.err_kind, Some(ErrCode::NotFound as i32));
+        assert!(close);
     }
 
     #[test]
@@ -525,8 +536,8 @@ mod tests {
         let mut flipped = frame.clone();
         flipped[3] ^= 0x40;
         assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&flipped, ctx)),
-            Step::Close
+            feed(&store, &mut session, &flipped),
+            Some(Step::Close)
         ));
         assert_eq!(session.report().outcome, Outcome::Dropped);
         // A fresh session: a replay of its first frame fails the second time.
@@ -534,18 +545,29 @@ mod tests {
         let frame = peer.cipher.seal(&member(&peer).encode_to_vec());
         assert!(matches!(
             feed(&store, &mut session, &frame),
-            Step::Send { .. }
+            Some(Step::Send { .. })
         ));
         assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&frame, ctx)),
-            Step::Close
+            feed(&store, &mut session, &frame),
+            Some(Step::Close)
         ));
         // Garbage instead of a hello.
-        let mut session = ServerSession::new(Arc::new(registry_key().hello_decryptor().unwrap()));
+        let mut session = new_session();
         assert!(matches!(
-            with_ctx(&store, |ctx| session.on_frame(&[0u8; 256], ctx)),
-            Step::Close
+            feed(&store, &mut session, &[0u8; 256]),
+            Some(Step::Close)
         ));
         assert_eq!(store.counts().unwrap().nodes, 1);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_ends_the_session() {
+        let mut session = new_session();
+        session.on_bytes(&u32::MAX.to_be_bytes());
+        assert!(matches!(session.poll(NOW), Some(Step::Close)));
+        assert!(matches!(
+            session.report().outcome,
+            Outcome::FrameTooLarge { len, max: 65_536 } if len == u64::from(u32::MAX)
+        ));
     }
 }

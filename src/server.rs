@@ -1,18 +1,12 @@
-//! The registry's network glue: the TCP listener and one task per session.
+//! The registry's listener glue: the TCP accept loop and one task per session.
 //!
-//! This module owns sockets, timers and tasks, and nothing else: each session task reads
-//! frames, hands them to the pure [`ServerSession`], and carries out the [`Step`] it returns
-//! (hand a write to the store's writer and return its durable result to the session; wait
-//! for durability, send, close, or hold a GetCluster until the cluster changes). It
-//! enforces the operational limits: a maximum number of concurrent connections (a client
-//! over the limit is closed at once), a handshake timeout, an idle timeout per session and a
-//! maximum frame size. Shutdown stops accepting, lets sessions in flight finish within a
-//! grace period, then flushes the store: a session waiting for its next request is closed at
-//! once, one whose request has started arriving or is being answered gets its reply first.
-//! Given a [`Metrics`], it records connections, requests and session outcomes into it.
-//! The opt-in xlReg 1.9 listener ([`crate::legacy::server`]) is served by the same accept
-//! loop, under the same limits, and shares `deliver` (the durability rule), `describe_end`
-//! and `log_session` with the xlReg/2 sessions.
+//! This module owns the listeners, the connection limit (a client over the limit is closed
+//! at once) and shutdown (stop accepting, let sessions in flight finish within a grace
+//! period, then flush the store). Each accepted connection gets its wire's pure session
+//! core — [`ServerSession`] for xlReg/2 here, the opt-in xlReg 1.9 listener's from
+//! [`crate::legacy::server`] — run by the one session driver ([`crate::driver`]), which
+//! owns everything a session does (reads, writes, the store, deadlines, metrics, the log
+//! line). Given a [`Metrics`], connections and refusals over the limit are recorded into it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,68 +17,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+pub use crate::driver::ServerConfig;
 use crate::admission::PerPeerLimit;
 use crate::clock::now_ms;
-use crate::connection::{Connection, ConnectionError};
-use crate::frame::FrameError;
-use crate::handlers::Context;
-use crate::id::Id;
+use crate::driver::{self, SessionClock, Shared};
 use crate::legacy::server::LegacyListener;
-use crate::metrics::{Metrics, SessionEnd};
-use crate::proto::{ErrCode, Tag};
-use crate::protocol::{Outcome, ServerSession, SessionReport, Step};
+use crate::metrics::Metrics;
+use crate::protocol::ServerSession;
 use crate::registry::Registry;
-
-/// The `result` of a session line for a session closed by the shutdown.
-const SHUTDOWN_RESULT: &str = "closed: shutting down";
 
 /// Least time between two log lines about connections refused over a limit.
 const REFUSAL_LOG_INTERVAL: Duration = crate::admission::SUMMARY_INTERVAL;
-
-/// Operational limits and timeouts of a running registry.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Most connections served at once; more are closed on arrival.
-    pub max_connections: usize,
-    /// Most connections one peer address may hold; more are closed on arrival.
-    pub max_connections_per_ip: usize,
-    /// How long a new connection has to complete its hello.
-    pub handshake_timeout: Duration,
-    /// How long an established session may stay silent between requests.
-    pub idle_timeout: Duration,
-    /// How long a peer may take to accept a reply.
-    pub write_timeout: Duration,
-    /// Largest frame accepted from a client.
-    pub max_frame: usize,
-    /// How long sessions in flight may run on after shutdown begins.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> ServerConfig {
-        ServerConfig {
-            max_connections: 1024,
-            max_connections_per_ip: crate::admission::DEFAULT_MAX_CONNECTIONS_PER_IP,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(30),
-            max_frame: 64 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Runs `f` with a handler context over `registry`'s store, the current time and the
-/// system's random id source.
-pub fn with_context<T>(registry: &Registry, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
-    let mut fresh_id = || Id::random(&mut rand::rng());
-    let mut ctx = Context {
-        store: &registry.store,
-        now_ms: now_ms(),
-        fresh_id: &mut fresh_id,
-    };
-    f(&mut ctx)
-}
 
 /// A bound xlReg/2 listener, ready to serve.
 #[derive(Debug)]
@@ -202,26 +145,28 @@ impl Server {
                 refusals_per_ip.refused(peer, per_peer.max());
                 continue;
             };
-            let registry = self.registry.clone();
-            let config = self.config.clone();
-            let stop = stop_rx.clone();
-            let metrics = self.metrics.clone();
+            let shared = Shared {
+                registry: self.registry.clone(),
+                config: self.config.clone(),
+                metrics: self.metrics.clone(),
+                stop: stop_rx.clone(),
+            };
             sessions.spawn(async move {
+                let clock = SessionClock::start(now_ms());
                 match wire {
                     Wire::V2 => {
-                        serve_connection(registry, stream, peer, config, stop, metrics).await
+                        let core = ServerSession::new(
+                            shared.registry.decryptor.clone(),
+                            driver::session_rng(),
+                            shared.config.max_frame,
+                            shared.config.timeouts(),
+                            clock.now(),
+                        );
+                        driver::serve("xlReg/2", core, clock, &shared, stream, peer).await
                     }
                     Wire::Legacy => {
-                        crate::legacy::server::serve_connection(
-                            registry,
-                            stream,
-                            peer,
-                            config,
-                            legacy_version,
-                            stop,
-                            metrics,
-                        )
-                        .await
+                        let serve = crate::legacy::server::serve_connection;
+                        serve(&shared, stream, peer, legacy_version, clock).await
                     }
                 }
                 drop((permit, peer_slot));
@@ -339,257 +284,5 @@ impl RefusalLog {
         );
         self.unlogged = 0;
         self.last_line = Some(Instant::now());
-    }
-}
-
-/// Why a session task stopped, beside what the protocol's [`Outcome`] says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// The protocol ended it (Bye, a refusal, a dropped frame): the outcome says which.
-    Protocol,
-    /// The client hung up between requests.
-    PeerClosed,
-    /// Shutdown closed it between requests.
-    Shutdown,
-    /// The store could not make a change durable; the reply was withheld.
-    StoreFailed,
-}
-
-/// Serves one xlReg/2 connection to its end, logging one line about it.
-pub async fn serve_connection(
-    registry: Arc<Registry>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    config: ServerConfig,
-    stop: watch::Receiver<bool>,
-    metrics: Option<Arc<Metrics>>,
-) {
-    let started = Instant::now();
-    let _open = metrics.as_ref().map(|m| m.connection_opened());
-    let _ = stream.set_nodelay(true);
-    let mut conn = Connection::new(stream, config.max_frame);
-    let mut session = ServerSession::new(registry.decryptor.clone());
-    let ended = run_session(
-        &registry,
-        &mut conn,
-        &mut session,
-        &config,
-        stop,
-        metrics.as_deref(),
-    )
-    .await;
-    conn.shutdown().await;
-    let duration = started.elapsed();
-    let (end, result) = describe_end(&ended, session.is_established(), session.report().outcome);
-    if let Some(metrics) = &metrics {
-        metrics.session_ended(end, duration);
-    }
-    log_session("xlReg/2", peer, session.report(), &result, duration);
-}
-
-/// Logs the one line that ends every session, on either wire: who, what, how it ended and
-/// how long it took.
-pub(crate) fn log_session(
-    wire: &str,
-    peer: SocketAddr,
-    report: &SessionReport,
-    result: &str,
-    duration: Duration,
-) {
-    // admission: a flood of bogus hellos must not flood the log (a shutdown is no flood).
-    if report.node().is_none()
-        && report.requests == 0
-        && result != SHUTDOWN_RESULT
-        && !crate::admission::UNAUTHENTICATED.note(Some(peer.ip()))
-    {
-        return;
-    }
-    let node = report.node().map(Id::to_hex).unwrap_or_default();
-    let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
-    tracing::info!(
-        wire,
-        %peer,
-        node,
-        cluster,
-        ops = report.requests,
-        result,
-        duration_ms = duration.as_millis() as u64,
-        "session"
-    );
-}
-
-/// Writes a reply under the durability rule: a reply that may report a change (`durable`)
-/// is written only once every store change is on disk; after the write, sessions waiting on
-/// the `joined` cluster are woken. Returns false, having written nothing, if the store could
-/// not be flushed: the session must then close.
-pub(crate) async fn deliver(
-    registry: &Registry,
-    durable: bool,
-    joined: Option<&Id>,
-    write: impl Future<Output = Result<(), ConnectionError>>,
-) -> Result<bool, ConnectionError> {
-    if durable {
-        if let Err(error) = registry.store.durable().await {
-            // A failed storage was logged once, when it failed (fail-stop).
-            if !registry.store.health().is_failed() {
-                tracing::error!(%error, "store flush failed; dropping the reply");
-            }
-            return Ok(false);
-        }
-    }
-    write.await?;
-    if let Some(cluster) = joined {
-        registry.events.notify(cluster);
-    }
-    Ok(true)
-}
-
-/// How a session ended: the metrics label and the log's `result` text.
-pub(crate) fn describe_end(
-    ended: &Result<Ending, ConnectionError>,
-    established: bool,
-    outcome: Outcome,
-) -> (SessionEnd, String) {
-    match ended {
-        Err(error) => {
-            let end = match error {
-                ConnectionError::ReadTimeout(_) if established => SessionEnd::IdleTimeout,
-                ConnectionError::ReadTimeout(_) => SessionEnd::HandshakeTimeout,
-                ConnectionError::Frame(FrameError::TooLarge { .. }) => SessionEnd::FrameTooLarge,
-                ConnectionError::Io(_)
-                | ConnectionError::WriteTimeout(_)
-                | ConnectionError::Truncated => SessionEnd::ConnectionError,
-            };
-            (end, format!("error: {error}"))
-        }
-        Ok(Ending::PeerClosed) => (SessionEnd::PeerClosed, "peer closed".to_string()),
-        Ok(Ending::Shutdown) => (SessionEnd::Shutdown, SHUTDOWN_RESULT.to_string()),
-        Ok(Ending::StoreFailed) => (
-            SessionEnd::StoreFailed,
-            "store flush failed: reply withheld".to_string(),
-        ),
-        Ok(Ending::Protocol) => match outcome {
-            Outcome::Bye => (SessionEnd::Bye, "bye".to_string()),
-            Outcome::Refused(code) => (
-                SessionEnd::Refused,
-                format!("refused: {}", code.as_str_name()),
-            ),
-            Outcome::Dropped => (
-                SessionEnd::Dropped,
-                "dropped: failed authentication or malformed".to_string(),
-            ),
-            Outcome::Open => (SessionEnd::Dropped, "closed by the registry".to_string()),
-        },
-    }
-}
-
-/// True once shutdown has begun (or the server that would announce it is gone).
-fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || stop.has_changed().is_err()
-}
-
-/// The result a request was answered with, for the metrics: `Unavailable` if the reply was
-/// withheld (`sent` false: the store could not be flushed), else a refusal's error kind, or
-/// success. Both wires count their requests through this.
-pub(crate) fn request_result(report: &SessionReport, sent: bool) -> Result<(), ErrCode> {
-    match report.outcome {
-        _ if !sent => Err(ErrCode::Unavailable),
-        Outcome::Refused(code) => Err(code),
-        _ => Ok(()),
-    }
-}
-
-async fn run_session(
-    registry: &Registry,
-    conn: &mut Connection<TcpStream>,
-    session: &mut ServerSession,
-    config: &ServerConfig,
-    mut stop: watch::Receiver<bool>,
-    metrics: Option<&Metrics>,
-) -> Result<Ending, ConnectionError> {
-    loop {
-        let timeout = if session.is_established() {
-            config.idle_timeout
-        } else {
-            config.handshake_timeout
-        };
-        // Shutdown closes a session waiting for its next request, but a request that has
-        // started arriving is read to its end and answered.
-        let stopping = is_stopping(&stop);
-        if stopping && !conn.has_pending_input() {
-            return Ok(Ending::Shutdown);
-        }
-        let read = if stopping {
-            conn.read_frame(timeout).await
-        } else {
-            tokio::select! {
-                biased;
-                read = conn.read_frame(timeout) => read,
-                _ = stop.wait_for(|stopping| *stopping) => continue,
-            }
-        };
-        let Some(frame) = read? else {
-            return Ok(Ending::PeerClosed);
-        };
-        let arrived = Instant::now();
-        let requests_before = session.report().requests;
-        let mut step = with_context(registry, |ctx| session.on_frame(&frame, ctx));
-        // The op of the request being answered, if the frame was one (not the hello).
-        let mut answering: Option<Option<Tag>> =
-            (session.report().requests != requests_before).then(|| session.report().last_op);
-        let mut deadline = None;
-        loop {
-            match step {
-                Step::Close => return Ok(Ending::Protocol),
-                Step::Send {
-                    frame,
-                    durable,
-                    close,
-                    joined,
-                } => {
-                    let write = conn.write_frame(&frame, config.write_timeout);
-                    let sent = deliver(registry, durable, joined.as_ref(), write).await?;
-                    if let (Some(metrics), Some(op)) = (metrics, answering.take()) {
-                        let result = request_result(session.report(), sent);
-                        metrics.request_took(op, result, arrived.elapsed());
-                    }
-                    if !sent {
-                        return Ok(Ending::StoreFailed);
-                    }
-                    if close {
-                        return Ok(Ending::Protocol);
-                    }
-                    break;
-                }
-                Step::Write(write) => {
-                    let result = registry.store.write(write).await;
-                    step = session.on_written(result);
-                }
-                Step::Wait(wait) => {
-                    let deadline = *deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + Duration::from_millis(wait.wait_ms.into())
-                    });
-                    let mut changes = registry.events.subscribe(&wait.cluster);
-                    // Re-read after subscribing: a join between the first read and the
-                    // subscription must not be missed.
-                    step = with_context(registry, |ctx| session.resume(ctx, false));
-                    if !matches!(step, Step::Wait(_)) {
-                        continue;
-                    }
-                    step = tokio::select! {
-                        _ = changes.changed() => with_context(registry, |ctx| session.resume(ctx, false)),
-                        _ = tokio::time::sleep_until(deadline) => with_context(registry, |ctx| session.resume(ctx, true)),
-                        _ = stop.wait_for(|stopping| *stopping) => with_context(registry, |ctx| session.resume(ctx, true)),
-                        // In lock-step the client says nothing while it waits: anything it
-                        // sends now breaks the session (the protocol drops it), and so does
-                        // its hanging up.
-                        read = conn.read_frame(Duration::from_millis(wait.wait_ms.into()) + config.idle_timeout) => match read? {
-                            Some(frame) => with_context(registry, |ctx| session.on_frame(&frame, ctx)),
-                            None => return Ok(Ending::PeerClosed),
-                        },
-                    };
-                }
-            }
-        }
     }
 }

@@ -11,8 +11,11 @@
 //!    with nonces derived from per-direction counters: never reused, and any replayed,
 //!    reordered, dropped or altered frame fails to open.
 //!
-//! Pure functions of bytes and keys: no socket, no clock.
+//! Pure functions of bytes, keys and a random number generator the caller hands in: no
+//! socket, no clock, no global randomness (the registry gives each session its own RNG,
+//! seeded from the operating system; tests may seed one).
 
+use rand::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, AesKey, CryptoError, HelloDecryptor, PublicKey, AES_KEY_LEN};
@@ -95,13 +98,24 @@ pub struct ClientHandshake {
 }
 
 impl ClientHandshake {
-    /// Builds the hello for the registry whose comms key is `registry_comms_key`. Returns
-    /// the state to keep and the hello frame payload to send.
+    /// Builds the hello for the registry whose comms key is `registry_comms_key`, drawing
+    /// key1 and salt1 from the thread's RNG. Returns the state to keep and the hello frame
+    /// payload to send.
     pub fn start(
         registry_comms_key: &PublicKey,
     ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
-        let key1 = crypto::random_aes_key();
-        let salt1 = crypto::random_array::<SALT_LEN>();
+        Self::start_with(registry_comms_key, &mut rand::rng())
+    }
+
+    /// [`start`](Self::start), drawing key1 and salt1 from `rng`.
+    pub fn start_with(
+        registry_comms_key: &PublicKey,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+        let mut key1 = Zeroizing::new([0u8; AES_KEY_LEN]);
+        rng.fill_bytes(key1.as_mut());
+        let mut salt1 = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt1);
         let mut plaintext = Zeroizing::new(Vec::with_capacity(HELLO_PLAINTEXT_LEN));
         plaintext.extend_from_slice(HELLO_MAGIC);
         plaintext.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
@@ -153,12 +167,13 @@ impl ClientHandshake {
 pub struct ServerHandshake;
 
 impl ServerHandshake {
-    /// Decrypts a hello and builds the reply. Returns the reply frame payload and the
-    /// session keys. The RSA decryption here is the registry's only private-key operation
-    /// per session.
+    /// Decrypts a hello and builds the reply, drawing key2 and salt2 from `rng`. Returns the
+    /// reply frame payload and the session keys. The RSA decryption here is the registry's
+    /// only private-key operation per session.
     pub fn accept(
         decryptor: &HelloDecryptor,
         hello: &[u8],
+        rng: &mut impl CryptoRng,
     ) -> Result<(Vec<u8>, SessionKeys), HandshakeError> {
         let plaintext = decryptor
             .decrypt_oaep_sha256(hello)
@@ -177,8 +192,10 @@ impl ServerHandshake {
         key1.copy_from_slice(&plaintext[8..8 + AES_KEY_LEN]);
         let salt1 = &plaintext[8 + AES_KEY_LEN..];
 
-        let key2 = crypto::random_aes_key();
-        let salt2 = crypto::random_array::<SALT_LEN>();
+        let mut key2 = Zeroizing::new([0u8; AES_KEY_LEN]);
+        rng.fill_bytes(key2.as_mut());
+        let mut salt2 = [0u8; SALT_LEN];
+        rng.fill_bytes(&mut salt2);
         let mut reply = Zeroizing::new(Vec::with_capacity(REPLY_PLAINTEXT_LEN));
         reply.extend_from_slice(salt1);
         reply.extend_from_slice(key2.as_ref());
@@ -268,7 +285,8 @@ mod tests {
         let decryptor = key.hello_decryptor().unwrap();
         let (client, hello) = ClientHandshake::start(key.public_key()).unwrap();
         assert_eq!(hello.len(), 256);
-        let (reply, server_keys) = ServerHandshake::accept(&decryptor, &hello).unwrap();
+        let (reply, server_keys) =
+            ServerHandshake::accept(&decryptor, &hello, &mut rand::rng()).unwrap();
         let client_keys = client.finish(&reply).unwrap();
         (client_keys, server_keys)
     }
@@ -287,11 +305,11 @@ mod tests {
         let (_, hello) = ClientHandshake::start(other.public_key()).unwrap();
         let decryptor = registry_key().hello_decryptor().unwrap();
         assert!(matches!(
-            ServerHandshake::accept(&decryptor, &hello),
+            ServerHandshake::accept(&decryptor, &hello, &mut rand::rng()),
             Err(HandshakeError::HelloUndecryptable)
         ));
         assert!(matches!(
-            ServerHandshake::accept(&decryptor, &[0u8; 17]),
+            ServerHandshake::accept(&decryptor, &[0u8; 17], &mut rand::rng()),
             Err(HandshakeError::HelloUndecryptable)
         ));
     }

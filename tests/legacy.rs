@@ -481,4 +481,20 @@ async fn go_solo_member_obtains_an_id_with_no_endpoints_and_xlreg2_still_require
             "at least one endpoint",
         )
         .await;
+async fn a_legacy_session_between_requests_is_ended_by_shutdown_and_logged_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cred) = start(&dir.path().join("data"), &[]);
+    let mut client = LegacyClient::connect(&cred).await;
+    client.member(&LegacyMember::new(0, "alpha")).await;
+    server.send_signal(libc::SIGTERM);
+    // The session is between requests: the registry closes it at once, without a word.
+    assert!(client.recv().await.is_none());
+    let log_path = server.log.clone();
+    assert_eq!(server.wait_exit(), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|line| line.contains("wire=\"xlReg/1.9\"") && line.contains("ops=1"))
+        .unwrap_or_else(|| panic!("no 1.9 session line in\n{log}"));
+    assert!(line.contains("closed: shutting down"), "{line}");
 }

@@ -9,11 +9,14 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng as _;
 use xlreg::crypto::{HelloDecryptor, RsaKeyPair};
-use xlreg::handlers::Context;
-use xlreg::id::Id;
+use xlreg::driver::poll_applying;
+use xlreg::frame::{self, FrameDecoder};
 use xlreg::proto::{Tag, XlRegMsg, XlRegToken};
-use xlreg::protocol::{ServerSession, Step};
+use xlreg::protocol::ServerSession;
+use xlreg::session::{SessionCore as _, Step, Timeouts};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher};
 use xlreg::store::Store;
 use xlreg::token::{self, TokenFields};
@@ -247,21 +250,33 @@ fn plaintext(input: &Input, salt: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+const TIMEOUTS: Timeouts = Timeouts {
+    handshake_ms: 10_000,
+    idle_ms: 60_000,
+};
+
+fn new_session(seed: u64) -> ServerSession {
+    let rng = StdRng::seed_from_u64(seed);
+    ServerSession::new(keys().decryptor.clone(), rng, 64 * 1024, TIMEOUTS, 1_000)
+}
+
+/// The payload of the one frame in `bytes`.
+fn payload(bytes: &[u8]) -> Vec<u8> {
+    let mut decoder = FrameDecoder::new(frame::MAX_FRAME_LEN);
+    decoder.push(bytes);
+    decoder.next_frame().unwrap().unwrap()
+}
+
 /// Runs one session over `inputs`; returns how many replies it produced.
 fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> {
     let keys = keys();
-    let mut fresh_id = || Id::random(&mut rand::rng());
-    let mut ctx = Context {
-        store,
-        now_ms: 1_000,
-        fresh_id: &mut fresh_id,
-    };
-    let mut session = ServerSession::new(keys.decryptor.clone());
+    let mut session = new_session(1);
     let (handshake, hello) = ClientHandshake::start(keys.registry.public_key()).unwrap();
-    let Step::Send { frame, .. } = session.on_frame(&hello, &mut ctx) else {
+    session.on_bytes(&frame::encode(&hello));
+    let Some(Step::Send { bytes, .. }) = poll_applying(&mut session, store, 1_000) else {
         return Err(TestCaseError::fail("the hello was not answered"));
     };
-    let session_keys = handshake.finish(&frame).unwrap();
+    let session_keys = handshake.finish(&payload(&bytes)).unwrap();
     let mut cipher = SessionCipher::new(&session_keys.key, Role::Client);
     let mut replies = 0;
     for input in inputs {
@@ -272,15 +287,20 @@ fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> 
                 _ => unreachable!(),
             },
         };
-        let mut step = session.on_frame_applying(&frame, &mut ctx);
-        if let Step::Wait(_) = step {
-            // The glue would wait for a change or the deadline: take the deadline.
-            step = session.resume(&mut ctx, true);
+        session.on_bytes(&frame::encode(&frame));
+        let mut step = poll_applying(&mut session, store, 1_000);
+        if let Some(Step::Watch(_)) = step {
+            // The driver would wait for a change or the deadline: take the deadline.
+            let deadline = session
+                .poll_timeout()
+                .ok_or_else(|| TestCaseError::fail("a held reply has no deadline"))?;
+            session.on_timeout(deadline);
+            step = poll_applying(&mut session, store, deadline);
         }
         match step {
-            Step::Send { frame, close, .. } => {
+            Some(Step::Send { bytes, close, .. }) => {
                 let reply = cipher
-                    .open(&frame)
+                    .open(&payload(&bytes))
                     .map_err(|_| TestCaseError::fail("a reply does not authenticate"))?;
                 XlRegMsg::decode(reply.as_slice())
                     .map_err(|e| TestCaseError::fail(format!("a reply does not decode: {e}")))?;
@@ -289,15 +309,21 @@ fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> 
                     break;
                 }
             }
-            Step::Close => {
+            Some(Step::Close) => {
                 prop_assert!(
                     !matches!(input, Input::Message(_) | Input::SignedMember { .. }),
                     "an authentic message was dropped without a reply: {input:?}"
                 );
                 break;
             }
-            Step::Wait(_) => return Err(TestCaseError::fail("still waiting after the deadline")),
-            Step::Write(_) => return Err(TestCaseError::fail("a write's result led to a write")),
+            None | Some(Step::Watch(_)) => {
+                return Err(TestCaseError::fail("no reply after the deadline"))
+            }
+            Some(Step::Read(_) | Step::Write(_)) => {
+                return Err(TestCaseError::fail(
+                    "a store operation was left to the test",
+                ))
+            }
         }
     }
     Ok(replies)
@@ -321,10 +347,10 @@ proptest! {
     #[test]
     fn any_bytes_as_a_hello_are_closed_without_a_reply(hello in vec(any::<u8>(), 0..600)) {
         let store = Store::temporary().unwrap();
-        let mut fresh_id = || Id::random(&mut rand::rng());
-        let mut ctx = Context { store: &store, now_ms: 1, fresh_id: &mut fresh_id };
-        let mut session = ServerSession::new(keys().decryptor.clone());
-        prop_assert!(matches!(session.on_frame(&hello, &mut ctx), Step::Close));
-        prop_assert!(matches!(session.on_frame(&hello, &mut ctx), Step::Close));
+        let mut session = new_session(2);
+        session.on_bytes(&frame::encode(&hello));
+        prop_assert!(matches!(poll_applying(&mut session, &store, 1_000), Some(Step::Close)));
+        session.on_bytes(&frame::encode(&hello));
+        prop_assert!(matches!(poll_applying(&mut session, &store, 1_000), Some(Step::Close)));
     }
 }

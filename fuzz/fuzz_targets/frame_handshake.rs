@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for frame in frames.iter().take(4) {
         // Random bytes cannot be an OAEP ciphertext under the registry's key.
-        assert!(ServerHandshake::accept(decryptor, frame).is_err());
+        assert!(ServerHandshake::accept(decryptor, frame, &mut rand::rng()).is_err());
         // Nor a reply sealed under a fresh random key1.
         let (client, _hello) = ClientHandshake::start(key.public_key()).expect("hello");
         assert!(client.finish(frame).is_err());

@@ -10,11 +10,13 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use xlreg::crypto::{HelloDecryptor, RsaKeyPair};
-use xlreg::frame::FrameDecoder;
-use xlreg::handlers::Context;
-use xlreg::id::Id;
+use rand::rngs::StdRng;
+use rand::SeedableRng as _;
+use xlreg::driver::poll_applying;
+use xlreg::frame::{self, FrameDecoder};
 use xlreg::proto::{Tag, XlRegMsg};
-use xlreg::protocol::{ServerSession, Step};
+use xlreg::protocol::ServerSession;
+use xlreg::session::{SessionCore as _, Step, Timeouts};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher};
 use xlreg::store::Store;
 use xlreg::token::{self, TokenFields};
@@ -39,24 +41,36 @@ fn keys() -> &'static Keys {
     })
 }
 
+/// The payload of the one frame in `bytes`.
+fn payload(bytes: &[u8]) -> Vec<u8> {
+    let mut decoder = FrameDecoder::new(frame::MAX_FRAME_LEN);
+    decoder.push(bytes);
+    decoder.next_frame().expect("a frame").expect("a whole frame")
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
     let keys = keys();
     let store = Store::temporary().expect("temporary store");
-    let mut fresh_id = || Id::random(&mut rand::rng());
-    let mut ctx = Context {
-        store: &store,
-        now_ms: 1,
-        fresh_id: &mut fresh_id,
+    let timeouts = Timeouts {
+        handshake_ms: 10_000,
+        idle_ms: 60_000,
     };
-    let mut session = ServerSession::new(keys.decryptor.clone());
+    let mut session = ServerSession::new(
+        keys.decryptor.clone(),
+        StdRng::seed_from_u64(1),
+        64 * 1024,
+        timeouts,
+        1,
+    );
     let (client, hello) = ClientHandshake::start(keys.registry.public_key()).expect("hello");
-    let Step::Send { frame, .. } = session.on_frame(&hello, &mut ctx) else {
+    session.on_bytes(&frame::encode(&hello));
+    let Some(Step::Send { bytes, .. }) = poll_applying(&mut session, &store, 1) else {
         panic!("a valid hello was not answered");
     };
-    let session_keys = client.finish(&frame).expect("reply");
+    let session_keys = client.finish(&payload(&bytes)).expect("reply");
     let mut cipher = SessionCipher::new(&session_keys.key, Role::Client);
 
     let mut plaintexts = Vec::new();
@@ -87,21 +101,25 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for plaintext in plaintexts.iter().take(16) {
-        let mut step = session.on_frame_applying(&cipher.seal(plaintext), &mut ctx);
-        if let Step::Wait(_) = step {
-            step = session.resume(&mut ctx, true);
+        session.on_bytes(&frame::encode(&cipher.seal(plaintext)));
+        let mut step = poll_applying(&mut session, &store, 1);
+        if let Some(Step::Watch(_)) = step {
+            // The driver would wait for a change or the deadline: take the deadline.
+            let deadline = session.poll_timeout().expect("a held reply has a deadline");
+            session.on_timeout(deadline);
+            step = poll_applying(&mut session, &store, deadline);
         }
-        match step {
-            Step::Send { frame, close, .. } => {
-                let reply = cipher.open(&frame).expect("a reply authenticates");
+        match step.expect("a reply or a close") {
+            Step::Send { bytes, close, .. } => {
+                let reply = cipher.open(&payload(&bytes)).expect("a reply authenticates");
                 XlRegMsg::decode(reply.as_slice()).expect("a reply decodes");
                 if close {
                     break;
                 }
             }
             Step::Close => break,
-            Step::Wait(_) => panic!("still waiting after the deadline"),
-            Step::Write(_) => panic!("a write's result led to a write"),
+            Step::Watch(_) => panic!("still waiting after the deadline"),
+            Step::Read(_) | Step::Write(_) => panic!("a store operation was left undone"),
         }
     }
     let problems = store.verify().expect("verify");

@@ -5,20 +5,10 @@
 //! an existing name returns that cluster unchanged, as the Go registry did, so every member
 //! of a fleet may race to create its cluster and all of them learn the same ID.
 
-use super::{apply_now, Context, HandlerError, Reply, SessionState};
+use super::HandlerError;
 use crate::proto::XlRegMsg;
 use crate::store::{NewCluster, Write};
 use crate::validate;
-
-/// Creates (or finds) the cluster the message names, now (see [`apply_now`]).
-pub fn handle(
-    ctx: &mut Context<'_>,
-    state: &mut SessionState,
-    msg: &XlRegMsg,
-) -> Result<Reply, HandlerError> {
-    let write = prepare(msg, ctx.now_ms);
-    apply_now(ctx, state, write)
-}
 
 /// Checks the request and returns the cluster to create (or find); the reply is built by
 /// [`finish`](super::finish) from what the store did.
@@ -47,7 +37,8 @@ pub fn prepare(msg: &XlRegMsg, now_ms: u64) -> Result<Write, HandlerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::with_ctx;
+    use crate::handlers::testing::{apply, NOW};
+    use crate::handlers::{Reply, SessionState};
     use crate::proto::Tag;
     use crate::store::Store;
 
@@ -64,7 +55,7 @@ mod tests {
             end_point_count: endpoints,
             ..XlRegMsg::default()
         };
-        with_ctx(store, |ctx| handle(ctx, &mut SessionState::default(), &msg))
+        apply(store, &mut SessionState::default(), prepare(&msg, NOW))
     }
 
     #[test]

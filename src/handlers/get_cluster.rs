@@ -4,17 +4,30 @@
 //! created) and the slots wanted as a bitmap `Which` (default: all). Bits beyond the
 //! cluster's size are ignored. The reply lists the present members among those slots in slot
 //! order, with `Which` set to the bits actually returned. With `WaitMs` the reply may be held
-//! until every requested slot is filled or the wait ends: the handler then answers
-//! [`GetOutcome::Wait`] and the glue calls [`resume`] when the cluster changes or the time is
-//! up, so no clock lives here.
+//! until every requested slot is filled or the wait ends: [`answer`] then says
+//! [`GetOutcome::Wait`], and the session core reads the cluster again when it changes or the
+//! time is up. The handler reads nothing itself: [`request`] says what to read, [`answer`]
+//! takes what was read, so no store and no clock live here.
 
-use super::{cluster_ref, member_token, with_cluster, Context, HandlerError, SessionState};
+use super::{cluster_ref, member_token, with_cluster, HandlerError, SessionState};
 use crate::id::Id;
 use crate::proto::{Tag, XlRegMsg};
-use crate::store::{ClusterRecord, ClusterRef, StoreError};
+use crate::session::ClusterView;
+use crate::store::{ClusterRef, StoreError};
 
 /// The longest a client may ask the registry to hold a GetCluster reply.
 pub const MAX_WAIT_MS: u32 = 600_000;
+
+/// A GetCluster, checked: which cluster to read and what to answer from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetRequest {
+    /// The cluster to read.
+    pub target: ClusterRef,
+    /// The slots requested (bits beyond the cluster's size are ignored when answering).
+    pub which: u64,
+    /// How long the client asked to wait, in milliseconds (at most [`MAX_WAIT_MS`]).
+    pub wait_ms: u32,
+}
 
 /// A GetCluster reply held until the cluster fills.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +38,17 @@ pub struct Wait {
     pub which: u64,
     /// How long the client asked to wait, in milliseconds (at most [`MAX_WAIT_MS`]).
     pub wait_ms: u32,
+}
+
+impl Wait {
+    /// The request that reads the awaited cluster again.
+    pub fn request(&self) -> GetRequest {
+        GetRequest {
+            target: ClusterRef::Id(self.cluster.clone()),
+            which: self.which,
+            wait_ms: self.wait_ms,
+        }
+    }
 }
 
 /// What a GetCluster produces now.
@@ -45,64 +69,49 @@ fn all_slots(max_size: u32) -> u64 {
     }
 }
 
-/// Answers a GetCluster.
-pub fn handle(
-    ctx: &mut Context<'_>,
-    state: &SessionState,
-    msg: &XlRegMsg,
-) -> Result<GetOutcome, HandlerError> {
+/// Checks a GetCluster and says which cluster to read.
+pub fn request(state: &SessionState, msg: &XlRegMsg) -> Result<GetRequest, HandlerError> {
     let target = cluster_ref(
         msg,
         state.joined.as_ref().or(state.created.as_ref()),
         "GetCluster",
     )?;
-    let cluster = ctx
-        .store
-        .cluster(&target)?
-        .ok_or_else(|| StoreError::NoSuchCluster(target.to_string()))?;
-    let which = msg.which.unwrap_or(u64::MAX) & all_slots(cluster.max_size);
-    let wait = Wait {
-        cluster: cluster.id.clone(),
-        which,
+    Ok(GetRequest {
+        target,
+        which: msg.which.unwrap_or(u64::MAX),
         wait_ms: msg.wait_ms.unwrap_or(0).min(MAX_WAIT_MS),
-    };
-    answer(ctx, &cluster, &wait, false)
+    })
 }
 
-/// Re-answers a held GetCluster after the cluster changed (`expired` false) or the wait ran
-/// out (`expired` true: reply with what is there).
-pub fn resume(
-    ctx: &mut Context<'_>,
-    wait: &Wait,
+/// Answers `request` from the cluster read for it (`None`: there is no such cluster). Holds
+/// the reply ([`GetOutcome::Wait`]) if a requested slot is empty and the client asked to
+/// wait, unless the wait is over (`expired`: reply with what is there).
+pub fn answer(
+    request: &GetRequest,
+    view: Option<ClusterView>,
     expired: bool,
 ) -> Result<GetOutcome, HandlerError> {
-    let cluster = ctx
-        .store
-        .cluster(&ClusterRef::Id(wait.cluster.clone()))?
-        .ok_or_else(|| StoreError::NoSuchCluster(wait.cluster.to_hex()))?;
-    answer(ctx, &cluster, wait, expired)
-}
-
-fn answer(
-    ctx: &mut Context<'_>,
-    cluster: &ClusterRecord,
-    wait: &Wait,
-    expired: bool,
-) -> Result<GetOutcome, HandlerError> {
+    let view = view.ok_or_else(|| StoreError::NoSuchCluster(request.target.to_string()))?;
+    let cluster = &view.cluster;
+    let which = request.which & all_slots(cluster.max_size);
     let present = cluster
         .members
         .iter()
         .filter(|m| m.slot < 64)
         .fold(0u64, |bits, m| bits | (1u64 << m.slot));
-    let returned = wait.which & present;
-    if returned != wait.which && wait.wait_ms > 0 && !expired {
-        return Ok(GetOutcome::Wait(wait.clone()));
+    let returned = which & present;
+    if returned != which && request.wait_ms > 0 && !expired {
+        return Ok(GetOutcome::Wait(Wait {
+            cluster: cluster.id.clone(),
+            which,
+            wait_ms: request.wait_ms,
+        }));
     }
     let mut reply = with_cluster(Tag::ClusterMembers, cluster);
     reply.which = Some(returned);
-    for (member, node) in ctx.store.members_with_nodes(cluster)? {
+    for (member, node) in &view.members {
         if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
-            reply.tokens.push(member_token(&member, &node));
+            reply.tokens.push(member_token(member, node));
         }
     }
     Ok(GetOutcome::Ready(Box::new(reply)))
@@ -111,7 +120,7 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{member_msg, with_ctx, SALT};
+    use crate::handlers::testing::{apply, get as read_and_answer, member_msg, NOW, SALT};
     use crate::handlers::{create, join, member};
     use crate::store::Store;
     use crate::token::Scheme;
@@ -119,16 +128,18 @@ mod tests {
     fn member_in(store: &Store, keys: usize, name: &str, cluster: &str, size: u32) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1", "127.0.0.1:2"]);
-        with_ctx(store, |ctx| {
-            member::handle(ctx, &mut state, &msg, Scheme::V2 { server_salt: &SALT }).unwrap();
+        let scheme = Scheme::V2 { server_salt: &SALT };
+        apply(store, &mut state, member::prepare(&msg, scheme, NOW)).unwrap();
+        {
             let create_msg = XlRegMsg {
                 cluster_name: Some(cluster.into()),
                 cluster_max_size: Some(size),
                 ..XlRegMsg::default()
             };
-            create::handle(ctx, &mut state, &create_msg).unwrap();
-            join::handle(ctx, &mut state, &XlRegMsg::default()).unwrap();
-        });
+            apply(store, &mut state, create::prepare(&create_msg, NOW)).unwrap();
+            let join = join::prepare(&state, &XlRegMsg::default(), NOW);
+            apply(store, &mut state, join).unwrap();
+        }
         state
     }
 
@@ -143,7 +154,7 @@ mod tests {
             wait_ms,
             ..XlRegMsg::default()
         };
-        with_ctx(store, |ctx| handle(ctx, state, &msg)).unwrap()
+        read_and_answer(store, state, &msg, false).unwrap()
     }
 
     #[test]
@@ -179,10 +190,16 @@ mod tests {
             panic!("slot 1 is empty: the reply must be held")
         };
         assert_eq!(wait.which, 0b11);
-        let expired = with_ctx(&store, |ctx| resume(ctx, &wait, true)).unwrap();
+        let again = XlRegMsg {
+            cluster_id: Some(wait.cluster.as_bytes().to_vec()),
+            which: Some(wait.which),
+            wait_ms: Some(wait.wait_ms),
+            ..XlRegMsg::default()
+        };
+        let expired = read_and_answer(&store, &a, &again, true).unwrap();
         assert!(matches!(expired, GetOutcome::Ready(ref m) if m.which == Some(0b01)));
         let _b = member_in(&store, 1, "b", "pair", 2);
-        let filled = with_ctx(&store, |ctx| resume(ctx, &wait, false)).unwrap();
+        let filled = read_and_answer(&store, &a, &again, false).unwrap();
         assert!(matches!(filled, GetOutcome::Ready(ref m) if m.which == Some(0b11)));
     }
 }

@@ -5,19 +5,9 @@
 //! back (a restarted node rejoins), a different node with the same name is refused, a full
 //! cluster is refused, a node with fewer endpoints than the cluster requires is refused.
 
-use super::{apply_now, cluster_ref, Context, HandlerError, Reply, SessionState};
+use super::{cluster_ref, HandlerError, SessionState};
 use crate::proto::XlRegMsg;
 use crate::store::Write;
-
-/// Joins the session's node to the named cluster, now (see [`apply_now`]).
-pub fn handle(
-    ctx: &mut Context<'_>,
-    state: &mut SessionState,
-    msg: &XlRegMsg,
-) -> Result<Reply, HandlerError> {
-    let write = prepare(state, msg, ctx.now_ms);
-    apply_now(ctx, state, write)
-}
 
 /// Checks the request and returns the join to store; the reply is built by
 /// [`finish`](super::finish) from what the store did.
@@ -37,8 +27,8 @@ pub fn prepare(state: &SessionState, msg: &XlRegMsg, now_ms: u64) -> Result<Writ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{member_msg, with_ctx, SALT};
-    use crate::handlers::{create, member};
+    use crate::handlers::testing::{apply, member_msg, NOW, SALT};
+    use crate::handlers::{create, member, Reply};
     use crate::proto::Tag;
     use crate::store::Store;
     use crate::token::Scheme;
@@ -46,10 +36,8 @@ mod tests {
     fn session(store: &Store, keys: usize, name: &str) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1"]);
-        with_ctx(store, |ctx| {
-            member::handle(ctx, &mut state, &msg, Scheme::V2 { server_salt: &SALT })
-        })
-        .unwrap();
+        let scheme = Scheme::V2 { server_salt: &SALT };
+        apply(store, &mut state, member::prepare(&msg, scheme, NOW)).unwrap();
         state
     }
 
@@ -63,7 +51,8 @@ mod tests {
             cluster_name: Some(cluster.to_string()),
             ..XlRegMsg::default()
         };
-        with_ctx(store, |ctx| handle(ctx, state, &msg))
+        let join = prepare(state, &msg, NOW);
+        apply(store, state, join)
     }
 
     #[test]
@@ -76,9 +65,10 @@ mod tests {
             cluster_max_size: Some(2),
             ..XlRegMsg::default()
         };
-        with_ctx(&store, |ctx| create::handle(ctx, &mut a, &create_msg)).unwrap();
+        apply(&store, &mut a, create::prepare(&create_msg, NOW)).unwrap();
         // Neither ID nor name: the cluster this session created.
-        let joined = with_ctx(&store, |ctx| handle(ctx, &mut a, &XlRegMsg::default())).unwrap();
+        let join = prepare(&a, &XlRegMsg::default(), NOW);
+        let joined = apply(&store, &mut a, join).unwrap();
         assert_eq!(joined.msg.slot, Some(0));
         let mut b = session(&store, 1, "b");
         assert_eq!(
@@ -108,9 +98,10 @@ mod tests {
             cluster_id: Some(vec![1u8; 32]),
             ..XlRegMsg::default()
         };
-        let err = with_ctx(&store, |ctx| handle(ctx, &mut a, &by_id)).unwrap_err();
+        let join = prepare(&a, &by_id, NOW);
+        let err = apply(&store, &mut a, join).unwrap_err();
         assert_eq!(err.code(), crate::proto::ErrCode::NotFound);
-        let err = with_ctx(&store, |ctx| handle(ctx, &mut a, &XlRegMsg::default())).unwrap_err();
+        let err = prepare(&a, &XlRegMsg::default(), NOW).unwrap_err();
         assert!(err.to_string().contains("names no cluster"), "{err}");
     }
 }

@@ -6,24 +6,13 @@
 //! node gets a fresh 32-byte one; with a registered ID it is accepted only if its keys match
 //! the stored ones; with an unregistered ID it is bound to the presented keys.
 
-use super::{apply_now, Context, HandlerError, Reply, SessionState};
+use super::HandlerError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
 use crate::proto::XlRegMsg;
 use crate::store::{NewNode, Write};
 use crate::token::{self, Scheme, TokenFields};
 use crate::validate;
-
-/// Registers the node described by the message's token, now (see [`apply_now`]).
-pub fn handle(
-    ctx: &mut Context<'_>,
-    state: &mut SessionState,
-    msg: &XlRegMsg,
-    scheme: Scheme<'_>,
-) -> Result<Reply, HandlerError> {
-    let write = prepare(msg, scheme, ctx.now_ms);
-    apply_now(ctx, state, write)
-}
 
 /// Checks the message's token (fields, key sizes, signature) and returns the registration to
 /// store; the reply is built by [`finish`](super::finish) from what the store did.
@@ -94,15 +83,15 @@ pub fn prepare(msg: &XlRegMsg, scheme: Scheme<'_>, now_ms: u64) -> Result<Write,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{keys, member_msg, with_ctx, SALT};
+    use crate::handlers::testing::{apply, keys, member_msg, NOW, SALT};
+    use crate::handlers::{Reply, SessionState};
     use crate::proto::Tag;
     use crate::store::Store;
 
     fn register(store: &Store, msg: &XlRegMsg) -> Result<(Reply, SessionState), HandlerError> {
         let mut state = SessionState::default();
-        let reply = with_ctx(store, |ctx| {
-            handle(ctx, &mut state, msg, Scheme::V2 { server_salt: &SALT })
-        })?;
+        let scheme = Scheme::V2 { server_salt: &SALT };
+        let reply = apply(store, &mut state, prepare(msg, scheme, NOW))?;
         Ok((reply, state))
     }
 
@@ -194,18 +183,10 @@ mod tests {
         assert_eq!(store.counts().unwrap().nodes, 0);
         // A signature made for another session is refused too.
         let msg = member_msg(0, "a", None, &["127.0.0.1:1"]);
-        let mut state = SessionState::default();
-        let err = with_ctx(&store, |ctx| {
-            handle(
-                ctx,
-                &mut state,
-                &msg,
-                Scheme::V2 {
-                    server_salt: &[0u8; 16],
-                },
-            )
-        })
-        .unwrap_err();
+        let scheme = Scheme::V2 {
+            server_salt: &[0u8; 16],
+        };
+        let err = prepare(&msg, scheme, NOW).unwrap_err();
         assert!(matches!(err, HandlerError::Unauthorized(_)));
         let _ = keys();
     }

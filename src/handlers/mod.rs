@@ -1,11 +1,13 @@
 //! The request handlers: what each request does to the registry, independent of the wire.
 //!
 //! One file per request (member, create, join, get_cluster, bye), after mini-redis's `cmd/`.
-//! A handler takes the decoded message, the session's small [`SessionState`], a [`Context`]
-//! (the store, the time, an id source) and returns the reply message, or a [`HandlerError`]
-//! that the protocol layer turns into an Error message. Handlers hold no state of their own:
-//! everything durable lives in the store, so both wire protocols (xlReg/2 and the 1.9
-//! legacy wire) share them, and they are testable without sockets or clocks.
+//! A handler checks the decoded message against the session's small [`SessionState`] and
+//! says what to do: the [`Write`](crate::store::Write) to apply (member, create, join; the reply is built by
+//! [`finish`] from what the store did) or the cluster to read (get_cluster; the reply is
+//! built from what was read), or a [`HandlerError`] that the session core turns into an
+//! Error message. Handlers own no store handle, no clock (the time comes in as an argument)
+//! and no state of their own, so both wire protocols (xlReg/2 and the 1.9 legacy wire) share
+//! them, and they are testable without sockets, stores or clocks.
 
 pub mod bye;
 pub mod create;
@@ -16,21 +18,9 @@ pub mod member;
 use crate::id::Id;
 use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::store::{
-    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, Store, StoreError,
-    Write, Written,
+    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, StoreError, Written,
 };
 use crate::validate::Invalid;
-
-/// What a handler needs from outside the message: the store, the current time and a
-/// source of fresh ids. The protocol glue supplies these; tests supply fixed ones.
-pub struct Context<'a> {
-    /// The registry's store.
-    pub store: &'a Store,
-    /// The current time, milliseconds since the Unix epoch.
-    pub now_ms: u64,
-    /// Draws a fresh random id for a new node or cluster.
-    pub fresh_id: &'a mut dyn FnMut() -> Id,
-}
 
 /// What one session has established so far. Small and per-connection; nothing here outlives
 /// the connection.
@@ -135,7 +125,7 @@ impl HandlerError {
     }
 }
 
-/// Builds the reply to a Member, Create or Join from what the store did with its [`Write`],
+/// Builds the reply to a Member, Create or Join from what the store did with its [`Write`](crate::store::Write),
 /// and records in `state` what the session now is (its node, the cluster it created or
 /// joined).
 pub fn finish(state: &mut SessionState, written: Written) -> Reply {
@@ -174,19 +164,6 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
             }
         }
     }
-}
-
-/// Applies a prepared write to the store at once (its own transaction, not yet durable) and
-/// finishes it: the synchronous path, for tests and tools. The registry's sessions instead
-/// hand the write to [`Store::write`](crate::store::Store::write), which batches it with
-/// concurrent ones and answers once it is durable.
-pub fn apply_now(
-    ctx: &mut Context<'_>,
-    state: &mut SessionState,
-    write: Result<Write, HandlerError>,
-) -> Result<Reply, HandlerError> {
-    let written = ctx.store.apply(&write?, ctx.fresh_id)?;
-    Ok(finish(state, written))
 }
 
 /// An Error message with a description and class.
@@ -255,6 +232,8 @@ pub(crate) mod testing {
     use super::*;
     use crate::crypto::RsaKeyPair;
     use crate::test_support::fixture_key;
+    use crate::session::Read;
+    use crate::store::{Store, Write};
     use crate::token::{self, TokenFields};
     use std::sync::OnceLock;
 
@@ -300,14 +279,28 @@ pub(crate) mod testing {
         }
     }
 
-    /// Runs `f` with a context over `store` at a fixed time.
-    pub fn with_ctx<T>(store: &Store, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
-        let mut fresh = || Id::random(&mut rand::rng());
-        let mut ctx = Context {
-            store,
-            now_ms: 1_000,
-            fresh_id: &mut fresh,
-        };
-        f(&mut ctx)
+    /// The time the handler tests run at.
+    pub const NOW: u64 = 1_000;
+
+    /// Applies a prepared write to `store` at once and finishes it, as a session would.
+    pub fn apply(
+        store: &Store,
+        state: &mut SessionState,
+        write: Result<Write, HandlerError>,
+    ) -> Result<Reply, HandlerError> {
+        let written = crate::driver::apply(store, &write?)?;
+        Ok(finish(state, written))
+    }
+
+    /// Answers a GetCluster from what `store` holds now, as a session would.
+    pub fn get(
+        store: &Store,
+        state: &SessionState,
+        msg: &XlRegMsg,
+        expired: bool,
+    ) -> Result<get_cluster::GetOutcome, HandlerError> {
+        let request = get_cluster::request(state, msg)?;
+        let view = crate::driver::read(store, &Read::Cluster(request.target.clone()))?;
+        get_cluster::answer(&request, view, expired)
     }
 }

@@ -1,11 +1,14 @@
-//! The xlReg 1.9 server session: a deterministic state machine from received bytes to
-//! replies, for the opt-in legacy listener.
+//! The xlReg 1.9 server session core: a deterministic state machine from received bytes to
+//! steps, for the opt-in legacy listener.
 //!
-//! Pure, like [`crate::protocol`]: it owns no socket and no clock. The glue pushes whatever
-//! bytes arrive ([`LegacySession::push`]), asks for the next [`Step`]
-//! ([`LegacySession::next_step`]) and tells it when the peer stalled
-//! ([`LegacySession::on_stall`]). Message boundaries are found by [`Assembler`], since the
-//! 1.9 wire has no framing.
+//! Pure, like [`crate::protocol`], and run by the same driver through the same
+//! [`SessionCore`] trait: it owns no socket, no clock, no store handle and no global
+//! randomness (session keys and IVs come from the RNG it is given). Message boundaries are
+//! found by [`Assembler`], since the 1.9 wire has no framing: bytes in, whole messages out.
+//! A hello not whole within the handshake timeout is dropped silently; a message not whole
+//! within the idle timeout after the previous reply is answered with an Error if bytes of
+//! it arrived (a client that sent something undecodable and waits for an answer), and
+//! dropped silently if nothing did.
 //!
 //! States, as the Go registry 1.9.24 enforced them:
 //! `AwaitHello` -> (hello) -> `AwaitMember` -> (Member) -> `Registered`;
@@ -24,42 +27,24 @@
 
 use std::sync::Arc;
 
-use crate::crypto::{AesKey, HelloDecryptor};
-use crate::handlers::get_cluster::{self, GetOutcome};
-use crate::handlers::{self, Context, HandlerError};
-use crate::id::Id;
+use rand::rngs::StdRng;
+use rand::Rng as _;
+use zeroize::Zeroizing;
+
+use crate::crypto::{AesKey, HelloDecryptor, AES_KEY_LEN};
+use crate::handlers::get_cluster;
+use crate::handlers::{self, HandlerError};
 use crate::legacy::reader::Assembler;
-use crate::legacy::wire::{self, Version};
+use crate::legacy::wire::{self, Version, IV_LEN};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
-use crate::protocol::{Outcome, SessionReport};
+use crate::session::{
+    Exchange, Millis, Outcome, ReadResult, SessionCore, SessionReport, Step, Timeouts, WrittenKind,
+};
 use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
 
 /// The Go registry's answer to a message not allowed in the current state, word for word.
 pub const INVALID_STATE: &str = "invalid msg type for current state";
-
-/// What the glue must do next.
-#[derive(Debug)]
-pub enum Step {
-    /// Write `bytes` in one write. If `durable`, only once every store change made so far is
-    /// on disk. If `close`, close the connection after writing. If `joined` is set, that
-    /// cluster gained or refreshed a member: wake its waiters once the change is durable.
-    Send {
-        /// The whole message (hello reply or session message).
-        bytes: Vec<u8>,
-        /// Wait for the store to be durable before writing.
-        durable: bool,
-        /// Close after writing.
-        close: bool,
-        /// The cluster a Join changed.
-        joined: Option<Id>,
-    },
-    /// Apply `write` to the store and pass the result to [`LegacySession::on_written`] (the
-    /// registry uses [`Store::write`](crate::store::Store::write): batched, then durable).
-    Write(Write),
-    /// Close the connection without a word.
-    Close,
-}
 
 /// Where the session is in the 1.9 exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,18 +58,16 @@ enum Stage {
 enum Phase {
     AwaitHello,
     Established { key: AesKey, stage: Stage },
-    Closed,
 }
 
 /// One xlReg 1.9 connection's protocol state, on the registry side.
 pub struct LegacySession {
     decryptor: Arc<HelloDecryptor>,
     version: Version,
+    rng: StdRng,
     assembler: Assembler,
     phase: Phase,
-    report: SessionReport,
-    /// The text of the Error the session was refused with, for its log line.
-    refusal: Option<String>,
+    exchange: Exchange,
 }
 
 impl std::fmt::Debug for LegacySession {
@@ -92,86 +75,35 @@ impl std::fmt::Debug for LegacySession {
         // The session key stays out of debug output.
         f.debug_struct("LegacySession")
             .field("established", &self.is_established())
-            .field("report", &self.report)
+            .field("report", &self.exchange.report)
             .finish_non_exhaustive()
     }
 }
 
 impl LegacySession {
-    /// A session awaiting its hello: decrypts with the registry's comms key, announces
-    /// `version` in its reply, and looks for a message in at most `max_message` bytes.
+    /// A session starting at `now`, awaiting its hello: decrypts with the registry's comms
+    /// key, announces `version` in its reply, draws its session key and IVs from `rng`,
+    /// looks for a message in at most `max_message` bytes and gives the peer `timeouts` to
+    /// speak.
     pub fn new(
         decryptor: Arc<HelloDecryptor>,
         version: Version,
+        rng: StdRng,
         max_message: usize,
+        timeouts: Timeouts,
+        now: Millis,
     ) -> LegacySession {
         LegacySession {
             decryptor,
             version,
+            rng,
             assembler: Assembler::new(max_message),
             phase: Phase::AwaitHello,
-            report: SessionReport::default(),
-            refusal: None,
+            exchange: Exchange::new(timeouts, now),
         }
     }
 
-    /// What the session has done so far, for its log line.
-    pub fn report(&self) -> &SessionReport {
-        &self.report
-    }
-
-    /// The text of the Error the session was refused with, if it was: the 1.9 client code
-    /// never shows it, so the registry's log is where an operator finds it.
-    pub fn refusal(&self) -> Option<&str> {
-        self.refusal.as_deref()
-    }
-
-    /// True once the hello is answered.
-    pub fn is_established(&self) -> bool {
-        matches!(self.phase, Phase::Established { .. })
-    }
-
-    /// Bytes received that do not form a hello or message yet.
-    pub fn buffered(&self) -> usize {
-        self.assembler.buffered()
-    }
-
-    /// Feeds bytes received from the peer, in whatever pieces they came.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.assembler.push(bytes);
-    }
-
-    /// The next thing to do about the bytes received, or `None` until more arrive.
-    pub fn next_step(&mut self, ctx: &mut Context<'_>) -> Option<Step> {
-        match &self.phase {
-            Phase::Closed => Some(Step::Close),
-            Phase::AwaitHello => {
-                let hello = self.assembler.take_exact(self.decryptor.ciphertext_len())?;
-                Some(self.on_hello(&hello))
-            }
-            Phase::Established { key, .. } => match self.assembler.take_message(key) {
-                Ok(None) => None,
-                Ok(Some(msg)) => Some(self.on_message(msg, ctx)),
-                Err(error) => Some(self.refuse(ErrCode::BadRequest, error.to_string())),
-            },
-        }
-    }
-
-    /// The peer stopped sending before its bytes formed a message (the read timed out). A
-    /// client that sent something undecodable and waits for an answer gets an Error;
-    /// otherwise the connection is closed without a word.
-    pub fn on_stall(&mut self) -> Step {
-        if self.is_established() && self.buffered() > 0 {
-            let description = format!(
-                "the {} bytes received do not decrypt to a valid message",
-                self.buffered()
-            );
-            return self.refuse(ErrCode::BadRequest, description);
-        }
-        self.drop_connection()
-    }
-
-    fn on_hello(&mut self, ciphertext: &[u8]) -> Step {
+    fn on_hello(&mut self, ciphertext: &[u8], now: Millis) -> Step {
         let hello = match wire::open_hello(&self.decryptor, ciphertext) {
             Ok(hello) => hello,
             Err(error) => {
@@ -180,23 +112,24 @@ impl LegacySession {
             }
         };
         // The proposed version is ignored, as by the Go registry (its clients propose 0).
-        let reply = wire::Hello::fresh(self.version);
-        let bytes = wire::seal_fresh(&hello.key, &reply.to_bytes());
+        let mut reply = wire::Hello {
+            key: Zeroizing::new([0u8; AES_KEY_LEN]),
+            salt: [0u8; wire::SALT_LEN],
+            version: self.version,
+        };
+        self.rng.fill_bytes(reply.key.as_mut());
+        self.rng.fill_bytes(&mut reply.salt);
+        let bytes = seal_under(&hello.key, &mut self.rng, &reply.to_bytes());
         self.phase = Phase::Established {
             key: reply.key,
             stage: Stage::AwaitMember,
         };
-        Step::Send {
-            bytes,
-            durable: false,
-            close: false,
-            joined: None,
-        }
+        self.exchange.reply(bytes, false, None, now)
     }
 
-    fn on_message(&mut self, mut msg: XlRegMsg, ctx: &mut Context<'_>) -> Step {
-        self.report.requests += 1;
-        self.report.last_op = msg.op.and_then(|op| Tag::try_from(op).ok());
+    fn on_message(&mut self, mut msg: XlRegMsg, now: Millis) -> Step {
+        self.exchange
+            .request(msg.op.and_then(|op| Tag::try_from(op).ok()));
         let Phase::Established { stage, .. } = &self.phase else {
             return self.drop_connection();
         };
@@ -207,124 +140,171 @@ impl LegacySession {
         let Some(Ok(tag)) = msg.op.map(Tag::try_from) else {
             return self.refuse(ErrCode::InvalidState, INVALID_STATE.to_string());
         };
+        let state = &self.exchange.report.state;
         match (stage, tag) {
-            (_, Tag::Bye) => self.last_word(&handlers::bye::handle(), Outcome::Bye),
+            (_, Tag::Bye) => {
+                let (phase, rng) = (&self.phase, &mut self.rng);
+                self.exchange.last_word(
+                    &handlers::bye::handle(),
+                    Outcome::Bye,
+                    &mut |msg: &XlRegMsg| seal(phase, rng, msg),
+                )
+            }
             (Stage::AwaitMember, Tag::Member) => {
-                self.write(handlers::member::prepare(&msg, Scheme::Legacy, ctx.now_ms))
+                self.write(handlers::member::prepare(&msg, Scheme::Legacy, now))
             }
-            (Stage::Registered, Tag::Create) => {
-                self.write(handlers::create::prepare(&msg, ctx.now_ms))
+            (Stage::Registered, Tag::Create) => self.write(handlers::create::prepare(&msg, now)),
+            (Stage::Registered | Stage::Created, Tag::Join) => {
+                let prepared = handlers::join::prepare(state, &msg, now);
+                self.write(prepared)
             }
-            (Stage::Registered | Stage::Created, Tag::Join) => self.write(handlers::join::prepare(
-                &self.report.state,
-                &msg,
-                ctx.now_ms,
-            )),
-            (Stage::Joined, Tag::GetCluster) => {
-                let outcome = match get_cluster::handle(ctx, &self.report.state, &msg) {
-                    // Never held without WaitMs; answer with what is there regardless.
-                    Ok(GetOutcome::Wait(wait)) => get_cluster::resume(ctx, &wait, true),
-                    other => other,
-                };
-                match outcome {
-                    Ok(GetOutcome::Ready(reply)) => Step::Send {
-                        bytes: self.seal(&reply),
-                        // Never show a member whose join is not yet on disk.
-                        durable: true,
-                        close: false,
-                        joined: None,
-                    },
-                    Ok(GetOutcome::Wait(_)) => self.drop_connection(),
-                    Err(error) => self.handler_error(error),
-                }
-            }
+            // Never held: without WaitMs the answer is what is there.
+            (Stage::Joined, Tag::GetCluster) => match get_cluster::request(state, &msg) {
+                Ok(request) => self.exchange.read(request),
+                Err(error) => self.handler_error(error),
+            },
             _ => self.refuse(ErrCode::InvalidState, INVALID_STATE.to_string()),
         }
     }
 
     fn write(&mut self, prepared: Result<Write, HandlerError>) -> Step {
         match prepared {
-            Ok(write) => Step::Write(write),
+            Ok(write) => self.exchange.write(write),
             Err(error) => self.handler_error(error),
         }
     }
 
-    /// [`next_step`](Self::next_step), applying a write it asks for at once through
-    /// `ctx.store` ([`Store::apply`](crate::store::Store::apply): unbatched, not yet durable):
-    /// for tests and tools that drive the session without the glue.
-    pub fn next_step_applying(&mut self, ctx: &mut Context<'_>) -> Option<Step> {
-        match self.next_step(ctx)? {
-            Step::Write(write) => {
-                let result = ctx.store.apply(&write, ctx.fresh_id);
-                Some(self.on_written(result))
-            }
-            step => Some(step),
-        }
-    }
-
-    /// Takes the result of the [`Step::Write`] returned last and says what to send.
-    pub fn on_written(&mut self, result: Result<Written, StoreError>) -> Step {
-        let written = match result {
-            Ok(written) => written,
-            Err(error) => return self.handler_error(HandlerError::Store(error)),
-        };
-        let next = match &written {
-            Written::Node(_) => Stage::Registered,
-            Written::Cluster(..) => Stage::Created,
-            Written::Joined(_) => Stage::Joined,
-        };
-        let reply = handlers::finish(&mut self.report.state, written);
-        let bytes = self.seal(&reply.msg);
-        let Phase::Established { stage, .. } = &mut self.phase else {
-            return self.drop_connection();
-        };
-        *stage = next;
-        Step::Send {
-            bytes,
-            // The store answers a write only once it (and all it read) is durable.
-            durable: false,
-            close: false,
-            joined: reply.joined,
-        }
-    }
-
     fn handler_error(&mut self, error: HandlerError) -> Step {
-        let (code, description) = error.refusal();
-        self.refuse(code, description)
+        let (phase, rng) = (&self.phase, &mut self.rng);
+        self.exchange
+            .handler_error(error, &mut |msg: &XlRegMsg| seal(phase, rng, msg))
     }
 
     fn refuse(&mut self, code: ErrCode, description: String) -> Step {
-        self.refusal = Some(description.clone());
-        let error = handlers::error_message(code, description);
-        self.last_word(&error, Outcome::Refused(code))
-    }
-
-    /// Sends `msg` (Ack or Error), then closes.
-    fn last_word(&mut self, msg: &XlRegMsg, outcome: Outcome) -> Step {
-        self.report.outcome = outcome;
-        let bytes = self.seal(msg);
-        self.phase = Phase::Closed;
-        Step::Send {
-            bytes,
-            durable: false,
-            close: true,
-            joined: None,
-        }
+        let (phase, rng) = (&self.phase, &mut self.rng);
+        self.exchange
+            .refuse(code, description, &mut |msg: &XlRegMsg| {
+                seal(phase, rng, msg)
+            })
     }
 
     fn drop_connection(&mut self) -> Step {
-        self.report.outcome = Outcome::Dropped;
-        self.phase = Phase::Closed;
+        self.exchange.drop_session();
         Step::Close
     }
+}
 
-    /// Encodes `reply` as the Go server would have and seals it under the session key.
-    fn seal(&self, reply: &XlRegMsg) -> Vec<u8> {
-        match &self.phase {
-            Phase::Established { key, .. } => wire::seal_message(key, &as_sent_by_go(reply)),
-            // Only reachable by a logic error; an empty write is not a message.
-            _ => Vec::new(),
+/// Encodes `reply` as the Go server would have and seals it under the session key, with a
+/// fresh IV from `rng`.
+fn seal(phase: &Phase, rng: &mut StdRng, reply: &XlRegMsg) -> Vec<u8> {
+    use prost::Message as _;
+    match phase {
+        Phase::Established { key, .. } => {
+            seal_under(key, rng, &as_sent_by_go(reply).encode_to_vec())
         }
+        // Only reachable by a logic error; an empty write is not a message.
+        Phase::AwaitHello => Vec::new(),
+    }
+}
+
+/// Seals `plaintext` under `key` with a fresh IV from `rng`.
+fn seal_under(key: &[u8; AES_KEY_LEN], rng: &mut StdRng, plaintext: &[u8]) -> Vec<u8> {
+    let mut iv = [0u8; IV_LEN];
+    rng.fill_bytes(&mut iv);
+    wire::seal(key, &iv, plaintext)
+}
+
+impl SessionCore for LegacySession {
+    fn on_bytes(&mut self, bytes: &[u8]) {
+        self.assembler.push(bytes);
+    }
+
+    fn poll(&mut self, now: Millis) -> Option<Step> {
+        if let Some(step) = self.exchange.take_next() {
+            return Some(step);
+        }
+        if self.exchange.is_closed() {
+            return Some(Step::Close);
+        }
+        if !self.exchange.may_take_request() {
+            return None;
+        }
+        match &self.phase {
+            Phase::AwaitHello => {
+                let hello = self.assembler.take_exact(self.decryptor.ciphertext_len())?;
+                Some(self.on_hello(&hello, now))
+            }
+            Phase::Established { key, .. } => match self.assembler.take_message(key) {
+                Ok(None) => None,
+                Ok(Some(msg)) => Some(self.on_message(msg, now)),
+                Err(error) => Some(self.refuse(ErrCode::BadRequest, error.to_string())),
+            },
+        }
+    }
+
+    fn on_read(&mut self, result: ReadResult, now: Millis) {
+        let (phase, rng) = (&self.phase, &mut self.rng);
+        self.exchange
+            .on_read(result, now, &mut |msg: &XlRegMsg| seal(phase, rng, msg));
+    }
+
+    fn on_written(&mut self, result: Result<Written, StoreError>, now: Millis) {
+        let (phase, rng) = (&self.phase, &mut self.rng);
+        let written = self
+            .exchange
+            .on_written(result, now, &mut |msg: &XlRegMsg| seal(phase, rng, msg));
+        if let (Some(kind), Phase::Established { stage, .. }) = (written, &mut self.phase) {
+            *stage = match kind {
+                WrittenKind::Node => Stage::Registered,
+                WrittenKind::Cluster => Stage::Created,
+                WrittenKind::Joined => Stage::Joined,
+            };
+        }
+    }
+
+    fn on_changed(&mut self) {
+        self.exchange.changed();
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
+        self.exchange.poll_timeout()
+    }
+
+    fn on_timeout(&mut self, now: Millis) {
+        if !self.exchange.timed_out(now) {
+            return;
+        }
+        let buffered = self.assembler.buffered();
+        if self.is_established() && buffered > 0 {
+            // A client that sent something undecodable and waits for an answer gets one.
+            let description =
+                format!("the {buffered} bytes received do not decrypt to a valid message");
+            let step = self.refuse(ErrCode::BadRequest, description);
+            self.exchange.queue(step);
+            return;
+        }
+        let established = self.is_established();
+        self.exchange.time_out(established);
+    }
+
+    fn on_shutdown(&mut self) {
+        self.exchange.expire_wait();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.exchange.is_idle(self.assembler.buffered())
+    }
+
+    fn buffered(&self) -> usize {
+        self.assembler.buffered()
+    }
+
+    fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    fn report(&self) -> &SessionReport {
+        &self.exchange.report
     }
 }
 
@@ -363,11 +343,30 @@ pub fn as_sent_by_go(reply: &XlRegMsg) -> XlRegMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{RsaKeyPair, AES_KEY_LEN};
-    use crate::handlers::testing::{keys, with_ctx};
+    use crate::crypto::RsaKeyPair;
+    use crate::driver::poll_applying;
+    use crate::handlers::testing::keys;
     use crate::legacy::wire::Hello;
     use crate::store::Store;
     use crate::token::TokenFields;
+    use rand::SeedableRng as _;
+
+    const NOW: Millis = 1_000;
+    const TIMEOUTS: Timeouts = Timeouts {
+        handshake_ms: 10_000,
+        idle_ms: 60_000,
+    };
+
+    fn new_session(ck: &RsaKeyPair, version: Version) -> LegacySession {
+        LegacySession::new(
+            Arc::new(ck.hello_decryptor().unwrap()),
+            version,
+            StdRng::seed_from_u64(9),
+            4096,
+            TIMEOUTS,
+            NOW,
+        )
+    }
 
     const CK_PEM: &str = include_str!("../../tests/data/legacy-vectors/registry-ck.pem");
 
@@ -383,11 +382,7 @@ mod tests {
     /// A session past its hello, with the session key the client learned.
     fn established(store: &Store) -> Client {
         let ck = RsaKeyPair::from_pem(CK_PEM).unwrap();
-        let mut session = LegacySession::new(
-            Arc::new(ck.hello_decryptor().unwrap()),
-            Version([1, 9, 30, 0]),
-            4096,
-        );
+        let mut session = new_session(&ck, Version([1, 9, 30, 0]));
         let key1 = [1u8; AES_KEY_LEN];
         let mut plaintext = key1.to_vec();
         plaintext.extend_from_slice(&[2u8; wire::SALT_LEN]);
@@ -395,8 +390,8 @@ mod tests {
         // The hello arrives one byte at a time.
         for byte in hello_bytes(&ck, &plaintext) {
             assert!(!session.is_established());
-            session.push(&[byte]);
-            if let Some(step) = with_ctx(store, |ctx| session.next_step(ctx)) {
+            session.on_bytes(&[byte]);
+            if let Some(step) = poll_applying(&mut session, store, NOW) {
                 let Step::Send { bytes, close, .. } = step else {
                     panic!("the hello was refused")
                 };
@@ -414,8 +409,8 @@ mod tests {
 
     impl Client {
         fn send(&mut self, store: &Store, msg: &XlRegMsg) -> (XlRegMsg, bool) {
-            self.session.push(&wire::seal_message(&self.key, msg));
-            match with_ctx(store, |ctx| self.session.next_step_applying(ctx)) {
+            self.session.on_bytes(&wire::seal_message(&self.key, msg));
+            match poll_applying(&mut self.session, store, NOW) {
                 Some(Step::Send { bytes, close, .. }) => {
                     (wire::open_message(&self.key, &bytes).unwrap(), close)
                 }
@@ -504,10 +499,7 @@ mod tests {
         assert_eq!(ack, op(Tag::Ack));
         assert!(close);
         assert_eq!(client.session.report().outcome, Outcome::Bye);
-        assert!(matches!(
-            with_ctx(&store, |ctx| client.session.next_step(ctx)),
-            Some(Step::Close)
-        ));
+        assert!(matches!(client.session.poll(NOW), Some(Step::Close)));
         assert_eq!(client.session.report().requests, 7);
     }
 
@@ -606,6 +598,41 @@ mod tests {
     }
 
     #[test]
+    fn nothing_more_is_taken_while_a_write_is_outstanding_and_a_result_nobody_asked_for_drops() {
+        let store = Store::temporary().unwrap();
+        let mut client = established(&store);
+        client.session.on_bytes(&wire::seal_message(
+            &client.key,
+            &member(0, "m-0", &[7u8; 20]),
+        ));
+        assert!(matches!(client.session.poll(NOW), Some(Step::Write(_))));
+        // The client speaks again before it is answered: nothing is taken until the write's
+        // result is in.
+        client
+            .session
+            .on_bytes(&wire::seal_message(&client.key, &op(Tag::Bye)));
+        assert!(client.session.poll(NOW).is_none());
+        let write = crate::driver::apply(
+            &store,
+            &handlers::member::prepare(&member(0, "m-0", &[7u8; 20]), Scheme::Legacy, NOW).unwrap(),
+        );
+        client.session.on_written(write, NOW);
+        let Some(Step::Send { bytes, .. }) = client.session.poll(NOW) else {
+            panic!("no MemberOK")
+        };
+        assert_eq!(
+            wire::open_message(&client.key, &bytes).unwrap().op,
+            Some(Tag::MemberOk as i32)
+        );
+        // A second result, with no write outstanding: the session is dropped.
+        client
+            .session
+            .on_written(Err(StoreError::NoSuchCluster("x".into())), NOW);
+        assert!(matches!(client.session.poll(NOW), Some(Step::Close)));
+        assert_eq!(client.session.report().outcome, Outcome::Dropped);
+    }
+
+    #[test]
     fn bad_hellos_are_dropped_without_a_word() {
         let store = Store::temporary().unwrap();
         let ck = RsaKeyPair::from_pem(CK_PEM).unwrap();
@@ -619,39 +646,42 @@ mod tests {
             vec![0u8; 256],
         ];
         for hello in cases {
-            let mut session = LegacySession::new(
-                Arc::new(ck.hello_decryptor().unwrap()),
-                Version::default(),
-                4096,
-            );
-            session.push(&hello);
-            assert!(matches!(
-                with_ctx(&store, |ctx| session.next_step(ctx)),
-                Some(Step::Close)
-            ));
+            let mut session = new_session(&ck, Version::default());
+            session.on_bytes(&hello);
+            assert!(matches!(session.poll(NOW), Some(Step::Close)));
             assert_eq!(session.report().outcome, Outcome::Dropped);
         }
-        // A hello cut short: nothing to do until the peer stalls, then a silent close.
-        let mut session = LegacySession::new(
-            Arc::new(ck.hello_decryptor().unwrap()),
-            Version::default(),
-            4096,
+        // A hello cut short: nothing to do until the handshake timeout, then a silent close.
+        let mut session = new_session(&ck, Version::default());
+        session.on_bytes(&[0u8; 100]);
+        assert!(session.poll(NOW).is_none());
+        assert_eq!(session.poll_timeout(), Some(NOW + TIMEOUTS.handshake_ms));
+        session.on_timeout(NOW + TIMEOUTS.handshake_ms - 1);
+        assert!(session.poll(NOW + TIMEOUTS.handshake_ms - 1).is_none());
+        session.on_timeout(NOW + TIMEOUTS.handshake_ms);
+        assert!(matches!(session.poll(NOW), Some(Step::Close)));
+        assert_eq!(
+            session.report().outcome,
+            Outcome::TimedOut {
+                established: false,
+                after_ms: TIMEOUTS.handshake_ms
+            }
         );
-        session.push(&[0u8; 100]);
-        assert!(with_ctx(&store, |ctx| session.next_step(ctx)).is_none());
-        assert!(matches!(session.on_stall(), Step::Close));
+        let _ = store;
     }
 
     #[test]
     fn undecodable_and_oversized_input_is_answered_with_an_error() {
         let store = Store::temporary().unwrap();
         // Shorter than a block, not whole blocks, whole blocks of junk: wait, then an
-        // Error once the peer stalls.
-        for junk in [&[0u8; 10][..], &[0u8; 36], &[0x5Au8; 48]] {
+        // Error once the idle timeout passes.
+        let idle_over = NOW + TIMEOUTS.idle_ms;
+        for junk in [&[0u8; 10][..], &[0x00u8; 36], &[0x5Au8; 48]] {
             let mut client = established(&store);
-            client.session.push(junk);
-            assert!(with_ctx(&store, |ctx| client.session.next_step(ctx)).is_none());
-            let Step::Send { bytes, close, .. } = client.session.on_stall() else {
+            client.session.on_bytes(junk);
+            assert!(client.session.poll(NOW).is_none());
+            client.session.on_timeout(idle_over);
+            let Some(Step::Send { bytes, close, .. }) = client.session.poll(idle_over) else {
                 panic!("no answer")
             };
             assert!(close);
@@ -660,13 +690,19 @@ mod tests {
         }
         // Idle: a silent close.
         let mut client = established(&store);
-        assert!(matches!(client.session.on_stall(), Step::Close));
+        client.session.on_timeout(idle_over);
+        assert!(matches!(client.session.poll(idle_over), Some(Step::Close)));
+        assert_eq!(
+            client.session.report().outcome,
+            Outcome::TimedOut {
+                established: true,
+                after_ms: TIMEOUTS.idle_ms
+            }
+        );
         // More than the limit without a message.
         let mut client = established(&store);
-        client.session.push(&[0u8; 5000]);
-        let Some(Step::Send { bytes, close, .. }) =
-            with_ctx(&store, |ctx| client.session.next_step(ctx))
-        else {
+        client.session.on_bytes(&[0u8; 5000]);
+        let Some(Step::Send { bytes, close, .. }) = client.session.poll(NOW) else {
             panic!("no answer")
         };
         assert!(close);

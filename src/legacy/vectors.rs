@@ -9,11 +9,12 @@ use std::sync::Arc;
 use prost::Message as _;
 use serde_json::Value;
 
-use super::session::{LegacySession, Step, INVALID_STATE};
+use super::session::{LegacySession, INVALID_STATE};
 use super::wire::{self, Hello, Version, HELLO_LEN, IV_LEN};
 use crate::crypto::{HelloDecryptor, RsaKeyPair, AES_KEY_LEN};
-use crate::handlers::testing::with_ctx;
+use crate::driver::poll_applying;
 use crate::proto::{Tag, XlRegMsg, XlRegToken};
+use crate::session::{SessionCore as _, Step};
 use crate::store::Store;
 use crate::token::{self, Scheme, TokenFields};
 
@@ -365,7 +366,14 @@ fn the_live_capture_replays_with_replies_of_the_go_servers_shape() {
         replays.insert(
             id,
             Replay {
-                session: LegacySession::new(decryptor.clone(), Version::GO_REGISTRY, 64 * 1024),
+                session: LegacySession::new(
+                    decryptor.clone(),
+                    Version::GO_REGISTRY,
+                    crate::driver::session_rng(),
+                    64 * 1024,
+                    crate::driver::ServerConfig::default().timeouts(),
+                    1_000,
+                ),
                 go_key1: key(conn, "key1"),
                 go_key2: key(conn, "key2"),
                 our_key2: None,
@@ -410,8 +418,8 @@ fn the_live_capture_replays_with_replies_of_the_go_servers_shape() {
         match (kind, from_client) {
             ("hello", true) => {
                 assert_eq!(*Hello::parse(&plaintext).unwrap().key, replay.go_key1);
-                replay.session.push(&captured);
-                let step = with_ctx(&store, |ctx| replay.session.next_step(ctx));
+                replay.session.on_bytes(&captured);
+                let step = poll_applying(&mut replay.session, &store, 1_000);
                 let Some(Step::Send { bytes, close, .. }) = step else {
                     panic!("seq {seq}: no reply to the captured hello")
                 };
@@ -434,8 +442,10 @@ fn the_live_capture_replays_with_replies_of_the_go_servers_shape() {
                 }
                 let our_key2 = replay.our_key2.unwrap();
                 // The same request, under the key our session chose.
-                replay.session.push(&wire::seal_message(&our_key2, &msg));
-                match with_ctx(&store, |ctx| replay.session.next_step_applying(ctx)) {
+                replay
+                    .session
+                    .on_bytes(&wire::seal_message(&our_key2, &msg));
+                match poll_applying(&mut replay.session, &store, 1_000) {
                     Some(Step::Send { bytes, close, .. }) => {
                         replay.our_reply = Some(wire::open_message(&our_key2, &bytes).unwrap());
                         replay.our_close = close;
