@@ -262,7 +262,7 @@ impl JoinProgress {
 
 async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
-    let mut node = NodeIdentity::load(&args.node)?;
+    let mut node = identity(Some(&args.node))?;
     let wait_until = Instant::now() + Duration::from_secs(args.wait);
     let progress = std::sync::Mutex::new(JoinProgress::default());
     let session = connect_and_for(
