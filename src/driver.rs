@@ -176,10 +176,7 @@ pub(crate) async fn serve<C: SessionCore>(
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let duration = clock.elapsed();
-    let (end, mut result) = describe_end(&ended, core.report().outcome);
-    if let Some(text) = &core.report().refusal {
-        result = format!("{result}: {text}");
-    }
+    let (end, result) = describe_end(&ended, core.report().outcome);
     if let Some(metrics) = metrics {
         metrics.session_ended(end, duration);
     }
@@ -450,6 +447,9 @@ pub(crate) fn log_session(
         ops = report.requests,
         result,
         duration_ms = duration.as_millis() as u64,
+        // The refusal's text: sent to the client too, and the only place an operator
+        // sees it (the Go client code never shows an Error reply).
+        reason = report.refusal.as_deref(),
         "session"
     );
 }

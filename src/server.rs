@@ -17,9 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub use crate::driver::ServerConfig;
 use crate::admission::PerPeerLimit;
 use crate::clock::now_ms;
+pub use crate::driver::ServerConfig;
 use crate::driver::{self, SessionClock, Shared};
 use crate::legacy::server::LegacyListener;
 use crate::metrics::Metrics;

@@ -481,6 +481,9 @@ async fn go_solo_member_obtains_an_id_with_no_endpoints_and_xlreg2_still_require
             "at least one endpoint",
         )
         .await;
+}
+
+#[tokio::test]
 async fn a_legacy_session_between_requests_is_ended_by_shutdown_and_logged_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let (server, cred) = start(&dir.path().join("data"), &[]);

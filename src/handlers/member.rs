@@ -150,7 +150,7 @@ mod tests {
             ..XlRegMsg::default()
         };
         let mut state = SessionState::default();
-        let reply = with_ctx(&store, |ctx| handle(ctx, &mut state, &msg, Scheme::Legacy)).unwrap();
+        let reply = apply(&store, &mut state, prepare(&msg, Scheme::Legacy, NOW)).unwrap();
         assert!(reply.changed);
         let id = state.node.unwrap().id;
         assert!(store.node(&id).unwrap().unwrap().endpoints.is_empty());

@@ -231,9 +231,9 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::crypto::RsaKeyPair;
-    use crate::test_support::fixture_key;
     use crate::session::Read;
     use crate::store::{Store, Write};
+    use crate::test_support::fixture_key;
     use crate::token::{self, TokenFields};
     use std::sync::OnceLock;
 
