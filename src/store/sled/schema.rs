@@ -10,7 +10,7 @@ use sled::Db;
 
 use super::StoreError;
 
-#[path = "../../migrations/0001_initial_layout.rs"]
+#[path = "../../../migrations/0001_initial_layout.rs"]
 mod m0001_initial_layout;
 
 /// The schema version this build writes and understands.

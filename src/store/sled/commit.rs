@@ -540,7 +540,7 @@ mod tests {
             .build()
             .unwrap();
         let n = rt.block_on(async {
-            let new = crate::store::tests::new_node("a", 1);
+            let new = crate::store::sled::tests::new_node("a", 1);
             store
                 .write(Write::RegisterNode {
                     node: new,
