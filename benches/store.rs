@@ -19,10 +19,7 @@ fn node(store: &Store, i: usize) -> NodeRecord {
         sig_key: vec![0x31; 294],
         endpoints: vec![format!("10.0.{}.{}:9000", i / 250, i % 250)],
     };
-    store
-        .register_node(new, &mut || Id::random(&mut rand::rng()), 1)
-        .unwrap()
-        .node
+    store.register_node(new, 1).unwrap().node
 }
 
 fn cluster(store: &Store, name: &str, size: u32) -> Id {
@@ -32,11 +29,7 @@ fn cluster(store: &Store, name: &str, size: u32) -> Id {
         max_size: size,
         endpoint_count: 1,
     };
-    store
-        .create_cluster(new, &mut || Id::random(&mut rand::rng()), 1)
-        .unwrap()
-        .0
-        .id
+    store.create_cluster(new, 1).unwrap().0.id
 }
 
 fn join(c: &mut Criterion) {
@@ -89,11 +82,9 @@ fn member_list(c: &mut Criterion) {
         "GetCluster of a 64-member cluster: read, build and encode",
         |b| {
             b.iter(|| {
-                let mut fresh = || Id::random(&mut rand::rng());
                 let mut ctx = Context {
                     store: &store,
                     now_ms: 0,
-                    fresh_id: &mut fresh,
                 };
                 match get_cluster::handle(&mut ctx, &state, black_box(&request)).unwrap() {
                     get_cluster::GetOutcome::Ready(reply) => reply.encode_to_vec(),

@@ -12,8 +12,9 @@
 //!   cipher), [`token`] (member token signatures);
 //! - the protocol core, pure and clock-free: [`protocol`] (the xlReg/2 session state
 //!   machine) and [`handlers`] (one request per file), with [`validate`] for input rules;
-//! - state: [`store`] (sled trees, transactions, group commit, migrations), [`registry`] (the
-//!   registry's identity and shared state), [`id`];
+//! - state: [`model`] (the records, the writes and the registry's rules as pure functions),
+//!   [`store`] (the store port and its backends: sled with group commit and migrations, and
+//!   memory), [`registry`] (the registry's identity and shared state), [`id`];
 //! - glue and tools: [`server`] (listener and session tasks), [`client`] (the client
 //!   library), [`regcred`] (the `regCred.dat` file), [`node`] (a node's identity directory),
 //!   [`cli`] (the `xlreg` command), [`bench`] (the load generator);
@@ -35,6 +36,7 @@ pub mod handlers;
 pub mod id;
 pub mod legacy;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod proto;
 pub mod protocol;

@@ -194,7 +194,7 @@ impl ServerSession {
     pub fn on_frame_applying(&mut self, frame: &[u8], ctx: &mut Context<'_>) -> Step {
         match self.on_frame(frame, ctx) {
             Step::Write(write) => {
-                let result = ctx.store.apply(&write, ctx.fresh_id);
+                let result = ctx.store.apply_now(&write);
                 self.on_written(result)
             }
             step => step,
@@ -217,7 +217,7 @@ impl ServerSession {
                     joined: reply.joined,
                 }
             }
-            Err(error) => self.handler_error(HandlerError::Store(error)),
+            Err(error) => self.handler_error(HandlerError::from(error)),
         }
     }
 
@@ -478,19 +478,21 @@ mod tests {
         let Step::Write(_) = with_ctx(&store, |ctx| session.on_frame(&frame, ctx)) else {
             panic!("no write")
         };
-        let full = StoreError::ClusterFull {
+        let full = crate::store::Refusal::ClusterFull {
             name: "c".into(),
             members: 2,
             max: 2,
         };
-        let (reply, close) = sent(session.on_written(Err(full)));
+        let (reply, close) = sent(session.on_written(Err(StoreError::Refused(full))));
         let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
         assert_eq!(reply.err_kind, Some(ErrCode::ClusterFull as i32));
         assert!(close);
         // A result nobody asked for is not answered.
         let (mut session, _) = connect(&store);
         assert!(matches!(
-            session.on_written(Err(StoreError::NoSuchNode(Id::random(&mut rand::rng())))),
+            session.on_written(Err(StoreError::Refused(crate::store::Refusal::NoSuchNode(
+                Id::random(&mut rand::rng())
+            )))),
             Step::Close
         ));
     }

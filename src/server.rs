@@ -78,14 +78,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `f` with a handler context over `registry`'s store, the current time and the
-/// system's random id source.
+/// Runs `f` with a handler context over `registry`'s store and the current time.
 pub fn with_context<T>(registry: &Registry, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
-    let mut fresh_id = || Id::random(&mut rand::rng());
     let mut ctx = Context {
         store: &registry.store,
         now_ms: now_ms(),
-        fresh_id: &mut fresh_id,
     };
     f(&mut ctx)
 }

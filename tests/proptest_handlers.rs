@@ -11,7 +11,6 @@ use proptest::prelude::*;
 use prost::Message as _;
 use xlreg::crypto::{HelloDecryptor, RsaKeyPair};
 use xlreg::handlers::Context;
-use xlreg::id::Id;
 use xlreg::proto::{Tag, XlRegMsg, XlRegToken};
 use xlreg::protocol::{ServerSession, Step};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher};
@@ -250,11 +249,9 @@ fn plaintext(input: &Input, salt: &[u8]) -> Option<Vec<u8>> {
 /// Runs one session over `inputs`; returns how many replies it produced.
 fn run_session(store: &Store, inputs: &[Input]) -> Result<usize, TestCaseError> {
     let keys = keys();
-    let mut fresh_id = || Id::random(&mut rand::rng());
     let mut ctx = Context {
         store,
         now_ms: 1_000,
-        fresh_id: &mut fresh_id,
     };
     let mut session = ServerSession::new(keys.decryptor.clone());
     let (handshake, hello) = ClientHandshake::start(keys.registry.public_key()).unwrap();
@@ -321,8 +318,7 @@ proptest! {
     #[test]
     fn any_bytes_as_a_hello_are_closed_without_a_reply(hello in vec(any::<u8>(), 0..600)) {
         let store = Store::temporary().unwrap();
-        let mut fresh_id = || Id::random(&mut rand::rng());
-        let mut ctx = Context { store: &store, now_ms: 1, fresh_id: &mut fresh_id };
+        let mut ctx = Context { store: &store, now_ms: 1 };
         let mut session = ServerSession::new(keys().decryptor.clone());
         prop_assert!(matches!(session.on_frame(&hello, &mut ctx), Step::Close));
         prop_assert!(matches!(session.on_frame(&hello, &mut ctx), Step::Close));

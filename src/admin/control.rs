@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
 use super::{answer, export, AdminError, Reply, Request};
-use crate::store::Store;
+use crate::store::{AdminStore, Store};
 
 /// File name of the control socket in the data directory.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -339,7 +339,7 @@ fn response_line(response: &Response) -> Zeroizing<Vec<u8>> {
 /// The answer to an export request, serialized record by record from a snapshot: the same
 /// line as `Response::Ok(Reply::Export(document))` without building the document (on a
 /// registry of 100,000 clusters that document is several hundred MB).
-fn export_line(store: &Store) -> Zeroizing<Vec<u8>> {
+fn export_line(store: &dyn AdminStore) -> Zeroizing<Vec<u8>> {
     let built = store
         .snapshot()
         .map_err(|e| AdminError::from(e).to_string())
@@ -441,7 +441,6 @@ mod tests {
     #[test]
     fn the_streamed_export_line_is_the_document_line() {
         let store = Store::temporary().unwrap();
-        let mut fresh = || crate::id::Id::random(&mut rand::rng());
         let (c, _) = store
             .create_cluster(
                 crate::store::NewCluster {
@@ -450,7 +449,6 @@ mod tests {
                     max_size: 4,
                     endpoint_count: 1,
                 },
-                &mut fresh,
                 10,
             )
             .unwrap();
@@ -464,7 +462,6 @@ mod tests {
                     sig_key: vec![4, 5],
                     endpoints: vec!["127.0.0.1:1".into()],
                 },
-                &mut fresh,
                 11,
             )
             .unwrap()

@@ -8,15 +8,15 @@
 use std::path::PathBuf;
 
 use crate::registry::RegistryError;
-use crate::store::StoreError;
+use crate::store::StorageError;
 use crate::validate::Invalid;
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The store failed or refused.
+    /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     /// The registry's key files could not be read or written.
     #[error(transparent)]
     Registry(#[from] RegistryError),

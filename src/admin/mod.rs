@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 pub use error::AdminError;
 
-use crate::store::{Store, StoreError};
+use crate::store::{AdminStore, StorageError, Store};
 use export::ExportDocument;
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
@@ -124,7 +124,7 @@ impl<'de> Deserialize<'de> for SnapshotBytes {
 
 /// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
 /// `now_ms` stamps snapshots.
-pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
+pub fn answer(store: &dyn AdminStore, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
     Ok(match request {
         Request::Info => Reply::Info(report::info(store)?),
         Request::Clusters => Reply::Clusters(report::clusters(store)?),
@@ -182,7 +182,7 @@ fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
 /// daemon holds it.
 pub fn open_offline(data_dir: &Path) -> Result<Store, AdminError> {
     match open_store(data_dir) {
-        Err(AdminError::Store(StoreError::Locked { dir })) => Err(AdminError::Running(dir)),
+        Err(AdminError::Store(StorageError::Locked { dir })) => Err(AdminError::Running(dir)),
         other => other,
     }
 }
@@ -211,7 +211,7 @@ impl Access {
             .map_err(|e| AdminError::Interrupted(e.to_string()))?;
         match opened {
             Ok(store) => Ok(Access::Offline(store)),
-            Err(AdminError::Store(StoreError::Locked { dir })) => {
+            Err(AdminError::Store(StorageError::Locked { dir })) => {
                 Err(AdminError::DaemonUnreachable {
                     socket: dir.join(control::SOCKET_FILE),
                     dir,

@@ -322,7 +322,7 @@ async fn delete_cluster(args: DeleteClusterArgs) -> anyhow::Result<ExitCode> {
     let deleted = tokio::task::spawn_blocking(move || {
         let deleted = store.delete_cluster(&id)?;
         store.flush_blocking()?;
-        Ok::<_, crate::store::StoreError>(deleted)
+        Ok::<_, crate::store::StorageError>(deleted)
     })
     .await??
     .ok_or_else(|| crate::admin::AdminError::NoSuchCluster(args.cluster.clone()))?;

@@ -10,8 +10,9 @@
 
 use super::{cluster_ref, member_token, with_cluster, Context, HandlerError, SessionState};
 use crate::id::Id;
+use crate::model::{ClusterRef, Refusal};
 use crate::proto::{Tag, XlRegMsg};
-use crate::store::{ClusterRecord, ClusterRef, StoreError};
+use crate::store::ClusterView;
 
 /// The longest a client may ask the registry to hold a GetCluster reply.
 pub const MAX_WAIT_MS: u32 = 600_000;
@@ -56,17 +57,18 @@ pub fn handle(
         state.joined.as_ref().or(state.created.as_ref()),
         "GetCluster",
     )?;
-    let cluster = ctx
+    let view = ctx
         .store
-        .cluster(&target)?
-        .ok_or_else(|| StoreError::NoSuchCluster(target.to_string()))?;
+        .cluster_view(&target)?
+        .ok_or_else(|| Refusal::NoSuchCluster(target.to_string()))?;
+    let cluster = &view.cluster;
     let which = msg.which.unwrap_or(u64::MAX) & all_slots(cluster.max_size);
     let wait = Wait {
         cluster: cluster.id.clone(),
         which,
         wait_ms: msg.wait_ms.unwrap_or(0).min(MAX_WAIT_MS),
     };
-    answer(ctx, &cluster, &wait, false)
+    answer(&view, &wait, false)
 }
 
 /// Re-answers a held GetCluster after the cluster changed (`expired` false) or the wait ran
@@ -76,19 +78,15 @@ pub fn resume(
     wait: &Wait,
     expired: bool,
 ) -> Result<GetOutcome, HandlerError> {
-    let cluster = ctx
+    let view = ctx
         .store
-        .cluster(&ClusterRef::Id(wait.cluster.clone()))?
-        .ok_or_else(|| StoreError::NoSuchCluster(wait.cluster.to_hex()))?;
-    answer(ctx, &cluster, wait, expired)
+        .cluster_view(&ClusterRef::Id(wait.cluster.clone()))?
+        .ok_or_else(|| Refusal::NoSuchCluster(wait.cluster.to_hex()))?;
+    answer(&view, wait, expired)
 }
 
-fn answer(
-    ctx: &mut Context<'_>,
-    cluster: &ClusterRecord,
-    wait: &Wait,
-    expired: bool,
-) -> Result<GetOutcome, HandlerError> {
+fn answer(view: &ClusterView, wait: &Wait, expired: bool) -> Result<GetOutcome, HandlerError> {
+    let cluster = &view.cluster;
     let present = cluster
         .members
         .iter()
@@ -100,9 +98,9 @@ fn answer(
     }
     let mut reply = with_cluster(Tag::ClusterMembers, cluster);
     reply.which = Some(returned);
-    for (member, node) in ctx.store.members_with_nodes(cluster)? {
+    for (member, node) in view.members() {
         if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
-            reply.tokens.push(member_token(&member, &node));
+            reply.tokens.push(member_token(member, node));
         }
     }
     Ok(GetOutcome::Ready(Box::new(reply)))

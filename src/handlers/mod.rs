@@ -14,22 +14,21 @@ pub mod join;
 pub mod member;
 
 use crate::id::Id;
-use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
-use crate::store::{
-    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, Store, StoreError,
-    Write, Written,
+use crate::model::{
+    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Refusal, RegistrationOutcome, Write,
+    Written,
 };
+use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
+use crate::store::{AdminStore, StorageError, StoreError};
 use crate::validate::Invalid;
 
-/// What a handler needs from outside the message: the store, the current time and a
-/// source of fresh ids. The protocol glue supplies these; tests supply fixed ones.
+/// What a handler needs from outside the message: the store and the current time. The
+/// protocol glue supplies these; tests supply fixed ones. Fresh ids come from the store.
 pub struct Context<'a> {
-    /// The registry's store.
-    pub store: &'a Store,
+    /// The registry's store, behind the port: any backend.
+    pub store: &'a dyn AdminStore,
     /// The current time, milliseconds since the Unix epoch.
     pub now_ms: u64,
-    /// Draws a fresh random id for a new node or cluster.
-    pub fresh_id: &'a mut dyn FnMut() -> Id,
 }
 
 /// What one session has established so far. Small and per-connection; nothing here outlives
@@ -67,10 +66,22 @@ pub enum HandlerError {
     /// The token's signature does not verify.
     #[error("{0}")]
     Unauthorized(String),
-    /// The store refused the request (full cluster, name taken, unknown cluster, ...) or
-    /// failed.
+    /// The registry's rules refused the request (full cluster, name taken, unknown cluster,
+    /// ...).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Refused(#[from] Refusal),
+    /// The store failed: the request may or may not have been applied.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> HandlerError {
+        match error {
+            StoreError::Refused(refusal) => HandlerError::Refused(refusal),
+            StoreError::Storage(failure) => HandlerError::Storage(failure),
+        }
+    }
 }
 
 impl From<Invalid> for HandlerError {
@@ -85,15 +96,15 @@ impl HandlerError {
         match self {
             HandlerError::BadRequest(_) => ErrCode::BadRequest,
             HandlerError::Unauthorized(_) => ErrCode::Unauthorized,
-            HandlerError::Store(error) => match error {
-                StoreError::NoSuchCluster(_) | StoreError::NoSuchNode(_) => ErrCode::NotFound,
-                StoreError::ClusterFull { .. } => ErrCode::ClusterFull,
-                StoreError::MemberNameTaken { .. } | StoreError::NodeKeyMismatch { .. } => {
+            HandlerError::Refused(refusal) => match refusal {
+                Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => ErrCode::NotFound,
+                Refusal::ClusterFull { .. } => ErrCode::ClusterFull,
+                Refusal::MemberNameTaken { .. } | Refusal::NodeKeyMismatch { .. } => {
                     ErrCode::Conflict
                 }
-                StoreError::TooFewEndpoints { .. } => ErrCode::BadRequest,
-                _ => ErrCode::Unavailable,
+                Refusal::TooFewEndpoints { .. } => ErrCode::BadRequest,
             },
+            HandlerError::Storage(_) => ErrCode::Unavailable,
         }
     }
 
@@ -160,14 +171,14 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
 
 /// Applies a prepared write to the store at once (its own transaction, not yet durable) and
 /// finishes it: the synchronous path, for tests and tools. The registry's sessions instead
-/// hand the write to [`Store::write`](crate::store::Store::write), which batches it with
-/// concurrent ones and answers once it is durable.
+/// hand the write to the store's [`SessionStore::apply`](crate::store::SessionStore::apply),
+/// which batches it with concurrent ones and answers once it is durable.
 pub fn apply_now(
     ctx: &mut Context<'_>,
     state: &mut SessionState,
     write: Result<Write, HandlerError>,
 ) -> Result<Reply, HandlerError> {
-    let written = ctx.store.apply(&write?, ctx.fresh_id)?;
+    let written = ctx.store.apply_now(&write?)?;
     Ok(finish(state, written))
 }
 
@@ -286,12 +297,10 @@ pub(crate) mod testing {
     }
 
     /// Runs `f` with a context over `store` at a fixed time.
-    pub fn with_ctx<T>(store: &Store, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
-        let mut fresh = || Id::random(&mut rand::rng());
+    pub fn with_ctx<T>(store: &dyn AdminStore, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
         let mut ctx = Context {
             store,
             now_ms: 1_000,
-            fresh_id: &mut fresh,
         };
         f(&mut ctx)
     }

@@ -246,7 +246,7 @@ impl LegacySession {
     pub fn next_step_applying(&mut self, ctx: &mut Context<'_>) -> Option<Step> {
         match self.next_step(ctx)? {
             Step::Write(write) => {
-                let result = ctx.store.apply(&write, ctx.fresh_id);
+                let result = ctx.store.apply_now(&write);
                 Some(self.on_written(result))
             }
             step => Some(step),
@@ -257,7 +257,7 @@ impl LegacySession {
     pub fn on_written(&mut self, result: Result<Written, StoreError>) -> Step {
         let written = match result {
             Ok(written) => written,
-            Err(error) => return self.handler_error(HandlerError::Store(error)),
+            Err(error) => return self.handler_error(HandlerError::from(error)),
         };
         let next = match &written {
             Written::Node(_) => Stage::Registered,

@@ -40,13 +40,13 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Inner, Store, StoreError, Write, Written};
-use crate::id::Id;
+use super::{Inner, StorageError, Store, StoreError, Write, WriteAnswer, Written};
 
 /// Under concurrent load, how long the writer lets writes gather before taking a batch.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// The most writes one round applies (one transaction; sled holds its writes in memory).
+/// The most batches one round applies (a session's write is a batch of one; one
+/// transaction, and sled holds its writes in memory).
 const MAX_BATCH: usize = 1024;
 
 /// How long the writer pauses after a failed flush, so a broken disk is not hammered.
@@ -60,13 +60,13 @@ struct Progress {
     /// How many flushes have failed so far.
     failures: u64,
     /// The target of the last failed flush, and its error.
-    last_failure: Option<(u64, Arc<StoreError>)>,
+    last_failure: Option<(u64, Arc<StorageError>)>,
 }
 
-/// A write waiting for the writer, with where its result goes.
+/// A batch of writes waiting for the writer, with where their answers go.
 struct Pending {
-    write: Write,
-    reply: oneshot::Sender<Result<Written, StoreError>>,
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<Vec<WriteAnswer>, StorageError>>,
 }
 
 /// The writer's inbox.
@@ -114,7 +114,7 @@ impl Shared {
     }
 
     /// Publishes a failed flush whose target was `target`.
-    fn publish_err(&self, target: u64, error: Arc<StoreError>) {
+    fn publish_err(&self, target: u64, error: Arc<StorageError>) {
         self.progress.send_modify(|p| {
             p.failures += 1;
             p.last_failure = Some((target, error));
@@ -198,7 +198,7 @@ impl Drop for WriterGuard {
         tracing::error!("the store writer panicked; starting a new one");
         self.shared.publish_err(
             u64::MAX,
-            Arc::new(StoreError::Io(std::io::Error::other(
+            Arc::new(StorageError::Io(std::io::Error::other(
                 "the store writer stopped unexpectedly",
             ))),
         );
@@ -253,12 +253,11 @@ impl Store {
         if shared.panic_next_round.swap(false, Ordering::SeqCst) {
             panic!("a store writer panic (test)");
         }
-        let mut fresh = || Id::random(&mut rand::rng());
         let applied = if batch.is_empty() {
             Ok(Vec::new())
         } else {
-            let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-            self.apply_batch(&writes, &mut fresh)
+            let writes: Vec<&Write> = batch.iter().flat_map(|p| &p.writes).collect();
+            self.apply_batch(&writes)
         };
         let target = shared.written.load(Ordering::SeqCst);
         let flush = if shared.progress.borrow().flushed >= target {
@@ -280,12 +279,14 @@ impl Store {
         let flushed = flush.is_ok();
         match applied {
             Ok(results) => {
-                for (pending, result) in batch.into_iter().zip(results) {
+                let mut results = results.into_iter();
+                for pending in batch {
+                    let answers = results.by_ref().take(pending.writes.len()).collect();
                     let result = match &flush {
-                        Ok(()) => result,
+                        Ok(()) => Ok(answers),
                         // Not durable, so not to be reported; a refusal may rest on
                         // changes that are not durable either.
-                        Err(error) => Err(StoreError::FlushFailed(Arc::clone(error))),
+                        Err(error) => Err(StorageError::FlushFailed(Arc::clone(error))),
                     };
                     // The caller may have gone (its connection closed): nothing to do.
                     let _ = pending.reply.send(result);
@@ -297,7 +298,7 @@ impl Store {
                 for pending in batch {
                     let _ = pending
                         .reply
-                        .send(Err(StoreError::BatchFailed(Arc::clone(&error))));
+                        .send(Err(StorageError::BatchFailed(Arc::clone(&error))));
                 }
             }
         }
@@ -305,10 +306,10 @@ impl Store {
     }
 
     /// Syncs new blob files, flushes sled's log and syncs it (for a directory-backed store).
-    fn flush_to_disk(&self, _shared: &Shared) -> Result<(), StoreError> {
+    fn flush_to_disk(&self, _shared: &Shared) -> Result<(), StorageError> {
         #[cfg(test)]
         if _shared.fail_next_flush.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Corrupt("disk on fire (test)".into()));
+            return Err(StorageError::Corrupt("disk on fire (test)".into()));
         }
         if let Some(disk) = &self.inner.disk {
             disk.sync_blobs()?;
@@ -321,11 +322,11 @@ impl Store {
     }
 
     /// Hands the writer work (`add` edits its queue), starting it on first use.
-    fn to_writer(&self, add: impl FnOnce(&mut Queue)) -> Result<(), StoreError> {
+    fn to_writer(&self, add: impl FnOnce(&mut Queue)) -> Result<(), StorageError> {
         let shared = &self.inner.commit.shared;
         let mut queue = shared.lock();
         if queue.closed {
-            return Err(StoreError::Io(std::io::Error::other(
+            return Err(StorageError::Io(std::io::Error::other(
                 "the store's writer has stopped",
             )));
         }
@@ -342,17 +343,34 @@ impl Store {
     /// Applies `write`, batched with concurrent writes in one transaction, and returns its
     /// result once the change is durable (survives power loss, for a directory-backed store).
     ///
-    /// A refusal (a full cluster, a name taken, ...) is returned as the error it would be
-    /// from [`Store::apply`]. If the round's flush fails, every write in it gets
-    /// [`StoreError::FlushFailed`]; if its transaction fails, [`StoreError::BatchFailed`].
+    /// A refusal (a full cluster, a name taken, ...) is [`StoreError::Refused`]. If the
+    /// round's flush fails, every write in it gets [`StorageError::FlushFailed`]; if its
+    /// transaction fails, [`StorageError::BatchFailed`].
     pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        match self.write_batch(vec![write]).await?.pop() {
+            Some(answer) => Ok(answer?),
+            None => Err(StoreError::Storage(StorageError::Io(
+                std::io::Error::other("the store's writer answered no write"),
+            ))),
+        }
+    }
+
+    /// Applies `writes` in order in one transaction (of the writer's next round, with
+    /// concurrent writes), and answers each once all are durable; watchers of every cluster
+    /// joined are woken then. The sled backend's [`SessionStore::apply`](crate::store::SessionStore::apply).
+    pub async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<WriteAnswer>, StorageError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let (reply, result) = oneshot::channel();
-        self.to_writer(|queue| queue.writes.push(Pending { write, reply }))?;
-        result.await.map_err(|_| {
-            StoreError::Io(std::io::Error::other(
+        self.to_writer(|queue| queue.writes.push(Pending { writes, reply }))?;
+        let answers = result.await.map_err(|_| {
+            StorageError::Io(std::io::Error::other(
                 "the store's writer stopped before answering",
             ))
-        })?
+        })??;
+        self.inner.events.notify_joins(&answers);
+        Ok(answers)
     }
 
     /// Returns once every change committed before the call is on disk (and survives power
@@ -360,8 +378,8 @@ impl Store {
     /// written since the last completed flush it returns at once.
     ///
     /// If the flush covering this call's changes fails, every caller waiting on it gets
-    /// [`StoreError::FlushFailed`].
-    pub async fn durable(&self) -> Result<(), StoreError> {
+    /// [`StorageError::FlushFailed`].
+    pub async fn durable(&self) -> Result<(), StorageError> {
         let shared = &self.inner.commit.shared;
         let target = shared.written.load(Ordering::SeqCst);
         let mut rx = shared.progress.subscribe();
@@ -380,19 +398,19 @@ impl Store {
                         && p.last_failure.as_ref().is_some_and(|(t, _)| *t >= target))
             })
             .await
-            .map_err(|_| StoreError::Io(std::io::Error::other("the store's writer went away")))?;
+            .map_err(|_| StorageError::Io(std::io::Error::other("the store's writer went away")))?;
         if p.flushed >= target {
             return Ok(());
         }
         match &p.last_failure {
-            Some((_, e)) => Err(StoreError::FlushFailed(Arc::clone(e))),
+            Some((_, e)) => Err(StorageError::FlushFailed(Arc::clone(e))),
             None => Ok(()),
         }
     }
 
     /// Flushes every committed change to disk now, blocking the calling thread (for shutdown
     /// and command-line use).
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+    pub fn flush_blocking(&self) -> Result<(), StorageError> {
         let shared = &self.inner.commit.shared;
         let target = shared.written.load(Ordering::SeqCst);
         self.flush_to_disk(shared)?;
@@ -405,7 +423,7 @@ impl Store {
 mod tests {
     use super::super::tests::{cluster, node};
     use super::*;
-    use crate::store::{ClusterRef, NewCluster};
+    use crate::store::{ClusterRef, NewCluster, Refusal};
 
     use crate::test_support::runtime;
 
@@ -470,51 +488,11 @@ mod tests {
         assert_eq!(slots, (0..60).collect::<Vec<_>>());
         let full = outcomes
             .iter()
-            .filter(|o| matches!(o, Err(StoreError::ClusterFull { .. })))
+            .filter(|o| matches!(o, Err(StoreError::Refused(Refusal::ClusterFull { .. }))))
             .count();
         assert_eq!(full, 4);
         // Every answer came after its change was on disk.
         assert!(flushed_everything(&store));
-    }
-
-    #[test]
-    fn a_refusal_inside_a_batch_leaves_the_other_writes_alone() {
-        let store = Store::temporary().unwrap();
-        let c = cluster(&store, "pair", 2, 1);
-        let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
-        let writes: Vec<Write> = vec![
-            join(&c, &nodes[0]),
-            Write::Join {
-                cluster: ClusterRef::Name("nope".into()),
-                node: nodes[1].id.clone(),
-                now_ms: 1,
-            },
-            join(&c, &nodes[1]),
-            join(&c, &nodes[2]),
-            Write::CreateCluster {
-                cluster: NewCluster {
-                    name: "pair".into(),
-                    attrs: 0,
-                    max_size: 9,
-                    endpoint_count: 1,
-                },
-                now_ms: 1,
-            },
-        ];
-        let refs: Vec<&Write> = writes.iter().collect();
-        let mut fresh = || Id::random(&mut rand::rng());
-        let results = store.apply_batch(&refs, &mut fresh).unwrap();
-        assert!(matches!(&results[0], Ok(Written::Joined(j)) if j.slot == 0));
-        assert!(matches!(&results[1], Err(StoreError::NoSuchCluster(_))));
-        assert!(matches!(&results[2], Ok(Written::Joined(j)) if j.slot == 1));
-        assert!(matches!(&results[3], Err(StoreError::ClusterFull { .. })));
-        // A later write in the batch sees the earlier ones.
-        assert!(matches!(&results[4], Ok(Written::Cluster(c, false)) if c.members.len() == 2));
-        let stored = store
-            .cluster(&ClusterRef::Id(c.id.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.members.len(), 2);
     }
 
     #[test]
@@ -567,7 +545,10 @@ mod tests {
             .store(true, Ordering::SeqCst);
         runtime().block_on(async {
             let e = store.write(join(&c, &nodes[0])).await.unwrap_err();
-            assert!(matches!(e, StoreError::FlushFailed(_)), "{e}");
+            assert!(
+                matches!(e, StoreError::Storage(StorageError::FlushFailed(_))),
+                "{e}"
+            );
             assert!(e.to_string().contains("disk on fire"), "{e}");
             // The next round flushes again and succeeds; the earlier change is now durable.
             let j = store.write(join(&c, &nodes[1])).await.unwrap();
