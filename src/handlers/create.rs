@@ -49,10 +49,10 @@ mod tests {
     use super::*;
     use crate::handlers::testing::with_ctx;
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::{AdminStore, MemoryStore};
 
     fn create(
-        store: &Store,
+        store: &MemoryStore,
         name: &str,
         size: u32,
         endpoints: Option<u32>,
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn sizes_are_clamped_and_reported() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         for (i, (asked, got)) in [(0, 2), (1, 2), (5, 5), (65, 64), (u32::MAX, 64)]
             .into_iter()
             .enumerate()
@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn an_existing_name_returns_the_existing_cluster_unchanged() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let first = create(&store, "web", 3, Some(2)).unwrap();
         let second = create(&store, "web", 9, Some(1)).unwrap();
         assert!(!second.changed);
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn bad_names_and_endpoint_counts_are_refused() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         assert!(create(&store, "9x", 3, None)
             .unwrap_err()
             .to_string()

@@ -111,10 +111,16 @@ mod tests {
     use super::*;
     use crate::handlers::testing::{member_msg, with_ctx, SALT};
     use crate::handlers::{create, join, member};
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::token::Scheme;
 
-    fn member_in(store: &Store, keys: usize, name: &str, cluster: &str, size: u32) -> SessionState {
+    fn member_in(
+        store: &MemoryStore,
+        keys: usize,
+        name: &str,
+        cluster: &str,
+        size: u32,
+    ) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1", "127.0.0.1:2"]);
         with_ctx(store, |ctx| {
@@ -131,7 +137,7 @@ mod tests {
     }
 
     fn get(
-        store: &Store,
+        store: &MemoryStore,
         state: &SessionState,
         which: Option<u64>,
         wait_ms: Option<u32>,
@@ -146,7 +152,7 @@ mod tests {
 
     #[test]
     fn lists_members_in_slot_order_with_the_returned_bitmap() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let a = member_in(&store, 0, "a", "trio", 3);
         let _b = member_in(&store, 1, "b", "trio", 3);
         let GetOutcome::Ready(reply) = get(&store, &a, None, None) else {
@@ -171,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_wait_holds_until_the_cluster_is_complete_or_the_time_is_up() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let a = member_in(&store, 0, "a", "pair", 2);
         let GetOutcome::Wait(wait) = get(&store, &a, None, Some(5_000)) else {
             panic!("slot 1 is empty: the reply must be held")

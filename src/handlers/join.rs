@@ -40,10 +40,10 @@ mod tests {
     use crate::handlers::testing::{member_msg, with_ctx, SALT};
     use crate::handlers::{create, member};
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::token::Scheme;
 
-    fn session(store: &Store, keys: usize, name: &str) -> SessionState {
+    fn session(store: &MemoryStore, keys: usize, name: &str) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1"]);
         with_ctx(store, |ctx| {
@@ -54,7 +54,7 @@ mod tests {
     }
 
     fn join_by_name(
-        store: &Store,
+        store: &MemoryStore,
         state: &mut SessionState,
         cluster: &str,
     ) -> Result<Reply, HandlerError> {
@@ -68,7 +68,7 @@ mod tests {
 
     #[test]
     fn members_take_slots_in_order_and_a_full_cluster_refuses() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut a = session(&store, 0, "a");
         let create_msg = XlRegMsg {
             op: Some(Tag::Create as i32),
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn unknown_clusters_and_missing_names_are_refused() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut a = session(&store, 0, "a");
         assert!(join_by_name(&store, &mut a, "nope")
             .unwrap_err()

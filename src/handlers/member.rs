@@ -90,9 +90,12 @@ mod tests {
     use super::*;
     use crate::handlers::testing::{keys, member_msg, with_ctx, SALT};
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::{AdminStore, MemoryStore};
 
-    fn register(store: &Store, msg: &XlRegMsg) -> Result<(Reply, SessionState), HandlerError> {
+    fn register(
+        store: &MemoryStore,
+        msg: &XlRegMsg,
+    ) -> Result<(Reply, SessionState), HandlerError> {
         let mut state = SessionState::default();
         let reply = with_ctx(store, |ctx| {
             handle(ctx, &mut state, msg, Scheme::V2 { server_salt: &SALT })
@@ -102,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_new_node_gets_a_fresh_32_byte_id() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let (reply, state) = register(&store, &member_msg(0, "a", None, &["127.0.0.1:1"])).unwrap();
         assert!(reply.changed);
         assert_eq!(reply.msg.op, Some(Tag::MemberOk as i32));
@@ -113,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_registered_id_needs_the_same_keys() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let (reply, _) = register(&store, &member_msg(0, "a", None, &["127.0.0.1:1"])).unwrap();
         let id = Id::from_bytes(&reply.msg.member_id.unwrap()).unwrap();
         let (again, _) =
@@ -126,7 +129,7 @@ mod tests {
 
     #[test]
     fn an_unknown_20_byte_id_is_bound_to_its_keys() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let legacy = Id::from_bytes(&[5u8; 20]).unwrap();
         let (reply, _) = register(
             &store,
@@ -138,7 +141,7 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused_and_change_nothing() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut no_token = member_msg(0, "a", None, &["127.0.0.1:1"]);
         no_token.member_specs = None;
         let mut bad_sig = member_msg(0, "a", None, &["127.0.0.1:1"]);
