@@ -480,8 +480,23 @@ impl Store {
     }
 }
 
-/// Opens the sled database in `dir` (creating the directory), with the registry's cache size.
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread opened a data directory (tests count reopenings).
+    static OPENS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has opened a data directory's database.
+#[cfg(test)]
+fn opens_on_this_thread() -> u64 {
+    OPENS.with(std::cell::Cell::get)
+}
+
+/// Opens the sled database in `dir` (creating the directory), with the registry's cache
+/// size. Every sled database on a directory is opened here.
 fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
+    #[cfg(test)]
+    OPENS.with(|opens| opens.set(opens.get() + 1));
     std::fs::create_dir_all(dir)?;
     sled::Config::new()
         .path(dir)
