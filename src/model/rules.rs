@@ -97,7 +97,7 @@ pub fn create<E>(
 /// ([`Refusal::ClusterFull`]) or the node offers fewer endpoints than the cluster requires
 /// ([`Refusal::TooFewEndpoints`]; a rejoining member must offer them too).
 pub fn join(
-    cluster: &ClusterRecord,
+    cluster: ClusterRecord,
     node: &NodeRecord,
     now_ms: u64,
 ) -> Result<JoinOutcome, Refusal> {
@@ -112,16 +112,16 @@ pub fn join(
         });
     }
     let offered = u32::try_from(node.endpoints.len()).unwrap_or(u32::MAX);
-    let too_few = || Refusal::TooFewEndpoints {
-        cluster: cluster.name.clone(),
-        needed: cluster.endpoint_count,
+    let too_few = |c: &ClusterRecord| Refusal::TooFewEndpoints {
+        cluster: c.name.clone(),
+        needed: c.endpoint_count,
         offered,
     };
-    let mut c = cluster.clone();
+    let mut c = cluster;
     let (slot, rejoined) = match c.members.iter().position(|m| m.node_id == node.id) {
         Some(pos) => {
             if offered < c.endpoint_count {
-                return Err(too_few());
+                return Err(too_few(&c));
             }
             let m = &mut c.members[pos];
             m.name = node.name.clone();
@@ -138,7 +138,7 @@ pub fn join(
                 });
             }
             if offered < c.endpoint_count {
-                return Err(too_few());
+                return Err(too_few(&c));
             }
             let slot = c.next_slot();
             c.members.push(MemberRecord {
@@ -245,28 +245,31 @@ mod tests {
         let mut c = cluster(2, 1);
         let a = registered("a", 1, 1);
         let b = registered("b", 2, 1);
-        c = join(&c, &a, 10).unwrap().cluster;
-        let out = join(&c, &b, 11).unwrap();
+        c = join(c, &a, 10).unwrap().cluster;
+        let out = join(c, &b, 11).unwrap();
         assert_eq!(
             (out.slot, out.rejoined, out.cluster.touched_at_ms),
             (1, false, 11)
         );
         c = out.cluster;
         // Full, but a member gets its slot back.
-        let again = join(&c, &a, 12).unwrap();
+        let again = join(c.clone(), &a, 12).unwrap();
         assert_eq!((again.slot, again.rejoined), (0, true));
         assert_eq!(again.cluster.members[0].joined_at_ms, 10);
         let d = registered("d", 3, 1);
-        assert!(matches!(join(&c, &d, 13), Err(Refusal::ClusterFull { .. })));
+        assert!(matches!(
+            join(c.clone(), &d, 13),
+            Err(Refusal::ClusterFull { .. })
+        ));
         let twin = registered("a", 4, 1);
         assert!(matches!(
-            join(&c, &twin, 13),
+            join(c.clone(), &twin, 13),
             Err(Refusal::MemberNameTaken { .. })
         ));
         let thin = registered("thin", 5, 0);
         let roomy = cluster(3, 1);
         assert!(matches!(
-            join(&roomy, &thin, 13),
+            join(roomy, &thin, 13),
             Err(Refusal::TooFewEndpoints {
                 needed: 1,
                 offered: 0,

@@ -161,7 +161,7 @@ pub(crate) fn join<T: RecordTx>(
     let Some(node) = tx.node(node)? else {
         return Ok(Err(Refusal::NoSuchNode(node.clone())));
     };
-    match rules::join(&record, &node, now_ms) {
+    match rules::join(record, &node, now_ms) {
         Ok(joined) => {
             tx.put_cluster(&joined.cluster)?;
             Ok(Ok(joined))
