@@ -9,16 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use xlreg::id::Id;
 use xlreg::store::{ClusterRef, NewCluster, NewNode, Store};
 
 /// Size of an RSA-2048 SubjectPublicKeyInfo in DER, as stored for each node key.
 const KEY_LEN: usize = 294;
-
-fn fresh() -> impl FnMut() -> Id {
-    let mut rng = rand::rng();
-    move || Id::random(&mut rng)
-}
 
 fn new_node(i: usize) -> NewNode {
     NewNode {
@@ -33,7 +27,6 @@ fn new_node(i: usize) -> NewNode {
 
 /// A registry of `nodes` nodes in clusters of 8.
 fn populate(store: &Store, nodes: usize) {
-    let mut ids = fresh();
     let mut cluster = None;
     for i in 0..nodes {
         if i % 8 == 0 {
@@ -45,13 +38,12 @@ fn populate(store: &Store, nodes: usize) {
                         max_size: 8,
                         endpoint_count: 1,
                     },
-                    &mut ids,
                     1,
                 )
                 .unwrap();
             cluster = Some(ClusterRef::Id(c.id));
         }
-        let node = store.register_node(new_node(i), &mut ids, 1).unwrap().node;
+        let node = store.register_node(new_node(i), 1).unwrap().node;
         store.join(cluster.as_ref().unwrap(), &node, 1).unwrap();
     }
     store.flush_blocking().unwrap();
@@ -106,14 +98,11 @@ fn main() {
     // 2. A mutation's latency alone and while snapshots run back to back (worst case).
     let store = Store::open(&dir.path().join("busy")).unwrap();
     populate(&store, 10_000);
-    let mut ids = fresh();
-    let mut mutate = |n: usize| {
+    let mutate = |n: usize| {
         let mut samples = Vec::with_capacity(n);
         for i in 0..n {
             let start = Instant::now();
-            store
-                .register_node(new_node(1_000_000 + i), &mut ids, 2)
-                .unwrap();
+            store.register_node(new_node(1_000_000 + i), 2).unwrap();
             samples.push(start.elapsed());
         }
         samples.sort_unstable();

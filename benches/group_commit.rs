@@ -33,10 +33,6 @@ enum Mode {
     Batch,
 }
 
-fn fresh() -> Id {
-    Id::random(&mut rand::rng())
-}
-
 fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<Id>) {
     let nodes = (0..joiners)
         .map(|i| {
@@ -48,7 +44,7 @@ fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<
                 sig_key: vec![0x31; 294],
                 endpoints: vec![format!("10.0.0.{}:9000", i % 250)],
             };
-            store.register_node(new, &mut fresh, 1).unwrap().node
+            store.register_node(new, 1).unwrap().node
         })
         .collect();
     let clusters = (0..rounds)
@@ -59,7 +55,7 @@ fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<
                 max_size: 64,
                 endpoint_count: 1,
             };
-            store.create_cluster(new, &mut fresh, 1).unwrap().0.id
+            store.create_cluster(new, 1).unwrap().0.id
         })
         .collect();
     store.flush_blocking().unwrap();

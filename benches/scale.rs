@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use xlreg::bench::stats::LatencySummary;
 use xlreg::client::{Client, DEFAULT_TIMEOUT};
 use xlreg::crypto::{RsaKeyPair, RSA_BITS};
-use xlreg::id::Id;
 use xlreg::node::NodeIdentity;
 use xlreg::regcred::RegCred;
 use xlreg::store::{ClusterRef, NewCluster, NewNode, Store};
@@ -35,7 +34,6 @@ fn populate(dir: &Path, clusters: usize, members: usize) {
     let store = Store::open(dir).unwrap();
     let key = RsaKeyPair::generate(RSA_BITS).unwrap();
     let der = key.public_key().to_spki_der().to_vec();
-    let mut fresh = || Id::random(&mut rand::rng());
     let started = Instant::now();
     for c in 0..clusters {
         let new = NewCluster {
@@ -44,7 +42,7 @@ fn populate(dir: &Path, clusters: usize, members: usize) {
             max_size: members as u32,
             endpoint_count: 1,
         };
-        let cluster = store.create_cluster(new, &mut fresh, 1).unwrap().0.id;
+        let cluster = store.create_cluster(new, 1).unwrap().0.id;
         for m in 0..members {
             let node = NewNode {
                 id: None,
@@ -59,7 +57,7 @@ fn populate(dir: &Path, clusters: usize, members: usize) {
                     c % 256
                 )],
             };
-            let node = store.register_node(node, &mut fresh, 1).unwrap().node;
+            let node = store.register_node(node, 1).unwrap().node;
             store
                 .join(&ClusterRef::Id(cluster.clone()), &node, 1)
                 .unwrap();

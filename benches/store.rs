@@ -5,12 +5,11 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use prost::Message as _;
 use std::hint::black_box;
-use xlreg::driver;
 use xlreg::handlers::{get_cluster, SessionState};
 use xlreg::id::Id;
+use xlreg::model::{ClusterRef, NewCluster, NewNode, NodeRecord};
 use xlreg::proto::XlRegMsg;
-use xlreg::session::Read;
-use xlreg::store::{ClusterRef, NewCluster, NewNode, NodeRecord, Store};
+use xlreg::store::Store;
 
 fn node(store: &Store, i: usize) -> NodeRecord {
     let new = NewNode {
@@ -21,10 +20,7 @@ fn node(store: &Store, i: usize) -> NodeRecord {
         sig_key: vec![0x31; 294],
         endpoints: vec![format!("10.0.{}.{}:9000", i / 250, i % 250)],
     };
-    store
-        .register_node(new, &mut || Id::random(&mut rand::rng()), 1)
-        .unwrap()
-        .node
+    store.register_node(new, 1).unwrap().node
 }
 
 fn cluster(store: &Store, name: &str, size: u32) -> Id {
@@ -34,11 +30,7 @@ fn cluster(store: &Store, name: &str, size: u32) -> Id {
         max_size: size,
         endpoint_count: 1,
     };
-    store
-        .create_cluster(new, &mut || Id::random(&mut rand::rng()), 1)
-        .unwrap()
-        .0
-        .id
+    store.create_cluster(new, 1).unwrap().0.id
 }
 
 fn join(c: &mut Criterion) {
@@ -92,7 +84,7 @@ fn member_list(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let get = get_cluster::request(&state, black_box(&request)).unwrap();
-                let view = driver::read(&store, &Read::Cluster(get.target.clone())).unwrap();
+                let view = store.cluster_view(&get.target).unwrap();
                 match get_cluster::answer(&get, view, false).unwrap() {
                     get_cluster::GetOutcome::Ready(reply) => reply.encode_to_vec(),
                     get_cluster::GetOutcome::Wait(_) => unreachable!("no wait was asked"),

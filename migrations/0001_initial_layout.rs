@@ -18,13 +18,13 @@
 //! Migration files must stay as they are once released: they describe how the data looked at
 //! that version, not how the current code names things.
 
-use crate::store::StoreError;
+use crate::store::StorageError;
 
 /// The trees of schema 1.
 const TREES: [&str; 4] = ["meta", "nodes", "clusters", "cluster_names"];
 
 /// Creates the schema-1 trees.
-pub(super) fn apply(db: &sled::Db) -> Result<(), StoreError> {
+pub(super) fn apply(db: &sled::Db) -> Result<(), StorageError> {
     for name in TREES {
         db.open_tree(name)?;
     }

@@ -35,12 +35,13 @@ use crate::connection::ConnectionError;
 use crate::frame::FrameError;
 use crate::id::Id;
 use crate::metrics::{Metrics, SessionEnd};
+use crate::model::{Write, Written};
 use crate::proto::ErrCode;
 use crate::registry::Registry;
 use crate::session::{
-    ClusterView, Millis, Outcome, Read, ReadResult, SessionCore, SessionReport, Step, Timeouts,
+    Millis, Outcome, Read, ReadResult, SessionCore, SessionReport, Step, Timeouts,
 };
-use crate::store::{Store, StoreError, Write, Written};
+use crate::store::{AdminStore, SessionStore, StoreError};
 
 /// Size of each read from a peer (the Go 1.9 peers read 16 KiB at a time too).
 const READ_CHUNK: usize = 16 * 1024;
@@ -217,10 +218,10 @@ async fn drive<C: SessionCore>(
                     bytes,
                     durable,
                     close,
-                    joined,
+                    joined: _,
                 } => {
                     let write = write_all(stream, &bytes, config.write_timeout);
-                    let sent = deliver(registry, durable, joined.as_ref(), write).await?;
+                    let sent = deliver(registry, durable, write).await?;
                     // A reply ends any wait.
                     changes = None;
                     let report = core.report();
@@ -245,10 +246,10 @@ async fn drive<C: SessionCore>(
                     core.on_written(result, clock.now());
                 }
                 Step::Read(request) => {
-                    let result = read(&registry.store, &request);
+                    let result = read(&registry.store, request).await;
                     core.on_read(result, clock.now());
                 }
-                Step::Watch(cluster) => changes = Some(registry.events.subscribe(&cluster)),
+                Step::Watch(cluster) => changes = Some(registry.store.watch_cluster(&cluster)),
             }
         }
         // Shutdown closes a session between requests; a request that has started arriving
@@ -307,57 +308,52 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
-/// Reads what a core asked for from `store`: the one read path of every session.
-pub fn read(store: &Store, request: &Read) -> ReadResult {
+/// Reads what a core asked for through the store's session port: the one read path of
+/// every session.
+async fn read(store: &dyn SessionStore, request: Read) -> ReadResult {
     match request {
-        Read::Cluster(target) => {
-            let Some(cluster) = store.cluster(target)? else {
-                return Ok(None);
-            };
-            let members = store.members_with_nodes(&cluster)?;
-            Ok(Some(ClusterView { cluster, members }))
-        }
+        Read::Cluster(target) => store.read_cluster(target).await,
     }
 }
 
-/// Hands a core's write to the store's writer, which batches it with concurrent ones and
-/// answers once it is durable: the one write path of every served session.
-async fn write(store: &Store, request: Write) -> Result<Written, StoreError> {
-    store.write(request).await
-}
-
-/// Applies a core's write at once, in its own transaction (committed, not yet durable): the
-/// write path of [`poll_applying`], for tests and tools.
-pub fn apply(store: &Store, request: &Write) -> Result<Written, StoreError> {
-    store.apply(request, &mut || Id::random(&mut rand::rng()))
+/// Hands a core's write to the store's session port, which applies it atomically with
+/// concurrent ones and answers once it is durable: the one write path of every served
+/// session.
+async fn write(store: &dyn SessionStore, request: Write) -> Result<Written, StoreError> {
+    let answers = store.apply(vec![request]).await?;
+    match answers.into_iter().next() {
+        Some(answer) => answer.map_err(StoreError::Refused),
+        None => Err(StoreError::Storage(crate::store::StorageError::Io(
+            std::io::Error::other("the store answered no write"),
+        ))),
+    }
 }
 
 /// Polls `core` at `now`, carrying out every store read and write it asks for at once
-/// against `store` ([`read`], [`apply`]), until it has something else: a reply, a watch
+/// against `store`'s admin port (committed at once, not yet durable), until it has something else: a reply, a watch
 /// or a close (returned), or nothing until more input or time (`None`). The synchronous
 /// harness for tests, benches, fuzzing and tools: no sockets, no timers.
 pub fn poll_applying<C: SessionCore + ?Sized>(
     core: &mut C,
-    store: &Store,
+    store: &dyn AdminStore,
     now: Millis,
 ) -> Option<Step> {
     loop {
         match core.poll(now)? {
-            Step::Read(request) => core.on_read(read(store, &request), now),
-            Step::Write(request) => core.on_written(apply(store, &request), now),
+            Step::Read(Read::Cluster(target)) => core.on_read(store.cluster_view(&target), now),
+            Step::Write(request) => core.on_written(store.apply_now(&request), now),
             step => return Some(step),
         }
     }
 }
 
 /// Writes a reply under the durability rule: a reply that may report a change (`durable`)
-/// is written only once every store change is on disk; after the write, sessions watching
-/// the `joined` cluster are woken. Returns false, having written nothing, if the store could
-/// not be flushed: the session must then close.
+/// is written only once every store change is on disk (the sessions watching a joined
+/// cluster are told by the store itself, once the join is durable). Returns false, having
+/// written nothing, if the store could not be flushed: the session must then close.
 pub(crate) async fn deliver(
     registry: &Registry,
     durable: bool,
-    joined: Option<&Id>,
     write: impl Future<Output = Result<(), ConnectionError>>,
 ) -> Result<bool, ConnectionError> {
     if durable {
@@ -370,9 +366,6 @@ pub(crate) async fn deliver(
         }
     }
     write.await?;
-    if let Some(cluster) = joined {
-        registry.events.notify(cluster);
-    }
     Ok(true)
 }
 

@@ -13,7 +13,7 @@
 //! retrying can only turn an unknown state into a false acknowledgement. The store writer
 //! therefore calls [`Health::fail`] at the first failure; from then on:
 //!
-//! - the store answers every read and write with `StoreError::Failed` (clients see Error
+//! - the store answers every read and write with `StorageError::Failed` (clients see Error
 //!   Unavailable), including the requests already waiting for a round (never left hanging);
 //! - `/health` answers 503 with the reason;
 //! - exactly one ERROR line is logged (by [`Health::fail`]), not one per request;

@@ -8,7 +8,8 @@
 //! # Architecture: layers and the dependency rule
 //!
 //! Every module belongs to one layer:
-//! - **model**, the vocabulary: [`id`], [`proto`] (the protobuf messages);
+//! - **model**, the vocabulary: [`id`], [`proto`] (the protobuf messages), [`model`] (the
+//!   records, the writes, the refusals and the registry's rules as pure functions);
 //! - **core**, pure and clock-free, deciding what every message means: [`frame`]
 //!   (length-prefixed frames), [`crypto`] (every primitive), [`session_crypto`] (handshake
 //!   and session cipher), [`token`] (member token signatures), [`validate`] (input rules),
@@ -19,7 +20,8 @@
 //!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
 //!   [`legacy::session`] (the xlReg 1.9 core), with the 1.9 wire's pure parts
 //!   [`legacy::wire`] and [`legacy::reader`];
-//! - **store**: [`store`] (sled trees, transactions, group commit, migrations) and
+//! - **store**: [`store`] (the store's ports, `SessionStore` and `AdminStore`, and their
+//!   backends: sled with group commit and migrations, and memory) and
 //!   [`failstop`] (the storage's health: fail-stop and the watchdog);
 //! - **glue**, which owns sockets, files, tasks, signals and the clock: [`connection`]
 //!   (frames over tokio streams, with timeouts), [`driver`] (the one session driver: runs a
@@ -59,6 +61,7 @@ pub mod handlers;
 pub mod id;
 pub mod legacy;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod process;
 pub mod proto;

@@ -468,7 +468,7 @@ impl Metrics {
         let read = tokio::task::spawn_blocking(move || {
             let counts = store.counts()?;
             let size = store.size_on_disk()?;
-            Ok::<_, crate::store::StoreError>((counts, size))
+            Ok::<_, crate::store::StorageError>((counts, size))
         })
         .await;
         match read {

@@ -25,12 +25,12 @@ use rand::rngs::StdRng;
 use crate::crypto::HelloDecryptor;
 use crate::frame::{self, FrameDecoder, FrameError};
 use crate::handlers::{self, get_cluster, HandlerError};
+use crate::model::{StoreError, Write, Written};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
 use crate::session::{
     Exchange, Millis, Outcome, ReadResult, SessionCore, SessionReport, Step, Timeouts,
 };
 use crate::session_crypto::{Role, ServerHandshake, SessionCipher, SALT_LEN};
-use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
 
 #[derive(Debug)]
@@ -306,6 +306,7 @@ mod tests {
     use crate::driver::poll_applying;
     use crate::handlers::testing::member_msg_for;
     use crate::id::Id;
+    use crate::model::Refusal;
     use crate::session::Read;
     use crate::session_crypto::{ClientHandshake, SessionKeys};
     use crate::store::Store;
@@ -460,11 +461,11 @@ mod tests {
         let Some(Step::Write(_)) = session.poll(NOW) else {
             panic!("no write")
         };
-        let full = StoreError::ClusterFull {
+        let full = StoreError::Refused(Refusal::ClusterFull {
             name: "c".into(),
             members: 2,
             max: 2,
-        };
+        });
         session.on_written(Err(full), NOW);
         let (reply, close) = sent(session.poll(NOW));
         let reply = XlRegMsg::decode(peer.cipher.open(&reply).unwrap().as_slice()).unwrap();
@@ -473,7 +474,9 @@ mod tests {
         // A second write result, after the first was answered, is not answered.
         let (mut session, _) = connect(&store);
         session.on_written(
-            Err(StoreError::NoSuchNode(Id::random(&mut rand::rng()))),
+            Err(StoreError::Refused(Refusal::NoSuchNode(Id::random(
+                &mut rand::rng(),
+            )))),
             NOW,
         );
         assert!(matches!(session.poll(NOW), Some(Step::Close)));

@@ -4,19 +4,16 @@
 //! - [`RegistryIdentity`]: the registry's name, ID and two RSA keys. The keys live in the data
 //!   directory as PKCS#8 PEM files of mode 0600 (`registry-comms.pem`, `registry-sig.pem`);
 //!   name and ID live in the store. First start creates them; later starts load them.
-//! - [`Registry`]: what every session of a running registry shares: the store, the hello
-//!   decryptor, and [`ClusterEvents`], which wakes GetCluster waits when a cluster changes.
+//! - [`Registry`]: what every session of a running registry shares: the store (whose port
+//!   also tells GetCluster waits when a cluster changes) and the hello decryptor.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
+use std::sync::Arc;
 
 use crate::crypto::{CryptoError, HelloDecryptor, RsaKeyPair, RSA_BITS};
 use crate::id::Id;
 use crate::regcred::{write_atomic, RegCred};
-use crate::store::{RegistryMeta, Store, StoreError};
+use crate::store::{RegistryMeta, StorageError, Store};
 
 /// File name of the registry's comms (hello decryption) key in the data directory.
 pub const COMMS_KEY_FILE: &str = "registry-comms.pem";
@@ -32,7 +29,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     /// A key file could not be read or written.
     #[error("{path}: {source}")]
     KeyFile {
@@ -183,35 +180,6 @@ fn load_or_create_key(
     }
 }
 
-/// Wakes sessions waiting for a cluster to change. A waiter subscribes before it reads the
-/// cluster, so a change between its read and its wait is never missed.
-#[derive(Debug, Default)]
-pub struct ClusterEvents {
-    channels: Mutex<HashMap<Id, watch::Sender<()>>>,
-}
-
-impl ClusterEvents {
-    /// A receiver that sees every change to `cluster` announced from now on.
-    pub fn subscribe(&self, cluster: &Id) -> watch::Receiver<()> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels
-            .entry(cluster.clone())
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe()
-    }
-
-    /// Announces that `cluster` changed (after the change is durable).
-    pub fn notify(&self, cluster: &Id) {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = channels.get(cluster) {
-            if sender.send(()).is_err() {
-                // Nobody waits on this cluster any more.
-                channels.remove(cluster);
-            }
-        }
-    }
-}
-
 /// What every session of a running registry shares.
 #[derive(Debug)]
 pub struct Registry {
@@ -221,8 +189,6 @@ pub struct Registry {
     pub identity: RegistryIdentity,
     /// The comms key on the fast decryption path.
     pub decryptor: Arc<HelloDecryptor>,
-    /// Cluster change notifications for GetCluster waits.
-    pub events: ClusterEvents,
 }
 
 impl Registry {
@@ -233,7 +199,6 @@ impl Registry {
             store,
             identity,
             decryptor,
-            events: ClusterEvents::default(),
         })
     }
 }

@@ -21,10 +21,9 @@
 use crate::handlers::get_cluster::{GetOutcome, GetRequest};
 use crate::handlers::{self, HandlerError, SessionState};
 use crate::id::Id;
+use crate::model::{ClusterRef, Write, Written};
+use crate::model::{ClusterView, StorageError, StoreError};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
-use crate::store::{
-    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, StoreError, Write, Written,
-};
 
 /// A point in time or a span of it, in milliseconds. The driver passes a clock that never
 /// goes backwards within a session and reads close to the Unix epoch time (records are
@@ -35,9 +34,9 @@ pub type Millis = u64;
 #[derive(Debug)]
 pub enum Step {
     /// Write `bytes` to the peer in one write. If `durable`, only once every store change
-    /// made so far is on disk. If `close`, close the connection after writing. If `joined`
-    /// is set, that cluster gained or refreshed a member: wake whoever watches it once the
-    /// reply is out (the change is durable by then).
+    /// made so far is on disk. If `close`, close the connection after writing. `joined`
+    /// names the cluster this reply reports a join to (the store itself tells the cluster's
+    /// watchers once the join is durable: [`crate::store::SessionStore::watch_cluster`]).
     Send {
         /// Whole wire bytes: an xlReg/2 frame with its length prefix, or a 1.9 message.
         bytes: Vec<u8>,
@@ -68,19 +67,9 @@ pub enum Read {
     Cluster(ClusterRef),
 }
 
-/// A cluster as read for a session: its record and each member with its node's record
-/// (which carries the keys), in the cluster's member order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterView {
-    /// The cluster.
-    pub cluster: ClusterRecord,
-    /// Its members, each with its node.
-    pub members: Vec<(MemberRecord, NodeRecord)>,
-}
-
-/// The answer to a [`Read::Cluster`]: the cluster, `None` if there is no such cluster, or a
-/// storage failure.
-pub type ReadResult = Result<Option<ClusterView>, StoreError>;
+/// The answer to a [`Read::Cluster`]: the cluster with its members' node records, `None` if
+/// there is no such cluster, or a storage failure.
+pub type ReadResult = Result<Option<ClusterView>, StorageError>;
 
 /// How a session ended, as far as the core knows, for the one log line per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -342,7 +331,7 @@ impl Exchange {
         let written = match result {
             Ok(written) => written,
             Err(error) => {
-                let step = self.handler_error(HandlerError::Store(error), seal);
+                let step = self.handler_error(HandlerError::from(error), seal);
                 self.queue(step);
                 return None;
             }
@@ -373,7 +362,7 @@ impl Exchange {
         };
         let expired = self.held.as_ref().is_some_and(|held| held.expired);
         let outcome = result
-            .map_err(HandlerError::Store)
+            .map_err(HandlerError::from)
             .and_then(|view| handlers::get_cluster::answer(&request, view, expired));
         match outcome {
             Ok(GetOutcome::Ready(reply)) => {

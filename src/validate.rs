@@ -133,8 +133,8 @@ pub fn endpoint(text: &str) -> Result<&str, Invalid> {
 
 /// A cluster named on the command line or in an admin request: 64 hex digits are its ID,
 /// anything else must be a valid cluster name.
-pub fn cluster_ref(text: &str) -> Result<crate::store::ClusterRef, Invalid> {
-    use crate::store::ClusterRef;
+pub fn cluster_ref(text: &str) -> Result<crate::model::ClusterRef, Invalid> {
+    use crate::model::ClusterRef;
     if text.len() == 2 * crate::id::ID_LEN && text.chars().all(|c| c.is_ascii_hexdigit()) {
         let id = crate::id::Id::from_hex(text).map_err(|e| invalid(e.to_string()))?;
         return Ok(ClusterRef::Id(id));
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn cluster_refs() {
-        use crate::store::ClusterRef;
+        use crate::model::ClusterRef;
         let hex = "ab".repeat(32);
         assert!(matches!(cluster_ref(&hex), Ok(ClusterRef::Id(id)) if id.to_hex() == hex));
         assert_eq!(

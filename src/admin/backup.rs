@@ -26,7 +26,7 @@ use super::AdminError;
 use crate::crypto::{sha256, RsaKeyPair};
 use crate::regcred::write_atomic;
 use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
-use crate::store::{Snapshot, Store};
+use crate::store::{AdminStore, Snapshot, Store};
 
 /// The first bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"XLREGSNP";
@@ -101,7 +101,7 @@ fn bincode_options(limit: u64) -> impl bincode::Options {
 
 /// Takes a snapshot of `store` and the key files in its data directory, and returns the
 /// snapshot file's bytes.
-pub fn take(store: &Store, now_ms: u64) -> Result<Zeroizing<Vec<u8>>, AdminError> {
+pub fn take(store: &dyn AdminStore, now_ms: u64) -> Result<Zeroizing<Vec<u8>>, AdminError> {
     let dir = store.data_dir().ok_or(AdminError::Ephemeral)?;
     let snapshot = store.snapshot()?;
     let has_identity = snapshot.registry_meta()?.is_some();

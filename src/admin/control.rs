@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 
 use super::{answer, export, AdminError, Reply, Request};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::AdminStore;
 
 /// File name of the control socket in the data directory.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -64,7 +64,7 @@ enum Response {
     /// A refusal on the merits, of a kind the client maps as an offline command would.
     Refused {
         /// What kind.
-        kind: super::Refusal,
+        kind: super::RefusalKind,
         /// Shown to the user as it is.
         message: String,
     },
@@ -315,15 +315,8 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
             })
             .await;
             match answered {
-                Ok(Ok(reply)) => {
-                    if let Reply::DeletedCluster(row) = &reply {
-                        // Durable now: sessions waiting on the cluster see it is gone.
-                        if let Ok(id) = crate::id::Id::from_hex(&row.id) {
-                            registry.events.notify(&id);
-                        }
-                    }
-                    Response::Ok(Box::new(reply))
-                }
+                // Sessions waiting on a deleted cluster are told by the store itself.
+                Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
                 Ok(Err(error)) => match error.refusal() {
                     Some(kind) => Response::Refused {
                         kind,
@@ -373,7 +366,7 @@ fn response_line(response: &Response) -> Zeroizing<Vec<u8>> {
 /// The answer to an export request, serialized record by record from a snapshot: the same
 /// line as `Response::Ok(Reply::Export(document))` without building the document (on a
 /// registry of 100,000 clusters that document is several hundred MB).
-fn export_line(store: &Store) -> Zeroizing<Vec<u8>> {
+fn export_line(store: &dyn AdminStore) -> Zeroizing<Vec<u8>> {
     let built = store
         .snapshot()
         .map_err(|e| AdminError::from(e).to_string())
@@ -473,12 +466,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
+    use crate::store::Store;
     use crate::test_support::runtime;
 
     #[test]
     fn the_streamed_export_line_is_the_document_line() {
         let store = Store::temporary().unwrap();
-        let mut fresh = || crate::id::Id::random(&mut rand::rng());
         let (c, _) = store
             .create_cluster(
                 crate::store::NewCluster {
@@ -487,7 +480,6 @@ mod tests {
                     max_size: 4,
                     endpoint_count: 1,
                 },
-                &mut fresh,
                 10,
             )
             .unwrap();
@@ -501,7 +493,6 @@ mod tests {
                     sig_key: vec![4, 5],
                     endpoints: vec!["127.0.0.1:1".into()],
                 },
-                &mut fresh,
                 11,
             )
             .unwrap()

@@ -8,15 +8,15 @@
 use std::path::PathBuf;
 
 use crate::registry::RegistryError;
-use crate::store::StoreError;
+use crate::store::StorageError;
 use crate::validate::Invalid;
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The store failed or refused.
+    /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     /// The registry's key files could not be read or written.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -152,7 +152,7 @@ pub enum AdminError {
     #[error("{message}")]
     RemoteRefusal {
         /// What kind of refusal.
-        kind: Refusal,
+        kind: RefusalKind,
         /// The daemon's message.
         message: String,
     },
@@ -161,7 +161,7 @@ pub enum AdminError {
 /// The kinds of refusal, the same whether a command ran offline or through the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Refusal {
+pub enum RefusalKind {
     /// The cluster or node named does not exist.
     NotFound,
     /// The registry's state forbids it (a node that is still a member, say).
@@ -172,11 +172,11 @@ pub enum Refusal {
 
 impl AdminError {
     /// The kind of refusal this is, if it is one rather than a failure.
-    pub fn refusal(&self) -> Option<Refusal> {
+    pub fn refusal(&self) -> Option<RefusalKind> {
         match self {
-            AdminError::NoSuchCluster(_) | AdminError::NoSuchNode(_) => Some(Refusal::NotFound),
-            AdminError::StillMember { .. } => Some(Refusal::Conflict),
-            AdminError::Invalid(_) => Some(Refusal::Invalid),
+            AdminError::NoSuchCluster(_) | AdminError::NoSuchNode(_) => Some(RefusalKind::NotFound),
+            AdminError::StillMember { .. } => Some(RefusalKind::Conflict),
+            AdminError::Invalid(_) => Some(RefusalKind::Invalid),
             AdminError::RemoteRefusal { kind, .. } => Some(*kind),
             _ => None,
         }

@@ -5,7 +5,7 @@
 //! rejoin) is at least that long ago, with its memberships (the nodes stay registered), and
 //! logs each removal.
 //!
-//! The decision is the pure [`is_expired`] (given the time, no clock); [`expire_clusters`]
+//! The decision is the registry's pure rule [`is_expired`] (given the time, no clock); [`expire_clusters`]
 //! applies it to a store, re-checking inside the deleting transaction so a join that lands
 //! meanwhile keeps its cluster; [`ClusterExpiry`] is the timer glue that runs a sweep every
 //! [`sweep_interval`].
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::registry::Registry;
-use crate::store::{ClusterRecord, ClusterRef, Store, StoreError};
+use crate::store::{AdminStore, ClusterRecord, ClusterRef, StorageError};
 use crate::validate::Invalid;
 
 /// Parses a TTL such as `90s`, `30m`, `12h`, `7d` or `1h 30m` (humantime's syntax); zero
@@ -33,12 +33,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, Invalid> {
     Ok(ttl)
 }
 
-/// Whether `cluster` has gone untouched for at least `ttl` at time `now_ms` (ms since the
-/// Unix epoch). A touch time in the future (a clock stepped back) never expires.
-pub fn is_expired(cluster: &ClusterRecord, now_ms: u64, ttl: Duration) -> bool {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    now_ms.saturating_sub(cluster.touched_at_ms) >= ttl_ms && now_ms >= cluster.touched_at_ms
-}
+pub use crate::model::rules::is_expired;
 
 /// How often to sweep for a given TTL: a quarter of it, between 100 ms and one minute, so a
 /// cluster outlives its TTL by at most that much.
@@ -50,10 +45,10 @@ pub fn sweep_interval(ttl: Duration) -> Duration {
 /// joined after it was found expired is kept (the condition is checked again inside the
 /// deleting transaction). The caller makes the removals durable.
 pub fn expire_clusters(
-    store: &Store,
+    store: &dyn AdminStore,
     now_ms: u64,
     ttl: Duration,
-) -> Result<Vec<ClusterRecord>, StoreError> {
+) -> Result<Vec<ClusterRecord>, StorageError> {
     let mut candidates = Vec::new();
     for cluster in store.clusters() {
         let cluster = cluster?;
@@ -64,7 +59,7 @@ pub fn expire_clusters(
     let mut removed = Vec::new();
     for id in candidates {
         let still_expired = |c: &ClusterRecord| is_expired(c, now_ms, ttl);
-        if let Some(cluster) = store.delete_cluster_if(&ClusterRef::Id(id), still_expired)? {
+        if let Some(cluster) = store.delete_cluster_if(&ClusterRef::Id(id), &still_expired)? {
             removed.push(cluster);
         }
     }
@@ -129,8 +124,6 @@ async fn run(registry: Arc<Registry>, ttl: Duration, mut stopped: watch::Receive
             continue;
         }
         for cluster in removed {
-            // Sessions waiting on the cluster see it is gone.
-            registry.events.notify(&cluster.id);
             let idle = Duration::from_millis(now.saturating_sub(cluster.touched_at_ms));
             tracing::info!(
                 cluster = %cluster.name,
@@ -148,7 +141,7 @@ async fn run(registry: Arc<Registry>, ttl: Duration, mut stopped: watch::Receive
 mod tests {
     use super::*;
     use crate::id::Id;
-    use crate::store::{NewCluster, NewNode};
+    use crate::store::{NewCluster, NewNode, Store};
 
     fn touched_at(ms: u64) -> ClusterRecord {
         ClusterRecord {
@@ -204,8 +197,7 @@ mod tests {
     #[test]
     fn sweep_removes_only_expired_clusters_and_keeps_nodes() {
         let store = Store::temporary().unwrap();
-        let mut fresh = || Id::random(&mut rand::rng());
-        let mut make = |name: &str, at: u64| {
+        let make = |name: &str, at: u64| {
             store
                 .create_cluster(
                     NewCluster {
@@ -214,7 +206,6 @@ mod tests {
                         max_size: 2,
                         endpoint_count: 1,
                     },
-                    &mut fresh,
                     at,
                 )
                 .unwrap()
@@ -233,7 +224,6 @@ mod tests {
                     sig_key: b"s".to_vec(),
                     endpoints: vec!["127.0.0.1:1".into()],
                 },
-                &mut || Id::random(&mut rand::rng()),
                 1_000,
             )
             .unwrap()

@@ -25,7 +25,9 @@ use super::target::NewDataDir;
 use super::AdminError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
-use crate::store::{ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, Store};
+use crate::store::{
+    AdminStore, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, Store,
+};
 use crate::validate;
 
 /// The `format` field of an export document.
@@ -187,7 +189,7 @@ fn exported_cluster(c: ClusterRecord) -> ExportedCluster {
     }
 }
 
-fn unreadable(e: crate::store::StoreError) -> AdminError {
+fn unreadable(e: crate::store::StorageError) -> AdminError {
     AdminError::Unreadable(e.to_string())
 }
 
@@ -251,6 +253,8 @@ impl ExportSource {
                 }
             }
             ExportSource::Store(store) => {
+                // Read through the admin port, as any backend would be.
+                let store: &dyn AdminStore = store;
                 let invalid = |e: String| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -297,7 +301,7 @@ struct Streamed<N, C> {
     clusters: StreamedSeq<C>,
 }
 
-type Decoded<T> = Result<T, crate::store::StoreError>;
+type Decoded<T> = Result<T, crate::store::StorageError>;
 
 /// Records as they are read, made into their exported form one at a time.
 type Exporting<I, R, E> = std::iter::Map<I, fn(Decoded<R>) -> Decoded<E>>;
@@ -340,7 +344,7 @@ impl<I> StreamedSeq<I> {
 
 impl<I, T> Serialize for StreamedSeq<I>
 where
-    I: Iterator<Item = Result<T, crate::store::StoreError>>,
+    I: Iterator<Item = Result<T, crate::store::StorageError>>,
     T: Serialize,
 {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -596,7 +600,6 @@ mod tests {
                 created_at_ms: 5,
             })
             .unwrap();
-        let mut fresh = || Id::random(&mut rand::rng());
         let (c, _) = store
             .create_cluster(
                 NewCluster {
@@ -605,7 +608,6 @@ mod tests {
                     max_size: 4,
                     endpoint_count: 1,
                 },
-                &mut fresh,
                 10,
             )
             .unwrap();
@@ -622,7 +624,6 @@ mod tests {
                         sig_key: sig.public_key().to_spki_der().to_vec(),
                         endpoints: vec!["127.0.0.1:7000".into()],
                     },
-                    &mut fresh,
                     20,
                 )
                 .unwrap()

@@ -29,9 +29,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use error::{AdminError, Refusal};
+pub use error::{AdminError, RefusalKind};
 
-use crate::store::{NodeDeletion, Store, StoreError};
+use crate::store::{AdminStore, NodeDeletion, StorageError, Store};
 use export::ExportDocument;
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
@@ -140,7 +140,7 @@ impl<'de> Deserialize<'de> for SnapshotBytes {
 
 /// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
 /// `now_ms` stamps snapshots. A delete is on disk before its reply is returned.
-pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
+pub fn answer(store: &dyn AdminStore, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
     Ok(match request {
         Request::Info => Reply::Info(report::info(store)?),
         Request::Clusters => Reply::Clusters(report::clusters(store)?),
@@ -153,7 +153,7 @@ pub fn answer(store: &Store, request: &Request, now_ms: u64) -> Result<Reply, Ad
         Request::DeleteCluster { cluster } => {
             let target = crate::validate::cluster_ref(cluster)?;
             let deleted = store
-                .delete_cluster(&target)?
+                .delete_cluster_if(&target, &|_| true)?
                 .ok_or_else(|| AdminError::NoSuchCluster(cluster.clone()))?;
             store.flush_blocking()?;
             Reply::DeletedCluster(report::cluster_row(&deleted))
@@ -218,7 +218,7 @@ fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
     check_owner(data_dir)?;
     Store::open(data_dir).map_err(|error| match error {
         // sled's own I/O errors name no file: name the directory.
-        StoreError::Io(source) => AdminError::File {
+        StorageError::Io(source) => AdminError::File {
             path: data_dir.to_path_buf(),
             source,
         },
@@ -249,7 +249,7 @@ pub fn check_owner(data_dir: &Path) -> Result<(), AdminError> {
 /// daemon holds it.
 pub fn open_offline(data_dir: &Path) -> Result<Store, AdminError> {
     match open_store(data_dir) {
-        Err(AdminError::Store(StoreError::Locked { dir })) => Err(AdminError::Running(dir)),
+        Err(AdminError::Store(StorageError::Locked { dir })) => Err(AdminError::Running(dir)),
         other => other,
     }
 }
@@ -278,7 +278,7 @@ impl Access {
             .map_err(|e| AdminError::Interrupted(e.to_string()))?;
         match opened {
             Ok(store) => Ok(Access::Offline(store)),
-            Err(AdminError::Store(StoreError::Locked { dir })) => {
+            Err(AdminError::Store(StorageError::Locked { dir })) => {
                 Err(AdminError::DaemonUnreachable {
                     socket: dir.join(control::SOCKET_FILE),
                     dir,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::AdminError;
 use crate::crypto::sha256;
 use crate::id::Id;
-use crate::store::{ClusterRecord, MemberRecord, NodeRecord, Snapshot, Store};
+use crate::store::{AdminStore, ClusterRecord, MemberRecord, NodeRecord, Snapshot};
 
 /// `admin info`: who the registry is and how much it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,7 +198,7 @@ pub(crate) fn node_row(node: &NodeRecord) -> NodeRow {
 }
 
 /// Builds `admin info`.
-pub fn info(store: &Store) -> Result<Info, AdminError> {
+pub fn info(store: &dyn AdminStore) -> Result<Info, AdminError> {
     let meta = store.registry_meta()?;
     let counts = store.counts()?;
     Ok(Info {
@@ -215,7 +215,7 @@ pub fn info(store: &Store) -> Result<Info, AdminError> {
 }
 
 /// Builds `admin clusters`: every cluster, in name order.
-pub fn clusters(store: &Store) -> Result<Vec<ClusterRow>, AdminError> {
+pub fn clusters(store: &dyn AdminStore) -> Result<Vec<ClusterRow>, AdminError> {
     let mut rows = store
         .clusters()
         .map(|c| c.map(|c| cluster_row(&c)))
@@ -225,24 +225,23 @@ pub fn clusters(store: &Store) -> Result<Vec<ClusterRow>, AdminError> {
 }
 
 /// Builds `admin cluster NAME_OR_ID`.
-pub fn cluster(store: &Store, name_or_id: &str) -> Result<ClusterDetail, AdminError> {
+pub fn cluster(store: &dyn AdminStore, name_or_id: &str) -> Result<ClusterDetail, AdminError> {
     let target = crate::validate::cluster_ref(name_or_id)?;
-    let cluster = store
-        .cluster(&target)?
+    let view = store
+        .cluster_view(&target)?
         .ok_or_else(|| AdminError::NoSuchCluster(name_or_id.to_string()))?;
-    let members = store
-        .members_with_nodes(&cluster)?
-        .iter()
+    let members = view
+        .members()
         .map(|(member, node)| member_row(member, node))
         .collect();
     Ok(ClusterDetail {
-        cluster: cluster_row(&cluster),
+        cluster: cluster_row(&view.cluster),
         members,
     })
 }
 
 /// Builds `admin nodes`: every node, in ID order.
-pub fn nodes(store: &Store) -> Result<Vec<NodeRow>, AdminError> {
+pub fn nodes(store: &dyn AdminStore) -> Result<Vec<NodeRow>, AdminError> {
     Ok(store
         .nodes()
         .map(|n| n.map(|n| node_row(&n)))
@@ -250,7 +249,7 @@ pub fn nodes(store: &Store) -> Result<Vec<NodeRow>, AdminError> {
 }
 
 /// Builds `admin node ID`.
-pub fn node(store: &Store, id: &str) -> Result<NodeDetail, AdminError> {
+pub fn node(store: &dyn AdminStore, id: &str) -> Result<NodeDetail, AdminError> {
     let parsed = Id::from_hex(id).map_err(|e| crate::validate::Invalid(format!("node ID: {e}")))?;
     let node = store
         .node(&parsed)?
@@ -278,17 +277,11 @@ pub fn node(store: &Store, id: &str) -> Result<NodeDetail, AdminError> {
 /// Builds `admin verify` from a point-in-time snapshot.
 pub fn verify(snapshot: &Snapshot) -> VerifyReport {
     let problems = snapshot.verify();
-    let count = |tree: &str| {
-        snapshot
-            .trees
-            .get(tree.as_bytes())
-            .map_or(0, |entries| entries.len() as u64)
-    };
     VerifyReport {
         ok: problems.is_empty(),
         problems,
-        nodes: count("nodes"),
-        clusters: count("clusters"),
+        nodes: snapshot.node_count() as u64,
+        clusters: snapshot.cluster_count() as u64,
     }
 }
 
@@ -501,11 +494,10 @@ impl VerifyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewCluster, NewNode};
+    use crate::store::{NewCluster, NewNode, Store};
 
     fn populated() -> (Store, NodeRecord, ClusterRecord) {
         let store = Store::temporary().unwrap();
-        let mut fresh = || Id::random(&mut rand::rng());
         let node = store
             .register_node(
                 NewNode {
@@ -516,7 +508,6 @@ mod tests {
                     sig_key: b"sig".to_vec(),
                     endpoints: vec!["127.0.0.1:9000".into()],
                 },
-                &mut fresh,
                 1_700_000_000_000,
             )
             .unwrap()
@@ -529,7 +520,6 @@ mod tests {
                     max_size: 3,
                     endpoint_count: 1,
                 },
-                &mut fresh,
                 1_700_000_000_000,
             )
             .unwrap();

@@ -7,11 +7,12 @@
 
 use std::io::ErrorKind;
 
-use crate::admin::{AdminError, Refusal};
+use crate::admin::{AdminError, RefusalKind};
 use crate::client::ClientError;
 use crate::daemon::DaemonError;
+use crate::model::Refusal;
 use crate::proto::ErrCode;
-use crate::store::StoreError;
+use crate::store::{StorageError, StoreError};
 use crate::validate::Invalid;
 
 /// A kind of failure, and the exit code that says it.
@@ -86,7 +87,14 @@ pub fn classify(error: &anyhow::Error) -> Failure {
             } else if let Some(e) = cause.downcast_ref::<DaemonError>() {
                 daemon(e)
             } else if let Some(e) = cause.downcast_ref::<StoreError>() {
-                store(e)
+                match e {
+                    StoreError::Refused(refusal) => Some(refused(refusal)),
+                    StoreError::Storage(failure) => storage(failure),
+                }
+            } else if let Some(e) = cause.downcast_ref::<Refusal>() {
+                Some(refused(e))
+            } else if let Some(e) = cause.downcast_ref::<StorageError>() {
+                storage(e)
             } else if cause.downcast_ref::<Invalid>().is_some() {
                 Some(Failure::Usage)
             } else if let Some(e) = cause.downcast_ref::<std::io::Error>() {
@@ -121,9 +129,9 @@ fn client(error: &ClientError) -> Failure {
 fn admin(error: &AdminError) -> Option<Failure> {
     if let Some(refusal) = error.refusal() {
         return Some(match refusal {
-            Refusal::NotFound => Failure::NotFound,
-            Refusal::Conflict => Failure::Conflict,
-            Refusal::Invalid => Failure::Usage,
+            RefusalKind::NotFound => Failure::NotFound,
+            RefusalKind::Conflict => Failure::Conflict,
+            RefusalKind::Invalid => Failure::Usage,
         });
     }
     Some(match error {
@@ -148,13 +156,21 @@ fn daemon(error: &DaemonError) -> Option<Failure> {
     })
 }
 
-fn store(error: &StoreError) -> Option<Failure> {
-    Some(match error {
-        StoreError::NoSuchCluster(_) | StoreError::NoSuchNode(_) => Failure::NotFound,
-        StoreError::ClusterFull { .. }
-        | StoreError::MemberNameTaken { .. }
-        | StoreError::NodeKeyMismatch { .. }
-        | StoreError::Locked { .. } => Failure::Conflict,
+fn refused(refusal: &Refusal) -> Failure {
+    match refusal {
+        Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => Failure::NotFound,
+        Refusal::ClusterFull { .. }
+        | Refusal::MemberNameTaken { .. }
+        | Refusal::NodeKeyMismatch { .. }
+        | Refusal::RegistryFull { .. } => Failure::Conflict,
+        Refusal::TooFewEndpoints { .. } => Failure::Usage,
+    }
+}
+
+fn storage(failure: &StorageError) -> Option<Failure> {
+    Some(match failure {
+        StorageError::Locked { .. } => Failure::Conflict,
+        StorageError::Failed(_) => Failure::StorageFailed,
         _ => return None,
     })
 }

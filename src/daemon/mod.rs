@@ -59,7 +59,7 @@ use crate::process::{make_room_for_connections, notify_systemd};
 use crate::regcred::{RegCred, RegCredError};
 use crate::registry::{Registry, RegistryError, RegistryIdentity};
 use crate::server::{Server, ServerConfig};
-use crate::store::{Store, StoreError};
+use crate::store::{StorageError, Store};
 
 /// The address `xlreg serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:56789";
@@ -276,7 +276,7 @@ pub enum DaemonError {
         /// The data directory.
         dir: PathBuf,
         /// The store's failure.
-        source: StoreError,
+        source: StorageError,
     },
     /// The registry's identity could not be loaded or created.
     #[error("loading the registry identity: {0}")]
@@ -299,7 +299,7 @@ pub enum DaemonError {
     },
     /// The final flush after the sessions ended failed: changes acknowledged may be lost.
     #[error("final flush of the store failed: {0}")]
-    FinalFlush(StoreError),
+    FinalFlush(StorageError),
     /// The store failed while serving (fail-stop: nothing was acknowledged after it).
     #[error("the store failed while serving: {0}")]
     StoreFailed(String),

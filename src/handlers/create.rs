@@ -6,8 +6,8 @@
 //! of a fleet may race to create its cluster and all of them learn the same ID.
 
 use super::HandlerError;
+use crate::model::{NewCluster, Write};
 use crate::proto::XlRegMsg;
-use crate::store::{NewCluster, Write};
 use crate::validate;
 
 /// Checks the request and returns the cluster to create (or find); the reply is built by
@@ -40,10 +40,10 @@ mod tests {
     use crate::handlers::testing::{apply, NOW};
     use crate::handlers::{Reply, SessionState};
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::{AdminStore, MemoryStore};
 
     fn create(
-        store: &Store,
+        store: &MemoryStore,
         name: &str,
         size: u32,
         endpoints: Option<u32>,
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn sizes_are_clamped_and_reported() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         for (i, (asked, got)) in [(0, 2), (1, 2), (5, 5), (65, 64), (u32::MAX, 64)]
             .into_iter()
             .enumerate()
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn an_existing_name_returns_the_existing_cluster_unchanged() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let first = create(&store, "web", 3, Some(2)).unwrap();
         let second = create(&store, "web", 9, Some(1)).unwrap();
         assert!(!second.changed);
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn bad_names_and_endpoint_counts_are_refused() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         assert!(create(&store, "9x", 3, None)
             .unwrap_err()
             .to_string()

@@ -11,9 +11,9 @@
 
 use super::{cluster_ref, member_token, with_cluster, HandlerError, SessionState};
 use crate::id::Id;
+use crate::model::ClusterView;
+use crate::model::{ClusterRef, Refusal};
 use crate::proto::{Tag, XlRegMsg};
-use crate::session::ClusterView;
-use crate::store::{ClusterRef, StoreError};
 
 /// The longest a client may ask the registry to hold a GetCluster reply.
 pub const MAX_WAIT_MS: u32 = 600_000;
@@ -91,7 +91,7 @@ pub fn answer(
     view: Option<ClusterView>,
     expired: bool,
 ) -> Result<GetOutcome, HandlerError> {
-    let view = view.ok_or_else(|| StoreError::NoSuchCluster(request.target.to_string()))?;
+    let view = view.ok_or_else(|| Refusal::NoSuchCluster(request.target.to_string()))?;
     let cluster = &view.cluster;
     let which = request.which & all_slots(cluster.max_size);
     let present = cluster
@@ -109,7 +109,7 @@ pub fn answer(
     }
     let mut reply = with_cluster(Tag::ClusterMembers, cluster);
     reply.which = Some(returned);
-    for (member, node) in &view.members {
+    for (member, node) in view.members() {
         if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
             reply.tokens.push(member_token(member, node));
         }

@@ -6,8 +6,8 @@
 //! cluster is refused, a node with fewer endpoints than the cluster requires is refused.
 
 use super::{cluster_ref, HandlerError, SessionState};
+use crate::model::Write;
 use crate::proto::XlRegMsg;
-use crate::store::Write;
 
 /// Checks the request and returns the join to store; the reply is built by
 /// [`finish`](super::finish) from what the store did.
@@ -30,10 +30,10 @@ mod tests {
     use crate::handlers::testing::{apply, member_msg, NOW, SALT};
     use crate::handlers::{create, member, Reply};
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::token::Scheme;
 
-    fn session(store: &Store, keys: usize, name: &str) -> SessionState {
+    fn session(store: &MemoryStore, keys: usize, name: &str) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1"]);
         let scheme = Scheme::V2 { server_salt: &SALT };
@@ -42,7 +42,7 @@ mod tests {
     }
 
     fn join_by_name(
-        store: &Store,
+        store: &MemoryStore,
         state: &mut SessionState,
         cluster: &str,
     ) -> Result<Reply, HandlerError> {
@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn members_take_slots_in_order_and_a_full_cluster_refuses() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut a = session(&store, 0, "a");
         let create_msg = XlRegMsg {
             op: Some(Tag::Create as i32),
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn unknown_clusters_and_missing_names_are_refused() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut a = session(&store, 0, "a");
         assert!(join_by_name(&store, &mut a, "nope")
             .unwrap_err()

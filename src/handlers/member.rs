@@ -9,8 +9,8 @@
 use super::HandlerError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
+use crate::model::{NewNode, Write};
 use crate::proto::XlRegMsg;
-use crate::store::{NewNode, Write};
 use crate::token::{self, Scheme, TokenFields};
 use crate::validate;
 
@@ -86,9 +86,12 @@ mod tests {
     use crate::handlers::testing::{apply, keys, member_msg, NOW, SALT};
     use crate::handlers::{Reply, SessionState};
     use crate::proto::Tag;
-    use crate::store::Store;
+    use crate::store::{AdminStore, MemoryStore, Store};
 
-    fn register(store: &Store, msg: &XlRegMsg) -> Result<(Reply, SessionState), HandlerError> {
+    fn register(
+        store: &MemoryStore,
+        msg: &XlRegMsg,
+    ) -> Result<(Reply, SessionState), HandlerError> {
         let mut state = SessionState::default();
         let scheme = Scheme::V2 { server_salt: &SALT };
         let reply = apply(store, &mut state, prepare(msg, scheme, NOW))?;
@@ -97,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_new_node_gets_a_fresh_32_byte_id() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let (reply, state) = register(&store, &member_msg(0, "a", None, &["127.0.0.1:1"])).unwrap();
         assert!(reply.changed);
         assert_eq!(reply.msg.op, Some(Tag::MemberOk as i32));
@@ -108,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_registered_id_needs_the_same_keys() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let (reply, _) = register(&store, &member_msg(0, "a", None, &["127.0.0.1:1"])).unwrap();
         let id = Id::from_bytes(&reply.msg.member_id.unwrap()).unwrap();
         let (again, _) =
@@ -121,7 +124,7 @@ mod tests {
 
     #[test]
     fn an_unknown_20_byte_id_is_bound_to_its_keys() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let legacy = Id::from_bytes(&[5u8; 20]).unwrap();
         let (reply, _) = register(
             &store,
@@ -158,7 +161,7 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused_and_change_nothing() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let mut no_token = member_msg(0, "a", None, &["127.0.0.1:1"]);
         no_token.member_specs = None;
         let mut bad_sig = member_msg(0, "a", None, &["127.0.0.1:1"]);

@@ -16,10 +16,11 @@ pub mod join;
 pub mod member;
 
 use crate::id::Id;
-use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
-use crate::store::{
-    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, RegistrationOutcome, StoreError, Written,
+use crate::model::{
+    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Refusal, RegistrationOutcome,
+    StorageError, StoreError, Written,
 };
+use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::validate::Invalid;
 
 /// What one session has established so far. Small and per-connection; nothing here outlives
@@ -57,10 +58,22 @@ pub enum HandlerError {
     /// The token's signature does not verify.
     #[error("{0}")]
     Unauthorized(String),
-    /// The store refused the request (full cluster, name taken, unknown cluster, ...) or
-    /// failed.
+    /// The registry's rules refused the request (full cluster, name taken, unknown cluster,
+    /// a full registry, ...).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Refused(#[from] Refusal),
+    /// The store failed: the request may or may not have been applied.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> HandlerError {
+        match error {
+            StoreError::Refused(refusal) => HandlerError::Refused(refusal),
+            StoreError::Storage(failure) => HandlerError::Storage(failure),
+        }
+    }
 }
 
 impl From<Invalid> for HandlerError {
@@ -70,58 +83,52 @@ impl From<Invalid> for HandlerError {
 }
 
 impl HandlerError {
-    /// The error class sent with the description.
+    /// The error class sent with the description. Every refusal is mapped here, by name:
+    /// a new refusal does not compile until it is given its class.
     pub fn code(&self) -> ErrCode {
         match self {
             HandlerError::BadRequest(_) => ErrCode::BadRequest,
             HandlerError::Unauthorized(_) => ErrCode::Unauthorized,
-            HandlerError::Store(error) => match error {
-                StoreError::NoSuchCluster(_) | StoreError::NoSuchNode(_) => ErrCode::NotFound,
-                StoreError::ClusterFull { .. } => ErrCode::ClusterFull,
-                StoreError::MemberNameTaken { .. } | StoreError::NodeKeyMismatch { .. } => {
+            HandlerError::Refused(refusal) => match refusal {
+                Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => ErrCode::NotFound,
+                Refusal::ClusterFull { .. } => ErrCode::ClusterFull,
+                Refusal::MemberNameTaken { .. } | Refusal::NodeKeyMismatch { .. } => {
                     ErrCode::Conflict
                 }
-                StoreError::TooFewEndpoints { .. } => ErrCode::BadRequest,
-                _ => ErrCode::Unavailable,
+                Refusal::TooFewEndpoints { .. } => ErrCode::BadRequest,
+                // The protocol has no class for it: Unavailable says "not now", and the
+                // text says why (an operator may raise the cap or delete clusters).
+                Refusal::RegistryFull { .. } => ErrCode::Unavailable,
             },
+            HandlerError::Storage(_) => ErrCode::Unavailable,
         }
     }
 
     /// The description sent to the client. Storage failures are described generically: the
     /// details go to the registry's log, not to the network.
     pub fn description(&self) -> String {
-        match self.code() {
-            ErrCode::Unavailable
-                if matches!(self, HandlerError::Store(StoreError::RegistryFull { .. })) =>
-            {
-                self.to_string()
-            }
-            ErrCode::Unavailable if self.is_storage_failure() => {
+        match self {
+            HandlerError::Storage(StorageError::Failed(_)) => {
                 "registry storage has failed; the registry is restarting, try again shortly"
                     .to_string()
             }
-            ErrCode::Unavailable => "registry storage is unavailable; try again later".to_string(),
+            HandlerError::Storage(_) => {
+                "registry storage is unavailable; try again later".to_string()
+            }
             _ => self.to_string(),
         }
     }
 
-    /// True if the storage has failed (fail-stop): that was logged once, when it happened.
-    fn is_storage_failure(&self) -> bool {
-        matches!(self, HandlerError::Store(StoreError::Failed(_)))
-    }
-
     /// The class and description an Error reply carries, logging the details of a storage
-    /// failure (which the client does not get; a failed storage was logged once already).
-    /// Both wires refuse requests through this.
+    /// failure (which the client does not get; a failed storage was logged once already,
+    /// when it failed). Both wires refuse requests through this.
     pub fn refusal(&self) -> (ErrCode, String) {
-        let code = self.code();
-        // A failed storage was logged when it failed; a full registry is a refusal.
-        let not_to_log = self.is_storage_failure()
-            || matches!(self, HandlerError::Store(StoreError::RegistryFull { .. }));
-        if code == ErrCode::Unavailable && !not_to_log {
-            tracing::error!(error = %self, "request failed in the store");
+        if let HandlerError::Storage(failure) = self {
+            if !matches!(failure, StorageError::Failed(_)) {
+                tracing::error!(error = %failure, "request failed in the store");
+            }
         }
-        (code, self.description())
+        (self.code(), self.description())
     }
 }
 
@@ -231,8 +238,8 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::crypto::RsaKeyPair;
-    use crate::session::Read;
-    use crate::store::{Store, Write};
+    use crate::model::Write;
+    use crate::store::AdminStore;
     use crate::test_support::fixture_key;
     use crate::token::{self, TokenFields};
     use std::sync::OnceLock;
@@ -282,25 +289,26 @@ pub(crate) mod testing {
     /// The time the handler tests run at.
     pub const NOW: u64 = 1_000;
 
-    /// Applies a prepared write to `store` at once and finishes it, as a session would.
+    /// Applies a prepared write to `store` at once (its own transaction) and finishes it,
+    /// as a session would.
     pub fn apply(
-        store: &Store,
+        store: &dyn AdminStore,
         state: &mut SessionState,
         write: Result<Write, HandlerError>,
     ) -> Result<Reply, HandlerError> {
-        let written = crate::driver::apply(store, &write?)?;
+        let written = store.apply_now(&write?)?;
         Ok(finish(state, written))
     }
 
     /// Answers a GetCluster from what `store` holds now, as a session would.
     pub fn get(
-        store: &Store,
+        store: &dyn AdminStore,
         state: &SessionState,
         msg: &XlRegMsg,
         expired: bool,
     ) -> Result<get_cluster::GetOutcome, HandlerError> {
         let request = get_cluster::request(state, msg)?;
-        let view = crate::driver::read(store, &Read::Cluster(request.target.clone()))?;
+        let view = store.cluster_view(&request.target)?;
         get_cluster::answer(&request, view, expired)
     }
 }

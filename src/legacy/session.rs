@@ -36,11 +36,11 @@ use crate::handlers::get_cluster;
 use crate::handlers::{self, HandlerError};
 use crate::legacy::reader::Assembler;
 use crate::legacy::wire::{self, Version, IV_LEN};
+use crate::model::{StoreError, Write, Written};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
 use crate::session::{
     Exchange, Millis, Outcome, ReadResult, SessionCore, SessionReport, Step, Timeouts, WrittenKind,
 };
-use crate::store::{StoreError, Write, Written};
 use crate::token::Scheme;
 
 /// The Go registry's answer to a message not allowed in the current state, word for word.
@@ -347,6 +347,7 @@ mod tests {
     use crate::driver::poll_applying;
     use crate::handlers::testing::keys;
     use crate::legacy::wire::Hello;
+    use crate::model::Refusal;
     use crate::store::Store;
     use crate::token::TokenFields;
     use rand::SeedableRng as _;
@@ -612,7 +613,7 @@ mod tests {
             .session
             .on_bytes(&wire::seal_message(&client.key, &op(Tag::Bye)));
         assert!(client.session.poll(NOW).is_none());
-        let write = crate::driver::apply(
+        let write = crate::store::AdminStore::apply_now(
             &store,
             &handlers::member::prepare(&member(0, "m-0", &[7u8; 20]), Scheme::Legacy, NOW).unwrap(),
         );
@@ -625,9 +626,10 @@ mod tests {
             Some(Tag::MemberOk as i32)
         );
         // A second result, with no write outstanding: the session is dropped.
-        client
-            .session
-            .on_written(Err(StoreError::NoSuchCluster("x".into())), NOW);
+        client.session.on_written(
+            Err(StoreError::Refused(Refusal::NoSuchCluster("x".into()))),
+            NOW,
+        );
         assert!(matches!(client.session.poll(NOW), Some(Step::Close)));
         assert_eq!(client.session.report().outcome, Outcome::Dropped);
     }

@@ -8,9 +8,9 @@
 
 use sled::Db;
 
-use super::StoreError;
+use crate::store::StorageError;
 
-#[path = "../../migrations/0001_initial_layout.rs"]
+#[path = "../../../migrations/0001_initial_layout.rs"]
 mod m0001_initial_layout;
 
 /// The schema version this build writes and understands.
@@ -24,7 +24,7 @@ pub(super) const VERSION_KEY: &[u8] = b"schema_version";
 struct Step {
     version: u32,
     name: &'static str,
-    apply: fn(&Db) -> Result<(), StoreError>,
+    apply: fn(&Db) -> Result<(), StorageError>,
 }
 
 /// All migration steps, in order; the last one's version is [`SCHEMA_VERSION`].
@@ -35,7 +35,7 @@ const STEPS: &[Step] = &[Step {
 }];
 
 /// Reads the stored schema version: `None` if none is stored.
-pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StoreError> {
+pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StorageError> {
     let meta = db.open_tree(META_TREE)?;
     meta.get(VERSION_KEY)?
         .map(|bytes| decode_version(&bytes))
@@ -43,9 +43,9 @@ pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StoreError> {
 }
 
 /// Decodes the stored form of a schema version (u32, big-endian).
-pub(super) fn decode_version(bytes: &[u8]) -> Result<u32, StoreError> {
+pub(super) fn decode_version(bytes: &[u8]) -> Result<u32, StorageError> {
     let arr: [u8; 4] = bytes.try_into().map_err(|_| {
-        StoreError::Corrupt(format!(
+        StorageError::Corrupt(format!(
             "schema_version is {} bytes long, not 4",
             bytes.len()
         ))
@@ -54,14 +54,14 @@ pub(super) fn decode_version(bytes: &[u8]) -> Result<u32, StoreError> {
 }
 
 /// Writes the schema version (without flushing).
-fn write_version(db: &Db, version: u32) -> Result<(), StoreError> {
+fn write_version(db: &Db, version: u32) -> Result<(), StorageError> {
     db.open_tree(META_TREE)?
         .insert(VERSION_KEY, &version.to_be_bytes()[..])?;
     Ok(())
 }
 
 /// Whether any tree of the database holds data.
-pub(super) fn has_data(db: &Db) -> Result<bool, StoreError> {
+pub(super) fn has_data(db: &Db) -> Result<bool, StorageError> {
     for name in db.tree_names() {
         if !db.open_tree(&name)?.is_empty() {
             return Ok(true);
@@ -71,18 +71,18 @@ pub(super) fn has_data(db: &Db) -> Result<bool, StoreError> {
 }
 
 /// Brings the database to [`SCHEMA_VERSION`], or refuses if it is newer or unrecognisable.
-pub(super) fn migrate(db: &Db) -> Result<(), StoreError> {
+pub(super) fn migrate(db: &Db) -> Result<(), StorageError> {
     let current =
         match stored_version(db)? {
             Some(v) => v,
-            None if has_data(db)? => return Err(StoreError::Corrupt(
+            None if has_data(db)? => return Err(StorageError::Corrupt(
                 "the data directory holds data but no schema version; it was not written by xlreg"
                     .into(),
             )),
             None => 0,
         };
     if current > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
+        return Err(StorageError::SchemaTooNew {
             found: current,
             supported: SCHEMA_VERSION,
         });
@@ -136,7 +136,7 @@ mod tests {
         let e = migrate(&db).unwrap_err();
         assert!(matches!(
             e,
-            StoreError::SchemaTooNew {
+            StorageError::SchemaTooNew {
                 found: 7,
                 supported: SCHEMA_VERSION
             }
@@ -151,13 +151,13 @@ mod tests {
             .unwrap()
             .insert(VERSION_KEY, &b"x"[..])
             .unwrap();
-        assert!(matches!(migrate(&db), Err(StoreError::Corrupt(_))));
+        assert!(matches!(migrate(&db), Err(StorageError::Corrupt(_))));
 
         let db = temp_db();
         db.open_tree("nodes")
             .unwrap()
             .insert(b"k", &b"v"[..])
             .unwrap();
-        assert!(matches!(migrate(&db), Err(StoreError::Corrupt(_))));
+        assert!(matches!(migrate(&db), Err(StorageError::Corrupt(_))));
     }
 }

@@ -170,12 +170,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::super::{ClusterRef, NewCluster, NewNode, Store};
-    use crate::id::Id;
 
     /// The largest cluster record the registry accepts: 64 members with 255-byte names and
     /// eight 255-byte endpoints each.
     fn fill_largest_cluster(store: &Store) -> ClusterRef {
-        let mut fresh = || Id::random(&mut rand::rng());
         let (cluster, _) = store
             .create_cluster(
                 NewCluster {
@@ -184,7 +182,6 @@ mod tests {
                     max_size: 64,
                     endpoint_count: 8,
                 },
-                &mut fresh,
                 1,
             )
             .unwrap();
@@ -201,7 +198,6 @@ mod tests {
                         sig_key: vec![2; 294],
                         endpoints: (0..8).map(|p| format!("{host}:{}", 10_000 + p)).collect(),
                     },
-                    &mut fresh,
                     1,
                 )
                 .unwrap()

@@ -37,8 +37,8 @@
 //! # Fail-stop
 //!
 //! A failed transaction, flush or sync is never retried: it fails the store's
-//! [`Health`](crate::failstop::Health) (see `crate::failstop` for why), every write of the
-//! round and every later one gets [`StoreError::Failed`], and so does every caller waiting in
+//! [`Health`] (see `crate::failstop` for why), every write of the
+//! round and every later one gets [`StorageError::Failed`], and so does every caller waiting in
 //! [`Store::write`] or [`Store::durable`], at once (they also watch the health, so a round
 //! that hangs does not hold them). A round whose flush finishes after the watchdog declared
 //! it overdue acknowledges nothing either.
@@ -49,14 +49,14 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Inner, Store, StoreError, Write, Written};
+use super::{Inner, StorageError, Store, StoreError, Write, WriteAnswer, Written};
 use crate::failstop::Health;
-use crate::id::Id;
 
 /// Under concurrent load, how long the writer lets writes gather before taking a batch.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// The most writes one round applies (one transaction; sled holds its writes in memory).
+/// The most batches one round applies (a session's write is a batch of one; one
+/// transaction, and sled holds its writes in memory).
 const MAX_BATCH: usize = 1024;
 
 /// How long a flush hangs in tests that simulate a hung disk.
@@ -71,13 +71,13 @@ struct Progress {
     /// How many flushes have failed so far.
     failures: u64,
     /// The target of the last failed flush, and its error.
-    last_failure: Option<(u64, Arc<StoreError>)>,
+    last_failure: Option<(u64, Arc<StorageError>)>,
 }
 
-/// A write waiting for the writer, with where its result goes.
+/// A batch of writes waiting for the writer, with where their answers go.
 struct Pending {
-    write: Write,
-    reply: oneshot::Sender<Result<Written, StoreError>>,
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<Vec<WriteAnswer>, StorageError>>,
 }
 
 /// The writer's inbox.
@@ -128,7 +128,7 @@ impl Shared {
     }
 
     /// Publishes a failed flush whose target was `target`.
-    fn publish_err(&self, target: u64, error: Arc<StoreError>) {
+    fn publish_err(&self, target: u64, error: Arc<StorageError>) {
         self.progress.send_modify(|p| {
             p.failures += 1;
             p.last_failure = Some((target, error));
@@ -198,7 +198,7 @@ impl Drop for GroupCommit {
 /// Fails the store if the writer thread unwinds (a panic inside sled, say): what the round
 /// in progress left on disk is unknown, so nothing more may be acknowledged. The writes of
 /// that round (their reply senders are dropped by the unwinding), the queued ones and every
-/// later one get [`StoreError::Failed`].
+/// later one get [`StorageError::Failed`].
 struct WriterGuard {
     shared: Arc<Shared>,
     health: Health,
@@ -261,16 +261,16 @@ impl Store {
         &self.inner.health
     }
 
-    /// [`StoreError::Failed`] once the storage has failed.
-    pub(super) fn check_health(&self) -> Result<(), StoreError> {
+    /// [`StorageError::Failed`] once the storage has failed.
+    pub(super) fn check_health(&self) -> Result<(), StorageError> {
         match self.inner.health.reason() {
-            Some(reason) => Err(StoreError::Failed(reason.to_string())),
+            Some(reason) => Err(StorageError::Failed(reason.to_string())),
             None => Ok(()),
         }
     }
 
     /// One writer round: applies `batch` in one transaction, flushes, answers each write.
-    /// Once the storage has failed, a round only answers [`StoreError::Failed`].
+    /// Once the storage has failed, a round only answers [`StorageError::Failed`].
     fn round(&self, shared: &Shared, batch: Vec<Pending>) {
         // Dropped before `batch` while unwinding, so the writes' callers find the store
         // failed when their reply senders go.
@@ -279,16 +279,15 @@ impl Store {
         if shared.panic_next_round.swap(false, Ordering::SeqCst) {
             panic!("a store writer panic (test)");
         }
-        let mut fresh = || Id::random(&mut rand::rng());
         let applied = if batch.is_empty() {
             Ok(Vec::new())
         } else {
-            let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+            let writes: Vec<&Write> = batch.iter().flat_map(|p| &p.writes).collect();
             let _running = self.inner.health.begin("a batch's transaction");
-            self.apply_batch(&writes, &mut fresh)
+            self.apply_batch(&writes)
         };
         if let Err(error) = &applied {
-            if !matches!(error, StoreError::Failed(_)) {
+            if !matches!(error, StorageError::Failed(_)) {
                 self.inner
                     .health
                     .fail(format!("a batch of store writes failed: {error}"));
@@ -314,9 +313,11 @@ impl Store {
         let failed = self.check_health().and(applied);
         match (failed, flush) {
             (Ok(results), Ok(())) => {
-                for (pending, result) in batch.into_iter().zip(results) {
+                let mut results = results.into_iter();
+                for pending in batch {
+                    let answers = results.by_ref().take(pending.writes.len()).collect();
                     // The caller may have gone (its connection closed): nothing to do.
-                    let _ = pending.reply.send(result);
+                    let _ = pending.reply.send(Ok(answers));
                 }
             }
             _ => {
@@ -324,7 +325,9 @@ impl Store {
                 // are not durable either.
                 let reason = self.inner.health.reason().unwrap_or("").to_string();
                 for pending in batch {
-                    let _ = pending.reply.send(Err(StoreError::Failed(reason.clone())));
+                    let _ = pending
+                        .reply
+                        .send(Err(StorageError::Failed(reason.clone())));
                 }
             }
         }
@@ -332,14 +335,14 @@ impl Store {
 
     /// Syncs new blob files, flushes sled's log and syncs it (for a directory-backed store),
     /// under the watchdog. A failure fails the store's health (and is returned).
-    fn flush_to_disk(&self, _shared: &Shared) -> Result<(), StoreError> {
+    fn flush_to_disk(&self, _shared: &Shared) -> Result<(), StorageError> {
         self.check_health()?;
         let health = &self.inner.health;
         let _running = health.begin("flushing the store to disk");
         let flushed = (|| {
             #[cfg(test)]
             if _shared.fail_next_flush.swap(false, Ordering::SeqCst) {
-                return Err(StoreError::Corrupt("disk on fire (test)".into()));
+                return Err(StorageError::Corrupt("disk on fire (test)".into()));
             }
             #[cfg(test)]
             if _shared.hang_next_flush.swap(false, Ordering::SeqCst) {
@@ -361,12 +364,12 @@ impl Store {
     }
 
     /// Hands the writer work (`add` edits its queue), starting it on first use.
-    fn to_writer(&self, add: impl FnOnce(&mut Queue)) -> Result<(), StoreError> {
+    fn to_writer(&self, add: impl FnOnce(&mut Queue)) -> Result<(), StorageError> {
         self.check_health()?;
         let shared = &self.inner.commit.shared;
         let mut queue = shared.lock();
         if queue.closed {
-            return Err(StoreError::Io(std::io::Error::other(
+            return Err(StorageError::Io(std::io::Error::other(
                 "the store's writer has stopped",
             )));
         }
@@ -383,29 +386,46 @@ impl Store {
     /// Applies `write`, batched with concurrent writes in one transaction, and returns its
     /// result once the change is durable (survives power loss, for a directory-backed store).
     ///
-    /// A refusal (a full cluster, a name taken, ...) is returned as the error it would be
-    /// from [`Store::apply`]. If the round's transaction or flush fails, or the storage has
-    /// failed before or while the write waits, it gets [`StoreError::Failed`] at once.
+    /// A refusal (a full cluster, a name taken, ...) is [`StoreError::Refused`]. If the
+    /// round's transaction or flush fails, or the storage has failed before or while the
+    /// write waits, it gets [`StorageError::Failed`] at once.
     pub async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        match self.write_batch(vec![write]).await?.pop() {
+            Some(answer) => Ok(answer?),
+            None => Err(StoreError::Storage(StorageError::Io(
+                std::io::Error::other("the store's writer answered no write"),
+            ))),
+        }
+    }
+
+    /// Applies `writes` in order in one transaction (of the writer's next round, with
+    /// concurrent writes), and answers each once all are durable; watchers of every cluster
+    /// joined are woken then. The sled backend's [`SessionStore::apply`](crate::store::SessionStore::apply).
+    pub async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<WriteAnswer>, StorageError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let (reply, result) = oneshot::channel();
-        self.to_writer(|queue| queue.writes.push(Pending { write, reply }))?;
-        tokio::select! {
+        self.to_writer(|queue| queue.writes.push(Pending { writes, reply }))?;
+        let answers = tokio::select! {
             biased;
             result = result => match result {
                 Ok(result) => result,
                 Err(_) => Err(self.check_health().err().unwrap_or_else(|| {
-                    StoreError::Io(std::io::Error::other(
+                    StorageError::Io(std::io::Error::other(
                         "the store's writer stopped before answering",
                     ))
                 })),
             },
             () = self.inner.health.failed() => Err(self.failed()),
-        }
+        }?;
+        self.inner.events.notify_joins(&answers);
+        Ok(answers)
     }
 
-    /// The [`StoreError::Failed`] of a store whose storage has failed.
-    fn failed(&self) -> StoreError {
-        StoreError::Failed(self.inner.health.reason().unwrap_or("").to_string())
+    /// The [`StorageError::Failed`] of a store whose storage has failed.
+    fn failed(&self) -> StorageError {
+        StorageError::Failed(self.inner.health.reason().unwrap_or("").to_string())
     }
 
     /// Returns once every change committed before the call is on disk (and survives power
@@ -413,8 +433,8 @@ impl Store {
     /// written since the last completed flush it returns at once.
     ///
     /// If the flush covering this call's changes fails, or the storage has failed before or
-    /// while the call waits, every caller waiting gets [`StoreError::Failed`].
-    pub async fn durable(&self) -> Result<(), StoreError> {
+    /// while the call waits, every caller waiting gets [`StorageError::Failed`].
+    pub async fn durable(&self) -> Result<(), StorageError> {
         self.check_health()?;
         let shared = &self.inner.commit.shared;
         let target = shared.written.load(Ordering::SeqCst);
@@ -434,7 +454,7 @@ impl Store {
                         && p.last_failure.as_ref().is_some_and(|(t, _)| *t >= target))
             }) => p
                 .map(|p| p.flushed >= target)
-                .map_err(|_| StoreError::Io(std::io::Error::other("the store's writer went away")))?,
+                .map_err(|_| StorageError::Io(std::io::Error::other("the store's writer went away")))?,
             () = self.inner.health.failed() => false,
         };
         if flushed {
@@ -446,7 +466,7 @@ impl Store {
 
     /// Flushes every committed change to disk now, blocking the calling thread (for shutdown
     /// and command-line use).
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+    pub fn flush_blocking(&self) -> Result<(), StorageError> {
         let shared = &self.inner.commit.shared;
         let target = shared.written.load(Ordering::SeqCst);
         self.flush_to_disk(shared)?;
@@ -459,7 +479,7 @@ impl Store {
 mod tests {
     use super::super::tests::{cluster, node};
     use super::*;
-    use crate::store::{ClusterRef, NewCluster};
+    use crate::store::{ClusterRef, NewCluster, Refusal};
 
     use crate::test_support::runtime;
 
@@ -524,51 +544,11 @@ mod tests {
         assert_eq!(slots, (0..60).collect::<Vec<_>>());
         let full = outcomes
             .iter()
-            .filter(|o| matches!(o, Err(StoreError::ClusterFull { .. })))
+            .filter(|o| matches!(o, Err(StoreError::Refused(Refusal::ClusterFull { .. }))))
             .count();
         assert_eq!(full, 4);
         // Every answer came after its change was on disk.
         assert!(flushed_everything(&store));
-    }
-
-    #[test]
-    fn a_refusal_inside_a_batch_leaves_the_other_writes_alone() {
-        let store = Store::temporary().unwrap();
-        let c = cluster(&store, "pair", 2, 1);
-        let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
-        let writes: Vec<Write> = vec![
-            join(&c, &nodes[0]),
-            Write::Join {
-                cluster: ClusterRef::Name("nope".into()),
-                node: nodes[1].id.clone(),
-                now_ms: 1,
-            },
-            join(&c, &nodes[1]),
-            join(&c, &nodes[2]),
-            Write::CreateCluster {
-                cluster: NewCluster {
-                    name: "pair".into(),
-                    attrs: 0,
-                    max_size: 9,
-                    endpoint_count: 1,
-                },
-                now_ms: 1,
-            },
-        ];
-        let refs: Vec<&Write> = writes.iter().collect();
-        let mut fresh = || Id::random(&mut rand::rng());
-        let results = store.apply_batch(&refs, &mut fresh).unwrap();
-        assert!(matches!(&results[0], Ok(Written::Joined(j)) if j.slot == 0));
-        assert!(matches!(&results[1], Err(StoreError::NoSuchCluster(_))));
-        assert!(matches!(&results[2], Ok(Written::Joined(j)) if j.slot == 1));
-        assert!(matches!(&results[3], Err(StoreError::ClusterFull { .. })));
-        // A later write in the batch sees the earlier ones.
-        assert!(matches!(&results[4], Ok(Written::Cluster(c, false)) if c.members.len() == 2));
-        let stored = store
-            .cluster(&ClusterRef::Id(c.id.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.members.len(), 2);
     }
 
     #[test]
@@ -594,7 +574,7 @@ mod tests {
             .build()
             .unwrap();
         let n = rt.block_on(async {
-            let new = crate::store::tests::new_node("a", 1);
+            let new = crate::store::sled::tests::new_node("a", 1);
             store
                 .write(Write::RegisterNode {
                     node: new,
@@ -621,17 +601,26 @@ mod tests {
             .store(true, Ordering::SeqCst);
         runtime().block_on(async {
             let e = store.write(join(&c, &nodes[0])).await.unwrap_err();
-            assert!(matches!(e, StoreError::Failed(_)), "{e}");
+            assert!(
+                matches!(e, StoreError::Storage(StorageError::Failed(_))),
+                "{e}"
+            );
             assert!(e.to_string().contains("disk on fire"), "{e}");
             // Never retried: the next write, a durable() and a read are refused too, although
             // the next flush would succeed.
             let e = store.write(join(&c, &nodes[1])).await.unwrap_err();
-            assert!(matches!(e, StoreError::Failed(_)), "{e}");
-            assert!(matches!(store.durable().await, Err(StoreError::Failed(_))));
+            assert!(
+                matches!(e, StoreError::Storage(StorageError::Failed(_))),
+                "{e}"
+            );
+            assert!(matches!(
+                store.durable().await,
+                Err(StorageError::Failed(_))
+            ));
         });
         assert!(matches!(
             store.cluster(&ClusterRef::Id(c.id.clone())),
-            Err(StoreError::Failed(_))
+            Err(StorageError::Failed(_))
         ));
         assert!(store.health().is_failed());
     }
@@ -657,13 +646,16 @@ mod tests {
         let e = runtime().block_on(store.write(join(&c, &n))).unwrap_err();
         // Answered when the watchdog fired, not when the flush came back.
         assert!(started.elapsed() < TEST_HANG, "{:?}", started.elapsed());
-        assert!(matches!(e, StoreError::Failed(_)), "{e}");
+        assert!(
+            matches!(e, StoreError::Storage(StorageError::Failed(_))),
+            "{e}"
+        );
         assert!(e.to_string().contains("did not finish within"), "{e}");
         watchdog.join().unwrap();
         // The flush comes back in the end: its round still acknowledges nothing.
         std::thread::sleep(TEST_HANG);
         let e = runtime().block_on(store.durable()).unwrap_err();
-        assert!(matches!(e, StoreError::Failed(_)), "{e}");
+        assert!(matches!(e, StorageError::Failed(_)), "{e}");
     }
 
     #[test]
@@ -680,7 +672,10 @@ mod tests {
             assert!(e.to_string().contains("writer panicked"), "{e}");
             // What the round left on disk is unknown: nothing more is acknowledged.
             let e = store.write(join(&c, &nodes[1])).await.unwrap_err();
-            assert!(matches!(e, StoreError::Failed(_)), "{e}");
+            assert!(
+                matches!(e, StoreError::Storage(StorageError::Failed(_))),
+                "{e}"
+            );
         });
     }
 

@@ -7,16 +7,18 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::records::{decode, ClusterRecord, NodeRecord, RegistryMeta};
+use super::records::decode;
 use super::schema::SCHEMA_VERSION;
 use super::snapshot::{Snapshot, TreeEntries};
-use super::{Store, StoreError, REGISTRY_KEY};
+use super::{Store, REGISTRY_KEY};
 use crate::id::Id;
+use crate::model::{ClusterRecord, NodeRecord, RegistryMeta};
+use crate::store::StorageError;
 
 impl Store {
     /// Checks every invariant on a snapshot of the store and returns a description of each
     /// violation (empty: all hold). Fails only if the store cannot be read at all.
-    pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+    pub fn verify(&self) -> Result<Vec<String>, StorageError> {
         Ok(self.snapshot()?.verify())
     }
 }
