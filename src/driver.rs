@@ -41,7 +41,7 @@ use crate::registry::Registry;
 use crate::session::{
     Millis, Outcome, Read, ReadResult, SessionCore, SessionReport, Step, Timeouts,
 };
-use crate::store::{AdminStore, SessionStore, StoreError};
+use crate::store::{AdminStore, SessionStore, StorageError, StoreError};
 
 /// Size of each read from a peer (the Go 1.9 peers read 16 KiB at a time too).
 const READ_CHUNK: usize = 16 * 1024;
@@ -357,9 +357,10 @@ pub(crate) async fn deliver(
     write: impl Future<Output = Result<(), ConnectionError>>,
 ) -> Result<bool, ConnectionError> {
     if durable {
-        if let Err(error) = registry.store.durable().await {
+        let store: &dyn SessionStore = &registry.store;
+        if let Err(error) = store.durable().await {
             // A failed storage was logged once, when it failed (fail-stop).
-            if !registry.store.health().is_failed() {
+            if !matches!(error, StorageError::Failed(_)) {
                 tracing::error!(%error, "store flush failed; dropping the reply");
             }
             return Ok(false);

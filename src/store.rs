@@ -103,6 +103,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// An id no node and no cluster has now, from the store's id source.
     fn fresh_id(&self) -> StoreFuture<'_, Result<Id, StorageError>>;
+
+    /// Completes once every change this store has applied so far, by any session, is
+    /// durable: a reply that reports what another session changed (a Create that found a
+    /// cluster still being written, a GetCluster listing a fresh member) waits for it. A
+    /// backend whose every visible change is already durable answers at once.
+    fn durable(&self) -> StoreFuture<'_, Result<(), StorageError>>;
 }
 
 /// What operators, tools and the registry's own housekeeping need from a store. These

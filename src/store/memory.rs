@@ -191,6 +191,11 @@ impl SessionStore for MemoryStore {
     fn fresh_id(&self) -> StoreFuture<'_, Result<Id, StorageError>> {
         Box::pin(async move { apply::draw_unused_id(&mut *self.state(), &self.ids) })
     }
+
+    fn durable(&self) -> StoreFuture<'_, Result<(), StorageError>> {
+        // Nothing here outlives the process: every applied change is as durable as it gets.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl AdminStore for MemoryStore {

@@ -78,6 +78,10 @@ impl SessionStore for Store {
             store.transact(|t| apply::draw_unused_id(t, &store.inner.ids))
         })
     }
+
+    fn durable(&self) -> StoreFuture<'_, Result<(), StorageError>> {
+        Box::pin(Store::durable(self))
+    }
 }
 
 impl AdminStore for Store {
