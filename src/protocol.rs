@@ -321,7 +321,7 @@ mod tests {
 
     fn registry_key() -> &'static RsaKeyPair {
         static KEY: OnceLock<RsaKeyPair> = OnceLock::new();
-        KEY.get_or_init(|| RsaKeyPair::generate(2048).unwrap())
+        KEY.get_or_init(|| crate::test_support::fixture_key(31))
     }
 
     fn new_session() -> ServerSession {

@@ -164,7 +164,8 @@ async fn garbage_before_and_after_the_handshake_is_closed_silently() {
     }
 
     // A well-formed hello under another registry's key.
-    let stranger = RsaKeyPair::generate(2048).unwrap();
+    // A test-only fixture key that is not the template registry's.
+    let stranger = common::key_pair(15).0;
     let (_, hello) = ClientHandshake::start(stranger.public_key()).unwrap();
     let mut conn = RawConn::connect(&endpoint).await;
     conn.send_frame(&hello).await.unwrap();

@@ -12,6 +12,8 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
 use xlreg::crypto::{HelloDecryptor, RsaKeyPair};
+
+include!("data/fixture_keys.rs");
 use xlreg::driver::poll_applying;
 use xlreg::frame::{self, FrameDecoder};
 use xlreg::proto::{Tag, XlRegMsg, XlRegToken};
@@ -31,11 +33,10 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let registry = RsaKeyPair::generate(2048).unwrap();
+        // Committed test-only keys: loading one takes microseconds, generating one far more.
+        let registry = fixture_key(0);
         let decryptor = Arc::new(registry.hello_decryptor().unwrap());
-        let members = (0..2)
-            .map(|_| RsaKeyPair::generate(2048).unwrap())
-            .collect();
+        let members = (1..3).map(fixture_key).collect();
         Keys {
             registry,
             decryptor,

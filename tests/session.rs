@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{node, Server};
 use xlreg::client::{Client, ClientError, DEFAULT_TIMEOUT};
-use xlreg::crypto::RsaKeyPair;
 use xlreg::id::Id;
 use xlreg::proto::ErrCode;
 use xlreg::store::ClusterRef;
@@ -192,7 +191,8 @@ async fn requests_out_of_order_and_foreign_keys_are_refused() {
 async fn a_registry_that_does_not_hold_the_key_is_not_believed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let wrong = RsaKeyPair::generate(2048).unwrap();
+    // A test-only fixture key that is not the template registry's.
+    let wrong = common::key_pair(15).0;
     let result = Client::connect_to(&server.endpoint(), wrong.public_key(), DEFAULT_TIMEOUT).await;
     // It closes the hello unanswered while it goes on serving: the client names the cause.
     assert!(
