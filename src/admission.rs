@@ -18,7 +18,11 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The default of `serve --max-connections-per-ip`: a sixteenth of the default
-/// `--max-connections` (1,024), plenty for a host running many nodes.
+/// `--max-connections` (1,024), so that even eight flooding hosts hold only half the
+/// budget (tests/floods.rs: at 128, eight hosts re-opening idle connections took all of
+/// it and starved everyone else). A host that legitimately holds more (a NAT gateway, a
+/// proxy in front of the registry, `xlreg bench` with 64 clients, each briefly holding two
+/// connections as it reconnects) needs a higher value: docs/running.md.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
 
 /// How long a [`LogSummary`] gathers events before it writes its summary line.

@@ -196,21 +196,30 @@ impl Client {
         dial_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let stream = dial(endpoint, dial_timeout).await?;
-        let mut conn = Connection::new(stream, MAX_FRAME_LEN);
-        let (handshake, hello) = ClientHandshake::start(registry_key)?;
-        conn.write_frame(&hello, timeout).await?;
-        let reply = match read_or_closed(&mut conn, timeout).await {
-            Err(ClientError::Closed) => return Err(hello_closed(endpoint, dial_timeout).await),
-            other => other?,
-        };
-        let keys = handshake.finish(&reply)?;
-        Ok(Client {
-            conn,
-            cipher: SessionCipher::new(&keys.key, Role::Client),
-            server_salt: keys.server_salt,
-            timeout,
-        })
+        // A hello closed unanswered is tried once more on a fresh connection before the
+        // probe judges it: a registry at a connection limit (its own, or one peer address's)
+        // closes a connection on arrival, and a slot freed a moment later would make the
+        // probe below take that for a refused key.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let stream = dial(endpoint, dial_timeout).await?;
+            let mut conn = Connection::new(stream, MAX_FRAME_LEN);
+            let (handshake, hello) = ClientHandshake::start(registry_key)?;
+            conn.write_frame(&hello, timeout).await?;
+            let reply = match read_or_closed(&mut conn, timeout).await {
+                Err(ClientError::Closed) if attempts < HELLO_ATTEMPTS => continue,
+                Err(ClientError::Closed) => return Err(hello_closed(endpoint, dial_timeout).await),
+                other => other?,
+            };
+            let keys = handshake.finish(&reply)?;
+            return Ok(Client {
+                conn,
+                cipher: SessionCipher::new(&keys.key, Role::Client),
+                server_salt: keys.server_salt,
+                timeout,
+            });
+        }
     }
 
     /// Sends one request and reads its reply, which must carry `expected` (or be an Error).
@@ -327,6 +336,10 @@ impl Client {
         Ok(())
     }
 }
+
+/// How many hellos, each on its own connection, must be closed unanswered before the
+/// client asks why ([`hello_closed`]).
+const HELLO_ATTEMPTS: u32 = 2;
 
 /// Why the registry closed our hello unanswered. A registry closes a connection on arrival
 /// when it is over its connection limit or stopping, and after reading the hello when it

@@ -142,6 +142,33 @@ fn a_stale_regcred_is_named_at_once_and_not_retried() {
 }
 
 #[test]
+fn a_registry_at_its_per_address_limit_is_not_taken_for_one_that_refused_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-connections-per-ip", "1"]);
+    // This address's one connection is taken: every further one is closed on arrival,
+    // before its hello is read, as a refused key's hello would be after it.
+    let held = std::net::TcpStream::connect(server.endpoint()).unwrap();
+    let output = xlreg(&[
+        "ping",
+        "--retry-for",
+        "1",
+        "--regcred",
+        s(&server.regcred_path),
+    ]);
+    let err = stderr(&output);
+    assert!(
+        !err.contains("did not accept this regCred.dat's key"),
+        "{err}"
+    );
+    assert!(err.contains("the registry closed the connection"), "{err}");
+    assert_eq!(code(&output), 6, "unreachable, not unauthorized: {err}");
+    drop(held);
+    // With the connection given back, the same command goes through.
+    let output = xlreg(&["ping", "--regcred", s(&server.regcred_path)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
 fn nothing_listening_says_so_at_once_unless_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
