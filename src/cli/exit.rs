@@ -11,6 +11,7 @@ use crate::admin::{AdminError, RefusalKind};
 use crate::client::ClientError;
 use crate::daemon::DaemonError;
 use crate::model::Refusal;
+use crate::node::NodeError;
 use crate::proto::ErrCode;
 use crate::store::{StorageError, StoreError};
 use crate::validate::Invalid;
@@ -84,6 +85,8 @@ pub fn classify(error: &anyhow::Error) -> Failure {
                 Some(client(e))
             } else if let Some(e) = cause.downcast_ref::<AdminError>() {
                 admin(e)
+            } else if let Some(e) = cause.downcast_ref::<NodeError>() {
+                node(e)
             } else if let Some(e) = cause.downcast_ref::<DaemonError>() {
                 daemon(e)
             } else if let Some(e) = cause.downcast_ref::<StoreError>() {
@@ -143,6 +146,16 @@ fn admin(error: &AdminError) -> Option<Failure> {
         | AdminError::BadSnapshot { .. }
         | AdminError::BadExport { .. } => Failure::Usage,
         // Look further down the chain (a store or file error says more).
+        _ => return None,
+    })
+}
+
+fn node(error: &NodeError) -> Option<Failure> {
+    Some(match error {
+        NodeError::NoDirectory { .. } | NodeError::Missing { .. } => Failure::NotFound,
+        NodeError::AlreadyExists { .. } => Failure::Conflict,
+        NodeError::Invalid(_) => Failure::Usage,
+        // Look further down the chain (an I/O error says more).
         _ => return None,
     })
 }
@@ -211,5 +224,13 @@ mod tests {
         );
         let failed = anyhow::Error::from(DaemonError::StoreFailed("fdatasync: EIO".into()));
         assert_eq!(classify(&failed), Failure::StorageFailed);
+    }
+
+    #[test]
+    fn a_missing_node_directory_is_not_found() {
+        let missing = anyhow::Error::from(NodeError::NoDirectory {
+            dir: "node-x".into(),
+        });
+        assert_eq!(classify(&missing), Failure::NotFound);
     }
 }
