@@ -27,7 +27,7 @@ pub enum IdError {
 
 /// A node or cluster identifier: 32 random bytes, or 20 bytes for ids made by xlReg 1.9.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Id(Vec<u8>);
+pub struct Id(#[serde(with = "serde_bytes")] Vec<u8>);
 
 impl Id {
     /// A fresh random 32-byte id from the given cryptographic random number generator.

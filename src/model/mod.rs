@@ -30,8 +30,10 @@ pub struct NodeRecord {
     /// Attribute bits the node declared.
     pub attrs: u64,
     /// The node's communications (encryption) public key, DER SubjectPublicKeyInfo.
+    #[serde(with = "serde_bytes")]
     pub comms_key: Vec<u8>,
     /// The node's signing public key, DER SubjectPublicKeyInfo.
+    #[serde(with = "serde_bytes")]
     pub sig_key: Vec<u8>,
     /// The endpoints (addresses) the node can be reached at.
     pub endpoints: Vec<String>,
@@ -307,6 +309,49 @@ pub enum Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node record as schema 1 wrote it, before its byte strings were marked as such.
+    #[derive(Serialize, Deserialize)]
+    struct SchemaOneNode {
+        id: Vec<u8>,
+        name: String,
+        attrs: u64,
+        comms_key: Vec<u8>,
+        sig_key: Vec<u8>,
+        endpoints: Vec<String>,
+        registered_at_ms: u64,
+        updated_at_ms: u64,
+    }
+
+    #[test]
+    fn byte_strings_keep_the_schema_one_encoding() {
+        let node = NodeRecord {
+            id: id(7),
+            name: "n".into(),
+            attrs: 3,
+            comms_key: vec![0x30, 0x82, 1, 2],
+            sig_key: (0..=255).collect(),
+            endpoints: vec!["127.0.0.1:1".into()],
+            registered_at_ms: 5,
+            updated_at_ms: 6,
+        };
+        let old = SchemaOneNode {
+            id: node.id.as_bytes().to_vec(),
+            name: node.name.clone(),
+            attrs: node.attrs,
+            comms_key: node.comms_key.clone(),
+            sig_key: node.sig_key.clone(),
+            endpoints: node.endpoints.clone(),
+            registered_at_ms: 5,
+            updated_at_ms: 6,
+        };
+        let old_bytes = bincode::serialize(&old).unwrap();
+        assert_eq!(bincode::serialize(&node).unwrap(), old_bytes);
+        assert_eq!(
+            bincode::deserialize::<NodeRecord>(&old_bytes).unwrap(),
+            node
+        );
+    }
 
     fn id(b: u8) -> Id {
         Id::from_bytes(&[b; 32]).unwrap()
