@@ -218,7 +218,6 @@ async fn drive<C: SessionCore>(
                     bytes,
                     durable,
                     close,
-                    joined: _,
                 } => {
                     let write = write_all(stream, &bytes, config.write_timeout);
                     let sent = deliver(registry, durable, write).await?;

@@ -93,7 +93,7 @@ impl ServerSession {
                             cipher: SessionCipher::new(&keys.key, Role::Server),
                             server_salt: keys.server_salt,
                         };
-                        self.exchange.reply(frame::encode(&reply), false, None, now)
+                        self.exchange.reply(frame::encode(&reply), false, now)
                     }
                     Err(error) => {
                         tracing::debug!(%error, "hello refused");

@@ -34,9 +34,9 @@ pub type Millis = u64;
 #[derive(Debug)]
 pub enum Step {
     /// Write `bytes` to the peer in one write. If `durable`, only once every store change
-    /// made so far is on disk. If `close`, close the connection after writing. `joined`
-    /// names the cluster this reply reports a join to (the store itself tells the cluster's
-    /// watchers once the join is durable: [`crate::store::SessionStore::watch_cluster`]).
+    /// made so far is on disk. If `close`, close the connection after writing. (A reply
+    /// that reports a join wakes nobody: the store itself tells the cluster's watchers once
+    /// the join is durable, [`crate::store::SessionStore::watch_cluster`].)
     Send {
         /// Whole wire bytes: an xlReg/2 frame with its length prefix, or a 1.9 message.
         bytes: Vec<u8>,
@@ -44,8 +44,6 @@ pub enum Step {
         durable: bool,
         /// Close after writing.
         close: bool,
-        /// The cluster a Join changed.
-        joined: Option<Id>,
     },
     /// Read the store and pass the result to [`SessionCore::on_read`].
     Read(Read),
@@ -284,19 +282,12 @@ impl Exchange {
 
     /// A reply that keeps the session open is handed out at `now` (the hello's, or a
     /// request's): the peer has `idle_ms` from then for its next request.
-    pub(crate) fn reply(
-        &mut self,
-        bytes: Vec<u8>,
-        durable: bool,
-        joined: Option<Id>,
-        now: Millis,
-    ) -> Step {
+    pub(crate) fn reply(&mut self, bytes: Vec<u8>, durable: bool, now: Millis) -> Step {
         self.read_deadline = Some(now + self.timeouts.idle_ms);
         Step::Send {
             bytes,
             durable,
             close: false,
-            joined,
         }
     }
 
@@ -343,7 +334,7 @@ impl Exchange {
         };
         let reply = handlers::finish(&mut self.report.state, written);
         // The store answers a write only once it (and all it read) is durable.
-        let step = self.reply(seal(&reply.msg), false, reply.joined, now);
+        let step = self.reply(seal(&reply.msg), false, now);
         self.queue(step);
         Some(kind)
     }
@@ -368,7 +359,7 @@ impl Exchange {
             Ok(GetOutcome::Ready(reply)) => {
                 self.held = None;
                 // Never show a member whose join is not yet on disk.
-                let step = self.reply(seal(&reply), true, None, now);
+                let step = self.reply(seal(&reply), true, now);
                 self.queue(step);
             }
             // Still incomplete after a change: keep holding.
@@ -414,7 +405,6 @@ impl Exchange {
             bytes,
             durable: false,
             close: true,
-            joined: None,
         }
     }
 

@@ -2,10 +2,13 @@
 //! clock: no sockets, no timers, no sleeps. Every deadline (the hello, the silence between
 //! requests, a held GetCluster) is core state, so each test says exactly at which
 //! millisecond something must and must not happen, and a GetCluster wait is woken by a join
-//! from another session exactly as the driver does it: the joining session's reply names
-//! the cluster, and every session watching that cluster is told it changed.
+//! from another session exactly as the driver does it: a session that waits watches the
+//! cluster through the store's port (`SessionStore::watch_cluster`), and the store itself
+//! tells every watcher once a join is applied.
 //!
-//! The store is a real temporary store; the keys are the fixture keys of
+//! The store is the in-memory backend, driven through the same port as the driver drives
+//! sled (the writes through `SessionStore::apply`, run to completion at once, as the memory
+//! backend answers without waiting); the keys are the fixture keys of
 //! tests/data/legacy-vectors (no key generation), and each core's RNG is seeded.
 
 use std::collections::HashMap;
@@ -14,17 +17,17 @@ use std::sync::{Arc, OnceLock};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
+use tokio::sync::watch;
 use xlreg::crypto::{HelloDecryptor, RsaKeyPair, AES_KEY_LEN};
-use xlreg::driver::poll_applying;
 use xlreg::frame::{self, FrameDecoder, MAX_FRAME_LEN};
-use xlreg::id::Id;
 use xlreg::legacy::session::LegacySession;
 use xlreg::legacy::wire::{self, Hello, Version};
 use xlreg::proto::{Tag, XlRegMsg};
 use xlreg::protocol::ServerSession;
+use xlreg::session::Read;
 use xlreg::session::{Millis, Outcome, SessionCore, Step, Timeouts};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher, SessionKeys};
-use xlreg::store::Store;
+use xlreg::store::{AdminStore, MemoryStore, SessionStore, StoreError};
 use xlreg::token::{self, TokenFields};
 
 const REGISTRY_CK: &str = include_str!("data/legacy-vectors/registry-ck.pem");
@@ -113,11 +116,13 @@ impl Client {
 
 /// Several sessions over one store, a virtual clock, and the driver's wake-up rule.
 struct Net {
-    store: Store,
+    store: MemoryStore,
+    /// Runs the store port's futures (which the memory backend completes at once).
+    runtime: tokio::runtime::Runtime,
     now: Millis,
-    /// The cluster each session (by its address: sessions stay put while tested) watches,
-    /// until its next reply.
-    watching: HashMap<usize, Id>,
+    /// The watch each session (by its address: sessions stay put while tested) holds on a
+    /// cluster, until its next reply.
+    watching: HashMap<usize, watch::Receiver<()>>,
 }
 
 /// A session's identity for the watch list: its address.
@@ -128,45 +133,60 @@ fn address(session: &dyn SessionCore) -> usize {
 impl Net {
     fn new() -> Net {
         Net {
-            store: Store::temporary().unwrap(),
+            store: MemoryStore::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
             now: 0,
             watching: HashMap::new(),
         }
     }
 
-    /// Polls session `index` as the driver would: store operations are carried out, a
-    /// watch is recorded, a reply that names a joined cluster wakes its watchers. Returns
-    /// the reply, `Some(None)` for a close, `None` if the session has nothing to say.
+    /// Polls session `index` as the driver would: store reads and writes are carried out
+    /// through the port, a watch is taken, and every session whose watched cluster the
+    /// store reports changed is told so. Returns the reply, `Some(None)` for a close, `None`
+    /// if the session has nothing to say.
     fn poll(
         &mut self,
         sessions: &mut [&mut dyn SessionCore],
         index: usize,
     ) -> Option<Option<(Vec<u8>, bool)>> {
-        loop {
-            match poll_applying(&mut *sessions[index], &self.store, self.now)? {
-                Step::Watch(cluster) => {
-                    self.watching.insert(address(&*sessions[index]), cluster);
+        let reply = loop {
+            let session = &mut *sessions[index];
+            match session.poll(self.now) {
+                None => break None,
+                Some(Step::Read(Read::Cluster(target))) => {
+                    session.on_read(self.store.cluster_view(&target), self.now)
                 }
-                Step::Close => return Some(None),
-                Step::Send {
-                    bytes,
-                    close,
-                    joined,
-                    ..
-                } => {
-                    self.watching.remove(&address(&*sessions[index]));
-                    if let Some(cluster) = joined {
-                        for other in sessions.iter_mut() {
-                            if self.watching.get(&address(&**other)) == Some(&cluster) {
-                                other.on_changed();
-                            }
-                        }
-                    }
-                    return Some(Some((bytes, close)));
+                Some(Step::Write(write)) => {
+                    let answer = match self.runtime.block_on(self.store.apply(vec![write])) {
+                        Ok(mut answers) => answers.remove(0).map_err(StoreError::Refused),
+                        Err(failure) => Err(StoreError::Storage(failure)),
+                    };
+                    session.on_written(answer, self.now)
                 }
-                Step::Read(_) | Step::Write(_) => unreachable!("poll_applying does these"),
+                Some(Step::Watch(cluster)) => {
+                    let changes = self.store.watch_cluster(&cluster);
+                    self.watching.insert(address(session), changes);
+                }
+                Some(Step::Close) => break Some(None),
+                Some(Step::Send { bytes, close, .. }) => {
+                    self.watching.remove(&address(session));
+                    break Some(Some((bytes, close)));
+                }
+            }
+        };
+        for other in sessions.iter_mut() {
+            let changed = self
+                .watching
+                .get_mut(&address(&**other))
+                .is_some_and(|changes| changes.has_changed().unwrap_or(false));
+            if changed {
+                self.watching.remove(&address(&**other));
+                other.on_changed();
             }
         }
+        reply
     }
 
     /// Lets time pass to `at`, telling `session` if a deadline of its passed.

@@ -43,9 +43,6 @@ pub struct Reply {
     pub msg: XlRegMsg,
     /// True if the request wrote to the store.
     pub changed: bool,
-    /// The cluster a Join added the node to or refreshed it in: whoever waits on that
-    /// cluster is to be woken once the reply is sent.
-    pub joined: Option<Id>,
 }
 
 /// Why a request was refused. Each variant maps to an error class on the wire
@@ -149,7 +146,6 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
             Reply {
                 msg,
                 changed: registration.outcome != RegistrationOutcome::Unchanged,
-                joined: None,
             }
         }
         Written::Cluster(cluster, created) => {
@@ -157,18 +153,13 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
             Reply {
                 msg: with_cluster(Tag::CreateReply, &cluster),
                 changed: created,
-                joined: None,
             }
         }
         Written::Joined(outcome) => {
             let mut msg = with_cluster(Tag::JoinReply, &outcome.cluster);
             msg.slot = Some(outcome.slot);
-            state.joined = Some(outcome.cluster.id.clone());
-            Reply {
-                msg,
-                changed: true,
-                joined: Some(outcome.cluster.id),
-            }
+            state.joined = Some(outcome.cluster.id);
+            Reply { msg, changed: true }
         }
     }
 }

@@ -124,7 +124,7 @@ impl LegacySession {
             key: reply.key,
             stage: Stage::AwaitMember,
         };
-        self.exchange.reply(bytes, false, None, now)
+        self.exchange.reply(bytes, false, now)
     }
 
     fn on_message(&mut self, mut msg: XlRegMsg, now: Millis) -> Step {
