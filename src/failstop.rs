@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::model::StorageError;
+
 /// The exit code of a registry stopped because its storage failed (sysexits' `EX_IOERR`).
 /// Any non-zero code makes systemd's `Restart=on-failure` restart the daemon.
 pub const EXIT_STORAGE_FAILED: u8 = 74;
@@ -123,6 +125,15 @@ impl Health {
         }
     }
 
+    /// [`StorageError::Failed`] with the reason once the storage has failed: what a backend
+    /// answers every read and write with from then on.
+    pub fn check(&self) -> Result<(), StorageError> {
+        match self.reason() {
+            Some(reason) => Err(StorageError::Failed(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Completes once the storage has failed (at once if it already has).
     pub async fn failed(&self) {
         let mut rx = self.inner.notify.subscribe();
@@ -203,8 +214,14 @@ pub fn supervise(health: Health, store_timeout: Duration) -> std::io::Result<()>
 /// and backtrace: sled 0.34.7 panics (an `unwrap`) on some I/O failures, while it opens a
 /// data directory among others, and the daemon turns those into a storage error naming the
 /// directory (see `Store::open`) or a failed store. Every other panic still goes to the
-/// previous hook. Call once, at the start of the daemon.
+/// previous hook. The daemon's opening of a sled store installs it
+/// ([`crate::store::BackendChoice::open`]); only the first call does anything.
 pub fn log_sled_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(install_sled_panic_hook);
+}
+
+fn install_sled_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let Some(location) = info.location().filter(|l| l.file().contains("/sled-")) else {
