@@ -23,7 +23,7 @@
 //! - The one source of fresh ids ([`IdSource`], owned by each store and used by its writer),
 //!   and [`ClusterEvents`], which wakes whoever watches a cluster.
 //!
-//! - [`Backend`]: both ports and the store's fail-stop [`Health`](crate::failstop::Health):
+//! - [`Backend`]: both ports and the store's fail-stop [`Health`]:
 //!   what a running registry holds (`Arc<dyn Backend>`), and [`BackendChoice`], the one
 //!   place that opens a concrete backend (the daemon and the admin commands open through it
 //!   and otherwise speak only the ports).
