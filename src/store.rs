@@ -20,13 +20,12 @@
 //! - [`Caps`]: the registry-wide caps on clusters and nodes, enforced by the shared write
 //!   logic for both backends (a new cluster or node past a cap is
 //!   [`Refusal::RegistryFull`]).
+//! - [`Backend`]: both ports and the store's fail-stop [`Health`], what a running registry
+//!   holds (`Arc<dyn Backend>`); and [`BackendChoice`], the one place that opens a concrete
+//!   backend (the daemon and the admin commands open through it and otherwise speak only
+//!   the ports).
 //! - The one source of fresh ids ([`IdSource`], owned by each store and used by its writer),
 //!   and [`ClusterEvents`], which wakes whoever watches a cluster.
-//!
-//! - [`Backend`]: both ports and the store's fail-stop [`Health`]:
-//!   what a running registry holds (`Arc<dyn Backend>`), and [`BackendChoice`], the one
-//!   place that opens a concrete backend (the daemon and the admin commands open through it
-//!   and otherwise speak only the ports).
 //!
 //! Backends: [`Store`] (sled, in `store/sled/`: the registry's durable store, with group
 //! commit) and [`MemoryStore`] (`store/memory.rs`: in memory, for `xlreg serve --ephemeral`

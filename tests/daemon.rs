@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{http_get, node, xlreg_bin};
+use common::{http_get, node, xlreg_bin, Server};
 use xlreg::admin::{Reply, Request};
 use xlreg::client::{Client, DEFAULT_TIMEOUT};
 use xlreg::daemon::{Daemon, DaemonConfig, DaemonError, LegacyConfig};
@@ -168,6 +168,25 @@ async fn a_daemon_runs_whole_on_the_memory_backend_and_keeps_nothing_in_its_dire
         .collect();
     written.sort();
     assert_eq!(written, ["regCred.dat"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ephemeral_keeps_nothing_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cluster_ids = Vec::new();
+    for _ in 0..2 {
+        let server = Server::start(&data, &["--ephemeral"]);
+        let mut client = server.client().await;
+        client.register(&node(0, "solo", 1)).await.unwrap();
+        cluster_ids.push(client.create("pair", 2, 1).await.unwrap().id);
+        client.bye().await.unwrap();
+        assert!(server.log_text().contains("backend=memory"));
+        assert_eq!(server.stop(), Some(0));
+        assert!(!data.join("db").exists() && !data.join("control.sock").exists());
+    }
+    // The second start found no cluster "pair": it made a new one.
+    assert_ne!(cluster_ids[0], cluster_ids[1]);
 }
 
 /// A change to a daemon config, for table-driven tests.
