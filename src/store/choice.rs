@@ -45,12 +45,12 @@ impl BackendChoice {
     /// Sled: the store in `data_dir` (created 0700; [`StorageError::Locked`] while another
     /// process holds it, [`StorageError::SchemaTooNew`] if a newer xlreg wrote it), and from
     /// the first call on, a panic inside sled is one ERROR log line instead of a backtrace
-    /// (`crate::failstop::log_sled_panics`; the failure itself comes back as an error).
+    /// (the failure itself comes back as an error, or fails the store).
     /// Memory: an empty store; `data_dir` is not touched.
     pub fn open(self, data_dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
         match self {
             BackendChoice::Sled => {
-                crate::failstop::log_sled_panics();
+                super::sled::log_panics();
                 Ok(Arc::new(Store::open(data_dir)?))
             }
             BackendChoice::Memory => Ok(Arc::new(MemoryStore::new())),

@@ -63,6 +63,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 pub use disk::Durability;
+pub(crate) use error::log_panics;
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{Snapshot, SnapshotRecords};
 
