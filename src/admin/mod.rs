@@ -230,8 +230,8 @@ fn open_store(data_dir: &Path) -> Result<Arc<dyn Backend>, AdminError> {
 }
 
 /// Refuses unless this process's effective uid owns `data_dir`. Opening a registry writes
-/// files (the store's snapshots and log) with the opener's uid and mode 0600: opened as root, a
-/// directory the service user owns would hold files the registry can no longer read.
+/// files (the store's snapshots and log) with the opener's uid and mode 0600: opened as
+/// root, a directory the service user owns would hold files the registry can no longer read.
 pub fn check_owner(data_dir: &Path) -> Result<(), AdminError> {
     use std::os::unix::fs::MetadataExt as _;
     let owner = std::fs::metadata(data_dir)

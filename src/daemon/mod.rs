@@ -4,10 +4,10 @@
 //! settings, binding every listener (xlReg/2, the opt-in xlReg 1.9 one, the metrics
 //! endpoint), opening or creating the data directory, the store (the backend
 //! [`DaemonConfig::backend`] chooses, opened by [`BackendChoice::open`]; from then on the
-//! daemon speaks only the store's port) and the registry's identity, writing the regCred.dat files, starting the control socket and the cluster
-//! expiry sweeper, telling systemd it is ready, serving until shutdown, and the orderly
-//! stop (sessions in flight get the grace period, `/health` says 503 meanwhile, then the
-//! store is flushed).
+//! daemon speaks only the store's port) and the registry's identity, writing the
+//! regCred.dat files, starting the control socket and the cluster expiry sweeper, telling
+//! systemd it is ready, serving until shutdown, and the orderly stop (sessions in flight get
+//! the grace period, `/health` says 503 meanwhile, then the store is flushed).
 //!
 //! The order is **validate, bind, then create**: a setting out of range or an address
 //! already in use fails before anything is written, so a failed start leaves no data
