@@ -5,8 +5,9 @@
 //! than on one session or one store: [`limit_malloc_arenas`] and [`release_free_memory`]
 //! (glibc's malloc), [`make_room_for_connections`] (RLIMIT_NOFILE), [`set_private_umask`]
 //! and [`notify_systemd`] (`sd_notify` under systemd's `Type=notify`). The daemon
-//! ([`crate::daemon`]) calls them; nothing in the protocol core or the store does. [`proc_stat`] reads a process's figures
-//! from /proc, for the registry's process metrics and for `xlreg bench`.
+//! ([`crate::daemon`]) calls them; nothing in the protocol core or the store does.
+//! [`proc_stat`] reads a process's figures from /proc, for the registry's process metrics
+//! and for `xlreg bench`.
 
 pub mod proc_stat;
 
