@@ -137,10 +137,11 @@ mod tests {
             let held = choice.open_existing(&dir).unwrap_err();
             assert!(matches!(held, StorageError::Locked { .. }), "{held}");
         }
+        // sled's threads may hold the lock for a moment after the drop (at most 10 s).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let reopened = loop {
-            // sled's threads may hold the lock for a moment after the drop.
             match choice.open_existing(&dir) {
-                Err(StorageError::Locked { .. }) => {
+                Err(StorageError::Locked { .. }) if std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(20))
                 }
                 other => break other.unwrap(),
