@@ -93,7 +93,9 @@ async fn a_daemon_runs_whole_on_the_memory_backend_and_keeps_nothing_in_its_dire
     let mut config = loopback_config(&data);
     config.name = Some("in-memory".into());
     config.backend = BackendChoice::Memory;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let daemon = Daemon::start(config).await.unwrap();
+    let metrics = daemon.metrics_addr().unwrap().to_string();
     let regcred = daemon.regcred().clone();
     let registry = daemon.registry().clone();
     assert_eq!(registry.store.data_dir(), None);
@@ -154,6 +156,24 @@ async fn a_daemon_runs_whole_on_the_memory_backend_and_keeps_nothing_in_its_dire
         .map(|m| (m.slot, m.id.clone()))
         .collect();
     assert_eq!(members, [(0, first_id.to_hex()), (1, second_id.to_hex())]);
+    // The metrics endpoint reads the same store through the port, and its health.
+    let (health, (status, text)) = tokio::task::spawn_blocking(move || {
+        (
+            http_get(&metrics, "/health"),
+            http_get(&metrics, "/metrics"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(health, (200, "ok\n".to_string()));
+    assert_eq!(status, 200);
+    for series in [
+        "xlreg_store_nodes 2",
+        "xlreg_store_clusters 1",
+        "xlreg_store_members 2",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    }
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(60), serving)
