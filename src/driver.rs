@@ -241,11 +241,11 @@ async fn drive<C: SessionCore>(
                     }
                 }
                 Step::Write(request) => {
-                    let result = write(&registry.store, request).await;
+                    let result = write(&*registry.store, request).await;
                     core.on_written(result, clock.now());
                 }
                 Step::Read(request) => {
-                    let result = read(&registry.store, request).await;
+                    let result = read(&*registry.store, request).await;
                     core.on_read(result, clock.now());
                 }
                 Step::Watch(cluster) => changes = Some(registry.store.watch_cluster(&cluster)),
@@ -356,7 +356,7 @@ pub(crate) async fn deliver(
     write: impl Future<Output = Result<(), ConnectionError>>,
 ) -> Result<bool, ConnectionError> {
     if durable {
-        let store: &dyn SessionStore = &registry.store;
+        let store: &dyn SessionStore = &*registry.store;
         if let Err(error) = store.durable().await {
             // A failed storage was logged once, when it failed (fail-stop).
             if !matches!(error, StorageError::Failed(_)) {

@@ -1,7 +1,8 @@
 //! Fail-stop storage: the registry's storage health, and what happens once it fails.
 //!
 //! This module owns [`Health`], the one shared, cheap-to-read state that says whether the
-//! store may still be trusted, and [`supervise`], the daemon's watchdog thread.
+//! store may still be trusted (every backend holds one: `crate::store::Backend::health`),
+//! and [`supervise`], the daemon's watchdog thread. Nothing here knows which backend runs.
 //!
 //! # Why fail-stop
 //!
@@ -10,11 +11,12 @@
 //! proves nothing about earlier writes. sled, once one of its I/O threads has failed,
 //! refuses every later operation or blocks in `flush`. So after the first failed write,
 //! flush or sync nothing the process holds in memory can be trusted to match the disk, and
-//! retrying can only turn an unknown state into a false acknowledgement. The store writer
-//! therefore calls [`Health::fail`] at the first failure; from then on:
+//! retrying can only turn an unknown state into a false acknowledgement. The backend (the
+//! sled store's writer) therefore calls [`Health::fail`] at the first failure; from then on:
 //!
-//! - the store answers every read and write with `StorageError::Failed` (clients see Error
-//!   Unavailable), including the requests already waiting for a round (never left hanging);
+//! - the store answers every read and write with `StorageError::Failed` ([`Health::check`];
+//!   clients see Error Unavailable), including the requests already waiting for a round
+//!   (never left hanging);
 //! - `/health` answers 503 with the reason;
 //! - exactly one ERROR line is logged (by [`Health::fail`]), not one per request;
 //! - [`supervise`] exits the process with [`EXIT_STORAGE_FAILED`] after a short grace
@@ -30,6 +32,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::model::StorageError;
 
 /// The exit code of a registry stopped because its storage failed (sysexits' `EX_IOERR`).
 /// Any non-zero code makes systemd's `Restart=on-failure` restart the daemon.
@@ -123,6 +127,15 @@ impl Health {
         }
     }
 
+    /// [`StorageError::Failed`] with the reason once the storage has failed: what a backend
+    /// answers every read and write with from then on.
+    pub fn check(&self) -> Result<(), StorageError> {
+        match self.reason() {
+            Some(reason) => Err(StorageError::Failed(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Completes once the storage has failed (at once if it already has).
     pub async fn failed(&self) {
         let mut rx = self.inner.notify.subscribe();
@@ -197,27 +210,6 @@ pub fn supervise(health: Health, store_timeout: Duration) -> std::io::Result<()>
             std::thread::sleep(WATCHDOG_TICK);
         })
         .map(drop)
-}
-
-/// Makes panics inside sled one ERROR log line each instead of the default hook's message
-/// and backtrace: sled 0.34.7 panics (an `unwrap`) on some I/O failures, while it opens a
-/// data directory among others, and the daemon turns those into a storage error naming the
-/// directory (see `Store::open`) or a failed store. Every other panic still goes to the
-/// previous hook. Call once, at the start of the daemon.
-pub fn log_sled_panics() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let Some(location) = info.location().filter(|l| l.file().contains("/sled-")) else {
-            return previous(info);
-        };
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("(no message)");
-        tracing::error!(%location, "sled gave up: {message}");
-    }));
 }
 
 #[cfg(test)]

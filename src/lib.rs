@@ -20,8 +20,9 @@
 //!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
 //!   [`legacy::session`] (the xlReg 1.9 core), with the 1.9 wire's pure parts
 //!   [`legacy::wire`] and [`legacy::reader`];
-//! - **store**: [`store`] (the store's ports, `SessionStore` and `AdminStore`, and their
-//!   backends: sled with group commit and migrations, and memory) and
+//! - **store**: [`store`] (the store's ports, `SessionStore` and `AdminStore`, `Backend`
+//!   (both ports and the storage's health), `BackendChoice` (the one place a backend is
+//!   opened), and the backends: sled with group commit and migrations, and memory) and
 //!   [`failstop`] (the storage's health: fail-stop and the watchdog);
 //! - **glue**, which owns sockets, files, tasks, signals and the clock: [`connection`]
 //!   (frames over tokio streams, with timeouts), [`driver`] (the one session driver: runs a
@@ -31,7 +32,7 @@
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
 //!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
-//!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, sd_notify),
+//!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, umask, sd_notify),
 //!   [`clock`], and the client side: [`client`], [`legacy::client`], [`regcred`] (the
 //!   `regCred.dat` file), [`node`] (a node's identity directory);
 //! - **tools**, the programs: [`cli`] (the `xlreg` command), [`bench`](mod@bench) (the load

@@ -15,6 +15,7 @@
 //! ([`crate::daemon::http`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::prometheus_text;
@@ -26,7 +27,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit};
 
 use crate::proto::{ErrCode, Tag};
-use crate::store::Store;
+use crate::store::Backend;
 
 /// How stale the store's size and counts may be when scraped.
 pub const STORE_STATS_MAX_AGE: Duration = Duration::from_secs(5);
@@ -436,7 +437,7 @@ impl Metrics {
 
     /// Renders every metric as Prometheus text, first refreshing the store figures from
     /// `store` if they are older than [`STORE_STATS_MAX_AGE`].
-    pub async fn render(&self, store: &Store) -> String {
+    pub async fn render(&self, store: &Arc<dyn Backend>) -> String {
         self.refresh_store_stats(store).await;
         self.refresh_process_stats();
         let mut text = String::new();
@@ -459,7 +460,7 @@ impl Metrics {
         self.process.start_time_seconds.set(stats.start_time_s);
     }
 
-    async fn refresh_store_stats(&self, store: &Store) {
+    async fn refresh_store_stats(&self, store: &Arc<dyn Backend>) {
         let mut read_at = self.store_read_at.lock().await;
         if read_at.is_some_and(|at| at.elapsed() < STORE_STATS_MAX_AGE) {
             return;
@@ -511,7 +512,7 @@ mod tests {
     #[tokio::test]
     async fn recorded_events_show_up_under_their_labels() {
         let metrics = Metrics::new();
-        let store = Store::temporary().unwrap();
+        let store: Arc<dyn Backend> = Arc::new(crate::store::MemoryStore::new());
         let open = metrics.connection_opened();
         metrics.request_took(Some(Tag::Member), Ok(()), Duration::from_millis(2));
         metrics.request(Some(Tag::Join), Err(ErrCode::ClusterFull));

@@ -1,12 +1,13 @@
 //! Settings of the registry's process, made once at start: the C allocator's arenas, the
-//! open-file limit, and the service manager's notifications.
+//! open-file limit, the file-creation mask, and the service manager's notifications.
 //!
 //! This module owns every call that changes or reports on the process as a whole rather
 //! than on one session or one store: [`limit_malloc_arenas`] and [`release_free_memory`]
-//! (glibc's malloc), [`make_room_for_connections`] (RLIMIT_NOFILE) and [`notify_systemd`]
-//! (`sd_notify` under systemd's `Type=notify`). The daemon ([`crate::daemon`]) calls them;
-//! nothing in the protocol core or the store does. [`proc_stat`] reads a process's figures
-//! from /proc, for the registry's process metrics and for `xlreg bench`.
+//! (glibc's malloc), [`make_room_for_connections`] (RLIMIT_NOFILE), [`set_private_umask`]
+//! and [`notify_systemd`] (`sd_notify` under systemd's `Type=notify`). The daemon
+//! ([`crate::daemon`]) calls them; nothing in the protocol core or the store does.
+//! [`proc_stat`] reads a process's figures from /proc, for the registry's process metrics
+//! and for `xlreg bench`.
 
 pub mod proc_stat;
 
@@ -20,6 +21,16 @@ const MALLOC_ARENAS: i32 = 2;
 /// File descriptors kept for other than client connections: the store's files, the
 /// listeners, the log.
 const RESERVED_FDS: libc::rlim_t = 64;
+
+/// Sets the process's umask to 077, so that every file and directory created from now on
+/// (the store's files; the key files; regCred.dat; exports) is its owner's only, whatever
+/// umask the daemon was started with. The daemon calls this before it opens the store.
+pub fn set_private_umask() {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
 
 /// Limits glibc's malloc to `MALLOC_ARENAS` (2) arenas, unless the operator chose
 /// otherwise with `MALLOC_ARENA_MAX`. Call before starting threads. A no-op on other C libraries.

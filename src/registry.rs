@@ -4,8 +4,9 @@
 //! - [`RegistryIdentity`]: the registry's name, ID and two RSA keys. The keys live in the data
 //!   directory as PKCS#8 PEM files of mode 0600 (`registry-comms.pem`, `registry-sig.pem`);
 //!   name and ID live in the store. First start creates them; later starts load them.
-//! - [`Registry`]: what every session of a running registry shares: the store (whose port
-//!   also tells GetCluster waits when a cluster changes) and the hello decryptor.
+//! - [`Registry`]: what every session of a running registry shares: the store, as the
+//!   port's trait object (`Arc<dyn Backend>`, whichever backend the daemon opened; it also
+//!   tells GetCluster waits when a cluster changes), and the hello decryptor.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use crate::crypto::{CryptoError, HelloDecryptor, RsaKeyPair, RSA_BITS};
 use crate::id::Id;
 use crate::regcred::{write_atomic, RegCred};
-use crate::store::{RegistryMeta, StorageError, Store};
+use crate::store::{AdminStore, Backend, RegistryMeta, StorageError};
 
 /// File name of the registry's comms (hello decryption) key in the data directory.
 pub const COMMS_KEY_FILE: &str = "registry-comms.pem";
@@ -75,11 +76,12 @@ pub struct RegistryIdentity {
 }
 
 impl RegistryIdentity {
-    /// Loads the identity kept in `data_dir` and `store`, creating whatever is missing on a
-    /// first start. With no `data_dir` (an ephemeral registry) the keys live in memory only.
-    /// A `name` that differs from the stored one renames the registry.
+    /// Loads the identity kept in `data_dir` and `store` (through its admin port, so any
+    /// backend), creating whatever is missing on a first start. With no `data_dir` (an
+    /// ephemeral registry) the keys live in memory only. A `name` that differs from the
+    /// stored one renames the registry.
     pub fn load_or_create(
-        store: &Store,
+        store: &dyn AdminStore,
         data_dir: Option<&Path>,
         name: Option<&str>,
         now_ms: u64,
@@ -183,8 +185,9 @@ fn load_or_create_key(
 /// What every session of a running registry shares.
 #[derive(Debug)]
 pub struct Registry {
-    /// The store.
-    pub store: Store,
+    /// The store: sessions use its session port, admin requests its admin port, the daemon
+    /// its health and final flush.
+    pub store: Arc<dyn Backend>,
     /// The registry's identity.
     pub identity: RegistryIdentity,
     /// The comms key on the fast decryption path.
@@ -193,7 +196,10 @@ pub struct Registry {
 
 impl Registry {
     /// Assembles a registry from its store and identity.
-    pub fn new(store: Store, identity: RegistryIdentity) -> Result<Registry, RegistryError> {
+    pub fn new(
+        store: Arc<dyn Backend>,
+        identity: RegistryIdentity,
+    ) -> Result<Registry, RegistryError> {
         let decryptor = Arc::new(identity.comms.hello_decryptor()?);
         Ok(Registry {
             store,

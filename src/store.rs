@@ -20,19 +20,24 @@
 //! - [`Caps`]: the registry-wide caps on clusters and nodes, enforced by the shared write
 //!   logic for both backends (a new cluster or node past a cap is
 //!   [`Refusal::RegistryFull`]).
+//! - [`Backend`]: both ports and the store's fail-stop [`Health`], what a running registry
+//!   holds (`Arc<dyn Backend>`); and [`BackendChoice`], the one place that opens a concrete
+//!   backend (the daemon and the admin commands open through it and otherwise speak only
+//!   the ports).
 //! - The one source of fresh ids ([`IdSource`], owned by each store and used by its writer),
 //!   and [`ClusterEvents`], which wakes whoever watches a cluster.
 //!
 //! Backends: [`Store`] (sled, in `store/sled/`: the registry's durable store, with group
-//! commit) and [`MemoryStore`] (`store/memory.rs`: in memory, for the core's unit and
-//! property tests). Both apply every write through the same function (`apply`), which reads
-//! records through a small transaction interface and calls the rules of
-//! [`crate::model::rules`]; the conformance tests (`store/conformance.rs`) run the same
-//! suite against both. docs/architecture.md describes how to add a backend.
+//! commit) and [`MemoryStore`] (`store/memory.rs`: in memory, for `xlreg serve --ephemeral`
+//! and the core's unit and property tests). Both apply every write through the same
+//! function (`apply`), which reads records through a small transaction interface and calls
+//! the rules of [`crate::model::rules`]; the conformance tests (`store/conformance.rs`) run
+//! the same suite against both. docs/architecture.md describes how to add a backend.
 
 mod apply;
 mod caps;
 mod changes;
+mod choice;
 #[cfg(test)]
 mod conformance;
 mod ids;
@@ -45,11 +50,10 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
-pub use self::sled::{
-    set_private_umask, Durability, Snapshot, SnapshotRecords, Store, SCHEMA_VERSION,
-};
+pub use self::sled::{Durability, Snapshot, SnapshotRecords, Store, SCHEMA_VERSION};
 pub use caps::{Caps, DEFAULT_MAX_CLUSTERS, DEFAULT_MAX_NODES};
 pub use changes::ClusterEvents;
+pub use choice::BackendChoice;
 pub use ids::IdSource;
 pub use memory::MemoryStore;
 
@@ -59,6 +63,7 @@ pub use crate::model::{
     Write, Written,
 };
 
+use crate::failstop::Health;
 use crate::id::Id;
 
 /// A future returned by a port method: boxed, so the traits stay object-safe, and `Send`,
@@ -180,6 +185,24 @@ pub trait AdminStore: Send + Sync + std::fmt::Debug {
 
     /// The data directory, or `None` for a store kept in memory.
     fn data_dir(&self) -> Option<&Path>;
+}
+
+/// A backend a registry runs on: both ports, and the fail-stop state the daemon watches.
+///
+/// The registry's shared state holds an `Arc<dyn Backend>` ([`crate::registry::Registry`]),
+/// opened by [`BackendChoice::open`]; the driver, the admin requests, the control socket,
+/// the expiry sweeper, the metrics endpoint and the daemon's shutdown see nothing else. A
+/// trait object coerces to `&dyn SessionStore` or `&dyn AdminStore` wherever only one port
+/// is wanted. At shutdown the daemon makes everything durable with
+/// [`AdminStore::flush_blocking`].
+pub trait Backend: SessionStore + AdminStore {
+    /// Whether the storage can still be trusted (fail-stop: see `crate::failstop`). The
+    /// backend fails it at its first failed write, flush or sync, and refuses every read and
+    /// write with [`StorageError::Failed`] from then on; it marks each store operation that
+    /// could hang with [`Health::begin`], so the daemon's watchdog can fail a store whose
+    /// operation runs past the store timeout. The daemon answers `/health` from it and exits
+    /// for a restart once it has failed.
+    fn health(&self) -> &Health;
 }
 
 /// What [`AdminStore::delete_node`] (and [`Store::delete_node`]) did.

@@ -11,10 +11,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{http_get, node, xlreg_bin};
+use common::{http_get, node, xlreg_bin, Server};
+use xlreg::admin::{Reply, Request};
 use xlreg::client::{Client, DEFAULT_TIMEOUT};
 use xlreg::daemon::{Daemon, DaemonConfig, DaemonError, LegacyConfig};
 use xlreg::regcred::RegCred;
+use xlreg::store::{BackendChoice, ClusterRef};
 
 /// A daemon config on `data` listening on an ephemeral loopback port.
 fn loopback_config(data: &Path) -> DaemonConfig {
@@ -82,6 +84,129 @@ async fn a_daemon_run_in_process_serves_a_session_and_stops_cleanly() {
         "{addr} still accepts connections after the stop"
     );
     assert!(!data.join("control.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_runs_whole_on_the_memory_backend_and_keeps_nothing_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = loopback_config(&data);
+    config.name = Some("in-memory".into());
+    config.backend = BackendChoice::Memory;
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let daemon = Daemon::start(config).await.unwrap();
+    let metrics = daemon.metrics_addr().unwrap().to_string();
+    let regcred = daemon.regcred().clone();
+    let registry = daemon.registry().clone();
+    assert_eq!(registry.store.data_dir(), None);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(daemon.serve(async {
+        let _ = stopped.await;
+    }));
+
+    // Two real clients over loopback: register, create, join, and a GetCluster that waits
+    // for the second member (woken through the memory store's watchers).
+    let mut first = Client::connect(&regcred, DEFAULT_TIMEOUT).await.unwrap();
+    let first_id = first.register(&node(0, "first", 1)).await.unwrap();
+    let created = first.create("pair", 2, 1).await.unwrap();
+    let (_, slot) = first.join(None).await.unwrap();
+    assert_eq!(slot, 0);
+    let waiting = tokio::spawn(async move {
+        let view = first
+            .get_cluster(None, None, Duration::from_secs(20))
+            .await
+            .unwrap();
+        first.bye().await.unwrap();
+        view
+    });
+    let mut second = Client::connect(&regcred, DEFAULT_TIMEOUT).await.unwrap();
+    let second_id = second.register(&node(1, "second", 1)).await.unwrap();
+    let pair = ClusterRef::Name("pair".into());
+    let (joined, slot) = second.join(Some(&pair)).await.unwrap();
+    assert_eq!((joined.id, slot), (created.id.clone(), 1));
+    second.bye().await.unwrap();
+    let view = waiting.await.unwrap();
+    let members: Vec<_> = view.members.iter().map(|m| m.name.clone()).collect();
+    assert_eq!(members, ["first", "second"]);
+
+    // Read back through the admin port, as the control socket and offline commands do.
+    let store = registry.store.clone();
+    let (info, detail) = tokio::task::spawn_blocking(move || {
+        let ask = |request| xlreg::admin::answer(&*store, &request, 0).unwrap();
+        let info = ask(Request::Info);
+        let detail = ask(Request::Cluster {
+            cluster: "pair".into(),
+        });
+        (info, detail)
+    })
+    .await
+    .unwrap();
+    let Reply::Info(info) = info else {
+        panic!("not an info reply: {info:?}")
+    };
+    assert_eq!(info.name.as_deref(), Some("in-memory"));
+    assert_eq!((info.nodes, info.clusters, info.members), (2, 1, 2));
+    let Reply::Cluster(detail) = detail else {
+        panic!("not a cluster reply: {detail:?}")
+    };
+    assert_eq!(detail.cluster.id, created.id.to_hex());
+    let members: Vec<_> = detail
+        .members
+        .iter()
+        .map(|m| (m.slot, m.id.clone()))
+        .collect();
+    assert_eq!(members, [(0, first_id.to_hex()), (1, second_id.to_hex())]);
+    // The metrics endpoint reads the same store through the port, and its health.
+    let (health, (status, text)) = tokio::task::spawn_blocking(move || {
+        (
+            http_get(&metrics, "/health"),
+            http_get(&metrics, "/metrics"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(health, (200, "ok\n".to_string()));
+    assert_eq!(status, 200);
+    for series in [
+        "xlreg_store_nodes 2",
+        "xlreg_store_clusters 1",
+        "xlreg_store_members 2",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    }
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the daemon stops within the grace")
+        .unwrap()
+        .expect("a clean stop");
+    // Nothing but regCred.dat was written: no store files, no keys, no control socket.
+    let mut written: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["regCred.dat"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ephemeral_keeps_nothing_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cluster_ids = Vec::new();
+    for _ in 0..2 {
+        let server = Server::start(&data, &["--ephemeral"]);
+        let mut client = server.client().await;
+        client.register(&node(0, "solo", 1)).await.unwrap();
+        cluster_ids.push(client.create("pair", 2, 1).await.unwrap().id);
+        client.bye().await.unwrap();
+        assert!(server.log_text().contains("backend=memory"));
+        assert_eq!(server.stop(), Some(0));
+        assert!(!data.join("db").exists() && !data.join("control.sock").exists());
+    }
+    // The second start found no cluster "pair": it made a new one.
+    assert_ne!(cluster_ids[0], cluster_ids[1]);
 }
 
 /// A change to a daemon config, for table-driven tests.

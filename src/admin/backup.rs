@@ -1,9 +1,9 @@
 //! `admin backup` and `admin restore`: point-in-time snapshots of a registry, keys included.
 //!
 //! This module owns the snapshot file format and the two operations. A snapshot holds a
-//! consistent copy of every store tree ([`Store::snapshot`]) and the registry's key files,
-//! so a restored registry keeps its identity and its regCred.dat stays valid. Like etcd's
-//! snapshot files it ends with a SHA-256 checksum:
+//! consistent copy of every store record ([`AdminStore::snapshot`]) and the registry's key
+//! files, so a restored registry keeps its identity and its regCred.dat stays valid. Like
+//! etcd's snapshot files it ends with a SHA-256 checksum:
 //!
 //! ```text
 //! "XLREGSNP" | format version (u32, big-endian) | body | SHA-256 of everything before it
@@ -26,7 +26,7 @@ use super::AdminError;
 use crate::crypto::{sha256, RsaKeyPair};
 use crate::regcred::write_atomic;
 use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
-use crate::store::{AdminStore, Snapshot, Store};
+use crate::store::{AdminStore, BackendChoice, Snapshot};
 
 /// The first bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"XLREGSNP";
@@ -222,8 +222,8 @@ pub fn restore(snapshot_path: &Path, dir: &Path) -> Result<RestoreSummary, Admin
         write_atomic(&path, contents, SNAPSHOT_MODE).map_err(AdminError::file(&path))?;
     }
     let problems = {
-        let store = Store::create_from_snapshot(dir, &body.store)?;
-        store.verify()?
+        let store = BackendChoice::default().create_from_snapshot(dir, &body.store)?;
+        store.snapshot()?.verify()
     };
     target.keep();
     Ok(RestoreSummary {
@@ -236,6 +236,7 @@ pub fn restore(snapshot_path: &Path, dir: &Path) -> Result<RestoreSummary, Admin
 mod tests {
     use super::*;
     use crate::registry::RegistryIdentity;
+    use crate::store::Store;
 
     fn registry_dir(root: &Path) -> (PathBuf, Store) {
         let dir = root.join("data");

@@ -1,7 +1,7 @@
 //! The control socket: how admin commands reach a running daemon.
 //!
-//! This module owns both ends. While the daemon runs, sled holds the data directory, so
-//! `xlreg admin` asks the daemon instead, over the Unix socket `DATA_DIR/control.sock`.
+//! This module owns both ends. While the daemon runs, its store holds the data directory,
+//! so `xlreg admin` asks the daemon instead, over the Unix socket `DATA_DIR/control.sock`.
 //!
 //! Security: the socket is created with mode 0600 inside a private 0700 directory and only
 //! then renamed into place, so it is never reachable with looser permissions; on every
@@ -294,7 +294,7 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
     };
     let op = request.as_ref().map(Request::op).unwrap_or("invalid");
     if let Ok(Request::Export) = request {
-        let line = tokio::task::spawn_blocking(move || export_line(&store))
+        let line = tokio::task::spawn_blocking(move || export_line(&*store))
             .await
             .unwrap_or_else(|e| response_line(&Response::Error(e.to_string())));
         let result = if line.starts_with(b"{\"ok\"") {
@@ -311,7 +311,7 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
         Err(error) => Response::Error(error),
         Ok(request) => {
             let answered = tokio::task::spawn_blocking(move || {
-                answer(&store, &request, crate::clock::now_ms())
+                answer(&*store, &request, crate::clock::now_ms())
             })
             .await;
             match answered {
@@ -518,7 +518,7 @@ mod tests {
             drop(stale);
             let identity =
                 crate::registry::RegistryIdentity::load_or_create(&store, None, None, 0).unwrap();
-            let registry = Arc::new(Registry::new(store.clone(), identity).unwrap());
+            let registry = Arc::new(Registry::new(Arc::new(store.clone()), identity).unwrap());
             let server = ControlServer::start(registry).unwrap();
             let mode = std::fs::metadata(server.path())
                 .unwrap()

@@ -104,7 +104,7 @@ async fn run(registry: Arc<Registry>, ttl: Duration, mut stopped: watch::Receive
         }
         let store = registry.store.clone();
         let now = crate::clock::now_ms();
-        let swept = tokio::task::spawn_blocking(move || expire_clusters(&store, now, ttl)).await;
+        let swept = tokio::task::spawn_blocking(move || expire_clusters(&*store, now, ttl)).await;
         let removed = match swept {
             Ok(Ok(removed)) => removed,
             Ok(Err(error)) => {

@@ -16,6 +16,7 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::ser::{Error as _, SerializeSeq as _, SerializeStruct as _};
@@ -26,7 +27,8 @@ use super::AdminError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
 use crate::store::{
-    AdminStore, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, Store,
+    AdminStore, Backend, BackendChoice, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta,
+    Snapshot,
 };
 use crate::validate;
 
@@ -222,9 +224,9 @@ pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
 #[derive(Debug)]
 pub enum ExportSource {
     /// A stopped registry's store, which this process holds locked (so nothing changes it
-    /// meanwhile): its records are read from its trees and written one at a time, so the
-    /// document is never held in memory.
-    Store(Store),
+    /// meanwhile): its records are read through the admin port and written one at a time,
+    /// so the document is never held in memory.
+    Store(Arc<dyn Backend>),
     /// The document a running registry sent through its control socket (a consistent
     /// snapshot taken while it serves).
     Document(ExportDocument),
@@ -254,7 +256,7 @@ impl ExportSource {
             }
             ExportSource::Store(store) => {
                 // Read through the admin port, as any backend would be.
-                let store: &dyn AdminStore = store;
+                let store: &dyn AdminStore = &**store;
                 let invalid = |e: String| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -571,7 +573,7 @@ pub fn import(
     let (records, snapshot) = records(doc).map_err(bad)?;
     let target = NewDataDir::create(dir)?;
     {
-        let store = Store::create_from_snapshot(dir, &snapshot)?;
+        let store = BackendChoice::default().create_from_snapshot(dir, &snapshot)?;
         if records.meta.is_some() {
             crate::registry::create_key_files(dir)?;
         }
@@ -589,7 +591,7 @@ pub fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ClusterRef, NewCluster, NewNode};
+    use crate::store::{ClusterRef, NewCluster, NewNode, Store};
 
     fn populated() -> Store {
         let store = Store::temporary().unwrap();
@@ -642,7 +644,9 @@ mod tests {
             let mut expected = serde_json::to_vec_pretty(&doc).unwrap();
             expected.push(b'\n');
             let mut streamed = Vec::new();
-            let counts = ExportSource::Store(store).write_to(&mut streamed).unwrap();
+            let counts = ExportSource::Store(Arc::new(store))
+                .write_to(&mut streamed)
+                .unwrap();
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(expected.clone()).unwrap()
@@ -662,7 +666,7 @@ mod tests {
         let store = populated();
         let first = store.nodes().next().unwrap().unwrap().id;
         store.corrupt_for_test("nodes", first.as_bytes(), b"not a node");
-        let error = ExportSource::Store(store)
+        let error = ExportSource::Store(Arc::new(store))
             .write_to(std::io::sink())
             .unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);

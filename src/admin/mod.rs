@@ -24,6 +24,7 @@ mod target;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ use zeroize::Zeroizing;
 
 pub use error::{AdminError, RefusalKind};
 
-use crate::store::{AdminStore, NodeDeletion, StorageError, Store};
+use crate::store::{AdminStore, Backend, BackendChoice, NodeDeletion, StorageError};
 use export::ExportDocument;
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
@@ -210,25 +211,27 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, AdminErro
 
 /// Opens the registry in `data_dir`, which must already hold one (admin commands never
 /// create a registry where there was none).
-fn open_store(data_dir: &Path) -> Result<Store, AdminError> {
-    // sled's data file: present in every directory a registry has used.
-    if !data_dir.join("db").is_file() {
+fn open_store(data_dir: &Path) -> Result<Arc<dyn Backend>, AdminError> {
+    let backend = BackendChoice::default();
+    if !backend.holds_store(data_dir) {
         return Err(AdminError::NoRegistry(data_dir.to_path_buf()));
     }
     check_owner(data_dir)?;
-    Store::open(data_dir).map_err(|error| match error {
-        // sled's own I/O errors name no file: name the directory.
-        StorageError::Io(source) => AdminError::File {
-            path: data_dir.to_path_buf(),
-            source,
-        },
-        other => other.into(),
-    })
+    backend
+        .open_existing(data_dir)
+        .map_err(|error| match error {
+            // The store's own I/O errors name no file: name the directory.
+            StorageError::Io(source) => AdminError::File {
+                path: data_dir.to_path_buf(),
+                source,
+            },
+            other => other.into(),
+        })
 }
 
 /// Refuses unless this process's effective uid owns `data_dir`. Opening a registry writes
-/// files (sled's `snap.*`, its log) with the opener's uid and mode 0600: opened as root, a
-/// directory the service user owns would hold files the registry can no longer read.
+/// files (the store's snapshots and log) with the opener's uid and mode 0600: opened as
+/// root, a directory the service user owns would hold files the registry can no longer read.
 pub fn check_owner(data_dir: &Path) -> Result<(), AdminError> {
     use std::os::unix::fs::MetadataExt as _;
     let owner = std::fs::metadata(data_dir)
@@ -247,7 +250,7 @@ pub fn check_owner(data_dir: &Path) -> Result<(), AdminError> {
 
 /// Opens a stopped registry's data directory for a command that changes it; refuses while a
 /// daemon holds it.
-pub fn open_offline(data_dir: &Path) -> Result<Store, AdminError> {
+pub fn open_offline(data_dir: &Path) -> Result<Arc<dyn Backend>, AdminError> {
     match open_store(data_dir) {
         Err(AdminError::Store(StorageError::Locked { dir })) => Err(AdminError::Running(dir)),
         other => other,
@@ -258,7 +261,7 @@ pub fn open_offline(data_dir: &Path) -> Result<Store, AdminError> {
 #[derive(Debug)]
 pub enum Access {
     /// The registry is stopped: its data directory is open.
-    Offline(Store),
+    Offline(Arc<dyn Backend>),
     /// The registry runs: requests go to its control socket.
     Daemon(control::ControlConnection),
 }
@@ -310,7 +313,7 @@ impl Access {
         match self {
             Access::Daemon(connection) => connection.ask(&request).await,
             Access::Offline(store) => tokio::task::spawn_blocking(move || {
-                answer(&store, &request, crate::clock::now_ms())
+                answer(&*store, &request, crate::clock::now_ms())
             })
             .await
             .map_err(|e| AdminError::Interrupted(e.to_string()))?,
@@ -428,7 +431,7 @@ mod tests {
             Err(AdminError::NoRegistry(_))
         ));
         assert!(!missing.exists());
-        let held = Store::open(dir.path()).unwrap();
+        let held = BackendChoice::default().open(dir.path()).unwrap();
         assert!(matches!(
             open_offline(dir.path()),
             Err(AdminError::Running(_))

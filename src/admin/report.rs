@@ -3,10 +3,10 @@
 //!
 //! This module owns the views (serde structs: `--json` prints them as they are, and the
 //! control socket carries them, so a command's output is the same offline and online), the
-//! functions that build them from a [`Store`], and their renderings for people
-//! (`to_text`). IDs are lowercase hex; key fingerprints are the SHA-256 of the key's DER
-//! SubjectPublicKeyInfo in hex, as in `xlreg cluster members`; times are milliseconds since
-//! the Unix epoch in JSON and RFC 3339 UTC in text.
+//! functions that build them from the store's admin port ([`AdminStore`]), and their
+//! renderings for people (`to_text`). IDs are lowercase hex; key fingerprints are the
+//! SHA-256 of the key's DER SubjectPublicKeyInfo in hex, as in `xlreg cluster members`;
+//! times are milliseconds since the Unix epoch in JSON and RFC 3339 UTC in text.
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};

@@ -16,6 +16,7 @@ use crate::admin::expiry::parse_ttl;
 use crate::daemon::{DaemonConfig, LegacyConfig};
 use crate::legacy::wire::Version;
 use crate::server::ServerConfig;
+use crate::store::BackendChoice;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -45,8 +46,8 @@ pub struct ServeArgs {
     /// The registry's name (kept in the data directory; giving a new one renames it).
     #[arg(long, env = "XLREG_NAME")]
     name: Option<String>,
-    /// Keep everything in memory and forget it on exit (for tests). regCred.dat is still
-    /// written into the data directory.
+    /// Keep everything in memory and forget it on exit (the memory backend: not durable, for
+    /// tests). regCred.dat is still written into the data directory.
     #[arg(long, env = "XLREG_EPHEMERAL")]
     ephemeral: bool,
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
@@ -131,7 +132,11 @@ impl ServeArgs {
     pub fn daemon_config(&self) -> DaemonConfig {
         DaemonConfig {
             data_dir: self.data.data_dir.clone(),
-            ephemeral: self.ephemeral,
+            backend: if self.ephemeral {
+                BackendChoice::Memory
+            } else {
+                BackendChoice::Sled
+            },
             name: self.name.clone(),
             listen: self.listen,
             advertise: self.advertise.clone(),
@@ -235,7 +240,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:1001".parse().unwrap());
         assert_eq!(config.advertise.as_deref(), Some("reg.example:1001"));
         assert_eq!(config.name.as_deref(), Some("west"));
-        assert!(config.ephemeral);
+        assert_eq!(config.backend, BackendChoice::Memory);
         assert_eq!(config.regcred_path(), PathBuf::from("/srv/out/regCred.dat"));
         assert_eq!(config.cluster_ttl, Some(Duration::from_secs(90)));
         let limits = &config.limits;

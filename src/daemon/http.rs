@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::server::{admit, Admission, RefusalLog};
-use crate::store::Store;
+use crate::store::Backend;
 
 /// Most endpoint connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -58,7 +58,7 @@ impl MetricsEndpoint {
 
     /// Serves `metrics` (with figures read from `store`) until the task is dropped or
     /// aborted.
-    pub async fn run(self, metrics: Arc<Metrics>, store: Store) {
+    pub async fn run(self, metrics: Arc<Metrics>, store: Arc<dyn Backend>) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut refusals = RefusalLog::new("metrics");
         let mut connections = JoinSet::new();
@@ -86,7 +86,11 @@ impl MetricsEndpoint {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, metrics: Arc<Metrics>, store: Store) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Backend>,
+) {
     let service = hyper::service::service_fn(move |request| {
         let metrics = metrics.clone();
         let store = store.clone();
@@ -108,7 +112,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, metrics: Arc<Metrics>, 
 async fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
-    store: &Store,
+    store: &Arc<dyn Backend>,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");

@@ -2,11 +2,12 @@
 //!
 //! This module owns the assembly of a running registry from a [`DaemonConfig`]: checking the
 //! settings, binding every listener (xlReg/2, the opt-in xlReg 1.9 one, the metrics
-//! endpoint), opening or creating the data directory, the store and the registry's
-//! identity, writing the regCred.dat files, starting the control socket and the cluster
-//! expiry sweeper, telling systemd it is ready, serving until shutdown, and the orderly
-//! stop (sessions in flight get the grace period, `/health` says 503 meanwhile, then the
-//! store is flushed).
+//! endpoint), opening or creating the data directory, the store (the backend
+//! [`DaemonConfig::backend`] chooses, opened by [`BackendChoice::open`]; from then on the
+//! daemon speaks only the store's port) and the registry's identity, writing the
+//! regCred.dat files, starting the control socket and the cluster expiry sweeper, telling
+//! systemd it is ready, serving until shutdown, and the orderly stop (sessions in flight get
+//! the grace period, `/health` says 503 meanwhile, then the store is flushed).
 //!
 //! The order is **validate, bind, then create**: a setting out of range or an address
 //! already in use fails before anything is written, so a failed start leaves no data
@@ -55,11 +56,11 @@ use crate::clock::now_ms;
 use crate::legacy::server::LegacyListener;
 use crate::legacy::wire::Version;
 use crate::metrics::Metrics;
-use crate::process::{make_room_for_connections, notify_systemd};
+use crate::process::{make_room_for_connections, notify_systemd, set_private_umask};
 use crate::regcred::{RegCred, RegCredError};
 use crate::registry::{Registry, RegistryError, RegistryIdentity};
 use crate::server::{Server, ServerConfig};
-use crate::store::{StorageError, Store};
+use crate::store::{BackendChoice, StorageError};
 
 /// The address `xlreg serve` listens on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:56789";
@@ -69,12 +70,15 @@ pub const MIN_FRAME: usize = 1024;
 /// Everything a registry daemon needs to know to run.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// The data directory: the store, the registry's key files, regCred.dat and the control
-    /// socket. Created on the first start (only after every listener is bound).
+    /// The data directory: the store (of a backend that keeps files), the registry's key
+    /// files, regCred.dat and the control socket. Created on the first start (only after
+    /// every listener is bound).
     pub data_dir: PathBuf,
-    /// Keep everything in memory and forget it on exit (tests): no store files, no key
-    /// files, no control socket. regCred.dat is still written.
-    pub ephemeral: bool,
+    /// Which backend keeps the registry's records (default: sled, in the data directory).
+    /// [`BackendChoice::Memory`] (`serve --ephemeral`) keeps everything in memory and
+    /// forgets it on exit: no store files, no key files, no control socket; regCred.dat is
+    /// still written.
+    pub backend: BackendChoice,
     /// The registry's name (kept in the store; a new one renames the registry).
     pub name: Option<String>,
     /// Where xlReg/2 clients connect.
@@ -130,7 +134,7 @@ impl DaemonConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> DaemonConfig {
         DaemonConfig {
             data_dir: data_dir.into(),
-            ephemeral: false,
+            backend: BackendChoice::default(),
             name: None,
             listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
             advertise: None,
@@ -392,22 +396,17 @@ impl Daemon {
             dir: data_dir.clone(),
             source,
         };
-        // The data directory and every file in it are the daemon's only, whatever the umask;
-        // a sled panic while opening becomes one line naming the directory.
-        crate::store::set_private_umask();
-        crate::failstop::log_sled_panics();
-        let store = if config.ephemeral {
-            Store::temporary().map_err(store_error)?
-        } else {
-            Store::open(&config.data_dir).map_err(store_error)?
-        };
+        // The data directory and every file in it are the daemon's only, whatever the umask.
+        set_private_umask();
+        let ephemeral = config.backend.is_ephemeral();
+        let store = config.backend.open(&config.data_dir).map_err(store_error)?;
         store.set_caps(config.caps).map_err(store_error)?;
         // From here a storage failure or a hung store operation stops the process (exit 74).
         crate::failstop::supervise(store.health().clone(), config.store_timeout)
             .map_err(DaemonError::Watchdog)?;
-        let key_dir = (!config.ephemeral).then_some(config.data_dir.as_path());
+        let key_dir = (!ephemeral).then_some(config.data_dir.as_path());
         let identity =
-            RegistryIdentity::load_or_create(&store, key_dir, config.name.as_deref(), now_ms())?;
+            RegistryIdentity::load_or_create(&*store, key_dir, config.name.as_deref(), now_ms())?;
         let registry = Arc::new(Registry::new(store, identity)?);
         let local_addr = local_addr(&listeners.v2, "xlReg/2")?;
         let mut server = Server::new(listeners.v2, registry.clone(), config.limits.clone());
@@ -459,7 +458,7 @@ impl Daemon {
         // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
         // registry keeps nothing in its data directory and has none. Started before
         // regCred.dat is written, so a written regCred.dat means the socket is ready too.
-        let control = if config.ephemeral {
+        let control = if ephemeral {
             None
         } else {
             ControlServer::start(registry.clone())
@@ -484,7 +483,8 @@ impl Daemon {
             listen = %local_addr,
             advertise = %advertised,
             regcred = %regcred_path.display(),
-            data_dir = %if config.ephemeral { "(ephemeral)".to_string() } else { config.data_dir.display().to_string() },
+            data_dir = %if ephemeral { "(ephemeral)".to_string() } else { config.data_dir.display().to_string() },
+            backend = %config.backend,
             version = crate::registry::VERSION,
             "xlreg registry serving"
         );

@@ -122,10 +122,16 @@ mod tests {
     use super::*;
     use crate::handlers::testing::{apply, get as read_and_answer, member_msg, NOW, SALT};
     use crate::handlers::{create, join, member};
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::token::Scheme;
 
-    fn member_in(store: &Store, keys: usize, name: &str, cluster: &str, size: u32) -> SessionState {
+    fn member_in(
+        store: &MemoryStore,
+        keys: usize,
+        name: &str,
+        cluster: &str,
+        size: u32,
+    ) -> SessionState {
         let mut state = SessionState::default();
         let msg = member_msg(keys, name, None, &["127.0.0.1:1", "127.0.0.1:2"]);
         let scheme = Scheme::V2 { server_salt: &SALT };
@@ -144,7 +150,7 @@ mod tests {
     }
 
     fn get(
-        store: &Store,
+        store: &MemoryStore,
         state: &SessionState,
         which: Option<u64>,
         wait_ms: Option<u32>,
@@ -159,7 +165,7 @@ mod tests {
 
     #[test]
     fn lists_members_in_slot_order_with_the_returned_bitmap() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let a = member_in(&store, 0, "a", "trio", 3);
         let _b = member_in(&store, 1, "b", "trio", 3);
         let GetOutcome::Ready(reply) = get(&store, &a, None, None) else {
@@ -184,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_wait_holds_until_the_cluster_is_complete_or_the_time_is_up() {
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let a = member_in(&store, 0, "a", "pair", 2);
         let GetOutcome::Wait(wait) = get(&store, &a, None, Some(5_000)) else {
             panic!("slot 1 is empty: the reply must be held")

@@ -86,7 +86,7 @@ mod tests {
     use crate::handlers::testing::{apply, keys, member_msg, NOW, SALT};
     use crate::handlers::{Reply, SessionState};
     use crate::proto::Tag;
-    use crate::store::{AdminStore, MemoryStore, Store};
+    use crate::store::{AdminStore, MemoryStore};
 
     fn register(
         store: &MemoryStore,
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn over_the_1_9_wire_a_node_may_register_no_endpoints() {
         // As the Go client library's AdminClient does (attrs ADMIN|SOLO|EPHEMERAL).
-        let store = Store::temporary().unwrap();
+        let store = MemoryStore::new();
         let (comms, sig) = &keys()[0];
         let fields = TokenFields {
             id: None,

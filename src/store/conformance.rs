@@ -10,18 +10,14 @@ use std::sync::{Arc, Barrier};
 use proptest::prelude::*;
 
 use super::{
-    AdminStore, Caps, IdSource, MemoryStore, NodeDeletion, SessionStore, Snapshot, StorageError,
-    Store, StoreError,
+    AdminStore, Backend, Caps, IdSource, MemoryStore, NodeDeletion, Snapshot, StorageError, Store,
+    StoreError,
 };
 use crate::id::Id;
 use crate::model::{
     ClusterRecord, ClusterRef, Counts, JoinOutcome, NewCluster, NewNode, NodeRecord, Refusal,
     RegistrationOutcome, RegistryMeta, Write, Written,
 };
-
-/// What the suite needs of a backend: both ports.
-pub(super) trait Backend: SessionStore + AdminStore + 'static {}
-impl<T: SessionStore + AdminStore + 'static> Backend for T {}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -113,7 +109,7 @@ fn name(n: &str) -> ClusterRef {
 
 // The suite. Each test takes a constructor: the store's ids come from the source given.
 
-pub(super) fn register_new_node_gets_32_byte_id<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn register_new_node_gets_32_byte_id<S: Backend + 'static>(make: fn(IdSource) -> S) {
     let store = make(IdSource::from_os());
     let (node, outcome) = registered(register(&store, new_node("a", 1), 10));
     assert_eq!(outcome, RegistrationOutcome::Created);
@@ -122,7 +118,9 @@ pub(super) fn register_new_node_gets_32_byte_id<S: Backend>(make: fn(IdSource) -
     assert_eq!(AdminStore::node(&store, &node.id).unwrap(), Some(node));
 }
 
-pub(super) fn reregister_same_keys_is_unchanged_or_updated<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn reregister_same_keys_is_unchanged_or_updated<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
     let store = make(IdSource::from_os());
     let first = node(&store, "a", 1);
     let mut again = new_node("a", 1);
@@ -142,7 +140,7 @@ pub(super) fn reregister_same_keys_is_unchanged_or_updated<S: Backend>(make: fn(
     assert_eq!(AdminStore::node(&store, &first.id).unwrap(), Some(updated));
 }
 
-pub(super) fn reregister_with_other_key_is_refused_and_changes_nothing<S: Backend>(
+pub(super) fn reregister_with_other_key_is_refused_and_changes_nothing<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -174,7 +172,7 @@ pub(super) fn reregister_with_other_key_is_refused_and_changes_nothing<S: Backen
     assert_eq!(AdminStore::counts(&store).unwrap().nodes, 1);
 }
 
-pub(super) fn unknown_legacy_id_is_accepted<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn unknown_legacy_id_is_accepted<S: Backend + 'static>(make: fn(IdSource) -> S) {
     let store = make(IdSource::from_fn(|| -> Id { panic!("no fresh id needed") }));
     let legacy = Id::from_bytes(&[7u8; 20]).unwrap();
     let mut n = new_node("old", 1);
@@ -185,7 +183,7 @@ pub(super) fn unknown_legacy_id_is_accepted<S: Backend>(make: fn(IdSource) -> S)
     assert!(AdminStore::node(&store, &legacy).unwrap().is_some());
 }
 
-pub(super) fn fresh_ids_avoid_used_ones_and_give_up_eventually<S: Backend>(
+pub(super) fn fresh_ids_avoid_used_ones_and_give_up_eventually<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let taken = Id::from_bytes(&[1u8; 32]).unwrap();
@@ -220,7 +218,7 @@ pub(super) fn fresh_ids_avoid_used_ones_and_give_up_eventually<S: Backend>(
     assert!(matches!(fresh, StorageError::NoFreshId { .. }), "{fresh}");
 }
 
-pub(super) fn create_is_idempotent_by_name<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn create_is_idempotent_by_name<S: Backend + 'static>(make: fn(IdSource) -> S) {
     let store = make(IdSource::from_os());
     let (a, created) = create(&store, "c", 4, 1);
     assert!(created);
@@ -239,7 +237,7 @@ pub(super) fn create_is_idempotent_by_name<S: Backend>(make: fn(IdSource) -> S) 
     assert_eq!(AdminStore::counts(&store).unwrap().clusters, 1);
 }
 
-pub(super) fn join_assigns_slots_in_order_and_rejoin_keeps_slot<S: Backend>(
+pub(super) fn join_assigns_slots_in_order_and_rejoin_keeps_slot<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -288,7 +286,7 @@ pub(super) fn join_assigns_slots_in_order_and_rejoin_keeps_slot<S: Backend>(
     );
 }
 
-pub(super) fn join_refusals<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn join_refusals<S: Backend + 'static>(make: fn(IdSource) -> S) {
     let store = make(IdSource::from_os());
     let c = cluster(&store, "c", 2, 2);
     let a = node(&store, "a", 2);
@@ -358,7 +356,7 @@ pub(super) fn join_refusals<S: Backend>(make: fn(IdSource) -> S) {
     assert_eq!(now.members.len(), 2);
 }
 
-pub(super) fn a_refusal_inside_a_batch_leaves_the_other_writes_alone<S: Backend>(
+pub(super) fn a_refusal_inside_a_batch_leaves_the_other_writes_alone<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -389,7 +387,7 @@ pub(super) fn a_refusal_inside_a_batch_leaves_the_other_writes_alone<S: Backend>
     assert_eq!(runtime().block_on(store.apply(Vec::new())).unwrap(), vec![]);
 }
 
-pub(super) fn concurrent_joins_never_overfill<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn concurrent_joins_never_overfill<S: Backend + 'static>(make: fn(IdSource) -> S) {
     let store = Arc::new(make(IdSource::from_os()));
     let c = cluster(&*store, "c", 5, 1);
     let nodes: Vec<_> = (0..20)
@@ -432,7 +430,9 @@ pub(super) fn concurrent_joins_never_overfill<S: Backend>(make: fn(IdSource) -> 
     assert_eq!(c.members.len(), 5);
 }
 
-pub(super) fn concurrent_creates_of_one_name_make_one_cluster<S: Backend>(make: fn(IdSource) -> S) {
+pub(super) fn concurrent_creates_of_one_name_make_one_cluster<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
     let store = Arc::new(make(IdSource::from_os()));
     let barrier = Arc::new(Barrier::new(16));
     let handles: Vec<_> = (0..16)
@@ -452,7 +452,9 @@ pub(super) fn concurrent_creates_of_one_name_make_one_cluster<S: Backend>(make: 
     assert_eq!(AdminStore::clusters(&*store).count(), 1);
 }
 
-pub(super) fn delete_if_keeps_nodes_frees_the_name_and_respects_the_condition<S: Backend>(
+pub(super) fn delete_if_keeps_nodes_frees_the_name_and_respects_the_condition<
+    S: Backend + 'static,
+>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -485,7 +487,7 @@ pub(super) fn delete_if_keeps_nodes_frees_the_name_and_respects_the_condition<S:
     assert!(create(&store, "c", 2, 0).1);
 }
 
-pub(super) fn delete_node_refuses_a_member_and_removes_a_free_node<S: Backend>(
+pub(super) fn delete_node_refuses_a_member_and_removes_a_free_node<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -510,7 +512,7 @@ pub(super) fn delete_node_refuses_a_member_and_removes_a_free_node<S: Backend>(
     assert_eq!(store.counts().unwrap().nodes, 1);
 }
 
-pub(super) fn caps_refuse_new_clusters_and_nodes_but_not_known_ones<S: Backend>(
+pub(super) fn caps_refuse_new_clusters_and_nodes_but_not_known_ones<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -571,7 +573,7 @@ pub(super) fn caps_refuse_new_clusters_and_nodes_but_not_known_ones<S: Backend>(
     node(&store, "third", 1);
 }
 
-pub(super) fn snapshot_restores_into_an_empty_store_record_for_record<S: Backend>(
+pub(super) fn snapshot_restores_into_an_empty_store_record_for_record<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
@@ -617,7 +619,7 @@ pub(super) fn snapshot_restores_into_an_empty_store_record_for_record<S: Backend
     );
 }
 
-pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend>(
+pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let store = Arc::new(make(IdSource::from_os()));
@@ -659,7 +661,7 @@ pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend>(
     assert!(watch.has_changed().unwrap());
 }
 
-pub(super) fn fresh_ids_are_unused_and_come_from_the_stores_source<S: Backend>(
+pub(super) fn fresh_ids_are_unused_and_come_from_the_stores_source<S: Backend + 'static>(
     make: fn(IdSource) -> S,
 ) {
     let (first, second) = (make(IdSource::seeded(5)), make(IdSource::seeded(5)));
@@ -673,12 +675,43 @@ pub(super) fn fresh_ids_are_unused_and_come_from_the_stores_source<S: Backend>(
     assert_eq!(n.id, same_source.draw());
 }
 
+pub(super) fn a_failed_store_refuses_reads_and_writes_from_then_on<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
+    let store = make(IdSource::from_os());
+    let a = node(&store, "a", 1);
+    cluster(&store, "c", 2, 1);
+    assert!(!store.health().is_failed());
+    assert!(store.health().fail("disk gone (test)"));
+    let failed = |e: &StorageError| matches!(e, StorageError::Failed(r) if r.contains("disk gone"));
+    assert!(failed(&store.node(&a.id).unwrap_err()));
+    assert!(failed(&store.cluster(&name("c")).unwrap_err()));
+    assert!(failed(&store.registry_meta().unwrap_err()));
+    assert!(failed(&AdminStore::snapshot(&store).unwrap_err()));
+    assert!(failed(&store.flush_blocking().unwrap_err()));
+    assert!(failed(&store.delete_node(&a.id).unwrap_err()));
+    assert!(matches!(
+        register(&store, new_node("b", 1), 2),
+        Err(StoreError::Storage(StorageError::Failed(_)))
+    ));
+    let rt = runtime();
+    let read = rt.block_on(store.read_cluster(name("c")));
+    assert!(failed(&read.unwrap_err()));
+    let write = Write::RegisterNode {
+        node: new_node("b", 1),
+        now_ms: 2,
+    };
+    let answers = rt.block_on(store.apply(vec![write]));
+    assert!(failed(&answers.unwrap_err()));
+    assert!(failed(&rt.block_on(store.durable()).unwrap_err()));
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
             use super::*;
 
-            fn make(ids: IdSource) -> impl Backend {
+            fn make(ids: IdSource) -> impl Backend + 'static {
                 ($make)(ids)
             }
 
@@ -700,6 +733,7 @@ macro_rules! conformance {
                 snapshot_restores_into_an_empty_store_record_for_record,
                 a_join_wakes_a_watcher_and_only_after_the_watch_began,
                 fresh_ids_are_unused_and_come_from_the_stores_source,
+                a_failed_store_refuses_reads_and_writes_from_then_on,
             );
         }
     };

@@ -1,11 +1,13 @@
-//! The in-memory backend: the store's ports over plain maps, for the core's unit and
-//! property tests, and the proof that a backend can be added without touching handlers, the
-//! driver or admin.
+//! The in-memory backend: the store's ports over plain maps, for `xlreg serve --ephemeral`
+//! and the core's unit and property tests, and the proof that a backend can be added
+//! without touching handlers, the driver or admin (a whole daemon runs on it: tests/daemon.rs).
 //!
 //! This module owns [`MemoryStore`]. It applies every write through the same `apply` as the
 //! sled backend, under one mutex, so a batch is atomic and every write sees the ones before
 //! it. "Durable" means applied: the memory store keeps nothing across processes. Its ids
-//! come from its own [`IdSource`], seedable, so tests are deterministic.
+//! come from its own [`IdSource`], seedable, so tests are deterministic. It holds a
+//! [`Health`] like every [`Backend`]: nothing in memory fails by itself, but once the health
+//! is failed (the daemon's watchdog, a test) it refuses every read and write.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,9 +18,10 @@ use tokio::sync::watch;
 use super::apply::{self, RecordTx};
 use super::caps::{self, Caps};
 use super::{
-    AdminStore, ClusterEvents, ClusterView, IdSource, NodeDeletion, Records, SessionStore,
+    AdminStore, Backend, ClusterEvents, ClusterView, IdSource, NodeDeletion, Records, SessionStore,
     Snapshot, StorageError, StoreError, StoreFuture, WriteAnswer,
 };
+use crate::failstop::Health;
 use crate::id::Id;
 use crate::model::{
     ClusterRecord, ClusterRef, Counts, NodeRecord, Refusal, RegistryMeta, Write, Written,
@@ -108,6 +111,7 @@ pub struct MemoryStore {
     state: Mutex<State>,
     ids: IdSource,
     events: ClusterEvents,
+    health: Health,
 }
 
 impl Default for MemoryStore {
@@ -128,6 +132,7 @@ impl MemoryStore {
             state: Mutex::new(State::default()),
             ids,
             events: ClusterEvents::default(),
+            health: Health::new(),
         }
     }
 
@@ -135,19 +140,32 @@ impl MemoryStore {
     /// from now on a new cluster or node past one is refused with
     /// [`Refusal::RegistryFull`].
     pub fn set_caps(&self, caps: Caps) -> Result<(), StorageError> {
-        self.state().caps = Some(caps);
+        self.state()?.caps = Some(caps);
         Ok(())
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// The records, or [`StorageError::Failed`] once the store's health has failed.
+    fn state(&self) -> Result<MutexGuard<'_, State>, StorageError> {
+        self.health.check()?;
         // Every change is made on a copy or decided before it is made, so a panic elsewhere
         // cannot leave the maps half-changed.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every record of one kind, copied out under the lock (an error once failed).
+    fn records<T: Clone + Send + 'static>(
+        &self,
+        of: impl FnOnce(&State) -> Vec<T>,
+    ) -> Records<'_, T> {
+        match self.state() {
+            Ok(state) => Box::new(of(&state).into_iter().map(Ok)),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
     }
 
     /// Applies `writes` in order, all or (on a failure) none.
     fn apply_all(&self, writes: &[Write]) -> Result<Vec<WriteAnswer>, StorageError> {
-        let mut state = self.state();
+        let mut state = self.state()?;
         // A write fails (rather than being refused) only before it changes anything, but
         // earlier writes of the batch would stay: keep a copy to put back.
         let before = (writes.len() > 1).then(|| state.clone());
@@ -185,48 +203,46 @@ impl SessionStore for MemoryStore {
     }
 
     fn fresh_id(&self) -> StoreFuture<'_, Result<Id, StorageError>> {
-        Box::pin(async move { apply::draw_unused_id(&mut *self.state(), &self.ids) })
+        Box::pin(async move { apply::draw_unused_id(&mut *self.state()?, &self.ids) })
     }
 
     fn durable(&self) -> StoreFuture<'_, Result<(), StorageError>> {
         // Nothing here outlives the process: every applied change is as durable as it gets.
-        Box::pin(async { Ok(()) })
+        Box::pin(async { self.health.check() })
     }
 }
 
 impl AdminStore for MemoryStore {
     fn registry_meta(&self) -> Result<Option<RegistryMeta>, StorageError> {
-        Ok(self.state().meta.clone())
+        Ok(self.state()?.meta.clone())
     }
 
     fn set_registry_meta(&self, meta: &RegistryMeta) -> Result<(), StorageError> {
-        self.state().meta = Some(meta.clone());
+        self.state()?.meta = Some(meta.clone());
         Ok(())
     }
 
     fn node(&self, id: &Id) -> Result<Option<NodeRecord>, StorageError> {
-        self.state().node(id)
+        self.state()?.node(id)
     }
 
     fn cluster(&self, cluster: &ClusterRef) -> Result<Option<ClusterRecord>, StorageError> {
-        apply::resolve(&mut *self.state(), cluster)
+        apply::resolve(&mut *self.state()?, cluster)
     }
 
     fn cluster_view(&self, cluster: &ClusterRef) -> Result<Option<ClusterView>, StorageError> {
-        let mut state = self.state();
+        let mut state = self.state()?;
         apply::resolve(&mut *state, cluster)?
             .map(|record| ClusterView::build(record, |id| state.node(id)))
             .transpose()
     }
 
     fn nodes(&self) -> Records<'_, NodeRecord> {
-        let nodes: Vec<NodeRecord> = self.state().nodes.values().cloned().collect();
-        Box::new(nodes.into_iter().map(Ok))
+        self.records(|state| state.nodes.values().cloned().collect())
     }
 
     fn clusters(&self) -> Records<'_, ClusterRecord> {
-        let clusters: Vec<ClusterRecord> = self.state().clusters.values().cloned().collect();
-        Box::new(clusters.into_iter().map(Ok))
+        self.records(|state| state.clusters.values().cloned().collect())
     }
 
     fn delete_cluster_if(
@@ -234,7 +250,7 @@ impl AdminStore for MemoryStore {
         cluster: &ClusterRef,
         condition: &dyn Fn(&ClusterRecord) -> bool,
     ) -> Result<Option<ClusterRecord>, StorageError> {
-        let deleted = apply::delete_cluster_if(&mut *self.state(), cluster, condition)?;
+        let deleted = apply::delete_cluster_if(&mut *self.state()?, cluster, condition)?;
         if let Some(cluster) = &deleted {
             self.events.notify(&cluster.id);
         }
@@ -242,7 +258,7 @@ impl AdminStore for MemoryStore {
     }
 
     fn delete_node(&self, id: &Id) -> Result<NodeDeletion, StorageError> {
-        let mut state = self.state();
+        let mut state = self.state()?;
         let Some(node) = state.nodes.get(id.as_bytes()).cloned() else {
             return Ok(NodeDeletion::NoSuchNode);
         };
@@ -264,11 +280,11 @@ impl AdminStore for MemoryStore {
     }
 
     fn apply_now(&self, write: &Write) -> Result<Written, StoreError> {
-        Ok(apply::apply_write(&mut *self.state(), write, &self.ids)??)
+        Ok(apply::apply_write(&mut *self.state()?, write, &self.ids)??)
     }
 
     fn counts(&self) -> Result<Counts, StorageError> {
-        let state = self.state();
+        let state = self.state()?;
         Ok(Counts {
             nodes: state.nodes.len() as u64,
             clusters: state.clusters.len() as u64,
@@ -290,7 +306,7 @@ impl AdminStore for MemoryStore {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let state = self.state();
+        let state = self.state()?;
         let nodes: Vec<NodeRecord> = state.nodes.values().cloned().collect();
         let clusters: Vec<ClusterRecord> = state.clusters.values().cloned().collect();
         Snapshot::from_records(state.meta.as_ref(), &nodes, &clusters)
@@ -298,7 +314,7 @@ impl AdminStore for MemoryStore {
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let records = snapshot.decode_all()?;
-        let mut state = self.state();
+        let mut state = self.state()?;
         if !state.nodes.is_empty() || !state.clusters.is_empty() {
             return Err(StorageError::NotEmpty {
                 dir: Default::default(),
@@ -313,10 +329,16 @@ impl AdminStore for MemoryStore {
 
     fn flush_blocking(&self) -> Result<(), StorageError> {
         // Applied is as durable as a memory store gets.
-        Ok(())
+        self.health.check()
     }
 
     fn data_dir(&self) -> Option<&Path> {
         None
+    }
+}
+
+impl Backend for MemoryStore {
+    fn health(&self) -> &Health {
+        &self.health
     }
 }

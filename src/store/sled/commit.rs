@@ -263,10 +263,7 @@ impl Store {
 
     /// [`StorageError::Failed`] once the storage has failed.
     pub(super) fn check_health(&self) -> Result<(), StorageError> {
-        match self.inner.health.reason() {
-            Some(reason) => Err(StorageError::Failed(reason.to_string())),
-            None => Ok(()),
-        }
+        self.inner.health.check()
     }
 
     /// One writer round: applies `batch` in one transaction, flushes, answers each write.

@@ -151,17 +151,6 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sets the process's umask to 077, so that every file and directory created from now on
-/// (sled's `db`, `conf`, snapshots, blob files; regCred.dat; exports) is its owner's only,
-/// whatever umask the daemon was started with. The daemon calls this before it opens the
-/// store.
-pub fn set_private_umask() {
-    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
 /// fsyncs a directory, making the entries created or renamed in it durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -1,5 +1,5 @@
-//! The sled backend behind the store's ports: [`SessionStore`] and [`AdminStore`] for
-//! [`Store`].
+//! The sled backend behind the store's ports: [`SessionStore`], [`AdminStore`] and
+//! [`Backend`] for [`Store`].
 //!
 //! Session reads run inline on the caller's task (a lookup in sled's page cache, a pread
 //! when it misses: measured cheaper than a hop to tokio's blocking pool); drawing a fresh id
@@ -11,11 +11,12 @@ use std::path::Path;
 use tokio::sync::watch;
 
 use super::{apply, Store};
+use crate::failstop::Health;
 use crate::id::Id;
 use crate::model::{ClusterRecord, ClusterRef, Counts, NodeRecord, RegistryMeta, Write, Written};
 use crate::store::{
-    AdminStore, Caps, ClusterView, NodeDeletion, Records, SessionStore, Snapshot, StorageError,
-    StoreError, StoreFuture, WriteAnswer,
+    AdminStore, Backend, Caps, ClusterView, NodeDeletion, Records, SessionStore, Snapshot,
+    StorageError, StoreError, StoreFuture, WriteAnswer,
 };
 
 impl Store {
@@ -160,5 +161,11 @@ impl AdminStore for Store {
 
     fn data_dir(&self) -> Option<&Path> {
         Store::data_dir(self)
+    }
+}
+
+impl Backend for Store {
+    fn health(&self) -> &Health {
+        Store::health(self)
     }
 }
