@@ -360,3 +360,40 @@ fn a_malformed_quota_is_a_usage_error() {
     );
     assert!(!data.exists(), "nothing is created on a usage error");
 }
+
+#[tokio::test]
+async fn by_default_one_node_creating_clusters_in_a_loop_is_stopped_after_100() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let mut looping = node(0, "looping", 1);
+    let mut client = server.client().await;
+    looping.id = Some(client.register(&looping).await.unwrap());
+    // The session that once created 2,000 clusters in 1.2 s: now a burst of 100, and one
+    // more per 0.6 s the loop takes.
+    let began = std::time::Instant::now();
+    let mut created = 0u128;
+    let refused = loop {
+        match client.create(&format!("loop{created}"), 3, 1).await {
+            Ok(_) => created += 1,
+            Err(error) => break unavailable(Err::<(), _>(error)),
+        }
+        assert!(created <= 2_000, "2,000 creates and no refusal");
+    };
+    let refills = began.elapsed().as_millis() / 600;
+    assert!(
+        (100..=101 + refills).contains(&created),
+        "{created} created in {:?}",
+        began.elapsed()
+    );
+    assert!(
+        refused.starts_with(
+            "quota: new clusters by this node are limited to 100/1m \
+             (serve --quota-clusters-per-node); try again in 1 s"
+        ),
+        "{refused}"
+    );
+    assert_eq!(server.stop(), Some(0));
+    let stored = store_contents(&data).clusters.len();
+    assert_eq!(stored as u128, created);
+}
