@@ -74,6 +74,9 @@ impl Rate {
         if count == 0 {
             return Err(Invalid("a quota must allow at least 1".into()));
         }
+        if period.is_zero() {
+            return Err(Invalid("the period must be longer than zero".into()));
+        }
         let rate = Rate { count, period };
         if rate.interval_us() == 0 {
             return Err(Invalid(format!(
