@@ -228,12 +228,12 @@ pub(crate) async fn serve<C: SessionCore>(
     log_session(wire, peer, core.report(), &result, duration, over_quota);
 }
 
-/// The session loop: carries out the core's steps, then waits for bytes, a change to the
-/// watched cluster, the core's next deadline or shutdown.
 /// The `result` of a session line for a session closed by the shutdown.
 const SHUTDOWN_RESULT: &str = "closed: shutting down";
 
-/// `over_quota` is set if a write was refused over a quota.
+/// The session loop: carries out the core's steps, then waits for bytes, a change to the
+/// watched cluster, the core's next deadline or shutdown. `peer` is the session's address,
+/// for the quotas; `over_quota` is set if a write was refused over one.
 async fn drive<C: SessionCore>(
     core: &mut C,
     clock: &SessionClock,
