@@ -90,7 +90,9 @@ async fn creates_past_the_address_quota_are_refused_until_it_refills() {
     let metrics = server.metrics_addr();
     let mut client = server.client().await;
     client.register(&node(0, "a", 1)).await.unwrap();
-    for name in ["c0", "c1", "c2"] {
+    // Finding a cluster takes nothing from the quota: after c0 and two more finds of it,
+    // c1 and c2 still fit in the burst of 3.
+    for name in ["c0", "c0", "c0", "c1", "c2"] {
         client.create(name, 3, 1).await.unwrap();
     }
     let refused = unavailable(client.create("c3", 3, 1).await);
@@ -181,6 +183,9 @@ async fn registrations_past_the_address_quota_are_refused_but_known_nodes_regist
     let metrics = server.metrics_addr();
     let mut first = node(0, "first", 1);
     first.id = Some(server.client().await.register(&first).await.unwrap());
+    // Registering a known node again takes nothing from the quota: the second new node
+    // still fits in the burst of 2.
+    server.client().await.register(&first).await.unwrap();
     server
         .client()
         .await
