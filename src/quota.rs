@@ -134,9 +134,16 @@ impl Rate {
         self.period
     }
 
-    /// Microseconds between two refilled tokens.
+    /// Microseconds between two refilled tokens, rounded down: the refill is at most a
+    /// microsecond per token faster than `count` per `period`.
     fn interval_us(&self) -> u64 {
         self.period_us() / u64::from(self.count)
+    }
+
+    /// How far ahead of now a bucket may be charged: `count` intervals (not the period,
+    /// which the rounded-down interval may divide into more than `count`).
+    fn burst_us(&self) -> u64 {
+        self.interval_us() * u64::from(self.count)
     }
 
     fn period_us(&self) -> u64 {
@@ -342,7 +349,7 @@ impl Table {
     fn check(&self, key: &Key, now: u64) -> Result<(), Duration> {
         let full_at = self.full_at.get(key).copied().unwrap_or(0).max(now);
         let after = full_at + self.rate.interval_us();
-        let over = (after - now).saturating_sub(self.rate.period_us());
+        let over = (after - now).saturating_sub(self.rate.burst_us());
         if over > 0 {
             return Err(Duration::from_micros(over));
         }
@@ -581,6 +588,20 @@ mod tests {
     }
 
     #[test]
+    fn the_burst_is_the_count_even_when_the_interval_rounds_down() {
+        // 6 per 10 us: an interval of 1 us (rounded down from 1.67), a burst of 6, not 10.
+        let rate = Rate::new(6, Duration::from_micros(10)).unwrap();
+        let quotas = Quotas::new(&QuotaConfig {
+            registrations_per_ip: Some(rate),
+            ..QuotaConfig::off()
+        });
+        for _ in 0..6 {
+            let _ = quotas.reserve(&Charge::Registration, A, 0).unwrap();
+        }
+        assert!(quotas.reserve(&Charge::Registration, A, 0).is_err());
+    }
+
+    #[test]
     fn a_create_counts_against_its_address_and_its_node() {
         let quotas = quotas("5/1m", "2/1m", "off");
         let _ = quotas
@@ -687,6 +708,44 @@ mod tests {
         let _ = quotas.reserve(&Charge::Registration, A, 0).unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert!(quotas.reserve(&Charge::Registration, mapped, 0).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the requests' timing and give-backs, an address never has more than
+        /// its burst plus what its rate refilled since its first request; and a refusal's
+        /// wait is honest: the same request at the end of it is admitted.
+        #[test]
+        fn a_quota_never_admits_more_than_burst_plus_refill(
+            count in proptest::prop_oneof![1u32..20, 20u32..20_000],
+            period_ms in 20u64..10_000,
+            steps in proptest::collection::vec((0u64..2_000, proptest::bool::ANY), 1..200),
+        ) {
+            let rate = Rate::new(count, Duration::from_millis(period_ms)).unwrap();
+            let quotas = Quotas::new(&QuotaConfig {
+                registrations_per_ip: Some(rate),
+                ..QuotaConfig::off()
+            });
+            let (mut now, mut kept) = (0u64, 0u64);
+            for (gap, give_back) in steps {
+                now += gap;
+                match quotas.reserve(&Charge::Registration, A, now) {
+                    Ok(reservation) if give_back => quotas.give_back(reservation),
+                    Ok(_) => {
+                        kept += 1;
+                        // Refill in whole microseconds per token, as the limiter counts.
+                        let refilled = now * 1000 / rate.interval_us();
+                        proptest::prop_assert!(kept <= u64::from(count) + refilled, "{kept} kept");
+                    }
+                    Err(exceeded) => {
+                        let wait = u64::try_from(exceeded.retry_after.as_micros()).unwrap();
+                        let at = (now * 1000 + wait).div_ceil(1000);
+                        let retry = quotas.reserve(&Charge::Registration, A, at);
+                        proptest::prop_assert!(retry.is_ok(), "refused again at the end of its wait");
+                        quotas.give_back(retry.unwrap());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
