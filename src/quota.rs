@@ -10,9 +10,9 @@
 //!
 //! # The limiter
 //!
-//! Each quota is a token bucket of `N` tokens refilled at `N` per `PERIOD` (`--quota-... N/PERIOD`):
-//! a burst of `N`, then `N` per `PERIOD` on average. It is kept as the generic cell rate
-//! algorithm: one number per key, the time at which its bucket would be full again
+//! Each quota (`--quota-... N/PERIOD`) is a token bucket of `N` tokens refilled at `N` per
+//! `PERIOD`: a burst of `N`, then `N` per `PERIOD` on average. It is kept as the generic
+//! cell rate algorithm: one number per key, the time at which its bucket would be full again
 //! (the "theoretical arrival time"). A key whose time has passed holds a full bucket, the
 //! same as a key never seen, so it can be forgotten; that is what bounds the memory.
 //!
@@ -740,7 +740,10 @@ mod tests {
                         let wait = u64::try_from(exceeded.retry_after.as_micros()).unwrap();
                         let at = (now * 1000 + wait).div_ceil(1000);
                         let retry = quotas.reserve(&Charge::Registration, A, at);
-                        proptest::prop_assert!(retry.is_ok(), "refused again at the end of its wait");
+                        proptest::prop_assert!(
+                            retry.is_ok(),
+                            "refused again at the end of its wait"
+                        );
                         quotas.give_back(retry.unwrap());
                     }
                 }
