@@ -126,6 +126,7 @@ impl Drop for PeerSlot {
 /// the last 60 s". So a flood writes at most two lines per interval, whatever its rate.
 #[derive(Debug)]
 pub struct LogSummary {
+    verb: &'static str,
     what: &'static str,
     interval: Duration,
     window: Mutex<Window>,
@@ -143,10 +144,16 @@ impl LogSummary {
     /// once per `interval`.
     pub fn new(what: &'static str, interval: Duration) -> LogSummary {
         LogSummary {
+            verb: "dropped",
             what,
             interval,
             window: Mutex::new(Window::default()),
         }
+    }
+
+    /// The same summary, saying `verb` ("refused") where it says "dropped".
+    pub fn with_verb(self, verb: &'static str) -> LogSummary {
+        LogSummary { verb, ..self }
     }
 
     /// Notes one event from `ip`. Returns true if the caller should log this one in full
@@ -176,7 +183,8 @@ impl LogSummary {
                         tracing::warn!(
                             dropped = window.unlogged,
                             addresses,
-                            "dropped {} {} from {at_least}{addresses} address{} in the last {} s",
+                            "{} {} {} from {at_least}{addresses} address{} in the last {} s",
+                            self.verb,
                             window.unlogged,
                             self.what,
                             if addresses == 1 { "" } else { "es" },
@@ -199,6 +207,13 @@ impl LogSummary {
 /// summarised.
 pub static UNAUTHENTICATED: LazyLock<LogSummary> =
     LazyLock::new(|| LogSummary::new("unauthenticated connections", SUMMARY_INTERVAL));
+
+/// Sessions refused over a rate quota (`crate::quota`): the first of each interval is
+/// logged as a session line, the rest summarised ("refused 1234 sessions over a quota from
+/// 1 address in the last 60 s").
+pub static OVER_QUOTA: LazyLock<LogSummary> = LazyLock::new(|| {
+    LogSummary::new("sessions over a quota", SUMMARY_INTERVAL).with_verb("refused")
+});
 
 /// Failed accepts (usually out of file descriptors).
 pub static ACCEPT_FAILURES: LazyLock<LogSummary> =

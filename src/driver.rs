@@ -16,12 +16,17 @@
 //! [`poll_applying`] runs a core synchronously against a store, without sockets or
 //! timers: the one harness the tests, benches and fuzz targets drive both cores with.
 //!
+//! The driver also keeps the registry's rate quotas ([`crate::quota`]): it knows the peer's
+//! address and the session's node, so before a write that may create a cluster or a node it
+//! takes one from the quotas, gives it back if the write created nothing, and refuses a write
+//! that would create something once a quota is used up (`write_within_quota`).
+//!
 //! Dependencies: the driver depends on the cores (through [`crate::session`]), the store and
 //! the registry's shared state; the cores do not depend on it, and neither listener module
 //! depends on the other.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +40,9 @@ use crate::connection::ConnectionError;
 use crate::frame::FrameError;
 use crate::id::Id;
 use crate::metrics::{Metrics, SessionEnd};
-use crate::model::{Write, Written};
+use crate::model::{ClusterRef, Registration, RegistrationOutcome, Write, Written};
 use crate::proto::ErrCode;
+use crate::quota::{Charge, QuotaConfig, QuotaKind, Quotas};
 use crate::registry::Registry;
 use crate::session::{
     Millis, Outcome, Read, ReadResult, SessionCore, SessionReport, Step, Timeouts,
@@ -63,6 +69,8 @@ pub struct ServerConfig {
     pub max_frame: usize,
     /// How long sessions in flight may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// The rate quotas on new clusters and new nodes.
+    pub quotas: QuotaConfig,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +83,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             max_frame: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -157,6 +166,32 @@ pub(crate) struct Shared {
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// Becomes true when shutdown begins.
     pub(crate) stop: watch::Receiver<bool>,
+    /// The registry's rate quotas.
+    pub(crate) quotas: Arc<QuotaGate>,
+}
+
+/// The registry's rate quotas ([`Quotas`]), kept by a monotonic clock of their own: a
+/// session's clock follows the wall clock it started from, and a step of the wall clock
+/// must not make an address look as if it had been charged an hour ahead.
+#[derive(Debug)]
+pub(crate) struct QuotaGate {
+    quotas: Quotas,
+    epoch: Instant,
+}
+
+impl QuotaGate {
+    /// The quotas `config` sets, their clock starting now.
+    pub(crate) fn new(config: &QuotaConfig) -> QuotaGate {
+        QuotaGate {
+            quotas: Quotas::new(config),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The quotas' time now.
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
 }
 
 /// Serves one connection with `core` to its end, logging one line about it (`wire` names
@@ -173,7 +208,16 @@ pub(crate) async fn serve<C: SessionCore>(
     let _open = metrics.map(Metrics::connection_opened);
     // Each reply must leave at once, in one segment train: Go 1.9 peers read it in one read.
     let _ = stream.set_nodelay(true);
-    let ended = drive(&mut core, &clock, shared, &mut stream).await;
+    let mut over_quota = false;
+    let ended = drive(
+        &mut core,
+        &clock,
+        shared,
+        &mut stream,
+        peer.ip(),
+        &mut over_quota,
+    )
+    .await;
     // The peer may already be gone; there is nothing useful to do about that.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     let duration = clock.elapsed();
@@ -181,19 +225,22 @@ pub(crate) async fn serve<C: SessionCore>(
     if let Some(metrics) = metrics {
         metrics.session_ended(end, duration);
     }
-    log_session(wire, peer, core.report(), &result, duration);
+    log_session(wire, peer, core.report(), &result, duration, over_quota);
 }
 
-/// The session loop: carries out the core's steps, then waits for bytes, a change to the
-/// watched cluster, the core's next deadline or shutdown.
 /// The `result` of a session line for a session closed by the shutdown.
 const SHUTDOWN_RESULT: &str = "closed: shutting down";
 
+/// The session loop: carries out the core's steps, then waits for bytes, a change to the
+/// watched cluster, the core's next deadline or shutdown. `peer` is the session's address,
+/// for the quotas; `over_quota` is set if a write was refused over one.
 async fn drive<C: SessionCore>(
     core: &mut C,
     clock: &SessionClock,
     shared: &Shared,
     stream: &mut TcpStream,
+    peer: IpAddr,
+    over_quota: &mut bool,
 ) -> Result<Ending, ConnectionError> {
     let registry = &*shared.registry;
     let config = &shared.config;
@@ -241,8 +288,17 @@ async fn drive<C: SessionCore>(
                     }
                 }
                 Step::Write(request) => {
-                    let result = write(&*registry.store, request).await;
-                    core.on_written(result, clock.now());
+                    let node = core.report().node().cloned();
+                    let result = write_within_quota(shared, peer, node.as_ref(), request).await;
+                    if let Err(refused) = &result {
+                        if let Some(kind) = refused.quota {
+                            *over_quota = true;
+                            if let Some(metrics) = metrics {
+                                metrics.quota_refused(kind);
+                            }
+                        }
+                    }
+                    core.on_written(result.map_err(|refused| refused.error), clock.now());
                 }
                 Step::Read(request) => {
                     let result = read(&*registry.store, request).await;
@@ -326,6 +382,92 @@ async fn write(store: &dyn SessionStore, request: Write) -> Result<Written, Stor
             std::io::Error::other("the store answered no write"),
         ))),
     }
+}
+
+/// A write that was not done: why, and which quota refused it, if one did.
+struct NotWritten {
+    error: StoreError,
+    quota: Option<QuotaKind>,
+}
+
+impl From<StoreError> for NotWritten {
+    fn from(error: StoreError) -> NotWritten {
+        NotWritten { error, quota: None }
+    }
+}
+
+/// [`write`] within the registry's quotas, for a session from `peer` registered as `node`.
+/// A write that may create a cluster or a node takes one from the quotas it counts against
+/// first, and gives it back if it created nothing (found an existing cluster, re-registered
+/// a known node, was refused or failed): so only new clusters and new nodes are counted,
+/// and sessions racing from one address cannot overshoot a quota. Once a quota is used up,
+/// the store is asked whether the write would create anything: one that would is refused
+/// ([`crate::model::Refusal::OverQuota`]) and changes nothing; one that would not (a
+/// retried Create, a known node registering again) is served free.
+async fn write_within_quota(
+    shared: &Shared,
+    peer: IpAddr,
+    node: Option<&Id>,
+    request: Write,
+) -> Result<Written, NotWritten> {
+    let store: &dyn SessionStore = &*shared.registry.store;
+    let gate = &*shared.quotas;
+    let Some(charge) = Charge::of(&request, node) else {
+        return Ok(write(store, request).await?);
+    };
+    match gate.quotas.reserve(&charge, peer, gate.now()) {
+        Ok(reservation) => {
+            let result = write(store, request).await;
+            if !created(&result) {
+                gate.quotas.give_back(reservation);
+            }
+            Ok(result?)
+        }
+        Err(exceeded) => {
+            if would_create(store, &request)
+                .await
+                .map_err(StoreError::from)?
+            {
+                return Err(NotWritten {
+                    error: StoreError::Refused(exceeded.into()),
+                    quota: Some(exceeded.kind),
+                });
+            }
+            let result = write(store, request).await;
+            // Deleted in between (by an operator or expiry): counted after all.
+            if created(&result) {
+                gate.quotas.charge_anyway(&charge, peer, gate.now());
+            }
+            Ok(result?)
+        }
+    }
+}
+
+/// True if a write created a cluster or a node.
+fn created(result: &Result<Written, StoreError>) -> bool {
+    matches!(
+        result,
+        Ok(Written::Cluster(_, true))
+            | Ok(Written::Node(Registration {
+                outcome: RegistrationOutcome::Created,
+                ..
+            }))
+    )
+}
+
+/// Whether `request` would create a cluster or a node if it were applied now.
+async fn would_create(store: &dyn SessionStore, request: &Write) -> Result<bool, StorageError> {
+    Ok(match request {
+        Write::CreateCluster { cluster, .. } => store
+            .read_cluster(ClusterRef::Name(cluster.name.clone()))
+            .await?
+            .is_none(),
+        Write::RegisterNode { node, .. } => match &node.id {
+            None => true,
+            Some(id) => store.read_node(id.clone()).await?.is_none(),
+        },
+        Write::Join { .. } => false,
+    })
 }
 
 /// Polls `core` at `now`, carrying out every store read and write it asks for at once
@@ -414,14 +556,20 @@ pub(crate) fn describe_end(
 }
 
 /// Logs the one line that ends every session, on either wire: who, what, how it ended and
-/// how long it took.
+/// how long it took. Sessions refused over a quota (`over_quota`) are logged like
+/// unauthenticated ones: the first of each interval, then one summary line.
 pub(crate) fn log_session(
     wire: &str,
     peer: SocketAddr,
     report: &SessionReport,
     result: &str,
     duration: Duration,
+    over_quota: bool,
 ) {
+    // A client looping over a used-up quota must not flood the log either.
+    if over_quota && !crate::admission::OVER_QUOTA.note(Some(peer.ip())) {
+        return;
+    }
     // admission: a flood of bogus hellos must not flood the log (a shutdown is no flood).
     if report.node().is_none()
         && report.requests == 0

@@ -19,7 +19,8 @@
 //!   in): [`session`] (the [`session::SessionCore`] trait, the one [`session::Step`] type,
 //!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
 //!   [`legacy::session`] (the xlReg 1.9 core), with the 1.9 wire's pure parts
-//!   [`legacy::wire`] and [`legacy::reader`];
+//!   [`legacy::wire`] and [`legacy::reader`]; and [`quota`], the rate quotas on new
+//!   clusters and nodes (a limiter whose time is passed in);
 //! - **store**: [`store`] (the store's ports, `SessionStore` and `AdminStore`, `Backend`
 //!   (both ports and the storage's health), `BackendChoice` (the one place a backend is
 //!   opened), and the backends: sled with group commit and migrations, and memory) and
@@ -67,6 +68,7 @@ pub mod node;
 pub mod process;
 pub mod proto;
 pub mod protocol;
+pub mod quota;
 pub mod regcred;
 pub mod registry;
 pub mod server;

@@ -27,6 +27,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry as MetricRegistry, Unit};
 
 use crate::proto::{ErrCode, Tag};
+use crate::quota::QuotaKind;
 use crate::store::Backend;
 
 /// How stale the store's size and counts may be when scraped.
@@ -172,6 +173,8 @@ pub struct Metrics {
     open_connections: Gauge,
     refused_connections: Counter,
     refused_per_ip: Counter,
+    /// Indexed like [`QuotaKind::ALL`].
+    quota_refusals: Vec<Counter>,
     accept_errors: Counter,
     connection_limit: Gauge,
     store: StoreGauges,
@@ -285,6 +288,16 @@ impl Metrics {
             "Connections closed on arrival because their address held --max-connections-per-ip",
             refused_per_ip.clone(),
         );
+        let quota_family = Family::<Labels, Counter>::default();
+        let quota_refusals = QuotaKind::ALL
+            .iter()
+            .map(|kind| quota_family.get_or_create_owned(&vec![("quota", kind.label())]))
+            .collect();
+        registry.register(
+            "quota_refusals",
+            "Creates and registrations refused because a --quota-* was used up, by quota",
+            quota_family,
+        );
         let accept_errors = Counter::default();
         registry.register(
             "accept_errors",
@@ -342,6 +355,7 @@ impl Metrics {
             open_connections,
             refused_connections,
             refused_per_ip,
+            quota_refusals,
             accept_errors,
             connection_limit,
             store,
@@ -366,6 +380,11 @@ impl Metrics {
     /// Counts a connection closed on arrival because its address held its share.
     pub fn connection_refused_per_ip(&self) {
         self.refused_per_ip.inc();
+    }
+
+    /// Counts a write refused because the quota `kind` was used up.
+    pub fn quota_refused(&self, kind: QuotaKind) {
+        self.quota_refusals[kind.index()].inc();
     }
 
     /// Counts a failed accept.
@@ -520,6 +539,7 @@ mod tests {
         metrics.request(Some(Tag::Ack), Err(ErrCode::BadRequest));
         metrics.session_ended(SessionEnd::Refused, Duration::from_millis(3));
         metrics.connection_refused();
+        metrics.quota_refused(QuotaKind::ClustersPerNode);
         metrics.set_connection_limit(7);
         let text = metrics.render(&store).await;
         let expect = [
@@ -541,6 +561,14 @@ mod tests {
             ("xlreg_session_duration_seconds_count", 1.0),
             ("xlreg_open_connections", 1.0),
             ("xlreg_refused_connections_total", 1.0),
+            (
+                r#"xlreg_quota_refusals_total{quota="clusters_per_node"}"#,
+                1.0,
+            ),
+            (
+                r#"xlreg_quota_refusals_total{quota="clusters_per_ip"}"#,
+                0.0,
+            ),
             ("xlreg_max_connections", 7.0),
             ("xlreg_store_nodes", 0.0),
             (

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::admission::PerPeerLimit;
 use crate::clock::now_ms;
 pub use crate::driver::ServerConfig;
-use crate::driver::{self, SessionClock, Shared};
+use crate::driver::{self, QuotaGate, SessionClock, Shared};
 use crate::legacy::server::LegacyListener;
 use crate::metrics::Metrics;
 use crate::protocol::ServerSession;
@@ -100,6 +100,7 @@ impl Server {
         let mut refusals = RefusalLog::new("xlreg");
         let mut refusals_per_ip = RefusalLog::new("xlreg, per address");
         let per_peer = PerPeerLimit::new(self.config.max_connections_per_ip);
+        let quotas = Arc::new(QuotaGate::new(&self.config.quotas));
         if let Some(metrics) = &self.metrics {
             metrics.set_connection_limit(self.config.max_connections);
         }
@@ -150,6 +151,7 @@ impl Server {
                 config: self.config.clone(),
                 metrics: self.metrics.clone(),
                 stop: stop_rx.clone(),
+                quotas: quotas.clone(),
             };
             sessions.spawn(async move {
                 let clock = SessionClock::start(now_ms());

@@ -96,6 +96,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         cluster: ClusterRef,
     ) -> StoreFuture<'_, Result<Option<ClusterView>, StorageError>>;
 
+    /// The node with this id, if registered (the driver asks, once an address has used up
+    /// its registration quota, whether a registration is a known node's).
+    fn read_node(&self, id: Id) -> StoreFuture<'_, Result<Option<NodeRecord>, StorageError>>;
+
     /// Applies `writes` in order, atomically and durably, and answers each.
     fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, Result<Vec<WriteAnswer>, StorageError>>;
 

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("handlers", Layer::Core),
     ("protocol", Layer::Core),
     ("session", Layer::Core),
+    ("quota", Layer::Core),
     ("legacy::wire", Layer::Core),
     ("legacy::reader", Layer::Core),
     ("legacy::session", Layer::Core),

@@ -177,6 +177,8 @@ fn refused(refusal: &Refusal) -> Failure {
         | Refusal::NodeKeyMismatch { .. }
         | Refusal::RegistryFull { .. } => Failure::Conflict,
         Refusal::TooFewEndpoints { .. } => Failure::Usage,
+        // As a client sees it: Unavailable, try again later.
+        Refusal::OverQuota { .. } => Failure::Unreachable,
     }
 }
 

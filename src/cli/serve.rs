@@ -15,6 +15,7 @@ use super::DataDirArg;
 use crate::admin::expiry::parse_ttl;
 use crate::daemon::{DaemonConfig, LegacyConfig};
 use crate::legacy::wire::Version;
+use crate::quota::{self, QuotaConfig, Rate};
 use crate::server::ServerConfig;
 use crate::store::BackendChoice;
 
@@ -68,6 +69,20 @@ pub struct ServeArgs {
     /// Most nodes the registry holds; new registrations beyond are refused.
     #[arg(long, env = "XLREG_MAX_NODES", default_value_t = crate::store::DEFAULT_MAX_NODES)]
     max_nodes: u64,
+    /// New clusters one peer address may create: a burst of N, then N per PERIOD
+    /// (e.g. 10000/10m, 50/1s), or off. Finding an existing cluster is not counted.
+    #[arg(long, env = "XLREG_QUOTA_CLUSTERS_PER_IP", value_name = "N/PERIOD",
+          default_value_t = Quota(Some(quota::DEFAULT_CLUSTERS_PER_IP)), value_parser = Quota::parse)]
+    quota_clusters_per_ip: Quota,
+    /// New clusters one node may create: a burst of N, then N per PERIOD, or off.
+    #[arg(long, env = "XLREG_QUOTA_CLUSTERS_PER_NODE", value_name = "N/PERIOD",
+          default_value_t = Quota(Some(quota::DEFAULT_CLUSTERS_PER_NODE)), value_parser = Quota::parse)]
+    quota_clusters_per_node: Quota,
+    /// New nodes one peer address may register: a burst of N, then N per PERIOD, or off.
+    /// A known node registering again is not counted.
+    #[arg(long, env = "XLREG_QUOTA_REGISTRATIONS_PER_IP", value_name = "N/PERIOD",
+          default_value_t = Quota(Some(quota::DEFAULT_REGISTRATIONS_PER_IP)), value_parser = Quota::parse)]
+    quota_registrations_per_ip: Quota,
     /// Seconds a new connection has to send its hello.
     #[arg(long, env = "XLREG_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     handshake_timeout: u64,
@@ -125,6 +140,25 @@ pub struct ServeArgs {
     legacy_regcred_out: Option<PathBuf>,
 }
 
+/// A `--quota-*` flag's value: a rate, or off.
+#[derive(Debug, Clone, Copy)]
+struct Quota(Option<Rate>);
+
+impl Quota {
+    fn parse(text: &str) -> Result<Quota, crate::validate::Invalid> {
+        Rate::parse(text).map(Quota)
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(rate) => rate.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
 impl ServeArgs {
     /// The daemon settings these flags describe.
     // Every limit has a flag today; the update keeps limits added later at their defaults.
@@ -149,6 +183,12 @@ impl ServeArgs {
                 write_timeout: Duration::from_secs(self.write_timeout),
                 max_frame: self.max_frame,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace),
+                quotas: QuotaConfig {
+                    clusters_per_ip: self.quota_clusters_per_ip.0,
+                    clusters_per_node: self.quota_clusters_per_node.0,
+                    registrations_per_ip: self.quota_registrations_per_ip.0,
+                    ..QuotaConfig::default()
+                },
                 ..ServerConfig::default()
             },
             cluster_ttl: self.cluster_ttl,

@@ -96,6 +96,8 @@ impl HandlerError {
                 // The protocol has no class for it: Unavailable says "not now", and the
                 // text says why (an operator may raise the cap or delete clusters).
                 Refusal::RegistryFull { .. } => ErrCode::Unavailable,
+                // Temporary: retry later, as the text says when.
+                Refusal::OverQuota { .. } => ErrCode::Unavailable,
             },
             HandlerError::Storage(_) => ErrCode::Unavailable,
         }

@@ -304,6 +304,16 @@ pub enum Refusal {
         /// The cap.
         max: u64,
     },
+    /// A rate quota is used up (`serve --quota-*`; see `crate::quota`): this peer address or
+    /// node has created as many clusters, or registered as many new nodes, as its quota
+    /// allows for now. Temporary: the protocol answers it as Unavailable, and the text says
+    /// which quota and when to try again. Finding an existing cluster and re-registering a
+    /// known node are not counted and not refused.
+    #[error("{text}")]
+    OverQuota {
+        /// "quota: ... try again in N s".
+        text: String,
+    },
 }
 
 #[cfg(test)]

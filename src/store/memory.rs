@@ -190,6 +190,10 @@ impl SessionStore for MemoryStore {
         Box::pin(async move { AdminStore::cluster_view(self, &cluster) })
     }
 
+    fn read_node(&self, id: Id) -> StoreFuture<'_, Result<Option<NodeRecord>, StorageError>> {
+        Box::pin(async move { AdminStore::node(self, &id) })
+    }
+
     fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, Result<Vec<WriteAnswer>, StorageError>> {
         Box::pin(async move {
             let answers = self.apply_all(&writes)?;

@@ -67,6 +67,10 @@ impl SessionStore for Store {
         Box::pin(async move { self.cluster_view(&cluster) })
     }
 
+    fn read_node(&self, id: Id) -> StoreFuture<'_, Result<Option<NodeRecord>, StorageError>> {
+        Box::pin(async move { self.node(&id) })
+    }
+
     fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, Result<Vec<WriteAnswer>, StorageError>> {
         Box::pin(self.write_batch(writes))
     }
