@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::model::{ClusterRecord, ClusterRef, Counts, NodeRecord, RegistryMeta, Write, Written};
 use crate::store::{
     AdminStore, Caps, ClusterView, NodeDeletion, Records, SessionStore, Snapshot, StorageError,
-    StoreError, StoreFuture, WriteAnswer,
+    StoreError, StoreFuture, StoreView, WriteAnswer,
 };
 
 impl Store {
@@ -148,6 +148,10 @@ impl AdminStore for Store {
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         Store::snapshot(self)
+    }
+
+    fn view(&self) -> Result<Box<dyn StoreView + '_>, StorageError> {
+        Ok(Box::new(Store::view(self)?))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
