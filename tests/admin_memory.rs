@@ -210,3 +210,69 @@ async fn an_online_export_is_the_offline_export_of_its_moment_while_writers_go_o
         .sum();
     assert!(members > 2 * (CLUSTERS - 1), "{members}");
 }
+
+/// Runs `work` while sampling the daemon's resident memory every 5 ms; returns its peak
+/// (KiB).
+fn peak_rss_during(server: &Server, work: impl FnOnce()) -> u64 {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = server.rss_kib();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(server.rss_kib());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(server.rss_kib())
+        });
+        work();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        sampler.join().unwrap()
+    })
+}
+
+/// A functional bound, not a benchmark: on a registry of 20,000 clusters (40,000 nodes with
+/// their keys), an online export or backup grows the daemon by far less than the registry's
+/// size (the export file's size), and the daemon is back near its resting size afterwards.
+/// Before views, the daemon copied the whole registry into memory: it grew by more than
+/// twice the export's size.
+#[test]
+fn an_online_export_and_backup_grow_the_daemon_by_far_less_than_the_registry() {
+    const CLUSTERS: usize = 20_000;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    build_registry(&dir, CLUSTERS, 2);
+    let mut server = Server::start(&dir, &[]);
+    let export = root.path().join("export.json");
+    // Warm up once, so sled's page cache (bounded) is as full at rest as it gets.
+    admin_ok(&["export", "-o", text(&export)], &dir);
+    std::thread::sleep(Duration::from_millis(500));
+    let rest = server.rss_kib();
+    let size = std::fs::metadata(&export).unwrap().len() / 1024;
+    let export_peak = peak_rss_during(&server, || {
+        admin_ok(&["export", "-o", text(&export)], &dir);
+    });
+    let snapshot = root.path().join("backup.snap");
+    let backup_peak = peak_rss_during(&server, || {
+        admin_ok(&["backup", "-o", text(&snapshot)], &dir);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.rss_kib();
+    let backup_size = std::fs::metadata(&snapshot).unwrap().len() / 1024;
+    eprintln!(
+        "registry: export {size} KiB, backup {backup_size} KiB; daemon RSS at rest {rest} KiB, \
+         peak during export {export_peak} KiB, during backup {backup_peak} KiB, after {after} KiB"
+    );
+    server.assert_running();
+    for (what, peak) in [("export", export_peak), ("backup", backup_peak)] {
+        assert!(
+            peak.saturating_sub(rest) < size / 4,
+            "the daemon grew by {} KiB during an online {what} of a {size} KiB registry",
+            peak - rest
+        );
+    }
+    assert!(
+        after < rest + size / 8,
+        "the daemon stayed at {after} KiB after resting at {rest} KiB"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
