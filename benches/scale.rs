@@ -6,11 +6,15 @@
 //! - restart to serving: from process start to the first answered GetCluster;
 //! - the server's resident memory (VmRSS) after start and after serving lookups;
 //! - GetCluster latency (p50/p99 of sequential requests in one session) on the full registry,
-//!   against the same measurement on a registry holding a single cluster.
+//!   against the same measurement on a registry holding a single cluster;
+//! - an online `xlreg admin export` and `xlreg admin backup` of the full registry: the
+//!   daemon's resident memory at rest, its peak while each runs (sampled every 5 ms) and after,
+//!   and the client's peak (its `ru_maxrss`) and time.
 //!
 //! Run: `cargo bench --bench scale` (environment: `XLREG_SCALE_CLUSTERS`, default 100000;
 //! `XLREG_SCALE_MEMBERS`, members per cluster, default 5; `XLREG_SCALE_DIR`, where to build the
-//! data directory, default a temporary directory). Building the directory takes a minute or two.
+//! data directory, default a temporary directory; `XLREG_SCALE_ONLY_ADMIN=1`, measure only
+//! the online export and backup). Building the directory takes a minute or two.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -179,6 +183,109 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
     }
 }
 
+/// The peak VmRSS of `pid` while `work` runs, sampled every 5 ms, in MiB.
+fn peak_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, f64) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak: f64 = 0.0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(status_mib(pid, "VmRSS"));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        let out = work();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (out, sampler.join().unwrap())
+    })
+}
+
+/// Runs `xlreg admin ARGS --data-dir DIR`, which must succeed; returns its time in seconds
+/// and its peak resident memory (`ru_maxrss`) in MiB.
+// The child is reaped by wait4(2), which also gives its peak memory.
+#[allow(clippy::zombie_processes)]
+fn admin_timed(dir: &Path, args: &[&str]) -> (f64, f64) {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+        .arg("admin")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4(2) on our own child, with valid pointers.
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "xlreg admin {args:?} failed"
+    );
+    (
+        started.elapsed().as_secs_f64(),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+/// Serves `dir` and measures an online export and an online backup of it: the daemon's
+/// resident memory at rest, at its peak during each and after each, and the client's.
+fn measure_online_admin(dir: &Path, out: &Path) {
+    let regcred_path = dir.join("regCred.dat");
+    let _ = std::fs::remove_file(&regcred_path);
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while RegCred::read(&regcred_path).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = child.id();
+    let rest = status_mib(pid, "VmRSS");
+    println!("online admin: daemon RSS at rest {rest:.1} MiB");
+    let export = out.join("online-export.json");
+    let snapshot = out.join("online-backup.snap");
+    for (what, args, file) in [
+        (
+            "export",
+            ["export", "-o", export.to_str().unwrap()],
+            &export,
+        ),
+        (
+            "backup",
+            ["backup", "-o", snapshot.to_str().unwrap()],
+            &snapshot,
+        ),
+    ] {
+        let ((seconds, client), peak) = peak_during(pid, || admin_timed(dir, &args));
+        std::thread::sleep(Duration::from_secs(3));
+        let after = status_mib(pid, "VmRSS");
+        let size = std::fs::metadata(file).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
+        println!(
+            "online {what}: {size:.0} MiB in {seconds:.1} s; daemon RSS peak {peak:.1} MiB \
+             (+{:.1} over rest), after {after:.1} MiB; client peak {client:.1} MiB",
+            peak - rest
+        );
+        let _ = std::fs::remove_file(file);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
 fn main() {
     let clusters = env_or("XLREG_SCALE_CLUSTERS", 100_000);
     let members = env_or("XLREG_SCALE_MEMBERS", 5);
@@ -195,6 +302,10 @@ fn main() {
         eprintln!("building the large registry: {clusters} clusters x {members} members");
         populate(&large, clusters, members);
     }
+    if std::env::var("XLREG_SCALE_ONLY_ADMIN").is_ok_and(|v| v == "1") {
+        measure_online_admin(&large, &base);
+        return;
+    }
     let lookups = 2_000;
     let empty = serve_and_measure(&small, 1, lookups);
     let full = serve_and_measure(&large, clusters, lookups);
@@ -207,4 +318,5 @@ fn main() {
             m.start_s, m.rss_start, m.rss_after, m.latency.p50, m.latency.p99, m.latency.max
         );
     }
+    measure_online_admin(&large, &base);
 }

@@ -1,7 +1,8 @@
 //! `admin backup` and `admin restore`: point-in-time snapshots of a registry, keys included.
 //!
 //! This module owns the snapshot file format and the two operations. A snapshot holds a
-//! consistent copy of every store tree ([`Store::snapshot`]) and the registry's key files,
+//! consistent copy of every store tree (read from a point-in-time view, [`StoreView`], and
+//! written entry by entry: [`write`]) and the registry's key files,
 //! so a restored registry keeps its identity and its regCred.dat stays valid. Like etcd's
 //! snapshot files it ends with a SHA-256 checksum:
 //!
@@ -9,7 +10,9 @@
 //! "XLREGSNP" | format version (u32, big-endian) | body | SHA-256 of everything before it
 //! ```
 //!
-//! The body is bincode (fixed-width integers, little-endian) of `SnapshotBody`. Restore
+//! The body is bincode (fixed-width integers, little-endian) of `SnapshotBody`, written
+//! field by field so that the store is never held in memory ([`Received`] checks a file
+//! received from a daemon the same way, as it is written). Restore
 //! checks the magic, the checksum and the format version before it decodes anything, takes
 //! only the two known key file names from it, writes into a new or empty directory only,
 //! and verifies the result. Snapshot files hold private keys: they are written with mode
@@ -233,8 +236,9 @@ pub struct Received<W> {
     hash: Sha256,
     /// The first bytes (the header), for the magic and the version.
     head: Vec<u8>,
-    /// The last bytes seen (at most [`CHECKSUM_LEN`] once hashed up to them).
-    tail: Vec<u8>,
+    /// The last bytes seen (at most [`CHECKSUM_LEN`] once hashed up to them); wiped, as
+    /// they may hold key material.
+    tail: Zeroizing<Vec<u8>>,
     len: u64,
 }
 
@@ -245,7 +249,7 @@ impl<W: Write> Received<W> {
             out,
             hash: Sha256::new(),
             head: Vec::with_capacity(HEADER_LEN),
-            tail: Vec::new(),
+            tail: Zeroizing::new(Vec::new()),
             len: 0,
         }
     }
@@ -268,7 +272,7 @@ impl<W: Write> Received<W> {
                 "checksum mismatch: the snapshot was damaged on its way; nothing written".into(),
             ));
         }
-        Ok((self.len, hex::encode(&self.tail), self.out))
+        Ok((self.len, hex::encode(&*self.tail), self.out))
     }
 }
 

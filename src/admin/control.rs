@@ -13,7 +13,12 @@
 //! durable before it is answered, and sessions waiting on a deleted cluster are woken.
 //!
 //! Protocol: one JSON [`Request`] line from the client, one JSON response line back
-//! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. Requests are at
+//! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. A streamed
+//! request ([`Request::is_streamed`]: export, backup) is answered with `{"stream":{}}`, then
+//! frames (a u32 big-endian length and at most [`CHUNK_BYTES`] of the output, written from a
+//! point-in-time view as they are read, at most `CHUNKS_IN_FLIGHT` waiting), a frame of length
+//! 0, and the response line; the client writes each frame to its output as it arrives
+//! ([`ControlConnection::ask_streamed`]), so neither end holds the whole answer. Requests are at
 //! most [`MAX_REQUEST_BYTES`] and must arrive within [`REQUEST_TIMEOUT`]; replies are at most
 //! [`MAX_RESPONSE_BYTES`]; at most [`MAX_CONCURRENT`] requests are served at once (more are
 //! told the daemon is busy). The daemon answers with the same [`answer`] function an offline

@@ -14,6 +14,10 @@
 //! docs/operations.md for measurements). A snapshot contains every change whose transaction
 //! committed before it closed the gate, in particular every change acknowledged to a client
 //! before the snapshot was asked for.
+//!
+//! A snapshot copies the whole store into memory; an export or a backup reads a view
+//! instead (`view`), which closes the gate only while it registers. Both [`Snapshot`] and
+//! views are [`StoreView`]s, whose records are decoded here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
