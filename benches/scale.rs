@@ -97,6 +97,35 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Starts the real `xlreg serve` on `dir` and waits (at most 120 s) until it has written its
+/// regCred.dat.
+// The caller stops and waits for the child it is handed.
+#[allow(clippy::zombie_processes)]
+fn serve(dir: &Path) -> (Child, RegCred) {
+    let regcred_path = dir.join("regCred.dat");
+    let _ = std::fs::remove_file(&regcred_path);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Ok(cred) = RegCred::read(&regcred_path) {
+            return (child, cred);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 struct Measured {
     start_s: f64,
     rss_start: f64,
@@ -105,8 +134,6 @@ struct Measured {
 }
 
 fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
-    let regcred_path = dir.join("regCred.dat");
-    let _ = std::fs::remove_file(&regcred_path);
     let (comms, sig) = (
         RsaKeyPair::generate(RSA_BITS).unwrap(),
         RsaKeyPair::generate(RSA_BITS).unwrap(),
@@ -119,24 +146,7 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
         sig,
     };
     let started = Instant::now();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let regcred = loop {
-        if let Ok(cred) = RegCred::read(&regcred_path) {
-            break cred;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let (mut child, regcred) = serve(dir);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (start_s, rss_start, latency) = runtime.block_on(async {
         let mut client = Client::connect(&regcred, DEFAULT_TIMEOUT).await.unwrap();
@@ -234,24 +244,7 @@ fn admin_timed(dir: &Path, args: &[&str]) -> (f64, f64) {
 /// Serves `dir` and measures an online export and an online backup of it: the daemon's
 /// resident memory at rest, at its peak during each and after each, and the client's.
 fn measure_online_admin(dir: &Path, out: &Path) {
-    let regcred_path = dir.join("regCred.dat");
-    let _ = std::fs::remove_file(&regcred_path);
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while RegCred::read(&regcred_path).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (mut child, _) = serve(dir);
     std::thread::sleep(Duration::from_secs(3));
     let pid = child.id();
     let rest = status_mib(pid, "VmRSS");
