@@ -193,31 +193,13 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
     }
 }
 
-/// The peak VmRSS of `pid` while `work` runs, sampled every 5 ms, in MiB.
-fn peak_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, f64) {
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut peak: f64 = 0.0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                peak = peak.max(status_mib(pid, "VmRSS"));
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak
-        });
-        let out = work();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        (out, sampler.join().unwrap())
-    })
-}
-
-/// Runs `xlreg admin ARGS --data-dir DIR`, which must succeed; returns its time in seconds
-/// and its peak resident memory (`ru_maxrss`) in MiB.
-// The child is reaped by wait4(2), which also gives its peak memory.
-#[allow(clippy::zombie_processes)]
-fn admin_timed(dir: &Path, args: &[&str]) -> (f64, f64) {
+/// Runs `xlreg admin ARGS --data-dir DIR`, which must succeed, sampling every 5 ms the
+/// resident memory of the daemon `daemon` and of the command itself. Returns the command's
+/// time in seconds, the daemon's peak VmRSS and the command's peak (its VmHWM, which starts
+/// afresh at exec, unlike `ru_maxrss`, which counts the forking parent), in MiB.
+fn admin_measured(dir: &Path, args: &[&str], daemon: u32) -> (f64, f64, f64) {
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
         .arg("admin")
         .args(args)
         .arg("--data-dir")
@@ -225,20 +207,17 @@ fn admin_timed(dir: &Path, args: &[&str]) -> (f64, f64) {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4(2) on our own child, with valid pointers.
-    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(waited, child.id() as i32);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "xlreg admin {args:?} failed"
-    );
-    (
-        started.elapsed().as_secs_f64(),
-        usage.ru_maxrss as f64 / 1024.0,
-    )
+    let (mut daemon_peak, mut client_peak) = (0.0f64, 0.0f64);
+    let status = loop {
+        daemon_peak = daemon_peak.max(status_mib(daemon, "VmRSS"));
+        client_peak = client_peak.max(status_mib(child.id(), "VmHWM"));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "xlreg admin {args:?} failed");
+    (started.elapsed().as_secs_f64(), daemon_peak, client_peak)
 }
 
 /// Serves `dir` and measures an online export and an online backup of it: the daemon's
@@ -263,7 +242,7 @@ fn measure_online_admin(dir: &Path, out: &Path) {
             &snapshot,
         ),
     ] {
-        let ((seconds, client), peak) = peak_during(pid, || admin_timed(dir, &args));
+        let (seconds, peak, client) = admin_measured(dir, &args, pid);
         std::thread::sleep(Duration::from_secs(3));
         let after = status_mib(pid, "VmRSS");
         let size = std::fs::metadata(file).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
