@@ -731,6 +731,54 @@ mod tests {
         });
     }
 
+    /// A client that stops reading in the middle of a streamed export: the daemon stops
+    /// writing it, drops its view, and goes on serving.
+    #[test]
+    fn a_client_that_goes_away_mid_stream_leaves_no_view_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, registry) = served_registry(dir.path());
+        let key = crate::test_support::fixture_key(1)
+            .public_key()
+            .to_spki_der()
+            .to_vec();
+        // Far more than the frames in flight and the socket's buffers hold.
+        for i in 0..3_000 {
+            let node = crate::store::NewNode {
+                id: None,
+                name: format!("n{i}"),
+                attrs: 0,
+                comms_key: key.clone(),
+                sig_key: key.clone(),
+                endpoints: vec!["127.0.0.1:1".into()],
+            };
+            store.register_node(node, 1).unwrap();
+        }
+        runtime().block_on(async {
+            let server = ControlServer::start(registry).unwrap();
+            let mut stream = UnixStream::connect(server.path()).await.unwrap();
+            stream.write_all(b"{\"op\":\"export\"}\n").await.unwrap();
+            let mut start = [0u8; 4096];
+            stream.read_exact(&mut start).await.unwrap();
+            assert!(start.starts_with(b"{\"stream\":{}}\n"));
+            assert_eq!(store.open_views(), 1);
+            drop(stream);
+            let until = Instant::now() + Duration::from_secs(10);
+            while store.open_views() > 0 {
+                assert!(Instant::now() < until, "the view outlived its client");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let info = connect(dir.path())
+                .await
+                .unwrap()
+                .unwrap()
+                .ask(&Request::Info)
+                .await
+                .unwrap();
+            assert!(matches!(info, Reply::Info(i) if i.nodes == 3_001));
+            server.stop().await;
+        });
+    }
+
     #[test]
     fn serves_requests_and_refuses_malformed_ones() {
         let dir = tempfile::tempdir().unwrap();

@@ -93,7 +93,7 @@ impl Views {
 
     /// How many views are open.
     #[cfg(test)]
-    pub(super) fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.0.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
@@ -255,6 +255,12 @@ impl Iterator for Walk<'_> {
 }
 
 impl Store {
+    /// How many views of this store are open (tests check that none is left behind).
+    #[cfg(test)]
+    pub(crate) fn open_views(&self) -> usize {
+        self.inner.views.count()
+    }
+
     /// A consistent point-in-time view of every tree, read lazily (see the module docs): the
     /// gate is closed only while the view registers, and mutations go on while it is read.
     pub fn view(&self) -> Result<SledView, StorageError> {
@@ -400,7 +406,7 @@ mod tests {
             // Nothing of the view stays behind it.
             let images = Arc::downgrade(&view.images);
             drop(view);
-            assert_eq!(store.inner.views.count(), 0);
+            assert_eq!(store.open_views(), 0);
             assert!(images.upgrade().is_none());
         });
     }
@@ -430,6 +436,6 @@ mod tests {
         assert_eq!(read, expected);
         drop(view);
         node(&store, "c", 1);
-        assert_eq!(store.inner.views.count(), 0);
+        assert_eq!(store.open_views(), 0);
     }
 }
