@@ -9,7 +9,7 @@
 //! numbers quoted in docs/operations.md come from here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use xlreg::store::{ClusterRef, NewCluster, NewNode, Store};
@@ -124,51 +124,50 @@ fn main() {
     };
     let (p50, p99, max) = mutate(2_000);
     println!("register (10000-node store, no snapshots): p50 {p50:?}, p99 {p99:?}, max {max:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let snapshotter = {
-        let store = store.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut taken = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                std::hint::black_box(store.snapshot().unwrap());
-                taken += 1;
-            }
-            taken
-        })
-    };
-    let (p50, p99, max) = mutate(2_000);
-    stop.store(true, Ordering::Relaxed);
-    let taken = snapshotter.join().unwrap();
+    let (taken, (p50, p99, max)) = while_running(
+        || {
+            std::hint::black_box(store.snapshot().unwrap());
+        },
+        || mutate(2_000),
+    );
     println!(
         "register while {taken} snapshots ran back to back: p50 {p50:?}, p99 {p99:?}, max {max:?}"
     );
 
     // 3. The same while views are opened and read to the end back to back: each mutation
     // also records its pre-images for the open view.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let store = store.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
+    let (read, (p50, p99, max)) = while_running(
+        || {
             use xlreg::store::StoreView as _;
-            let mut read = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let view = store.view().unwrap();
-                for tree in view.tree_names() {
-                    for entry in view.entries(&tree) {
-                        std::hint::black_box(entry.unwrap());
-                    }
+            let view = store.view().unwrap();
+            for tree in view.tree_names() {
+                for entry in view.entries(&tree) {
+                    std::hint::black_box(entry.unwrap());
                 }
-                read += 1;
             }
-            read
-        })
-    };
-    let (p50, p99, max) = mutate(2_000);
-    stop.store(true, Ordering::Relaxed);
-    let read = reader.join().unwrap();
+        },
+        || mutate(2_000),
+    );
     println!(
         "register while {read} views were read back to back: p50 {p50:?}, p99 {p99:?}, max {max:?}"
     );
+}
+
+/// Runs `measure` while another thread runs `round` back to back; returns how many rounds
+/// it finished and what `measure` gave.
+fn while_running<T>(round: impl Fn() + Sync, measure: impl FnOnce() -> T) -> (u32, T) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                round();
+                rounds += 1;
+            }
+            rounds
+        });
+        let out = measure();
+        stop.store(true, Ordering::Relaxed);
+        (background.join().unwrap(), out)
+    })
 }

@@ -660,6 +660,11 @@ mod tests {
         (store, registry)
     }
 
+    /// Asks a plain request of the daemon on `dir`.
+    async fn ask(dir: &Path, request: &Request) -> Result<Reply, AdminError> {
+        connect(dir).await.unwrap().unwrap().ask(request).await
+    }
+
     /// Asks a streamed request of the daemon on `dir`, collecting the bytes.
     async fn ask_streamed(dir: &Path, request: Request) -> (Vec<u8>, Result<Reply, AdminError>) {
         let connection = connect(dir).await.unwrap().unwrap();
@@ -708,12 +713,7 @@ mod tests {
                 matches!(reply, Err(AdminError::ControlProtocol { .. })),
                 "{reply:?}"
             );
-            let reply = connect(dir.path())
-                .await
-                .unwrap()
-                .unwrap()
-                .ask(&Request::Export)
-                .await;
+            let reply = ask(dir.path(), &Request::Export).await;
             assert!(
                 matches!(reply, Err(AdminError::ControlProtocol { .. })),
                 "{reply:?}"
@@ -767,13 +767,7 @@ mod tests {
                 assert!(Instant::now() < until, "the view outlived its client");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let info = connect(dir.path())
-                .await
-                .unwrap()
-                .unwrap()
-                .ask(&Request::Info)
-                .await
-                .unwrap();
+            let info = ask(dir.path(), &Request::Info).await.unwrap();
             assert!(matches!(info, Reply::Info(i) if i.nodes == 3_001));
             server.stop().await;
         });
@@ -802,13 +796,7 @@ mod tests {
                 .to_string_lossy()
                 .starts_with(".control")));
 
-            let reply = connect(dir.path())
-                .await
-                .unwrap()
-                .unwrap()
-                .ask(&Request::Info)
-                .await
-                .unwrap();
+            let reply = ask(dir.path(), &Request::Info).await.unwrap();
             assert!(matches!(reply, Reply::Info(info) if info.nodes == 0));
             let error = connect(dir.path())
                 .await
