@@ -9,8 +9,8 @@
 //! sled error mapping (`error`), schema versions and migrations (`schema`), group commit
 //! (`commit`), syncing sled's files (`disk`), point-in-time snapshots and the gate every
 //! mutation passes (`snapshot`), point-in-time views read lazily, in memory bounded by the
-//! changes made while they are open (`view`), and the consistency checks (`verify`). [`Store`] implements
-//! both ports, [`SessionStore`](crate::store::SessionStore) and
+//! changes made while they are open (`view`), and the consistency checks (`verify`).
+//! [`Store`] implements both ports, [`SessionStore`](crate::store::SessionStore) and
 //! [`AdminStore`](crate::store::AdminStore) (`port`).
 //!
 //! # On-disk layout (schema 1)
