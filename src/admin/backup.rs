@@ -2,7 +2,7 @@
 //!
 //! This module owns the snapshot file format and the two operations. A snapshot holds a
 //! consistent copy of every store tree (read from a point-in-time view, [`StoreView`], and
-//! written entry by entry: [`write`]) and the registry's key files,
+//! written entry by entry: [`write()`]) and the registry's key files,
 //! so a restored registry keeps its identity and its regCred.dat stays valid. Like etcd's
 //! snapshot files it ends with a SHA-256 checksum:
 //!

@@ -1,7 +1,7 @@
 //! `admin export` and `admin import`: the registry's public data as a versioned JSON document.
 //!
 //! This module owns [`ExportDocument`] (format `xlreg-export`, version 1), building or
-//! writing it (record by record, [`write`]) from a point-in-time [`StoreView`], and
+//! writing it (record by record, [`write()`]) from a point-in-time [`StoreView`], and
 //! rebuilding a registry from it. The document holds the
 //! registry's name and ID, every node (with its public keys), every cluster and every
 //! membership; never a private key. Export is deterministic (nodes and clusters in ID order,
@@ -195,7 +195,7 @@ fn unreadable(e: crate::store::StorageError) -> AdminError {
 }
 
 /// Builds the export document of a point-in-time view (a [`Snapshot`], say), in memory.
-/// [`write`] writes the same document without building it.
+/// [`write()`] writes the same document without building it.
 pub fn export(snapshot: &dyn StoreView) -> Result<ExportDocument, AdminError> {
     let registry = snapshot
         .registry_meta()
