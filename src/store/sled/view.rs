@@ -389,7 +389,7 @@ mod tests {
                     let (key, value) = entry.unwrap();
                     entries.insert(key, value);
                     // Let the writers change things while the tree is read.
-                    if n % 16 == 0 {
+                    if n % 8 == 0 {
                         wait_for(&ops, ops.load(Ordering::SeqCst) + 1);
                     }
                 }
@@ -397,7 +397,7 @@ mod tests {
             }
             stop.store(true, Ordering::SeqCst);
             assert!(
-                ops.load(Ordering::SeqCst) > opened_at + 50,
+                ops.load(Ordering::SeqCst) > opened_at + 40,
                 "the writers did not write while the view was read"
             );
             assert!(view.pre_images() > 0);
