@@ -44,7 +44,8 @@ pub const SOCKET_FILE: &str = "control.sock";
 pub const SOCKET_MODE: u32 = 0o600;
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Longest response line the client reads (a snapshot or export of a very large registry).
+/// Longest response line the client reads (the cluster or node list of a very large
+/// registry; exports and snapshots are streamed in frames instead).
 pub const MAX_RESPONSE_BYTES: usize = 2 << 30;
 /// How long the daemon waits for a client's request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
