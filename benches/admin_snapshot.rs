@@ -1,12 +1,15 @@
 //! What the snapshot gate costs: how long `Store::snapshot` keeps mutations waiting for
 //! registries of a few sizes, what a mutation pays to pass the gate, and how much longer a
-//! mutation takes while snapshots are being taken back to back.
+//! mutation takes while snapshots are being taken back to back; and the same for
+//! point-in-time views (`Store::view`, what an online export or backup reads): how long
+//! opening one closes the gate, and a mutation's latency while views are opened and read to
+//! the end back to back.
 //!
 //! Run with `cargo bench --bench admin_snapshot`. Prints one line per measurement; the
 //! numbers quoted in docs/operations.md come from here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use xlreg::store::{ClusterRef, NewCluster, NewNode, Store};
@@ -93,6 +96,17 @@ fn main() {
             bytes as f64 / (1 << 20) as f64,
             median(samples)
         );
+        let samples: Vec<Duration> = (0..7)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(store.view().unwrap());
+                start.elapsed()
+            })
+            .collect();
+        println!(
+            "view of {nodes} nodes: opened (gate closed) in {:?} (median of 7)",
+            median(samples)
+        );
     }
 
     // 2. A mutation's latency alone and while snapshots run back to back (worst case).
@@ -110,23 +124,50 @@ fn main() {
     };
     let (p50, p99, max) = mutate(2_000);
     println!("register (10000-node store, no snapshots): p50 {p50:?}, p99 {p99:?}, max {max:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let snapshotter = {
-        let store = store.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut taken = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                std::hint::black_box(store.snapshot().unwrap());
-                taken += 1;
-            }
-            taken
-        })
-    };
-    let (p50, p99, max) = mutate(2_000);
-    stop.store(true, Ordering::Relaxed);
-    let taken = snapshotter.join().unwrap();
+    let (taken, (p50, p99, max)) = while_running(
+        || {
+            std::hint::black_box(store.snapshot().unwrap());
+        },
+        || mutate(2_000),
+    );
     println!(
         "register while {taken} snapshots ran back to back: p50 {p50:?}, p99 {p99:?}, max {max:?}"
     );
+
+    // 3. The same while views are opened and read to the end back to back: each mutation
+    // also records its pre-images for the open view.
+    let (read, (p50, p99, max)) = while_running(
+        || {
+            use xlreg::store::StoreView as _;
+            let view = store.view().unwrap();
+            for tree in view.tree_names() {
+                for entry in view.entries(&tree) {
+                    std::hint::black_box(entry.unwrap());
+                }
+            }
+        },
+        || mutate(2_000),
+    );
+    println!(
+        "register while {read} views were read back to back: p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+}
+
+/// Runs `measure` while another thread runs `round` back to back; returns how many rounds
+/// it finished and what `measure` gave.
+fn while_running<T>(round: impl Fn() + Sync, measure: impl FnOnce() -> T) -> (u32, T) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let background = scope.spawn(|| {
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                round();
+                rounds += 1;
+            }
+            rounds
+        });
+        let out = measure();
+        stop.store(true, Ordering::Relaxed);
+        (background.join().unwrap(), out)
+    })
 }

@@ -6,11 +6,15 @@
 //! - restart to serving: from process start to the first answered GetCluster;
 //! - the server's resident memory (VmRSS) after start and after serving lookups;
 //! - GetCluster latency (p50/p99 of sequential requests in one session) on the full registry,
-//!   against the same measurement on a registry holding a single cluster.
+//!   against the same measurement on a registry holding a single cluster;
+//! - an online `xlreg admin export` and `xlreg admin backup` of the full registry: the
+//!   daemon's resident memory at rest, its peak while each runs (sampled every 5 ms) and after,
+//!   and the client's peak (its `ru_maxrss`) and time.
 //!
 //! Run: `cargo bench --bench scale` (environment: `XLREG_SCALE_CLUSTERS`, default 100000;
 //! `XLREG_SCALE_MEMBERS`, members per cluster, default 5; `XLREG_SCALE_DIR`, where to build the
-//! data directory, default a temporary directory). Building the directory takes a minute or two.
+//! data directory, default a temporary directory; `XLREG_SCALE_ONLY_ADMIN=1`, measure only
+//! the online export and backup). Building the directory takes a minute or two.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -93,6 +97,35 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Starts the real `xlreg serve` on `dir` and waits (at most 120 s) until it has written its
+/// regCred.dat.
+// The caller stops and waits for the child it is handed.
+#[allow(clippy::zombie_processes)]
+fn serve(dir: &Path) -> (Child, RegCred) {
+    let regcred_path = dir.join("regCred.dat");
+    let _ = std::fs::remove_file(&regcred_path);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Ok(cred) = RegCred::read(&regcred_path) {
+            return (child, cred);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 struct Measured {
     start_s: f64,
     rss_start: f64,
@@ -101,8 +134,6 @@ struct Measured {
 }
 
 fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
-    let regcred_path = dir.join("regCred.dat");
-    let _ = std::fs::remove_file(&regcred_path);
     let (comms, sig) = (
         RsaKeyPair::generate(RSA_BITS).unwrap(),
         RsaKeyPair::generate(RSA_BITS).unwrap(),
@@ -115,24 +146,7 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
         sig,
     };
     let started = Instant::now();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let regcred = loop {
-        if let Ok(cred) = RegCred::read(&regcred_path) {
-            break cred;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let (mut child, regcred) = serve(dir);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (start_s, rss_start, latency) = runtime.block_on(async {
         let mut client = Client::connect(&regcred, DEFAULT_TIMEOUT).await.unwrap();
@@ -179,6 +193,71 @@ fn serve_and_measure(dir: &Path, clusters: usize, lookups: usize) -> Measured {
     }
 }
 
+/// Runs `xlreg admin ARGS --data-dir DIR`, which must succeed, sampling every 5 ms the
+/// resident memory of the daemon `daemon` and of the command itself. Returns the command's
+/// time in seconds, the daemon's peak VmRSS and the command's peak (its VmHWM, which starts
+/// afresh at exec, unlike `ru_maxrss`, which counts the forking parent), in MiB.
+fn admin_measured(dir: &Path, args: &[&str], daemon: u32) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xlreg"))
+        .arg("admin")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut daemon_peak, mut client_peak) = (0.0f64, 0.0f64);
+    let status = loop {
+        daemon_peak = daemon_peak.max(status_mib(daemon, "VmRSS"));
+        client_peak = client_peak.max(status_mib(child.id(), "VmHWM"));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "xlreg admin {args:?} failed");
+    (started.elapsed().as_secs_f64(), daemon_peak, client_peak)
+}
+
+/// Serves `dir` and measures an online export and an online backup of it: the daemon's
+/// resident memory at rest, at its peak during each and after each, and the client's.
+fn measure_online_admin(dir: &Path, out: &Path) {
+    let (mut child, _) = serve(dir);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = child.id();
+    let rest = status_mib(pid, "VmRSS");
+    println!("online admin: daemon RSS at rest {rest:.1} MiB");
+    let export = out.join("online-export.json");
+    let snapshot = out.join("online-backup.snap");
+    for (what, args, file) in [
+        (
+            "export",
+            ["export", "-o", export.to_str().unwrap()],
+            &export,
+        ),
+        (
+            "backup",
+            ["backup", "-o", snapshot.to_str().unwrap()],
+            &snapshot,
+        ),
+    ] {
+        let (seconds, peak, client) = admin_measured(dir, &args, pid);
+        std::thread::sleep(Duration::from_secs(3));
+        let after = status_mib(pid, "VmRSS");
+        let size = std::fs::metadata(file).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
+        println!(
+            "online {what}: {size:.0} MiB in {seconds:.1} s; daemon RSS peak {peak:.1} MiB \
+             (+{:.1} over rest), after {after:.1} MiB; client peak {client:.1} MiB",
+            peak - rest
+        );
+        let _ = std::fs::remove_file(file);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
 fn main() {
     let clusters = env_or("XLREG_SCALE_CLUSTERS", 100_000);
     let members = env_or("XLREG_SCALE_MEMBERS", 5);
@@ -195,6 +274,10 @@ fn main() {
         eprintln!("building the large registry: {clusters} clusters x {members} members");
         populate(&large, clusters, members);
     }
+    if std::env::var("XLREG_SCALE_ONLY_ADMIN").is_ok_and(|v| v == "1") {
+        measure_online_admin(&large, &base);
+        return;
+    }
     let lookups = 2_000;
     let empty = serve_and_measure(&small, 1, lookups);
     let full = serve_and_measure(&large, clusters, lookups);
@@ -207,4 +290,5 @@ fn main() {
             m.start_s, m.rss_start, m.rss_after, m.latency.p50, m.latency.p99, m.latency.max
         );
     }
+    measure_online_admin(&large, &base);
 }

@@ -9,7 +9,8 @@
 //!   driver and the handlers hold an `Arc<dyn SessionStore>` and are not generic.
 //! - [`AdminStore`], what operators and tools need: iterate nodes and clusters, delete a
 //!   cluster if a condition holds, delete a node that is no member ([`NodeDeletion`]), registry meta, counts and size, [`Snapshot`]s and restore
-//!   as records, and applying a write at once. Its methods block: admin work runs on blocking
+//!   as records, point-in-time [`StoreView`]s read lazily (online export and backup), and
+//!   applying a write at once. Its methods block: admin work runs on blocking
 //!   threads or in the command-line tool.
 //! - [`StorageError`]: the store failed (I/O, the database, a corrupt record; after a
 //!   failed write, flush or sync the sled store is failed for good, [`StorageError::Failed`],
@@ -50,7 +51,7 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
-pub use self::sled::{Durability, Snapshot, SnapshotRecords, Store, SCHEMA_VERSION};
+pub use self::sled::{Durability, SledView, Snapshot, SnapshotRecords, Store, SCHEMA_VERSION};
 pub use caps::{Caps, DEFAULT_MAX_CLUSTERS, DEFAULT_MAX_NODES};
 pub use changes::ClusterEvents;
 pub use choice::BackendChoice;
@@ -72,6 +73,26 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Every record of one kind, in id order, read lazily.
 pub type Records<'a, T> = Box<dyn Iterator<Item = Result<T, StorageError>> + Send + 'a>;
+
+/// One tree's raw entries (key, value), in key order, read lazily.
+pub type RawEntries<'a> =
+    Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + Send + 'a>;
+
+/// A consistent point-in-time view of every tree of a store, read lazily: what
+/// [`AdminStore::view`] returns, and what an online export or backup streams from.
+///
+/// Every entry is as it was when the view opened, however long reading it takes and
+/// whatever is written meanwhile; reading it holds no more memory than the changes made while
+/// it is open (for the sled store: the first pre-image of each key changed since, see
+/// `store/sled/view.rs`). A [`Snapshot`] is a view too (a copy in memory). The records are
+/// decoded by `registry_meta`, `nodes` and `clusters` on `dyn StoreView`.
+pub trait StoreView: Send {
+    /// The names of the store's trees, in order (sled's unused default tree left out).
+    fn tree_names(&self) -> Vec<Vec<u8>>;
+
+    /// The raw entries of the named tree, in key order (none for a tree it does not have).
+    fn entries(&self, tree: &[u8]) -> RawEntries<'_>;
+}
 
 /// The answer to one write of a batch: what it did, or why the rules refused it.
 pub type WriteAnswer = Result<Written, Refusal>;
@@ -179,6 +200,11 @@ pub trait AdminStore: Send + Sync + std::fmt::Debug {
 
     /// A consistent point-in-time copy of every record.
     fn snapshot(&self) -> Result<Snapshot, StorageError>;
+
+    /// A consistent point-in-time view of every tree, read lazily: unlike
+    /// [`AdminStore::snapshot`] it does not copy the store, and writers go on while it is read.
+    /// Dropping it releases what it holds.
+    fn view(&self) -> Result<Box<dyn StoreView + '_>, StorageError>;
 
     /// Loads every record of `snapshot` into this store, which must hold no nodes and no
     /// clusters; durable when it returns.

@@ -132,7 +132,8 @@ async fn a_daemon_runs_whole_on_the_memory_backend_and_keeps_nothing_in_its_dire
     // Read back through the admin port, as the control socket and offline commands do.
     let store = registry.store.clone();
     let (info, detail) = tokio::task::spawn_blocking(move || {
-        let ask = |request| xlreg::admin::answer(&*store, &request, 0).unwrap();
+        let ask =
+            |request| xlreg::admin::answer(&*store, &request, 0, &mut std::io::sink()).unwrap();
         let info = ask(Request::Info);
         let detail = ask(Request::Cluster {
             cluster: "pair".into(),

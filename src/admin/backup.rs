@@ -1,32 +1,38 @@
 //! `admin backup` and `admin restore`: point-in-time snapshots of a registry, keys included.
 //!
 //! This module owns the snapshot file format and the two operations. A snapshot holds a
-//! consistent copy of every store record ([`AdminStore::snapshot`]) and the registry's key
-//! files, so a restored registry keeps its identity and its regCred.dat stays valid. Like
-//! etcd's snapshot files it ends with a SHA-256 checksum:
+//! consistent copy of every store tree (read from a point-in-time view, [`StoreView`], and
+//! written entry by entry: [`write()`]) and the registry's key files,
+//! so a restored registry keeps its identity and its regCred.dat stays valid. Like etcd's
+//! snapshot files it ends with a SHA-256 checksum:
 //!
 //! ```text
 //! "XLREGSNP" | format version (u32, big-endian) | body | SHA-256 of everything before it
 //! ```
 //!
-//! The body is bincode (fixed-width integers, little-endian) of `SnapshotBody`. Restore
+//! The body is bincode (fixed-width integers, little-endian) of `SnapshotBody`, written
+//! field by field so that the store is never held in memory ([`Received`] checks a file
+//! received from a daemon the same way, as it is written). Restore
 //! checks the magic, the checksum and the format version before it decodes anything, takes
 //! only the two known key file names from it, writes into a new or empty directory only,
 //! and verifies the result. Snapshot files hold private keys: they are written with mode
 //! 0600, and the buffers holding them are wiped after use.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bincode::Options as _;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::target::NewDataDir;
 use super::AdminError;
 use crate::crypto::{sha256, RsaKeyPair};
+use crate::process::ReleaseEvery;
 use crate::regcred::write_atomic;
 use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
-use crate::store::{AdminStore, BackendChoice, Snapshot};
+use crate::store::{BackendChoice, Snapshot, StoreView};
 
 /// The first bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"XLREGSNP";
@@ -63,7 +69,7 @@ impl Drop for SnapshotBody {
 }
 
 /// What a snapshot holds, for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotSummary {
     /// When it was taken, ms since the Unix epoch.
     pub created_at_ms: u64,
@@ -99,41 +105,199 @@ fn bincode_options(limit: u64) -> impl bincode::Options {
         .reject_trailing_bytes()
 }
 
-/// Takes a snapshot of `store` and the key files in its data directory, and returns the
-/// snapshot file's bytes.
-pub fn take(store: &dyn AdminStore, now_ms: u64) -> Result<Zeroizing<Vec<u8>>, AdminError> {
-    let dir = store.data_dir().ok_or(AdminError::Ephemeral)?;
-    let snapshot = store.snapshot()?;
-    let has_identity = snapshot.registry_meta()?.is_some();
+/// Writes what it is given to `out`, counting it and hashing it: a snapshot file ends with
+/// the SHA-256 of everything before it.
+struct Hashing<'a> {
+    out: &'a mut dyn Write,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Hashing<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), AdminError> {
+        self.out.write_all(bytes).map_err(AdminError::Output)?;
+        self.hash.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// A u64 as bincode writes it here (fixed width, little-endian): lengths and times.
+    fn put_u64(&mut self, value: u64) -> Result<(), AdminError> {
+        self.put(&value.to_le_bytes())
+    }
+
+    /// A byte string (or a `String`) as bincode writes it: its length, then its bytes.
+    fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), AdminError> {
+        self.put_u64(bytes.len() as u64)?;
+        self.put(bytes)
+    }
+}
+
+/// Writes the snapshot file of `view` and of the key files in `dir` (the store's data
+/// directory) to `out`, one entry at a time: nothing but the entry being written is held in
+/// memory. The bytes are exactly those of the bincode encoding of a `SnapshotBody` holding
+/// the same trees (unit-tested), so `restore` reads them as it always has.
+pub fn write(
+    view: &dyn StoreView,
+    dir: &Path,
+    now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<SnapshotSummary, AdminError> {
+    let registry = view.registry_meta()?;
+    let key_files = key_files(dir, registry.is_some())?;
+    let mut file = Hashing {
+        out,
+        hash: Sha256::new(),
+        len: 0,
+    };
+    file.put(SNAPSHOT_MAGIC)?;
+    file.put(&SNAPSHOT_FORMAT_VERSION.to_be_bytes())?;
+    // SnapshotBody, field by field.
+    file.put_u64(now_ms)?;
+    file.put_bytes(crate::registry::VERSION.as_bytes())?;
+    let names = view.tree_names();
+    file.put_u64(names.len() as u64)?;
+    for name in &names {
+        file.put_bytes(name)?;
+        // A map's length comes first: counted in a first pass over the same point in time.
+        // That pass sends nothing, so it hands freed memory back itself.
+        let mut count = 0u64;
+        let mut release = ReleaseEvery::default();
+        for entry in view.entries(name) {
+            let (key, value) = entry?;
+            release.passed(key.len() + value.len());
+            count += 1;
+        }
+        file.put_u64(count)?;
+        let mut written = 0u64;
+        for entry in view.entries(name) {
+            let (key, value) = entry?;
+            file.put_bytes(&key)?;
+            file.put_bytes(&value)?;
+            written += 1;
+        }
+        if written != count {
+            return Err(AdminError::Unreadable(format!(
+                "tree {} gave {written} entries after counting {count}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+    }
+    file.put_u64(key_files.len() as u64)?;
+    for (name, contents) in &key_files {
+        file.put_bytes(name.as_bytes())?;
+        file.put_bytes(contents)?;
+    }
+    // The summary's counts, from the same point in time.
+    let mut nodes = 0;
+    for node in view.nodes() {
+        node?;
+        nodes += 1;
+    }
+    let (mut clusters, mut members) = (0, 0);
+    for cluster in view.clusters() {
+        clusters += 1;
+        members += cluster?.members.len();
+    }
+    let checksum: [u8; CHECKSUM_LEN] = file.hash.finalize().into();
+    let bytes = file.len as usize + CHECKSUM_LEN;
+    file.out.write_all(&checksum).map_err(AdminError::Output)?;
+    Ok(SnapshotSummary {
+        created_at_ms: now_ms,
+        xlreg_version: crate::registry::VERSION.to_string(),
+        registry: registry.map(|meta| (meta.name, meta.id.to_hex())),
+        nodes,
+        clusters,
+        members,
+        bytes,
+        sha256: hex::encode(checksum),
+    })
+}
+
+/// A key file's name and contents (wiped when dropped).
+type KeyFile = (String, Zeroizing<Vec<u8>>);
+
+/// The registry's key files in `dir`, name and contents; a registry not yet started
+/// (`has_identity` false) may have none.
+fn key_files(dir: &Path, has_identity: bool) -> Result<Vec<KeyFile>, AdminError> {
     let mut key_files = Vec::new();
     for file in KEY_FILES {
         let path = dir.join(file);
         match std::fs::read(&path) {
-            Ok(contents) => key_files.push((file.to_string(), contents)),
+            Ok(contents) => key_files.push((file.to_string(), Zeroizing::new(contents))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !has_identity => {}
             Err(source) => return Err(AdminError::File { path, source }),
         }
     }
-    let body = SnapshotBody {
-        created_at_ms: now_ms,
-        xlreg_version: crate::registry::VERSION.to_string(),
-        store: snapshot,
-        key_files,
-    };
-    let encoded = Zeroizing::new(
-        bincode_options(u64::MAX)
-            .serialize(&body)
-            .map_err(|e| AdminError::Unreadable(format!("could not encode the snapshot: {e}")))?,
-    );
-    let mut out = Zeroizing::new(Vec::with_capacity(
-        HEADER_LEN + encoded.len() + CHECKSUM_LEN,
-    ));
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
-    out.extend_from_slice(&encoded);
-    let checksum = sha256(&out);
-    out.extend_from_slice(&checksum);
-    Ok(out)
+    Ok(key_files)
+}
+
+/// Checks a snapshot file as it is received (from a daemon) and written to `out`: keeps the
+/// running SHA-256 of everything but the last 32 bytes, so that [`Received::finish`] can
+/// check the file's checksum without holding the file.
+pub struct Received<W> {
+    out: W,
+    hash: Sha256,
+    /// The first bytes (the header), for the magic and the version.
+    head: Vec<u8>,
+    /// The last bytes seen (at most [`CHECKSUM_LEN`] once hashed up to them); wiped, as
+    /// they may hold key material.
+    tail: Zeroizing<Vec<u8>>,
+    len: u64,
+}
+
+impl<W: Write> Received<W> {
+    /// Checks what is written before passing it on to `out`.
+    pub fn new(out: W) -> Received<W> {
+        Received {
+            out,
+            hash: Sha256::new(),
+            head: Vec::with_capacity(HEADER_LEN),
+            tail: Zeroizing::new(Vec::new()),
+            len: 0,
+        }
+    }
+
+    /// Checks the whole file (magic, format version, checksum) and returns its length, its
+    /// checksum in hex and `out`. `path` is for messages.
+    pub fn finish(self, path: &Path) -> Result<(u64, String, W), AdminError> {
+        let bad = |reason: String| AdminError::BadSnapshot {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if self.len < (HEADER_LEN + CHECKSUM_LEN) as u64 || !self.head.starts_with(SNAPSHOT_MAGIC) {
+            return Err(bad("the daemon did not send an xlreg snapshot".into()));
+        }
+        if self.head[SNAPSHOT_MAGIC.len()..] != SNAPSHOT_FORMAT_VERSION.to_be_bytes() {
+            return Err(bad("the daemon sent another snapshot format version".into()));
+        }
+        if self.hash.finalize().as_slice() != self.tail.as_slice() {
+            return Err(bad(
+                "checksum mismatch: the snapshot was damaged on its way; nothing written".into(),
+            ));
+        }
+        Ok((self.len, hex::encode(&*self.tail), self.out))
+    }
+}
+
+impl<W: Write> Write for Received<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write_all(buf)?;
+        let missing = HEADER_LEN.saturating_sub(self.head.len()).min(buf.len());
+        self.head.extend_from_slice(&buf[..missing]);
+        self.tail.extend_from_slice(buf);
+        if self.tail.len() > CHECKSUM_LEN {
+            let hashed = self.tail.len() - CHECKSUM_LEN;
+            self.hash.update(&self.tail[..hashed]);
+            self.tail.drain(..hashed);
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Checks a snapshot file's magic, checksum and version and decodes it; `path` is for
@@ -201,13 +365,6 @@ pub fn inspect(bytes: &[u8], path: &Path) -> Result<SnapshotSummary, AdminError>
     summarize(&body, bytes)
 }
 
-/// Checks a snapshot received from a daemon and writes it to `path` (mode 0600).
-pub fn save(bytes: &[u8], path: &Path) -> Result<SnapshotSummary, AdminError> {
-    let summary = inspect(bytes, path)?;
-    write_atomic(path, bytes, SNAPSHOT_MODE).map_err(AdminError::file(path))?;
-    Ok(summary)
-}
-
 /// Restores the snapshot file `snapshot_path` into `dir`, which must be new or empty.
 /// Nothing is written unless the snapshot checks out; if writing fails, what was written is
 /// removed. The restored directory is verified; any problem is reported in the summary (the
@@ -235,24 +392,83 @@ pub fn restore(snapshot_path: &Path, dir: &Path) -> Result<RestoreSummary, Admin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::RegistryIdentity;
     use crate::store::Store;
 
     fn registry_dir(root: &Path) -> (PathBuf, Store) {
         let dir = root.join("data");
-        let store = Store::open(&dir).unwrap();
-        RegistryIdentity::load_or_create(&store, Some(&dir), Some("snap"), 1).unwrap();
+        let (store, _) = super::super::test_registry(&dir, &["a", "b"]);
         (dir, store)
+    }
+
+    /// A snapshot file of `store`, written as `admin backup` writes it, and its summary.
+    fn take(store: &Store, now_ms: u64) -> (Zeroizing<Vec<u8>>, SnapshotSummary) {
+        let mut bytes = Zeroizing::new(Vec::new());
+        let view = store.view().unwrap();
+        let summary = write(&view, store.data_dir().unwrap(), now_ms, &mut *bytes).unwrap();
+        (bytes, summary)
+    }
+
+    #[test]
+    fn the_streamed_file_is_the_bincode_encoding_of_the_body() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, store) = registry_dir(root.path());
+        let (bytes, summary) = take(&store, 42);
+        let body = SnapshotBody {
+            created_at_ms: 42,
+            xlreg_version: crate::registry::VERSION.to_string(),
+            store: store.snapshot().unwrap(),
+            key_files: KEY_FILES
+                .iter()
+                .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+                .collect(),
+        };
+        let mut expected = SNAPSHOT_MAGIC.to_vec();
+        expected.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
+        expected.extend(bincode_options(u64::MAX).serialize(&body).unwrap());
+        let checksum = sha256(&expected);
+        expected.extend_from_slice(&checksum);
+        assert!(*bytes == expected);
+        assert_eq!(
+            (summary.nodes, summary.clusters, summary.members),
+            (2, 1, 2)
+        );
+        assert_eq!(inspect(&bytes, Path::new("s.snap")).unwrap(), summary);
+    }
+
+    #[test]
+    fn a_received_snapshot_is_checked_as_it_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let (_dir, store) = registry_dir(root.path());
+        let (bytes, summary) = take(&store, 7);
+        let receive = |bytes: &[u8]| {
+            let mut received = Received::new(Vec::new());
+            // In pieces, as frames arrive.
+            for piece in bytes.chunks(1000) {
+                received.write_all(piece).unwrap();
+            }
+            received.finish(Path::new("s.snap"))
+        };
+        let (len, sha, out) = receive(&bytes).unwrap();
+        assert_eq!((len as usize, sha), (summary.bytes, summary.sha256));
+        assert!(out == *bytes);
+        let mut flipped = bytes.to_vec();
+        flipped[bytes.len() / 2] ^= 1;
+        assert!(matches!(
+            receive(&flipped),
+            Err(AdminError::BadSnapshot { reason, .. }) if reason.contains("checksum mismatch")
+        ));
+        assert!(receive(&bytes[..bytes.len() - 1]).is_err());
+        assert!(receive(b"XLREGSNP").is_err());
     }
 
     #[test]
     fn take_save_restore_round_trip() {
         let root = tempfile::tempdir().unwrap();
         let (dir, store) = registry_dir(root.path());
-        let bytes = take(&store, 42).unwrap();
+        let (bytes, summary) = take(&store, 42);
         let file = root.path().join("s.snap");
-        let summary = save(&bytes, &file).unwrap();
-        assert_eq!(summary.registry.as_ref().unwrap().0, "snap");
+        write_atomic(&file, &bytes, SNAPSHOT_MODE).unwrap();
+        assert_eq!(summary.registry.as_ref().unwrap().0, "reg");
         assert_eq!(summary.created_at_ms, 42);
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -286,7 +502,7 @@ mod tests {
     fn damaged_and_foreign_files_are_refused() {
         let root = tempfile::tempdir().unwrap();
         let (_dir, store) = registry_dir(root.path());
-        let bytes = take(&store, 1).unwrap();
+        let (bytes, _) = take(&store, 1);
         let path = Path::new("s.snap");
         let reason = |bytes: &[u8]| match decode(bytes, path) {
             Err(AdminError::BadSnapshot { reason, .. }) => reason,

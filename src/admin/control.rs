@@ -13,7 +13,12 @@
 //! durable before it is answered, and sessions waiting on a deleted cluster are woken.
 //!
 //! Protocol: one JSON [`Request`] line from the client, one JSON response line back
-//! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. Requests are at
+//! (`{"ok": REPLY}` or `{"error": "message"}`), then the connection closes. A streamed
+//! request ([`Request::is_streamed`]: export, backup) is answered with `{"stream":{}}`, then
+//! frames (a u32 big-endian length and at most [`CHUNK_BYTES`] of the output, written from a
+//! point-in-time view as they are read, at most `CHUNKS_IN_FLIGHT` waiting), a frame of length
+//! 0, and the response line; the client writes each frame to its output as it arrives
+//! ([`ControlConnection::ask_streamed`]), so neither end holds the whole answer. Requests are at
 //! most [`MAX_REQUEST_BYTES`] and must arrive within [`REQUEST_TIMEOUT`]; replies are at most
 //! [`MAX_RESPONSE_BYTES`]; at most [`MAX_CONCURRENT`] requests are served at once (more are
 //! told the daemon is busy). The daemon answers with the same [`answer`] function an offline
@@ -26,13 +31,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-use super::{answer, export, AdminError, Reply, Request};
+use super::{answer, AdminError, Reply, Request};
+use crate::process::ReleaseEvery;
 use crate::registry::Registry;
-use crate::store::AdminStore;
 
 /// File name of the control socket in the data directory.
 pub const SOCKET_FILE: &str = "control.sock";
@@ -40,7 +45,8 @@ pub const SOCKET_FILE: &str = "control.sock";
 pub const SOCKET_MODE: u32 = 0o600;
 /// Longest request line the daemon reads.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Longest response line the client reads (a snapshot or export of a very large registry).
+/// Longest response line the client reads (the cluster or node list of a very large
+/// registry; exports and snapshots are streamed in frames instead).
 pub const MAX_RESPONSE_BYTES: usize = 2 << 30;
 /// How long the daemon waits for a client's request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +54,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the client waits for the daemon's whole answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest frame of a streamed answer the daemon sends.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// The largest frame of a streamed answer the client accepts.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// How many frames of a streamed answer wait in the daemon's memory at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Longest header or reply line of a streamed answer the client reads.
+const MAX_STREAM_LINE_BYTES: usize = 64 * 1024;
 /// Most requests the daemon serves at once.
 pub const MAX_CONCURRENT: usize = 4;
 /// How long stopping waits for requests in progress.
@@ -59,6 +73,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 enum Response {
     /// The request's answer.
     Ok(Box<Reply>),
+    /// A streamed answer follows: frames, the end frame, then the reply line.
+    Stream(StreamStart),
     /// Why there is none; shown to the user as it is.
     Error(String),
     /// A refusal on the merits, of a kind the client maps as an offline command would.
@@ -69,6 +85,10 @@ enum Response {
         message: String,
     },
 }
+
+/// What starts a streamed answer (`{"stream":{}}`): nothing yet, room to grow.
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamStart {}
 
 /// The effective uid of this process.
 pub(crate) fn own_uid() -> u32 {
@@ -127,13 +147,19 @@ async fn write_bytes(
     line: &[u8],
     timeout: Duration,
 ) -> Result<(), String> {
-    tokio::time::timeout(timeout, async {
-        stream.write_all(line).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| format!("the peer did not take the reply within {timeout:?}"))?
-    .map_err(|e| e.to_string())
+    send(stream, line, timeout).await?;
+    tokio::time::timeout(timeout, stream.shutdown())
+        .await
+        .map_err(|_| format!("the peer did not take the reply within {timeout:?}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `bytes` within `timeout`, leaving the connection open.
+async fn send(stream: &mut UnixStream, bytes: &[u8], timeout: Duration) -> Result<(), String> {
+    tokio::time::timeout(timeout, stream.write_all(bytes))
+        .await
+        .map_err(|_| format!("the peer did not take the reply within {timeout:?}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// The daemon's end: a listening control socket and the task serving it.
@@ -293,51 +319,160 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
         Err(error) => Err(format!("bad control request: {error}")),
     };
     let op = request.as_ref().map(Request::op).unwrap_or("invalid");
-    if let Ok(Request::Export) = request {
-        let line = tokio::task::spawn_blocking(move || export_line(&*store))
-            .await
-            .unwrap_or_else(|e| response_line(&Response::Error(e.to_string())));
-        let result = if line.starts_with(b"{\"ok\"") {
-            "ok".to_string()
-        } else {
-            format!("error: {}", String::from_utf8_lossy(&line).trim_end())
-        };
-        let sent = write_bytes(&mut stream, &line, WRITE_TIMEOUT).await;
-        drop(line);
-        finish(op, result, sent.is_ok(), started).await;
-        return;
+    if let Ok(request) = &request {
+        if request.is_streamed() {
+            let request = request.clone();
+            let answering = move |out: &mut dyn std::io::Write| {
+                answer(&*store, &request, crate::clock::now_ms(), out)
+            };
+            let (result, sent) = stream_answer(&mut stream, answering).await;
+            finish(op, result, sent, started).await;
+            return;
+        }
     }
     let response = match request {
         Err(error) => Response::Error(error),
-        Ok(request) => {
-            let answered = tokio::task::spawn_blocking(move || {
-                answer(&*store, &request, crate::clock::now_ms())
+        Ok(request) => response(
+            tokio::task::spawn_blocking(move || {
+                answer(
+                    &*store,
+                    &request,
+                    crate::clock::now_ms(),
+                    &mut std::io::sink(),
+                )
             })
-            .await;
-            match answered {
-                // Sessions waiting on a deleted cluster are told by the store itself.
-                Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
-                Ok(Err(error)) => match error.refusal() {
-                    Some(kind) => Response::Refused {
-                        kind,
-                        message: error.to_string(),
-                    },
-                    None => Response::Error(error.to_string()),
-                },
-                Err(error) => {
-                    Response::Error(AdminError::Interrupted(error.to_string()).to_string())
-                }
-            }
-        }
+            .await,
+        ),
     };
-    let result = match &response {
-        Response::Ok(_) => "ok".to_string(),
-        Response::Error(error) => format!("error: {error}"),
-        Response::Refused { message, .. } => format!("refused: {message}"),
-    };
+    let result = response.outcome();
     let sent = write_line(&mut stream, &response, WRITE_TIMEOUT).await;
     drop(response);
     finish(op, result, sent.is_ok(), started).await;
+}
+
+/// The response for what answering a request on a blocking thread gave.
+fn response(answered: Result<Result<Reply, AdminError>, tokio::task::JoinError>) -> Response {
+    match answered {
+        // Sessions waiting on a deleted cluster are told by the store itself.
+        Ok(Ok(reply)) => Response::Ok(Box::new(reply)),
+        Ok(Err(error)) => match error.refusal() {
+            Some(kind) => Response::Refused {
+                kind,
+                message: error.to_string(),
+            },
+            None => Response::Error(error.to_string()),
+        },
+        Err(error) => Response::Error(AdminError::Interrupted(error.to_string()).to_string()),
+    }
+}
+
+impl Response {
+    /// What the log says of it.
+    fn outcome(&self) -> String {
+        match self {
+            Response::Ok(_) => "ok".to_string(),
+            Response::Stream(_) => "streaming".to_string(),
+            Response::Error(error) => format!("error: {error}"),
+            Response::Refused { message, .. } => format!("refused: {message}"),
+        }
+    }
+}
+
+/// Answers a streamed request: the header line, the bytes in frames as a blocking thread
+/// writes them from a point-in-time view (at most [`CHUNKS_IN_FLIGHT`] frames of
+/// [`CHUNK_BYTES`] wait in memory), the end frame, then the reply line. If the client stops
+/// reading, the writer's next frame fails and it stops. Returns what to log and whether
+/// everything was sent.
+async fn stream_answer(
+    stream: &mut UnixStream,
+    answering: impl FnOnce(&mut dyn std::io::Write) -> Result<Reply, AdminError> + Send + 'static,
+) -> (String, bool) {
+    let (chunks, mut received) = mpsc::channel::<Zeroizing<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut out = ChunkSender {
+            chunks,
+            buffer: Zeroizing::new(Vec::with_capacity(CHUNK_BYTES)),
+            release: ReleaseEvery::default(),
+        };
+        let reply = answering(&mut out)?;
+        std::io::Write::flush(&mut out).map_err(AdminError::Output)?;
+        Ok(reply)
+    });
+    let header = Response::Stream(StreamStart {});
+    let mut sent = match json_line(&header) {
+        Ok(line) => send(stream, &line, WRITE_TIMEOUT).await.is_ok(),
+        Err(_) => false,
+    };
+    while let Some(chunk) = received.recv().await {
+        if !sent {
+            break;
+        }
+        sent = send_frame(stream, &chunk).await.is_ok();
+    }
+    // The producer's next send fails once nobody receives: it stops.
+    drop(received);
+    let response = response(producer.await);
+    let result = response.outcome();
+    if sent {
+        sent = match send_frame(stream, &[]).await {
+            Ok(()) => write_line(stream, &response, WRITE_TIMEOUT).await.is_ok(),
+            Err(_) => false,
+        };
+    }
+    (result, sent)
+}
+
+/// The writer a streamed answer is written to on its blocking thread: hands the bytes to
+/// the connection's task in chunks of [`CHUNK_BYTES`].
+struct ChunkSender {
+    chunks: mpsc::Sender<Zeroizing<Vec<u8>>>,
+    buffer: Zeroizing<Vec<u8>>,
+    /// Hands freed memory back as the answer streams.
+    release: ReleaseEvery,
+}
+
+impl ChunkSender {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(
+            &mut self.buffer,
+            Zeroizing::new(Vec::with_capacity(CHUNK_BYTES)),
+        );
+        let sent = chunk.len();
+        self.chunks.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the admin client stopped reading",
+            )
+        })?;
+        self.release.passed(sent);
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let taken = bytes.len().min(CHUNK_BYTES - self.buffer.len());
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.send_buffer()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+/// Sends one frame of a streamed answer: its length (u32, big-endian), then its bytes.
+async fn send_frame(stream: &mut UnixStream, bytes: &[u8]) -> Result<(), String> {
+    let mut frame = Zeroizing::new(Vec::with_capacity(4 + bytes.len()));
+    frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    frame.extend_from_slice(bytes);
+    send(stream, &frame, WRITE_TIMEOUT).await
 }
 
 /// Logs an answered request and, after one that copied the whole registry, gives that memory
@@ -352,44 +487,6 @@ async fn finish(op: &str, result: String, sent: bool, started: Instant) {
     );
     if matches!(op, "export" | "backup" | "verify") {
         let _ = tokio::task::spawn_blocking(crate::process::release_free_memory).await;
-    }
-}
-
-/// A response as one line, newline included.
-fn response_line(response: &Response) -> Zeroizing<Vec<u8>> {
-    json_line(response).unwrap_or_else(|e| {
-        // A Response holds only strings and plain data; this cannot happen.
-        Zeroizing::new(format!("{{\"error\":\"encoding the answer failed: {e}\"}}\n").into_bytes())
-    })
-}
-
-/// The answer to an export request, serialized record by record from a snapshot: the same
-/// line as `Response::Ok(Reply::Export(document))` without building the document (on a
-/// registry of 100,000 clusters that document is several hundred MB).
-fn export_line(store: &dyn AdminStore) -> Zeroizing<Vec<u8>> {
-    let built = store
-        .snapshot()
-        .map_err(|e| AdminError::from(e).to_string())
-        .and_then(|snapshot| {
-            let doc = export::streamed(&snapshot).map_err(|e| e.to_string())?;
-            json_line(&OkExport(doc)).map_err(|e| format!("{e}; run `xlreg admin verify`"))
-        });
-    built.unwrap_or_else(|error| response_line(&Response::Error(error)))
-}
-
-/// Serializes as `Response::Ok(Box::new(Reply::Export(document)))` does, `{"ok":{"export":
-/// DOCUMENT}}`, with any serializable document.
-struct OkExport<T>(T);
-
-impl<T: Serialize> Serialize for OkExport<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct ExportReply<'a, T>(&'a T);
-        impl<T: Serialize> Serialize for ExportReply<'_, T> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_newtype_variant("Reply", 0, "export", self.0)
-            }
-        }
-        serializer.serialize_newtype_variant("Response", 0, "ok", &ExportReply(&self.0))
     }
 }
 
@@ -450,13 +547,93 @@ impl ControlConnection {
             .await
             .map_err(&protocol)?
             .ok_or_else(|| protocol("the daemon closed the connection without answering".into()))?;
-        match serde_json::from_slice::<Response>(&line) {
-            Ok(Response::Ok(reply)) => Ok(*reply),
-            Ok(Response::Error(message)) => Err(AdminError::Remote(message)),
-            Ok(Response::Refused { kind, message }) => {
-                Err(AdminError::RemoteRefusal { kind, message })
+        match parse_response(&line).map_err(&protocol)? {
+            Response::Stream(_) => Err(protocol("a streamed answer to a plain request".into())),
+            answered => answered.into_reply(),
+        }
+    }
+
+    /// Sends one streamed request ([`Request::is_streamed`]) and writes the bytes of the
+    /// answer to `out` as they arrive, one frame at a time; returns the reply that follows
+    /// them. Blocking (std I/O on the same socket, with [`RESPONSE_TIMEOUT`] on each read).
+    pub fn ask_streamed(
+        self,
+        request: &Request,
+        out: &mut dyn std::io::Write,
+    ) -> Result<Reply, AdminError> {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let path = self.path.clone();
+        let protocol = |reason: String| AdminError::ControlProtocol {
+            path: path.clone(),
+            reason,
+        };
+        let io = |error: std::io::Error| protocol(error.to_string());
+        let stream = self.stream.into_std().map_err(io)?;
+        stream.set_nonblocking(false).map_err(io)?;
+        stream
+            .set_read_timeout(Some(RESPONSE_TIMEOUT))
+            .map_err(io)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
+        (&stream)
+            .write_all(&json_line(request).map_err(&protocol)?)
+            .map_err(io)?;
+        let mut reader = std::io::BufReader::new(stream);
+        let read_line = |reader: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+                         what: &str|
+         -> Result<Response, AdminError> {
+            let mut line = Zeroizing::new(Vec::new());
+            reader
+                .take(MAX_STREAM_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(io)?;
+            if line.pop() != Some(b'\n') {
+                return Err(protocol(format!("no complete {what} line")));
             }
-            Err(error) => Err(protocol(format!("unreadable answer: {error}"))),
+            parse_response(&line).map_err(&protocol)
+        };
+        match read_line(&mut reader, "header")? {
+            Response::Stream(_) => {}
+            Response::Ok(_) => return Err(protocol("a plain answer to a streamed request".into())),
+            refused => return refused.into_reply(),
+        }
+        let mut frame = Zeroizing::new(Vec::new());
+        loop {
+            let mut len = [0u8; 4];
+            reader.read_exact(&mut len).map_err(io)?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                break;
+            }
+            if len > MAX_FRAME_BYTES {
+                return Err(protocol(format!(
+                    "a frame of {len} bytes; the limit is {MAX_FRAME_BYTES}"
+                )));
+            }
+            frame.resize(len, 0);
+            reader.read_exact(&mut frame).map_err(io)?;
+            out.write_all(&frame).map_err(AdminError::Output)?;
+        }
+        match read_line(&mut reader, "reply")? {
+            Response::Stream(_) => Err(protocol("a second stream header".into())),
+            answered => answered.into_reply(),
+        }
+    }
+}
+
+/// Parses a response line.
+fn parse_response(line: &[u8]) -> Result<Response, String> {
+    serde_json::from_slice::<Response>(line).map_err(|e| format!("unreadable answer: {e}"))
+}
+
+impl Response {
+    /// The reply, or the daemon's error or refusal as an [`AdminError`] (a stream header
+    /// where none belongs is an error too).
+    fn into_reply(self) -> Result<Reply, AdminError> {
+        match self {
+            Response::Ok(reply) => Ok(*reply),
+            Response::Error(message) => Err(AdminError::Remote(message)),
+            Response::Refused { kind, message } => Err(AdminError::RemoteRefusal { kind, message }),
+            Response::Stream(_) => Err(AdminError::Remote("an unexpected stream".into())),
         }
     }
 }
@@ -469,43 +646,124 @@ mod tests {
     use crate::store::Store;
     use crate::test_support::runtime;
 
+    /// A registry with one cluster of one member, to serve on its control socket.
+    fn served_registry(dir: &Path) -> (Store, Arc<Registry>) {
+        let (store, identity) = super::super::test_registry(dir, &["a"]);
+        let registry = Arc::new(Registry::new(Arc::new(store.clone()), identity).unwrap());
+        (store, registry)
+    }
+
+    /// Asks a plain request of the daemon on `dir`.
+    async fn ask(dir: &Path, request: &Request) -> Result<Reply, AdminError> {
+        connect(dir).await.unwrap().unwrap().ask(request).await
+    }
+
+    /// Asks a streamed request of the daemon on `dir`, collecting the bytes.
+    async fn ask_streamed(dir: &Path, request: Request) -> (Vec<u8>, Result<Reply, AdminError>) {
+        let connection = connect(dir).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let reply = connection.ask_streamed(&request, &mut out);
+            (out, reply)
+        })
+        .await
+        .unwrap()
+    }
+
     #[test]
-    fn the_streamed_export_line_is_the_document_line() {
-        let store = Store::temporary().unwrap();
-        let (c, _) = store
-            .create_cluster(
-                crate::store::NewCluster {
-                    name: "web".into(),
-                    attrs: 3,
-                    max_size: 4,
-                    endpoint_count: 1,
-                },
-                10,
-            )
-            .unwrap();
-        let node = store
-            .register_node(
-                crate::store::NewNode {
-                    id: None,
-                    name: "a".into(),
-                    attrs: 1,
-                    comms_key: vec![1, 2, 3],
-                    sig_key: vec![4, 5],
-                    endpoints: vec!["127.0.0.1:1".into()],
-                },
-                11,
-            )
-            .unwrap()
-            .node;
-        store
-            .join(&crate::store::ClusterRef::Id(c.id), &node, 12)
-            .unwrap();
-        let doc = export::export(&store.snapshot().unwrap()).unwrap();
-        let expected = response_line(&Response::Ok(Box::new(Reply::Export(doc))));
-        assert_eq!(
-            String::from_utf8(export_line(&store).to_vec()).unwrap(),
-            String::from_utf8(expected.to_vec()).unwrap()
-        );
+    fn streamed_answers_are_the_bytes_an_offline_command_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, registry) = served_registry(dir.path());
+        let mut offline_export = Vec::new();
+        let counts =
+            super::super::export::write(&store.view().unwrap(), &mut offline_export).unwrap();
+        runtime().block_on(async {
+            let server = ControlServer::start(registry).unwrap();
+            let (bytes, reply) = ask_streamed(dir.path(), Request::Export).await;
+            assert_eq!(reply.unwrap(), Reply::Exported(counts));
+            assert_eq!(
+                String::from_utf8(bytes).unwrap(),
+                String::from_utf8(offline_export).unwrap()
+            );
+
+            let (bytes, reply) = ask_streamed(dir.path(), Request::Backup).await;
+            let Reply::BackedUp(summary) = reply.unwrap() else {
+                panic!("not a backup reply")
+            };
+            assert_eq!(summary.bytes, bytes.len());
+            assert_eq!(
+                (summary.nodes, summary.clusters, summary.members),
+                (1, 1, 1)
+            );
+            let checked = super::super::backup::inspect(&bytes, Path::new("s")).unwrap();
+            assert_eq!(checked, summary);
+
+            // A plain request asked as a streamed one, and the reverse, are protocol errors,
+            // not hangs.
+            let (bytes, reply) = ask_streamed(dir.path(), Request::Info).await;
+            assert!(bytes.is_empty());
+            assert!(
+                matches!(reply, Err(AdminError::ControlProtocol { .. })),
+                "{reply:?}"
+            );
+            let reply = ask(dir.path(), &Request::Export).await;
+            assert!(
+                matches!(reply, Err(AdminError::ControlProtocol { .. })),
+                "{reply:?}"
+            );
+
+            // A failure is the reply after the stream: a failed store exports nothing.
+            store.health().fail("disk gone (test)");
+            let (bytes, reply) = ask_streamed(dir.path(), Request::Export).await;
+            assert!(bytes.is_empty());
+            assert!(
+                matches!(&reply, Err(AdminError::Remote(m)) if m.contains("disk gone")),
+                "{reply:?}"
+            );
+            server.stop().await;
+        });
+    }
+
+    /// A client that stops reading in the middle of a streamed export: the daemon stops
+    /// writing it, drops its view, and goes on serving.
+    #[test]
+    fn a_client_that_goes_away_mid_stream_leaves_no_view_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, registry) = served_registry(dir.path());
+        let key = crate::test_support::fixture_key(1)
+            .public_key()
+            .to_spki_der()
+            .to_vec();
+        // Far more than the frames in flight and the socket's buffers hold.
+        for i in 0..3_000 {
+            let node = crate::store::NewNode {
+                id: None,
+                name: format!("n{i}"),
+                attrs: 0,
+                comms_key: key.clone(),
+                sig_key: key.clone(),
+                endpoints: vec!["127.0.0.1:1".into()],
+            };
+            store.register_node(node, 1).unwrap();
+        }
+        runtime().block_on(async {
+            let server = ControlServer::start(registry).unwrap();
+            let mut stream = UnixStream::connect(server.path()).await.unwrap();
+            stream.write_all(b"{\"op\":\"export\"}\n").await.unwrap();
+            let mut start = [0u8; 4096];
+            stream.read_exact(&mut start).await.unwrap();
+            assert!(start.starts_with(b"{\"stream\":{}}\n"));
+            assert_eq!(store.open_views(), 1);
+            drop(stream);
+            let until = Instant::now() + Duration::from_secs(10);
+            while store.open_views() > 0 {
+                assert!(Instant::now() < until, "the view outlived its client");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let info = ask(dir.path(), &Request::Info).await.unwrap();
+            assert!(matches!(info, Reply::Info(i) if i.nodes == 3_001));
+            server.stop().await;
+        });
     }
 
     #[test]
@@ -531,13 +789,7 @@ mod tests {
                 .to_string_lossy()
                 .starts_with(".control")));
 
-            let reply = connect(dir.path())
-                .await
-                .unwrap()
-                .unwrap()
-                .ask(&Request::Info)
-                .await
-                .unwrap();
+            let reply = ask(dir.path(), &Request::Info).await.unwrap();
             assert!(matches!(reply, Reply::Info(info) if info.nodes == 0));
             let error = connect(dir.path())
                 .await

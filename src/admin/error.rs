@@ -122,6 +122,10 @@ pub enum AdminError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Writing the output (an export or a snapshot file, or the daemon's stream of it to
+    /// the client) failed.
+    #[error("writing the output failed: {0}")]
+    Output(#[source] std::io::Error),
     /// Stored data could not be turned into a document (it fails to decode).
     #[error("{0}; run `xlreg admin verify`")]
     Unreadable(String),

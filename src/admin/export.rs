@@ -1,7 +1,8 @@
 //! `admin export` and `admin import`: the registry's public data as a versioned JSON document.
 //!
-//! This module owns [`ExportDocument`] (format `xlreg-export`, version 1), building it from a
-//! point-in-time [`Snapshot`], and rebuilding a registry from it. The document holds the
+//! This module owns [`ExportDocument`] (format `xlreg-export`, version 1), building or
+//! writing it (record by record, [`write()`]) from a point-in-time [`StoreView`], and
+//! rebuilding a registry from it. The document holds the
 //! registry's name and ID, every node (with its public keys), every cluster and every
 //! membership; never a private key. Export is deterministic (nodes and clusters in ID order,
 //! members in slot order), and import stores exactly what the document says, so export ->
@@ -16,7 +17,6 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::ser::{Error as _, SerializeSeq as _, SerializeStruct as _};
@@ -27,8 +27,7 @@ use super::AdminError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
 use crate::store::{
-    AdminStore, Backend, BackendChoice, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta,
-    Snapshot,
+    BackendChoice, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, StoreView,
 };
 use crate::validate;
 
@@ -195,8 +194,9 @@ fn unreadable(e: crate::store::StorageError) -> AdminError {
     AdminError::Unreadable(e.to_string())
 }
 
-/// Builds the export document of a snapshot.
-pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
+/// Builds the export document of a point-in-time view (a [`Snapshot`], say), in memory.
+/// [`write()`] writes the same document without building it.
+pub fn export(snapshot: &dyn StoreView) -> Result<ExportDocument, AdminError> {
     let registry = snapshot
         .registry_meta()
         .map_err(unreadable)?
@@ -220,20 +220,8 @@ pub fn export(snapshot: &Snapshot) -> Result<ExportDocument, AdminError> {
     })
 }
 
-/// What an export file is written from.
-#[derive(Debug)]
-pub enum ExportSource {
-    /// A stopped registry's store, which this process holds locked (so nothing changes it
-    /// meanwhile): its records are read through the admin port and written one at a time,
-    /// so the document is never held in memory.
-    Store(Arc<dyn Backend>),
-    /// The document a running registry sent through its control socket (a consistent
-    /// snapshot taken while it serves).
-    Document(ExportDocument),
-}
-
 /// How much an export wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportCounts {
     /// Nodes written.
     pub nodes: usize,
@@ -241,59 +229,26 @@ pub struct ExportCounts {
     pub clusters: usize,
 }
 
-impl ExportSource {
-    /// Writes the export document as pretty-printed JSON and a newline. Both sources give
-    /// the same bytes for the same registry. A record that does not decode fails the write
-    /// with [`std::io::ErrorKind::InvalidData`], naming it.
-    pub fn write_to(&self, mut out: impl Write) -> std::io::Result<ExportCounts> {
-        let counts = match self {
-            ExportSource::Document(doc) => {
-                serde_json::to_writer_pretty(&mut out, doc)?;
-                ExportCounts {
-                    nodes: doc.nodes.len(),
-                    clusters: doc.clusters.len(),
-                }
-            }
-            ExportSource::Store(store) => {
-                // Read through the admin port, as any backend would be.
-                let store: &dyn AdminStore = &**store;
-                let invalid = |e: String| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{e}; run `xlreg admin verify`"),
-                    )
-                };
-                let registry = store.registry_meta().map_err(|e| invalid(e.to_string()))?;
-                let streamed = streamed_records(registry, store.nodes(), store.clusters());
-                serde_json::to_writer_pretty(&mut out, &streamed).map_err(|e| {
-                    if e.is_io() {
-                        std::io::Error::from(e)
-                    } else {
-                        invalid(e.to_string())
-                    }
-                })?;
-                ExportCounts {
-                    nodes: streamed.nodes.count.get(),
-                    clusters: streamed.clusters.count.get(),
-                }
-            }
-        };
-        out.write_all(b"\n")?;
-        Ok(counts)
-    }
-}
-
-/// The export document of `snapshot` as a value that serializes one record at a time: the
-/// same JSON as [`export`] and then serializing the document, without building it. For the
-/// daemon, which sends an export through the control socket. Fails if the registry's own
-/// record does not decode; a node or cluster that does not decode fails the serialization.
-pub fn streamed(snapshot: &Snapshot) -> Result<impl Serialize + '_, AdminError> {
-    let registry = snapshot.registry_meta().map_err(unreadable)?;
-    Ok(streamed_records(
-        registry,
-        snapshot.nodes(),
-        snapshot.clusters(),
-    ))
+/// Writes the export document of `view` to `out` as pretty-printed JSON and a newline, one
+/// record at a time: the same bytes as [`export`] and then serializing the document, without
+/// building it (on a registry of 100,000 clusters that document is several hundred MB). The
+/// offline `admin export` and the daemon's streamed answer both write through here. A record
+/// that does not decode fails the write with [`AdminError::Unreadable`], naming it.
+pub fn write(view: &dyn StoreView, out: &mut dyn Write) -> Result<ExportCounts, AdminError> {
+    let registry = view.registry_meta().map_err(unreadable)?;
+    let streamed = streamed_records(registry, view.nodes(), view.clusters());
+    serde_json::to_writer_pretty(&mut *out, &streamed).map_err(|e| {
+        if e.is_io() {
+            AdminError::Output(e.into())
+        } else {
+            AdminError::Unreadable(e.to_string())
+        }
+    })?;
+    out.write_all(b"\n").map_err(AdminError::Output)?;
+    Ok(ExportCounts {
+        nodes: streamed.nodes.count.get(),
+        clusters: streamed.clusters.count.get(),
+    })
 }
 
 /// An export document serialized one record at a time, with the shape of [`ExportDocument`].
@@ -644,9 +599,7 @@ mod tests {
             let mut expected = serde_json::to_vec_pretty(&doc).unwrap();
             expected.push(b'\n');
             let mut streamed = Vec::new();
-            let counts = ExportSource::Store(Arc::new(store))
-                .write_to(&mut streamed)
-                .unwrap();
+            let counts = write(&store.view().unwrap(), &mut streamed).unwrap();
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(expected.clone()).unwrap()
@@ -655,9 +608,6 @@ mod tests {
                 (counts.nodes, counts.clusters),
                 (doc.nodes.len(), doc.clusters.len())
             );
-            let mut sent = Vec::new();
-            ExportSource::Document(doc).write_to(&mut sent).unwrap();
-            assert_eq!(sent, expected);
         }
     }
 
@@ -666,10 +616,8 @@ mod tests {
         let store = populated();
         let first = store.nodes().next().unwrap().unwrap().id;
         store.corrupt_for_test("nodes", first.as_bytes(), b"not a node");
-        let error = ExportSource::Store(Arc::new(store))
-            .write_to(std::io::sink())
-            .unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        let error = write(&store.view().unwrap(), &mut std::io::sink()).unwrap_err();
+        assert!(matches!(error, AdminError::Unreadable(_)), "{error}");
         assert!(error.to_string().contains("admin verify"), "{error}");
     }
 

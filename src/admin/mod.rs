@@ -26,14 +26,11 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 pub use error::{AdminError, RefusalKind};
 
 use crate::store::{AdminStore, Backend, BackendChoice, NodeDeletion, StorageError};
-use export::ExportDocument;
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
 /// An admin request: what `xlreg admin` asks a registry.
@@ -56,11 +53,13 @@ pub enum Request {
         /// The node's ID in hex.
         id: String,
     },
-    /// The export document.
+    /// The export document (streamed: its bytes go to the output, [`Reply::Exported`] says
+    /// how much).
     Export,
     /// The invariant check.
     Verify,
-    /// A snapshot file, keys included.
+    /// A snapshot file, keys included (streamed: its bytes go to the output,
+    /// [`Reply::BackedUp`] describes it).
     Backup,
     /// Delete a cluster and its memberships.
     DeleteCluster {
@@ -90,6 +89,12 @@ impl Request {
             Request::DeleteNode { .. } => "delete-node",
         }
     }
+
+    /// Whether the answer is a stream of bytes (an export or a snapshot file) written to an
+    /// output, followed by a reply that describes it.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self, Request::Export | Request::Backup)
+    }
 }
 
 /// The answer to a [`Request`], variant for variant.
@@ -106,51 +111,42 @@ pub enum Reply {
     Nodes(Vec<NodeRow>),
     /// For [`Request::Node`].
     Node(NodeDetail),
-    /// For [`Request::Export`].
-    Export(ExportDocument),
+    /// For [`Request::Export`], after the document: what it holds.
+    Exported(export::ExportCounts),
     /// For [`Request::Verify`].
     Verify(VerifyReport),
-    /// For [`Request::Backup`].
-    Backup(SnapshotBytes),
+    /// For [`Request::Backup`], after the snapshot file: what it holds.
+    BackedUp(backup::SnapshotSummary),
     /// For [`Request::DeleteCluster`]: the cluster as it was when deleted.
     DeletedCluster(ClusterRow),
     /// For [`Request::DeleteNode`]: the node as it was when deleted.
     DeletedNode(NodeRow),
 }
 
-/// A snapshot file's bytes (base64 in JSON), wiped when dropped: they hold private keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotBytes(pub Zeroizing<Vec<u8>>);
-
-impl Serialize for SnapshotBytes {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0));
-        serializer.serialize_str(&text)
-    }
-}
-
-impl<'de> Deserialize<'de> for SnapshotBytes {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = Zeroizing::new(String::deserialize(deserializer)?);
-        base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .map(|bytes| SnapshotBytes(Zeroizing::new(bytes)))
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 /// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
-/// `now_ms` stamps snapshots. A delete is on disk before its reply is returned.
-pub fn answer(store: &dyn AdminStore, request: &Request, now_ms: u64) -> Result<Reply, AdminError> {
+/// `now_ms` stamps snapshots. A delete is on disk before its reply is returned. A streamed
+/// request ([`Request::is_streamed`]) writes its bytes to `out`, record by record from a
+/// point-in-time view ([`AdminStore::view`]), and returns what they hold; the others leave
+/// `out` alone.
+pub fn answer(
+    store: &dyn AdminStore,
+    request: &Request,
+    now_ms: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<Reply, AdminError> {
     Ok(match request {
         Request::Info => Reply::Info(report::info(store)?),
         Request::Clusters => Reply::Clusters(report::clusters(store)?),
         Request::Cluster { cluster } => Reply::Cluster(report::cluster(store, cluster)?),
         Request::Nodes => Reply::Nodes(report::nodes(store)?),
         Request::Node { id } => Reply::Node(report::node(store, id)?),
-        Request::Export => Reply::Export(export::export(&store.snapshot()?)?),
+        Request::Export => Reply::Exported(export::write(&*store.view()?, out)?),
+        // The checks keep sets of every id and name, so they read a snapshot.
         Request::Verify => Reply::Verify(report::verify(&store.snapshot()?)),
-        Request::Backup => Reply::Backup(SnapshotBytes(backup::take(store, now_ms)?)),
+        Request::Backup => {
+            let dir = store.data_dir().ok_or(AdminError::Ephemeral)?;
+            Reply::BackedUp(backup::write(&*store.view()?, dir, now_ms, out)?)
+        }
         Request::DeleteCluster { cluster } => {
             let target = crate::validate::cluster_ref(cluster)?;
             let deleted = store
@@ -294,15 +290,6 @@ impl Access {
         }
     }
 
-    /// What `admin export` writes from: the store itself, read record by record, for a
-    /// stopped registry; the document the daemon sends, for a running one.
-    pub async fn export_source(self) -> Result<export::ExportSource, AdminError> {
-        match self {
-            Access::Daemon(_) => Ok(export::ExportSource::Document(self.export().await?)),
-            Access::Offline(store) => Ok(export::ExportSource::Store(store)),
-        }
-    }
-
     /// Whether requests go to a running daemon.
     pub fn is_online(&self) -> bool {
         matches!(self, Access::Daemon(_))
@@ -313,10 +300,53 @@ impl Access {
         match self {
             Access::Daemon(connection) => connection.ask(&request).await,
             Access::Offline(store) => tokio::task::spawn_blocking(move || {
-                answer(&*store, &request, crate::clock::now_ms())
+                answer(
+                    &*store,
+                    &request,
+                    crate::clock::now_ms(),
+                    &mut std::io::sink(),
+                )
             })
             .await
             .map_err(|e| AdminError::Interrupted(e.to_string()))?,
+        }
+    }
+
+    /// Sends one streamed request ([`Request::is_streamed`]): its bytes are written to `out`
+    /// as they come (from the daemon's stream, or from the store itself), so neither end holds
+    /// the whole answer. Blocking: call it where blocking is allowed.
+    pub fn stream(
+        self,
+        request: &Request,
+        out: &mut dyn std::io::Write,
+    ) -> Result<Reply, AdminError> {
+        match self {
+            Access::Daemon(connection) => connection.ask_streamed(request, out),
+            Access::Offline(store) => answer(&*store, request, crate::clock::now_ms(), out),
+        }
+    }
+
+    /// `admin export`: writes the export document to `out` and says how much it held.
+    pub fn export_to(
+        self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<export::ExportCounts, AdminError> {
+        let socket = self.socket();
+        match self.stream(&Request::Export, out)? {
+            Reply::Exported(counts) => Ok(counts),
+            _ => Err(unexpected("export", socket)),
+        }
+    }
+
+    /// `admin backup`: writes the snapshot file to `out` and says what it holds.
+    pub fn backup_to(
+        self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<backup::SnapshotSummary, AdminError> {
+        let socket = self.socket();
+        match self.stream(&Request::Backup, out)? {
+            Reply::BackedUp(summary) => Ok(summary),
+            _ => Err(unexpected("backup", socket)),
         }
     }
 }
@@ -370,14 +400,8 @@ impl Access {
         /// `admin node ID`.
         node(id: &str) -> NodeDetail, Request::Node { id: id.to_string() }, Node);
     typed_request!(
-        /// `admin export`.
-        export() -> ExportDocument, Request::Export, Export);
-    typed_request!(
         /// `admin verify`.
         verify() -> VerifyReport, Request::Verify, Verify);
-    typed_request!(
-        /// `admin backup`: the snapshot file's bytes.
-        backup() -> SnapshotBytes, Request::Backup, Backup);
     typed_request!(
         /// `admin delete-cluster`: deletes it, durably, and returns it as it was.
         delete_cluster(name_or_id: &str) -> ClusterRow,
@@ -385,6 +409,44 @@ impl Access {
     typed_request!(
         /// `admin delete-node`: deletes it, durably, unless it is a member.
         delete_node(id: &str) -> NodeRow, Request::DeleteNode { id: id.to_string() }, DeletedNode);
+}
+
+/// A registry in `dir` with its identity and key files, one cluster `web` (4 places) and one
+/// member per name in `members`, for tests.
+#[cfg(test)]
+pub(crate) fn test_registry(
+    dir: &Path,
+    members: &[&str],
+) -> (crate::store::Store, crate::registry::RegistryIdentity) {
+    use crate::store::{ClusterRef, NewCluster, NewNode, Store};
+    let store = Store::open(dir).unwrap();
+    let identity =
+        crate::registry::RegistryIdentity::load_or_create(&store, Some(dir), Some("reg"), 1)
+            .unwrap();
+    let cluster = NewCluster {
+        name: "web".into(),
+        attrs: 3,
+        max_size: 4,
+        endpoint_count: 1,
+    };
+    let c = store.create_cluster(cluster, 2).unwrap().0;
+    for (n, name) in members.iter().enumerate() {
+        let key = crate::test_support::fixture_key(n)
+            .public_key()
+            .to_spki_der()
+            .to_vec();
+        let node = NewNode {
+            id: None,
+            name: name.to_string(),
+            attrs: 0,
+            comms_key: key.clone(),
+            sig_key: key,
+            endpoints: vec!["127.0.0.1:7000".into()],
+        };
+        let node = store.register_node(node, 3).unwrap().node;
+        store.join(&ClusterRef::Id(c.id.clone()), &node, 4).unwrap();
+    }
+    (store, identity)
 }
 
 #[cfg(test)]
@@ -416,9 +478,12 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop"}"#).is_err());
 
-        let reply = Reply::Backup(SnapshotBytes(Zeroizing::new(vec![0, 1, 2, 255])));
+        let reply = Reply::Exported(export::ExportCounts {
+            nodes: 2,
+            clusters: 1,
+        });
         let json = serde_json::to_string(&reply).unwrap();
-        assert_eq!(json, r#"{"backup":"AAEC/w=="}"#);
+        assert_eq!(json, r#"{"exported":{"nodes":2,"clusters":1}}"#);
         assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), reply);
     }
 

@@ -12,8 +12,6 @@ use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
 use super::cluster::THROWAWAY_PREFIX;
 use super::exit::{CliError, Failure};
 use super::output::print_json;
@@ -192,21 +190,27 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
             show(json, &detail, || detail.to_text())?;
         }
         C::Export(args) => {
-            let source = access(&args.data).await?.export_source().await?;
-            match &args.output {
+            let access = access(&args.data).await?;
+            match args.output.clone() {
                 None => {
-                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    source.write_to(&mut out)?;
-                    out.flush()?;
+                    blocking(move || {
+                        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                        access.export_to(&mut out)?;
+                        out.flush().map_err(AdminError::Output)
+                    })
+                    .await?;
                 }
                 Some(path) => {
-                    let counts = write_atomic_with(path, 0o644, |file| {
-                        let mut out = std::io::BufWriter::new(file);
-                        let counts = source.write_to(&mut out)?;
-                        out.flush()?;
-                        Ok(counts)
+                    let file = path.clone();
+                    let counts = blocking(move || {
+                        write_file(&file, 0o644, |out| {
+                            let mut out = std::io::BufWriter::new(out);
+                            let counts = access.export_to(&mut out)?;
+                            out.flush().map_err(AdminError::Output)?;
+                            Ok(counts)
+                        })
                     })
-                    .with_context(|| format!("writing {}", path.display()))?;
+                    .await?;
                     if json {
                         print_json(&serde_json::json!({
                             "exported": {
@@ -236,10 +240,26 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
             }
         }
         C::Backup(args) => {
-            let bytes = access(&args.data).await?.backup().await?;
+            let access = access(&args.data).await?;
             let output = args.output.clone();
-            let summary =
-                tokio::task::spawn_blocking(move || backup::save(&bytes.0, &output)).await??;
+            let summary = blocking(move || {
+                write_file(&output, backup::SNAPSHOT_MODE, |file| {
+                    let mut received = backup::Received::new(std::io::BufWriter::new(file));
+                    let summary = access.backup_to(&mut received)?;
+                    let (len, sha256, mut out) = received.finish(&output)?;
+                    out.flush().map_err(AdminError::Output)?;
+                    if len != summary.bytes as u64 || sha256 != summary.sha256 {
+                        return Err(AdminError::BadSnapshot {
+                            path: output.clone(),
+                            reason: "the file received does not match its description; \
+                                     nothing written"
+                                .into(),
+                        });
+                    }
+                    Ok(summary)
+                })
+            })
+            .await?;
             if json {
                 print_json(&serde_json::json!({
                     "file": args.output.display().to_string(),
@@ -255,6 +275,48 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
         C::DeleteNode(args) => return delete_node(args, json).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs blocking admin work (a streamed export or backup) off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AdminError::Interrupted(e.to_string()))?
+}
+
+/// Replaces `path` atomically (mode `mode`) by what `write` writes; nothing is left behind if
+/// it fails, and its error is returned as it was.
+fn write_file<T>(
+    path: &std::path::Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, AdminError>,
+) -> Result<T, AdminError> {
+    let mut failure = None;
+    let written = write_atomic_with(path, mode, |file| {
+        write(file).map_err(|error| {
+            // The output is this file: name it.
+            let error = match error {
+                AdminError::Output(source) => AdminError::File {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                other => other,
+            };
+            let message = error.to_string();
+            failure = Some(error);
+            std::io::Error::other(message)
+        })
+    });
+    match (written, failure) {
+        (_, Some(error)) => Err(error),
+        (Ok(value), None) => Ok(value),
+        (Err(source), None) => Err(AdminError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 fn snapshot_json(s: &backup::SnapshotSummary) -> serde_json::Value {

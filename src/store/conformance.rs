@@ -577,12 +577,7 @@ pub(super) fn snapshot_restores_into_an_empty_store_record_for_record<S: Backend
     make: fn(IdSource) -> S,
 ) {
     let store = make(IdSource::from_os());
-    let meta = RegistryMeta {
-        name: "reg".into(),
-        id: Id::from_bytes(&[4u8; 32]).unwrap(),
-        created_at_ms: 3,
-    };
-    store.set_registry_meta(&meta).unwrap();
+    let meta = named(&store);
     cluster(&store, "web", 4, 1);
     cluster(&store, "db", 2, 0);
     for n in ["a", "b"] {
@@ -617,6 +612,73 @@ pub(super) fn snapshot_restores_into_an_empty_store_record_for_record<S: Backend
         matches!(e, StorageError::SchemaTooNew { found: 99, .. }),
         "{e}"
     );
+}
+
+/// Sets the registry's facts of a test store, and returns them.
+fn named(store: &dyn AdminStore) -> RegistryMeta {
+    let meta = RegistryMeta {
+        name: "reg".into(),
+        id: Id::from_bytes(&[4u8; 32]).unwrap(),
+        created_at_ms: 3,
+    };
+    store.set_registry_meta(&meta).unwrap();
+    meta
+}
+
+/// Every tree of a view, read to the end.
+fn read_view(view: &dyn super::StoreView) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for name in view.tree_names() {
+        let entries = view
+            .entries(&name)
+            .collect::<Result<_, _>>()
+            .expect("a view reads");
+        snapshot.trees.insert(name, entries);
+    }
+    snapshot
+}
+
+pub(super) fn a_view_shows_the_store_as_it_was_when_it_opened<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
+    let store = make(IdSource::from_os());
+    let meta = named(&store);
+    let web = cluster(&store, "web", 4, 1);
+    cluster(&store, "db", 2, 0);
+    let a = node(&store, "a", 1);
+    let free = node(&store, "free", 1);
+    join(&store, &name("web"), &a, 7).unwrap();
+    let before = AdminStore::snapshot(&store).unwrap();
+
+    let view = store.view().unwrap();
+    // Every kind of change after it opened: a new cluster, a join, a deleted cluster, a
+    // deleted node, new registry facts.
+    cluster(&store, "new", 2, 0);
+    let b = node(&store, "b", 1);
+    join(&store, &ClusterRef::Id(web.id.clone()), &b, 8).unwrap();
+    store.delete_cluster_if(&name("db"), &|_| true).unwrap();
+    assert!(matches!(
+        store.delete_node(&free.id).unwrap(),
+        NodeDeletion::Deleted(_)
+    ));
+    store
+        .set_registry_meta(&RegistryMeta {
+            name: "renamed".into(),
+            ..meta.clone()
+        })
+        .unwrap();
+
+    assert_eq!(read_view(&*view), before);
+    assert_eq!(view.registry_meta().unwrap(), Some(meta));
+    assert_eq!(view.clusters().count(), 2);
+    assert_eq!(
+        view.nodes().collect::<Result<Vec<_>, _>>().unwrap(),
+        before.nodes().collect::<Result<Vec<_>, _>>().unwrap()
+    );
+    drop(view);
+    // A view opened now sees the changes.
+    let after = store.view().unwrap();
+    assert_eq!(read_view(&*after), AdminStore::snapshot(&store).unwrap());
 }
 
 pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend + 'static>(
@@ -731,6 +793,7 @@ macro_rules! conformance {
                 delete_node_refuses_a_member_and_removes_a_free_node,
                 caps_refuse_new_clusters_and_nodes_but_not_known_ones,
                 snapshot_restores_into_an_empty_store_record_for_record,
+                a_view_shows_the_store_as_it_was_when_it_opened,
                 a_join_wakes_a_watcher_and_only_after_the_watch_began,
                 fresh_ids_are_unused_and_come_from_the_stores_source,
                 a_failed_store_refuses_reads_and_writes_from_then_on,

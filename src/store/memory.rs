@@ -19,7 +19,7 @@ use super::apply::{self, RecordTx};
 use super::caps::{self, Caps};
 use super::{
     AdminStore, Backend, ClusterEvents, ClusterView, IdSource, NodeDeletion, Records, SessionStore,
-    Snapshot, StorageError, StoreError, StoreFuture, WriteAnswer,
+    Snapshot, StorageError, StoreError, StoreFuture, StoreView, WriteAnswer,
 };
 use crate::failstop::Health;
 use crate::id::Id;
@@ -314,6 +314,12 @@ impl AdminStore for MemoryStore {
         let nodes: Vec<NodeRecord> = state.nodes.values().cloned().collect();
         let clusters: Vec<ClusterRecord> = state.clusters.values().cloned().collect();
         Snapshot::from_records(state.meta.as_ref(), &nodes, &clusters)
+    }
+
+    fn view(&self) -> Result<Box<dyn StoreView + '_>, StorageError> {
+        // A copy taken under the store's lock: the memory store holds everything in memory
+        // anyway, and serves tests, not registries of a size where the copy matters.
+        Ok(Box::new(AdminStore::snapshot(self)?))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), StorageError> {

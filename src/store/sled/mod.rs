@@ -8,8 +8,9 @@
 //! with) hold under any interleaving. Submodules own the record encoding (`records`), the
 //! sled error mapping (`error`), schema versions and migrations (`schema`), group commit
 //! (`commit`), syncing sled's files (`disk`), point-in-time snapshots and the gate every
-//! mutation passes (`snapshot`) and the consistency checks (`verify`). [`Store`] implements
-//! both ports, [`SessionStore`](crate::store::SessionStore) and
+//! mutation passes (`snapshot`), point-in-time views read lazily, in memory bounded by the
+//! changes made while they are open (`view`), and the consistency checks (`verify`).
+//! [`Store`] implements both ports, [`SessionStore`](crate::store::SessionStore) and
 //! [`AdminStore`](crate::store::AdminStore) (`port`).
 //!
 //! # On-disk layout (schema 1)
@@ -54,6 +55,7 @@ mod records;
 mod schema;
 mod snapshot;
 mod verify;
+mod view;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,7 @@ pub use disk::Durability;
 pub(crate) use error::log_panics;
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{Snapshot, SnapshotRecords};
+pub use view::SledView;
 
 use super::apply::{self, RecordTx};
 use super::caps::{self, Caps};
@@ -82,6 +85,7 @@ use commit::GroupCommit;
 use disk::DiskFiles;
 use records::{decode, encode};
 use snapshot::Gate;
+use view::{OpenViews, Views};
 
 /// sled's page cache size. sled's default (1 GiB) would let a large registry's resident
 /// memory grow far beyond what a registry needs: the hot data (clusters being formed) is
@@ -109,8 +113,11 @@ struct Inner {
     /// sled's files, kept to sync them after each flush; `None` for a temporary store.
     disk: Option<DiskFiles>,
     commit: GroupCommit,
-    /// Every mutation passes this gate; a snapshot closes it while it copies the trees.
+    /// Every mutation passes this gate; a snapshot closes it while it copies the trees, a
+    /// view while it registers.
     gate: Gate,
+    /// The point-in-time views open now, which every mutation records pre-images for.
+    views: Views,
     /// The one source of fresh ids of this store.
     ids: IdSource,
     /// Wakes watchers of a cluster once a change to it is durable.
@@ -137,7 +144,14 @@ struct SledTx<'a> {
     /// The registry-wide caps, and what this transaction attempt has created so far.
     held: &'a caps::Held,
     created: &'a caps::TxCount,
+    /// The open views: each key is recorded before it changes (`view`).
+    views: &'a OpenViews,
 }
+
+/// Names of the trees a transaction writes, as the views record them.
+const NODES_TREE: &[u8] = b"nodes";
+const CLUSTERS_TREE: &[u8] = b"clusters";
+const NAMES_TREE: &[u8] = b"cluster_names";
 
 /// A failure inside a sled transaction: a conflict (sled reruns the closure), a storage
 /// failure, or one found while applying (an abort).
@@ -182,27 +196,35 @@ impl RecordTx for SledTx<'_> {
     }
 
     fn put_node(&mut self, node: &NodeRecord) -> Result<(), TxError> {
-        self.nodes
-            .insert(node.id.as_bytes(), tx(encode("node", node))?)?;
+        let key = node.id.as_bytes();
+        let before = self.nodes.insert(key, tx(encode("node", node))?)?;
+        self.views.record(NODES_TREE, key, before.as_ref());
         Ok(())
     }
 
     fn put_cluster(&mut self, cluster: &ClusterRecord) -> Result<(), TxError> {
-        self.clusters
-            .insert(cluster.id.as_bytes(), tx(encode("cluster", cluster))?)?;
+        let key = cluster.id.as_bytes();
+        let before = self.clusters.insert(key, tx(encode("cluster", cluster))?)?;
+        self.views.record(CLUSTERS_TREE, key, before.as_ref());
         Ok(())
     }
 
     fn put_name(&mut self, name: &str, id: &Id) -> Result<(), TxError> {
-        self.names.insert(name.as_bytes(), id.as_bytes())?;
+        let before = self.names.insert(name.as_bytes(), id.as_bytes())?;
+        self.views
+            .record(NAMES_TREE, name.as_bytes(), before.as_ref());
         Ok(())
     }
 
     fn remove_cluster(&mut self, cluster: &ClusterRecord) -> Result<(), TxError> {
-        self.clusters.remove(cluster.id.as_bytes())?;
+        let key = cluster.id.as_bytes();
+        let before = self.clusters.remove(key)?;
+        self.views.record(CLUSTERS_TREE, key, before.as_ref());
         if let Some(id) = self.names.get(cluster.name.as_bytes())? {
             if id.as_ref() == cluster.id.as_bytes() {
-                self.names.remove(cluster.name.as_bytes())?;
+                let before = self.names.remove(cluster.name.as_bytes())?;
+                self.views
+                    .record(NAMES_TREE, cluster.name.as_bytes(), before.as_ref());
             }
         }
         Ok(())
@@ -304,6 +326,7 @@ impl Store {
                 disk,
                 commit: GroupCommit::new(),
                 gate: Gate::default(),
+                views: Views::default(),
                 ids,
                 events: ClusterEvents::default(),
                 health: Health::new(),
@@ -343,6 +366,11 @@ impl Store {
         self.check_health()?;
         let value = encode("registry meta", meta)?;
         let _gate = self.inner.gate.pass();
+        self.inner.views.open().record_current(
+            &self.inner.meta,
+            schema::META_TREE.as_bytes(),
+            REGISTRY_KEY,
+        )?;
         self.inner.meta.insert(REGISTRY_KEY, value)?;
         self.inner.commit.bump();
         Ok(())
@@ -421,6 +449,8 @@ impl Store {
         self.check_health()?;
         let i = &self.inner;
         let _gate = i.gate.pass();
+        // Stable while the gate is passed: no view opens meanwhile.
+        let views = i.views.open();
         // What the last attempt created: the committed one, once the transaction returns.
         let created = std::cell::RefCell::new(caps::TxCount::default());
         let out =
@@ -432,6 +462,7 @@ impl Store {
                     nodes,
                     held: &i.held,
                     created: &created.borrow(),
+                    views: &views,
                 })
             })?;
         i.held.commit(&created.borrow());
@@ -569,6 +600,10 @@ impl Store {
         if !memberships.is_empty() {
             return Ok(NodeDeletion::Member(memberships));
         }
+        self.inner
+            .views
+            .open()
+            .record_current(&self.inner.nodes, NODES_TREE, id.as_bytes())?;
         self.inner.nodes.remove(id.as_bytes())?;
         self.inner.held.node_deleted();
         self.inner.commit.bump();

@@ -16,7 +16,7 @@ use crate::id::Id;
 use crate::model::{ClusterRecord, ClusterRef, Counts, NodeRecord, RegistryMeta, Write, Written};
 use crate::store::{
     AdminStore, Backend, Caps, ClusterView, NodeDeletion, Records, SessionStore, Snapshot,
-    StorageError, StoreError, StoreFuture, WriteAnswer,
+    StorageError, StoreError, StoreFuture, StoreView, WriteAnswer,
 };
 
 impl Store {
@@ -153,6 +153,10 @@ impl AdminStore for Store {
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         Store::snapshot(self)
+    }
+
+    fn view(&self) -> Result<Box<dyn StoreView + '_>, StorageError> {
+        Ok(Box::new(Store::view(self)?))
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<(), StorageError> {

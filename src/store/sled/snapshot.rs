@@ -14,6 +14,10 @@
 //! docs/operations.md for measurements). A snapshot contains every change whose transaction
 //! committed before it closed the gate, in particular every change acknowledged to a client
 //! before the snapshot was asked for.
+//!
+//! A snapshot copies the whole store into memory; an export or a backup reads a view
+//! instead (`view`), which closes the gate only while it registers. Both [`Snapshot`] and
+//! views are [`StoreView`]s, whose records are decoded here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,10 +27,10 @@ use super::records::{decode, encode};
 use super::schema::{self, META_TREE, SCHEMA_VERSION, VERSION_KEY};
 use super::{Durability, Store, REGISTRY_KEY};
 use crate::model::{ClusterRecord, NodeRecord, RegistryMeta};
-use crate::store::StorageError;
+use crate::store::{RawEntries, Records, StorageError, StoreView};
 
 /// sled's default tree, which xlreg never uses; snapshots leave it out.
-const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
+pub(super) const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 
 /// The gate every mutation passes and a snapshot briefly closes.
 #[derive(Debug, Default)]
@@ -126,42 +130,24 @@ impl Snapshot {
         self.trees.get(name.as_bytes())
     }
 
-    /// Decodes every record of a tree.
-    fn records<'a, T: serde::de::DeserializeOwned + 'a>(
-        &'a self,
-        tree: &'static str,
-        what: &'static str,
-    ) -> impl Iterator<Item = Result<T, StorageError>> + 'a {
-        self.tree(tree)
-            .into_iter()
-            .flatten()
-            .map(move |(key, value)| decode(what, key, value))
-    }
-
     /// The schema version the snapshot's data is laid out in, if it records one.
     pub fn schema_version(&self) -> Result<Option<u32>, StorageError> {
-        self.tree(META_TREE)
-            .and_then(|meta| meta.get(VERSION_KEY))
-            .map(|bytes| schema::decode_version(bytes))
-            .transpose()
+        (self as &dyn StoreView).schema_version()
     }
 
     /// The registry's own facts, if they were set.
     pub fn registry_meta(&self) -> Result<Option<RegistryMeta>, StorageError> {
-        self.tree(META_TREE)
-            .and_then(|meta| meta.get(REGISTRY_KEY))
-            .map(|bytes| decode("registry meta", REGISTRY_KEY, bytes))
-            .transpose()
+        (self as &dyn StoreView).registry_meta()
     }
 
     /// Every node, in id order.
-    pub fn nodes(&self) -> impl Iterator<Item = Result<NodeRecord, StorageError>> + '_ {
-        self.records("nodes", "node")
+    pub fn nodes(&self) -> Records<'_, NodeRecord> {
+        (self as &dyn StoreView).nodes()
     }
 
     /// Every cluster, in id order.
-    pub fn clusters(&self) -> impl Iterator<Item = Result<ClusterRecord, StorageError>> + '_ {
-        self.records("clusters", "cluster")
+    pub fn clusters(&self) -> Records<'_, ClusterRecord> {
+        (self as &dyn StoreView).clusters()
     }
 
     /// The snapshot a store at the current schema holding exactly these records would give:
@@ -200,13 +186,85 @@ impl Snapshot {
     }
 }
 
+impl StoreView for Snapshot {
+    fn tree_names(&self) -> Vec<Vec<u8>> {
+        self.trees.keys().cloned().collect()
+    }
+
+    fn entries(&self, tree: &[u8]) -> RawEntries<'_> {
+        Box::new(
+            self.trees
+                .get(tree)
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| Ok((key.clone(), value.clone()))),
+        )
+    }
+}
+
+/// The records of any point-in-time view (a [`Snapshot`] or a live store's view), decoded
+/// as the sled store encodes them.
+impl dyn StoreView + '_ {
+    /// The value of `key` in the `meta` tree (a small tree: read through).
+    fn meta_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        for entry in self.entries(META_TREE.as_bytes()) {
+            let (k, v) = entry?;
+            if k == key {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The schema version the data is laid out in, if it records one.
+    pub fn schema_version(&self) -> Result<Option<u32>, StorageError> {
+        self.meta_value(VERSION_KEY)?
+            .map(|bytes| schema::decode_version(&bytes))
+            .transpose()
+    }
+
+    /// The registry's own facts, if they were set.
+    pub fn registry_meta(&self) -> Result<Option<RegistryMeta>, StorageError> {
+        self.meta_value(REGISTRY_KEY)?
+            .map(|bytes| decode("registry meta", REGISTRY_KEY, &bytes))
+            .transpose()
+    }
+
+    /// Decodes every record of a tree, one at a time.
+    fn records<T: serde::de::DeserializeOwned + 'static>(
+        &self,
+        tree: &'static str,
+        what: &'static str,
+    ) -> Records<'_, T> {
+        Box::new(self.entries(tree.as_bytes()).map(move |entry| {
+            let (key, value) = entry?;
+            decode(what, &key, &value)
+        }))
+    }
+
+    /// Every node, in id order.
+    pub fn nodes(&self) -> Records<'_, NodeRecord> {
+        self.records("nodes", "node")
+    }
+
+    /// Every cluster, in id order.
+    pub fn clusters(&self) -> Records<'_, ClusterRecord> {
+        self.records("clusters", "cluster")
+    }
+}
+
 impl Store {
     /// A consistent point-in-time copy of the whole store, taken in memory while the gate
     /// is closed (mutations wait meanwhile; reads and the group commit go on).
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
         self.check_health()?;
-        let db = &self.inner.db;
         let _closed = self.inner.gate.close();
+        self.copy_trees()
+    }
+
+    /// Copies every tree into memory; consistent only while the gate is closed.
+    pub(super) fn copy_trees(&self) -> Result<Snapshot, StorageError> {
+        let db = &self.inner.db;
         let mut trees = BTreeMap::new();
         for name in db.tree_names() {
             if name.as_ref() == SLED_DEFAULT_TREE {
