@@ -659,30 +659,32 @@ impl snow::types::Dh for AwsX25519 {
     }
 }
 
-/// The randomness snow draws (ephemeral keys), from a seed the caller's RNG provided: the
-/// session cores own no global randomness, and tests replay a handshake byte for byte.
-struct SeededRandom(rand::rngs::StdRng);
+/// The one random draw snow makes in an NK handshake: the ephemeral private key, given by
+/// the caller (who draws it from its RNG). The session cores own no global randomness, and
+/// the worked example of docs/protocol.md fixes it. A second draw fails the handshake.
+struct EphemeralKey(Option<Zeroizing<[u8; X25519_KEY_LEN]>>);
 
-impl snow::types::Random for SeededRandom {
+impl snow::types::Random for EphemeralKey {
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-        use rand::Rng as _;
-        self.0.fill_bytes(dest);
-        Ok(())
+        match self.0.take() {
+            Some(key) if dest.len() == X25519_KEY_LEN => {
+                dest.copy_from_slice(key.as_ref());
+                Ok(())
+            }
+            _ => Err(snow::Error::Rng),
+        }
     }
 }
 
-/// snow's crypto for xlReg/3: X25519 from aws-lc-rs, the RNG seeded by the caller, SHA-256
-/// and AES-256-GCM from snow's default (RustCrypto) resolver.
+/// snow's crypto for xlReg/3: X25519 from aws-lc-rs, the ephemeral key given by the caller,
+/// SHA-256 and AES-256-GCM from snow's default (RustCrypto) resolver.
 struct XlregResolver {
-    seed: [u8; 32],
+    ephemeral: [u8; X25519_KEY_LEN],
 }
 
 impl snow::resolvers::CryptoResolver for XlregResolver {
     fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
-        use rand::SeedableRng as _;
-        Some(Box::new(SeededRandom(rand::rngs::StdRng::from_seed(
-            self.seed,
-        ))))
+        Some(Box::new(EphemeralKey(Some(Zeroizing::new(self.ephemeral)))))
     }
 
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
@@ -881,14 +883,16 @@ fn noise_params() -> snow::params::NoiseParams {
 
 impl NoiseHandshake {
     /// The initiator (client) of `Noise_NKpsk2_25519_AESGCM_SHA256` to the registry's static
-    /// X25519 key, with `prologue` and `psk`; its ephemeral key comes from `seed`.
+    /// X25519 key, with `prologue` and `psk`, and the ephemeral private key `ephemeral`
+    /// (fresh random bytes: reusing one breaks the handshake's secrecy).
     pub fn initiator(
         registry: &[u8; X25519_KEY_LEN],
         prologue: &[u8],
         psk: &[u8; KEM_SECRET_LEN],
-        seed: [u8; 32],
+        ephemeral: [u8; X25519_KEY_LEN],
     ) -> Result<NoiseHandshake, NoiseError> {
-        let state = snow::Builder::with_resolver(noise_params(), Box::new(XlregResolver { seed }))
+        let resolver = Box::new(XlregResolver { ephemeral });
+        let state = snow::Builder::with_resolver(noise_params(), resolver)
             .remote_public_key(registry)
             .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.psk(2, psk))
@@ -898,14 +902,15 @@ impl NoiseHandshake {
     }
 
     /// The responder (registry) with its static keys, `prologue` and `psk`; its ephemeral
-    /// key comes from `seed`.
+    /// private key is `ephemeral` (fresh random bytes).
     pub fn responder(
         keys: &HandshakeKeyPair,
         prologue: &[u8],
         psk: &[u8; KEM_SECRET_LEN],
-        seed: [u8; 32],
+        ephemeral: [u8; X25519_KEY_LEN],
     ) -> Result<NoiseHandshake, NoiseError> {
-        let state = snow::Builder::with_resolver(noise_params(), Box::new(XlregResolver { seed }))
+        let resolver = Box::new(XlregResolver { ephemeral });
+        let state = snow::Builder::with_resolver(noise_params(), resolver)
             .local_private_key(keys.x25519.as_ref())
             .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.psk(2, psk))
@@ -1009,15 +1014,18 @@ mod tests {
     const KEY: [u8; AES_KEY_LEN] = [7u8; AES_KEY_LEN];
     const IV: [u8; AES_BLOCK_LEN] = [3u8; AES_BLOCK_LEN];
 
-    /// Only the seeded RNG: with snow's default resolver behind it, a resolver with snow's
-    /// own pure-Rust X25519 to check ours against.
+    /// Only the given ephemeral key: with snow's default resolver behind it, a resolver with
+    /// snow's own pure-Rust X25519 to check ours against.
     struct SeedOnly {
         seed: [u8; 32],
     }
 
     impl snow::resolvers::CryptoResolver for SeedOnly {
         fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
-            XlregResolver { seed: self.seed }.resolve_rng()
+            XlregResolver {
+                ephemeral: self.seed,
+            }
+            .resolve_rng()
         }
         fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
             None

@@ -347,7 +347,7 @@ pub struct ClientHandshakeV3 {
 impl ClientHandshakeV3 {
     /// Builds the first message to the registry whose static keys are `keys`: encapsulates
     /// a fresh secret to its ML-KEM-768 key (aws-lc-rs's own randomness) and draws the
-    /// ephemeral X25519 key from `rng`. Returns the state to keep and the frame payload.
+    /// ephemeral X25519 private key (32 bytes) from `rng`. Returns the state to keep and the frame payload.
     pub fn start(
         keys: &HandshakePublicKeys,
         rng: &mut impl CryptoRng,
@@ -367,10 +367,11 @@ impl ClientHandshakeV3 {
         if kem_ciphertext.len() != MLKEM768_CIPHERTEXT_LEN {
             return Err(NoiseError::Misuse.into());
         }
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
+        let mut ephemeral = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        rng.fill_bytes(ephemeral.as_mut());
         let prologue = v3_prologue(kem_ciphertext);
-        let mut noise = NoiseHandshake::initiator(registry_x25519, &prologue, kem_secret, seed)?;
+        let mut noise =
+            NoiseHandshake::initiator(registry_x25519, &prologue, kem_secret, *ephemeral)?;
         let message = noise.write_message(&[])?;
         let mut hello = prologue;
         hello.extend_from_slice(&message);
@@ -404,7 +405,7 @@ pub struct ServerHandshakeV3;
 
 impl ServerHandshakeV3 {
     /// Checks a first message against the registry's static `keys` and builds the reply
-    /// (Noise message 2), drawing the ephemeral key from `rng`.
+    /// (Noise message 2), drawing the ephemeral X25519 private key (32 bytes) from `rng`.
     pub fn accept(
         keys: &HandshakeKeyPair,
         hello: &[u8],
@@ -418,10 +419,10 @@ impl ServerHandshakeV3 {
         let secret = keys
             .decapsulate(&prologue[V3_MAGIC.len()..])
             .map_err(refused)?;
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
+        let mut ephemeral = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        rng.fill_bytes(ephemeral.as_mut());
         let mut noise =
-            NoiseHandshake::responder(keys, prologue, &secret, seed).map_err(refused)?;
+            NoiseHandshake::responder(keys, prologue, &secret, *ephemeral).map_err(refused)?;
         let payload = noise.read_message(message).map_err(refused)?;
         if !payload.is_empty() {
             return Err(HandshakeError::V3HelloRefused);
@@ -449,6 +450,11 @@ pub struct NoiseCipher {
 }
 
 impl NoiseCipher {
+    /// The frame cipher over a finished Noise handshake's transport state.
+    pub fn from_transport(transport: NoiseTransport) -> NoiseCipher {
+        NoiseCipher { transport }
+    }
+
     /// Seals the next outgoing message into one frame payload.
     pub fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
         let chunks = plaintext.len().div_ceil(CHUNK_LEN).max(1);
