@@ -150,6 +150,7 @@ impl ServerSession {
             Phase::AwaitHello => match self.handshake(frame) {
                 Some((reply, phase)) => {
                     self.phase = phase;
+                    self.exchange.report.version = self.version();
                     self.exchange.reply(frame::encode(&reply), false, None, now)
                 }
                 None => self.drop_connection(),

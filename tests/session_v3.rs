@@ -109,6 +109,17 @@ async fn v2_and_v3_clients_share_one_listener_and_one_cluster() {
     assert_eq!(view.members.len(), 40);
     v3.bye().await.unwrap();
     v2.bye().await.unwrap();
+    // Each session's log line names the version it spoke.
+    let says = |log: &str, wire: &str, ops: u32| {
+        log.lines().any(|line| {
+            line.contains(&format!("wire=\"{wire}\""))
+                && line.contains("result=\"bye\"")
+                && line.contains(&format!("ops={ops} "))
+        })
+    };
+    server.wait_for_log("a session line for each version", |log| {
+        says(log, "xlReg/2", 4) && says(log, "xlReg/3", 7)
+    });
 }
 
 #[tokio::test]
