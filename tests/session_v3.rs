@@ -291,3 +291,42 @@ async fn a_v3_client_cannot_be_talked_down_to_v2() {
         .unwrap();
     assert_eq!(client.version(), 3);
 }
+
+#[test]
+fn regcred_show_names_the_versions_a_file_supports() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let path = server.regcred_path.to_str().unwrap();
+    let output = common::xlreg(&["regcred", "show", path]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(
+        common::stdout(&output).contains("protocols: xlReg/2, xlReg/3 (handshake keys signed"),
+        "{}",
+        common::stdout(&output)
+    );
+    let output = common::xlreg(&["regcred", "show", "--json", path]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["protocol_versions"], serde_json::json!([2, 3]));
+    // An xlReg/2-only file (as every file before xlReg/3).
+    let mut old = server.regcred.clone();
+    old.handshake = None;
+    let old_path = dir.path().join("old.dat");
+    old.write(&old_path).unwrap();
+    let output = common::xlreg(&["regcred", "show", old_path.to_str().unwrap()]);
+    assert!(common::stdout(&output).contains("protocols: xlReg/2 (no handshake keys"));
+    // A file whose handshake keys were swapped is refused with the reason.
+    let text = std::fs::read_to_string(&server.regcred_path).unwrap();
+    let other = HandshakeKeyPair::generate().unwrap();
+    let mut forged = server.regcred.clone();
+    forged.handshake.as_mut().unwrap().keys = other.public().clone();
+    let forged_path = dir.path().join("forged.dat");
+    std::fs::write(&forged_path, forged.to_text()).unwrap();
+    assert_ne!(forged.to_text(), text);
+    let output = common::xlreg(&["regcred", "show", forged_path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        common::stderr(&output).contains("HandshakeSig does not verify"),
+        "{}",
+        common::stderr(&output)
+    );
+}
