@@ -184,7 +184,6 @@ impl ServerSession {
         let Phase::Established { binding, .. } = &self.phase else {
             return self.drop_connection();
         };
-        let binding = binding.clone();
         match tag {
             Tag::Bye => {
                 let phase = &mut self.phase;
@@ -197,7 +196,7 @@ impl ServerSession {
             Tag::Member if !registered => {
                 // xlReg/3 binds the token to the handshake hash in the salt's place.
                 let scheme = Scheme::V2 {
-                    server_salt: &binding,
+                    server_salt: binding,
                 };
                 let prepared = handlers::member::prepare(msg, scheme, now);
                 self.write(prepared)
