@@ -588,7 +588,37 @@ pub enum NoiseError {
 struct AwsX25519 {
     private: Zeroizing<[u8; X25519_KEY_LEN]>,
     public: [u8; X25519_KEY_LEN],
-    key: Option<aws_lc_rs::agreement::PrivateKey>,
+    key: Option<std::sync::Arc<aws_lc_rs::agreement::PrivateKey>>,
+    /// The registry's static key, parsed once: snow sets it on every handshake, and parsing
+    /// an X25519 private key costs a base-point multiplication.
+    known: Option<StaticX25519>,
+}
+
+/// A static X25519 key with its public half, parsed once.
+#[derive(Clone)]
+struct StaticX25519 {
+    private: Zeroizing<[u8; X25519_KEY_LEN]>,
+    public: [u8; X25519_KEY_LEN],
+    key: std::sync::Arc<aws_lc_rs::agreement::PrivateKey>,
+}
+
+impl StaticX25519 {
+    fn new(private: &[u8]) -> Option<StaticX25519> {
+        let key = aws_lc_rs::agreement::PrivateKey::from_private_key(
+            &aws_lc_rs::agreement::X25519,
+            private,
+        )
+        .ok()?;
+        let public: [u8; X25519_KEY_LEN] =
+            key.compute_public_key().ok()?.as_ref().try_into().ok()?;
+        let mut copy = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        copy.copy_from_slice(private);
+        Some(StaticX25519 {
+            private: copy,
+            public,
+            key: std::sync::Arc::new(key),
+        })
+    }
 }
 
 impl snow::types::Dh for AwsX25519 {
@@ -612,17 +642,14 @@ impl snow::types::Dh for AwsX25519 {
             return;
         }
         self.private.copy_from_slice(privkey);
-        let Ok(key) = aws_lc_rs::agreement::PrivateKey::from_private_key(
-            &aws_lc_rs::agreement::X25519,
-            privkey,
-        ) else {
-            return;
+        let parsed = match &self.known {
+            Some(known) if known.private.as_slice() == privkey => Some(known.clone()),
+            _ => StaticX25519::new(privkey),
         };
-        let Ok(public) = key.compute_public_key() else {
-            return;
-        };
-        self.public.copy_from_slice(public.as_ref());
-        self.key = Some(key);
+        if let Some(parsed) = parsed {
+            self.public = parsed.public;
+            self.key = Some(parsed.key);
+        }
     }
 
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
@@ -644,7 +671,7 @@ impl snow::types::Dh for AwsX25519 {
     }
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
-        let key = self.key.as_ref().ok_or(snow::Error::Dh)?;
+        let key: &aws_lc_rs::agreement::PrivateKey = self.key.as_deref().ok_or(snow::Error::Dh)?;
         // snow passes the peer's key in its MAXDHLEN (65-byte) buffer, and takes the secret
         // in another: both keys and secret are the first 32 bytes.
         let pubkey = pubkey.get(..X25519_KEY_LEN).ok_or(snow::Error::Dh)?;
@@ -680,6 +707,8 @@ impl snow::types::Random for EphemeralKey {
 /// SHA-256 and AES-256-GCM from snow's default (RustCrypto) resolver.
 struct XlregResolver {
     ephemeral: [u8; X25519_KEY_LEN],
+    /// The local static key (the registry's), if there is one.
+    known: Option<StaticX25519>,
 }
 
 impl snow::resolvers::CryptoResolver for XlregResolver {
@@ -689,7 +718,10 @@ impl snow::resolvers::CryptoResolver for XlregResolver {
 
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
         match choice {
-            snow::params::DHChoice::Curve25519 => Some(Box::<AwsX25519>::default()),
+            snow::params::DHChoice::Curve25519 => Some(Box::new(AwsX25519 {
+                known: self.known.clone(),
+                ..AwsX25519::default()
+            })),
             _ => None,
         }
     }
@@ -765,7 +797,7 @@ impl HandshakePublicKeys {
 
 /// The registry's static handshake keys: X25519 for Noise's `s`, ML-KEM-768 for the PSK.
 pub struct HandshakeKeyPair {
-    x25519: Zeroizing<[u8; X25519_KEY_LEN]>,
+    x25519: StaticX25519,
     ml_kem: aws_lc_rs::kem::DecapsulationKey,
     public: HandshakePublicKeys,
 }
@@ -795,15 +827,9 @@ impl HandshakeKeyPair {
         ml_kem: aws_lc_rs::kem::DecapsulationKey,
         ml_kem_public: &[u8],
     ) -> Result<HandshakeKeyPair, NoiseError> {
-        let private = aws_lc_rs::agreement::PrivateKey::from_private_key(
-            &aws_lc_rs::agreement::X25519,
-            x25519.as_ref(),
-        )
-        .map_err(|_| NoiseError::BadKey("X25519 private key"))?;
-        let x25519_public = private
-            .compute_public_key()
-            .map_err(|_| NoiseError::BadKey("X25519 private key"))?;
-        let public = HandshakePublicKeys::new(x25519_public.as_ref(), ml_kem_public)?;
+        let x25519 =
+            StaticX25519::new(x25519.as_ref()).ok_or(NoiseError::BadKey("X25519 private key"))?;
+        let public = HandshakePublicKeys::new(&x25519.public, ml_kem_public)?;
         Ok(HandshakeKeyPair {
             x25519,
             ml_kem,
@@ -832,7 +858,7 @@ impl HandshakeKeyPair {
         let private = self.ml_kem.key_bytes().map_err(|_| NoiseError::Kem)?;
         let mut out = Zeroizing::new(Vec::with_capacity(HANDSHAKE_KEY_FILE_LEN));
         out.extend_from_slice(HANDSHAKE_KEY_MAGIC);
-        out.extend_from_slice(self.x25519.as_ref());
+        out.extend_from_slice(self.x25519.private.as_ref());
         out.extend_from_slice(private.as_ref());
         out.extend_from_slice(&self.public.ml_kem);
         Ok(out)
@@ -891,7 +917,10 @@ impl NoiseHandshake {
         psk: &[u8; KEM_SECRET_LEN],
         ephemeral: [u8; X25519_KEY_LEN],
     ) -> Result<NoiseHandshake, NoiseError> {
-        let resolver = Box::new(XlregResolver { ephemeral });
+        let resolver = Box::new(XlregResolver {
+            ephemeral,
+            known: None,
+        });
         let state = snow::Builder::with_resolver(noise_params(), resolver)
             .remote_public_key(registry)
             .and_then(|b| b.prologue(prologue))
@@ -909,9 +938,12 @@ impl NoiseHandshake {
         psk: &[u8; KEM_SECRET_LEN],
         ephemeral: [u8; X25519_KEY_LEN],
     ) -> Result<NoiseHandshake, NoiseError> {
-        let resolver = Box::new(XlregResolver { ephemeral });
+        let resolver = Box::new(XlregResolver {
+            ephemeral,
+            known: Some(keys.x25519.clone()),
+        });
         let state = snow::Builder::with_resolver(noise_params(), resolver)
-            .local_private_key(keys.x25519.as_ref())
+            .local_private_key(keys.x25519.private.as_ref())
             .and_then(|b| b.prologue(prologue))
             .and_then(|b| b.psk(2, psk))
             .and_then(|b| b.build_responder())
@@ -1024,6 +1056,7 @@ mod tests {
         fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
             XlregResolver {
                 ephemeral: self.seed,
+                known: None,
             }
             .resolve_rng()
         }
@@ -1055,7 +1088,7 @@ mod tests {
                 Box::new(snow::resolvers::DefaultResolver),
             )),
         )
-        .local_private_key(keys.x25519.as_ref())
+        .local_private_key(keys.x25519.private.as_ref())
         .unwrap()
         .prologue(b"p")
         .unwrap()
