@@ -330,3 +330,21 @@ fn regcred_show_names_the_versions_a_file_supports() {
         common::stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn the_handshake_keys_survive_a_restart_so_old_regcred_files_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let before = server.regcred.clone();
+    assert_eq!(server.stop(), Some(0));
+    let server = Server::start(&data, &[]);
+    assert_eq!(server.regcred.handshake, before.handshake);
+    // A client holding the file from before the restart (its endpoint updated: the port
+    // is new) still speaks xlReg/3 with the registry.
+    let mut old = before.clone();
+    old.endpoints = server.regcred.endpoints.clone();
+    let client = Client::connect(&old, DEFAULT_TIMEOUT).await.unwrap();
+    assert_eq!(client.version(), 3);
+    client.bye().await.unwrap();
+}
