@@ -182,6 +182,17 @@ pub enum RegistryKeys<'a> {
     V3(&'a HandshakePublicKeys),
 }
 
+impl<'a> RegistryKeys<'a> {
+    /// The keys of the highest version `regcred` supports: xlReg/3 if it carries handshake
+    /// keys (its signature was checked when it was read), else xlReg/2.
+    pub fn of(regcred: &'a RegCred) -> RegistryKeys<'a> {
+        match &regcred.handshake {
+            Some(handshake) => RegistryKeys::V3(&handshake.keys),
+            None => RegistryKeys::V2(&regcred.comms_key),
+        }
+    }
+}
+
 /// One xlReg/2 or xlReg/3 session with a registry.
 #[derive(Debug)]
 pub struct Client {
@@ -197,8 +208,8 @@ impl Client {
     /// Dials the registry named in `regcred` and performs the handshake: xlReg/3 if the
     /// file has handshake keys (never falling back to xlReg/2), else xlReg/2.
     pub async fn connect(regcred: &RegCred, timeout: Duration) -> Result<Client, ClientError> {
-        let version = regcred.versions().into_iter().max().unwrap_or(2);
-        Client::connect_version(regcred, version, timeout).await
+        let keys = RegistryKeys::of(regcred);
+        Client::connect_keys(regcred.endpoint(), keys, timeout, timeout).await
     }
 
     /// Dials the registry named in `regcred` and speaks protocol `version` (2 or 3).

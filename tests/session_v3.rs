@@ -348,3 +348,27 @@ async fn the_handshake_keys_survive_a_restart_so_old_regcred_files_keep_working(
     assert_eq!(client.version(), 3);
     client.bye().await.unwrap();
 }
+
+#[test]
+fn the_cli_speaks_xlreg3_when_its_regcred_has_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let regcred = server.regcred_path.to_str().unwrap();
+    let output = common::xlreg(&["ping", "--regcred", regcred]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    server.wait_for_log("the ping's session line", |log| {
+        log.lines()
+            .any(|line| line.contains("wire=\"xlReg/3\"") && line.contains("result=\"bye\""))
+    });
+    // With an xlReg/2-only file, the same command speaks xlReg/2.
+    let mut old = server.regcred.clone();
+    old.handshake = None;
+    let old_path = dir.path().join("old.dat");
+    old.write(&old_path).unwrap();
+    let output = common::xlreg(&["ping", "--regcred", old_path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    server.wait_for_log("an xlReg/2 session line", |log| {
+        log.lines()
+            .any(|line| line.contains("wire=\"xlReg/2\"") && line.contains("result=\"bye\""))
+    });
+}
