@@ -547,6 +547,10 @@ pub const HANDSHAKE_HASH_LEN: usize = 32;
 pub const NOISE_MAX_MESSAGE_LEN: usize = 65_535;
 /// Length of the AES-GCM tag a Noise message carries when its payload is encrypted.
 pub const NOISE_TAG_LEN: usize = 16;
+/// Bytes a handshake message may add to its payload: an ephemeral key, an encrypted static
+/// key and a tag (more than NK ever uses).
+const HANDSHAKE_TOKEN_ROOM: usize =
+    X25519_KEY_LEN + (X25519_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN;
 /// Largest payload of one Noise transport message.
 pub const NOISE_MAX_PAYLOAD_LEN: usize = NOISE_MAX_MESSAGE_LEN - NOISE_TAG_LEN;
 
@@ -953,7 +957,10 @@ impl NoiseHandshake {
 
     /// Writes the next handshake message carrying `payload`.
     pub fn write_message(&mut self, payload: &[u8]) -> Result<Vec<u8>, NoiseError> {
-        let mut out = vec![0u8; NOISE_MAX_MESSAGE_LEN];
+        // Room for the payload, its tag and the tokens an NK message carries (at most an
+        // ephemeral key and an encrypted static key), not a whole 64 KiB per message.
+        let room = payload.len() + HANDSHAKE_TOKEN_ROOM;
+        let mut out = vec![0u8; room.min(NOISE_MAX_MESSAGE_LEN)];
         let len = self
             .state
             .write_message(payload, &mut out)
@@ -964,7 +971,8 @@ impl NoiseHandshake {
 
     /// Reads the peer's next handshake message and returns its payload.
     pub fn read_message(&mut self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, NoiseError> {
-        let mut out = Zeroizing::new(vec![0u8; NOISE_MAX_MESSAGE_LEN]);
+        // The payload is never longer than the message that carries it.
+        let mut out = Zeroizing::new(vec![0u8; message.len().min(NOISE_MAX_MESSAGE_LEN)]);
         let len = self
             .state
             .read_message(message, &mut out)
