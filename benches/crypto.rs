@@ -1,11 +1,15 @@
 //! Criterion benchmarks of the per-session cryptography: the registry's hello decryption
 //! (its one RSA private-key operation per session), sealing and opening session messages,
-//! and verifying a member token's signature.
+//! and verifying a member token's signature; and, side by side, the registry's whole side of
+//! the xlReg/2 handshake against that of xlReg/3 (Noise NKpsk2 with X25519 on aws-lc-rs and
+//! an ML-KEM-768 PSK) and its parts.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
-use xlreg::crypto::RsaKeyPair;
-use xlreg::session_crypto::{ClientHandshake, Role, ServerHandshake, SessionCipher};
+use xlreg::crypto::{HandshakeKeyPair, NoiseHandshake, RsaKeyPair, MLKEM768_CIPHERTEXT_LEN};
+use xlreg::session_crypto::{
+    ClientHandshake, ClientHandshakeV3, Role, ServerHandshake, ServerHandshakeV3, SessionCipher,
+};
 use xlreg::token::{self, Scheme, TokenFields};
 
 fn handshake(c: &mut Criterion) {
@@ -23,6 +27,38 @@ fn handshake(c: &mut Criterion) {
     c.bench_function("hello build (client, RSA-2048 OAEP encrypt on rsa)", |b| {
         b.iter(|| ClientHandshake::start(registry.public_key()).unwrap())
     });
+}
+
+fn handshake_v2_vs_v3(c: &mut Criterion) {
+    let registry = RsaKeyPair::generate(2048).unwrap();
+    let decryptor = registry.hello_decryptor().unwrap();
+    let (_, hello) = ClientHandshake::start(registry.public_key()).unwrap();
+    let keys = HandshakeKeyPair::generate().unwrap();
+    let (_, hello3) = ClientHandshakeV3::start(keys.public(), &mut rand::rng()).unwrap();
+    let kem_ciphertext = &hello3[4..4 + MLKEM768_CIPHERTEXT_LEN];
+    let mut group = c.benchmark_group("registry side of one handshake");
+    group.bench_function("xlReg/2: RSA-2048 OAEP decrypt + reply", |b| {
+        b.iter(|| ServerHandshake::accept(&decryptor, black_box(&hello), &mut rand::rng()).unwrap())
+    });
+    group.bench_function("xlReg/3: NKpsk2 + ML-KEM-768 responder", |b| {
+        b.iter(|| ServerHandshakeV3::accept(&keys, black_box(&hello3), &mut rand::rng()).unwrap())
+    });
+    group.bench_function("part: ML-KEM-768 decapsulate", |b| {
+        b.iter(|| keys.decapsulate(black_box(kem_ciphertext)).unwrap())
+    });
+    // The Noise part alone (NKpsk2 responder, PSK given): the NK cost plus one HKDF.
+    let psk = keys.decapsulate(kem_ciphertext).unwrap();
+    let prologue = &hello3[..4 + MLKEM768_CIPHERTEXT_LEN];
+    let message1 = &hello3[4 + MLKEM768_CIPHERTEXT_LEN..];
+    group.bench_function("part: Noise NKpsk2 responder (X25519 on aws-lc-rs)", |b| {
+        b.iter(|| {
+            let mut noise = NoiseHandshake::responder(&keys, prologue, &psk, [7u8; 32]).unwrap();
+            noise.read_message(black_box(message1)).unwrap();
+            noise.write_message(&[]).unwrap();
+            noise.into_transport().unwrap()
+        })
+    });
+    group.finish();
 }
 
 fn session_cipher(c: &mut Criterion) {
@@ -88,5 +124,11 @@ fn token_verify(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, handshake, session_cipher, token_verify);
+criterion_group!(
+    benches,
+    handshake,
+    handshake_v2_vs_v3,
+    session_cipher,
+    token_verify
+);
 criterion_main!(benches);

@@ -1,8 +1,9 @@
-//! The xlReg/2 client library: talk to a registry from any Rust program.
+//! The xlReg/2 and xlReg/3 client library: talk to a registry from any Rust program.
 //!
 //! A [`Client`] is one session: [`Client::connect`] dials the registry named in a
-//! `regCred.dat` and performs the handshake (which proves the registry holds the key in the
-//! file), then [`Client::register`], [`Client::create`], [`Client::join`],
+//! `regCred.dat` and performs the handshake (which proves the registry holds the keys in the
+//! file): xlReg/3 when the file carries handshake keys, and then never xlReg/2, so nobody
+//! on the path can talk the client down; xlReg/2 otherwise. Then [`Client::register`], [`Client::create`], [`Client::join`],
 //! [`Client::get_cluster`] and [`Client::bye`] each send one request and read its reply, in
 //! lock-step. Errors say whether retrying may help ([`ClientError::is_retryable`]);
 //! [`retry`] runs a whole session again with backoff until a deadline.
@@ -14,13 +15,15 @@ use prost::Message as _;
 use tokio::net::TcpStream;
 
 use crate::connection::{Connection, ConnectionError};
-use crate::crypto::{CryptoError, PublicKey};
+use crate::crypto::{CryptoError, HandshakePublicKeys, PublicKey};
 use crate::frame::MAX_FRAME_LEN;
 use crate::id::Id;
 use crate::node::NodeIdentity;
 use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
 use crate::regcred::RegCred;
-use crate::session_crypto::{ClientHandshake, HandshakeError, Role, SessionCipher, SALT_LEN};
+use crate::session_crypto::{
+    ClientHandshake, ClientHandshakeV3, HandshakeError, Role, SessionCipher, WireCipher,
+};
 use crate::store::ClusterRef;
 use crate::token;
 
@@ -89,6 +92,10 @@ pub enum ClientError {
     /// Signing the member token failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// xlReg/3 was asked for but the regCred.dat has no handshake keys (an xlReg/2-only
+    /// file, or a registry from before xlReg/3): fetch the registry's current one.
+    #[error("this regCred.dat has no xlReg/3 handshake keys; use protocol 2 or fetch the registry's current regCred.dat")]
+    NoV3Keys,
 }
 
 impl ClientError {
@@ -106,6 +113,7 @@ impl ClientError {
             ClientError::KeyNotAccepted { .. }
             | ClientError::Handshake(_)
             | ClientError::Protocol(_)
+            | ClientError::NoV3Keys
             | ClientError::Crypto(_) => false,
         }
     }
@@ -165,19 +173,57 @@ impl ClusterView {
     }
 }
 
-/// One xlReg/2 session with a registry.
+/// The registry keys a handshake is made against: the protocol version to speak.
+#[derive(Debug, Clone, Copy)]
+pub enum RegistryKeys<'a> {
+    /// xlReg/2: the RSA comms key.
+    V2(&'a PublicKey),
+    /// xlReg/3: the static X25519 and ML-KEM-768 keys.
+    V3(&'a HandshakePublicKeys),
+}
+
+impl<'a> RegistryKeys<'a> {
+    /// The keys of the highest version `regcred` supports: xlReg/3 if it carries handshake
+    /// keys (its signature was checked when it was read), else xlReg/2.
+    pub fn of(regcred: &'a RegCred) -> RegistryKeys<'a> {
+        match &regcred.handshake {
+            Some(handshake) => RegistryKeys::V3(&handshake.keys),
+            None => RegistryKeys::V2(&regcred.comms_key),
+        }
+    }
+}
+
+/// One xlReg/2 or xlReg/3 session with a registry.
 #[derive(Debug)]
 pub struct Client {
     conn: Connection<TcpStream>,
-    cipher: SessionCipher,
-    server_salt: [u8; SALT_LEN],
+    cipher: WireCipher,
+    /// What member tokens are signed over: the registry's salt (xlReg/2) or the handshake
+    /// hash (xlReg/3).
+    binding: Vec<u8>,
     timeout: Duration,
 }
 
 impl Client {
-    /// Dials the registry named in `regcred` and performs the handshake.
+    /// Dials the registry named in `regcred` and performs the handshake: xlReg/3 if the
+    /// file has handshake keys (never falling back to xlReg/2), else xlReg/2.
     pub async fn connect(regcred: &RegCred, timeout: Duration) -> Result<Client, ClientError> {
-        Client::connect_to(regcred.endpoint(), &regcred.comms_key, timeout).await
+        let keys = RegistryKeys::of(regcred);
+        Client::connect_keys(regcred.endpoint(), keys, timeout, timeout).await
+    }
+
+    /// Dials the registry named in `regcred` and speaks protocol `version` (2 or 3).
+    pub async fn connect_version(
+        regcred: &RegCred,
+        version: u32,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let keys = match (version, &regcred.handshake) {
+            (3, Some(handshake)) => RegistryKeys::V3(&handshake.keys),
+            (3, None) => return Err(ClientError::NoV3Keys),
+            _ => RegistryKeys::V2(&regcred.comms_key),
+        };
+        Client::connect_keys(regcred.endpoint(), keys, timeout, timeout).await
     }
 
     /// Dials `endpoint` and performs the handshake against `registry_key`.
@@ -196,6 +242,23 @@ impl Client {
         dial_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        Client::connect_keys(
+            endpoint,
+            RegistryKeys::V2(registry_key),
+            dial_timeout,
+            timeout,
+        )
+        .await
+    }
+
+    /// Dials `endpoint` (giving up after `dial_timeout`) and performs the handshake of the
+    /// version `keys` belong to.
+    pub async fn connect_keys(
+        endpoint: &str,
+        keys: RegistryKeys<'_>,
+        dial_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         // A hello closed unanswered is tried once more on a fresh connection before the
         // probe judges it: a registry at a connection limit (its own, or one peer address's)
         // closes a connection on arrival, and a slot freed a moment later would make the
@@ -205,18 +268,40 @@ impl Client {
             attempts += 1;
             let stream = dial(endpoint, dial_timeout).await?;
             let mut conn = Connection::new(stream, MAX_FRAME_LEN);
-            let (handshake, hello) = ClientHandshake::start(registry_key)?;
+            let (handshake, hello) = match keys {
+                RegistryKeys::V2(key) => {
+                    let (handshake, hello) = ClientHandshake::start(key)?;
+                    (Pending::V2(handshake), hello)
+                }
+                RegistryKeys::V3(keys) => {
+                    let (handshake, hello) = ClientHandshakeV3::start(keys, &mut rand::rng())?;
+                    (Pending::V3(Box::new(handshake)), hello)
+                }
+            };
             conn.write_frame(&hello, timeout).await?;
             let reply = match read_or_closed(&mut conn, timeout).await {
                 Err(ClientError::Closed) if attempts < HELLO_ATTEMPTS => continue,
                 Err(ClientError::Closed) => return Err(hello_closed(endpoint, dial_timeout).await),
                 other => other?,
             };
-            let keys = handshake.finish(&reply)?;
+            let (cipher, binding) = match handshake {
+                Pending::V2(handshake) => {
+                    let keys = handshake.finish(&reply)?;
+                    let cipher = WireCipher::V2(SessionCipher::new(&keys.key, Role::Client));
+                    (cipher, keys.server_salt.to_vec())
+                }
+                Pending::V3(handshake) => {
+                    let session = handshake.finish(&reply)?;
+                    (
+                        WireCipher::V3(session.cipher),
+                        session.handshake_hash.to_vec(),
+                    )
+                }
+            };
             return Ok(Client {
                 conn,
-                cipher: SessionCipher::new(&keys.key, Role::Client),
-                server_salt: keys.server_salt,
+                cipher,
+                binding,
                 timeout,
             });
         }
@@ -243,12 +328,12 @@ impl Client {
 
     /// Registers `node` (Member): returns the node's ID, issued now if it had none.
     pub async fn register(&mut self, node: &NodeIdentity) -> Result<Id, ClientError> {
-        let token = signed_token(node, &self.server_salt)?;
+        let token = signed_token(node, &self.binding)?;
         self.register_token(token).await
     }
 
     /// Registers with a ready-made token (it must be signed for this session: see
-    /// [`Client::server_salt`]).
+    /// [`Client::session_binding`]).
     pub async fn register_token(&mut self, token: XlRegToken) -> Result<Id, ClientError> {
         let request = XlRegMsg {
             op: Some(Tag::Member as i32),
@@ -262,9 +347,15 @@ impl Client {
         Id::from_bytes(&id).map_err(|e| ClientError::Protocol(format!("MemberID: {e}")))
     }
 
-    /// The registry's salt for this session, which member token signatures must cover.
-    pub fn server_salt(&self) -> &[u8; SALT_LEN] {
-        &self.server_salt
+    /// What member token signatures must cover in this session: the registry's salt
+    /// (xlReg/2, 16 bytes) or the handshake hash (xlReg/3, 32 bytes).
+    pub fn session_binding(&self) -> &[u8] {
+        &self.binding
+    }
+
+    /// The protocol version of this session.
+    pub fn version(&self) -> u32 {
+        self.cipher.version()
     }
 
     /// Creates the cluster `name` (or finds the existing one of that name).
@@ -337,6 +428,12 @@ impl Client {
     }
 }
 
+/// A handshake between its first message and the reply.
+enum Pending {
+    V2(ClientHandshake),
+    V3(Box<ClientHandshakeV3>),
+}
+
 /// How many hellos, each on its own connection, must be closed unanswered before the
 /// client asks why ([`hello_closed`]).
 const HELLO_ATTEMPTS: u32 = 2;
@@ -377,9 +474,10 @@ pub(crate) async fn dial(endpoint: &str, timeout: Duration) -> Result<TcpStream,
     Ok(stream)
 }
 
-/// `node`'s member token, signed for the session whose registry salt is `server_salt`.
-pub fn signed_token(node: &NodeIdentity, server_salt: &[u8]) -> Result<XlRegToken, CryptoError> {
-    token::sign_v2(&node.token_fields(0), &node.sig, server_salt)
+/// `node`'s member token, signed for the session whose binding (salt or handshake hash) is
+/// `binding`.
+pub fn signed_token(node: &NodeIdentity, binding: &[u8]) -> Result<XlRegToken, CryptoError> {
+    token::sign_v2(&node.token_fields(0), &node.sig, binding)
 }
 
 async fn read_or_closed(

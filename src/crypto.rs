@@ -3,7 +3,11 @@
 //! This module owns RSA keys (generation, PKCS#8 PEM and SubjectPublicKeyInfo DER encodings,
 //! the OpenSSH `ssh-rsa` form used by `regCred.dat`), RSA-OAEP hello encryption and
 //! decryption, RSA PKCS#1 v1.5 token signatures, the AES-256-GCM session cipher, and the
-//! AES-256-CBC cipher of the xlReg 1.9 wire. Nothing outside this module names a crypto crate.
+//! AES-256-CBC cipher of the xlReg 1.9 wire, and the xlReg/3 primitives: the registry's
+//! static handshake keys (X25519 and ML-KEM-768, [`HandshakeKeyPair`]), ML-KEM-768
+//! encapsulation, and the Noise handshake and transport states ([`NoiseHandshake`],
+//! [`NoiseTransport`]) on snow with a resolver that hands X25519 to aws-lc-rs. Nothing
+//! outside this module names a crypto crate.
 //!
 //! Crate choices (see docs/dependencies.md):
 //! - The server's RSA private-key operation, one per session, runs on aws-lc-rs: 4x the rsa
@@ -12,6 +16,8 @@
 //! - The rsa crate (0.10, constant-time arithmetic) generates keys, encodes and decodes them,
 //!   encrypts hellos and signs on the client side.
 //! - AES-GCM and AES-CBC come from RustCrypto (constant-time AES with hardware support).
+//! - Noise is snow 0.10 (maintained, reviewed); its X25519 runs on aws-lc-rs (half the
+//!   responder's cost of snow's pure-Rust default), ML-KEM-768 is aws-lc-rs's `kem` module.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -519,12 +525,652 @@ pub fn cbc_decrypt(
     Ok(buffer)
 }
 
+// ---------------------------------------------------------------------------------------
+// xlReg/3: the Noise handshake (snow) with X25519 on aws-lc-rs, and ML-KEM-768 (aws-lc-rs).
+// ---------------------------------------------------------------------------------------
+
+/// The Noise protocol xlReg/3 runs (docs/protocol.md, version 3).
+pub const NOISE_PARAMS: &str = "Noise_NKpsk2_25519_AESGCM_SHA256";
+/// Length of an X25519 public or private key.
+pub const X25519_KEY_LEN: usize = 32;
+/// Length of an ML-KEM-768 encapsulation (public) key.
+pub const MLKEM768_PUBLIC_LEN: usize = 1184;
+/// Length of an ML-KEM-768 decapsulation (private) key, in aws-lc-rs's raw form.
+pub const MLKEM768_PRIVATE_LEN: usize = 2400;
+/// Length of an ML-KEM-768 ciphertext.
+pub const MLKEM768_CIPHERTEXT_LEN: usize = 1088;
+/// Length of an ML-KEM-768 shared secret, and of a Noise PSK.
+pub const KEM_SECRET_LEN: usize = 32;
+/// Length of the Noise handshake hash with SHA-256.
+pub const HANDSHAKE_HASH_LEN: usize = 32;
+/// Largest Noise message (the Noise specification's limit; snow enforces it).
+pub const NOISE_MAX_MESSAGE_LEN: usize = 65_535;
+/// Length of the AES-GCM tag a Noise message carries when its payload is encrypted.
+pub const NOISE_TAG_LEN: usize = 16;
+/// Bytes a handshake message may add to its payload: an ephemeral key, an encrypted static
+/// key and a tag (more than NK ever uses).
+const HANDSHAKE_TOKEN_ROOM: usize =
+    X25519_KEY_LEN + (X25519_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN;
+/// Largest payload of one Noise transport message.
+pub const NOISE_MAX_PAYLOAD_LEN: usize = NOISE_MAX_MESSAGE_LEN - NOISE_TAG_LEN;
+
+/// Opens the registry's handshake key file: a fixed header, then the raw keys.
+const HANDSHAKE_KEY_MAGIC: &[u8; 24] = b"xlreg handshake keys v1\n";
+/// Length of the registry's handshake key file.
+pub const HANDSHAKE_KEY_FILE_LEN: usize =
+    HANDSHAKE_KEY_MAGIC.len() + X25519_KEY_LEN + MLKEM768_PRIVATE_LEN + MLKEM768_PUBLIC_LEN;
+
+/// Why a Noise or ML-KEM operation failed. Deliberately coarse, like [`CryptoError`].
+#[derive(Debug, thiserror::Error)]
+pub enum NoiseError {
+    /// A key has the wrong length or is not a valid key of its kind.
+    #[error("not a valid {0}")]
+    BadKey(&'static str),
+    /// The handshake key file is not one this version wrote.
+    #[error(
+        "not an xlreg handshake key file (expected {HANDSHAKE_KEY_FILE_LEN} bytes with its header)"
+    )]
+    BadKeyFile,
+    /// Key generation or encapsulation failed inside aws-lc-rs.
+    #[error("ML-KEM-768 operation failed")]
+    Kem,
+    /// A handshake message did not authenticate or was malformed: wrong static key, wrong
+    /// PSK (KEM ciphertext), altered bytes or a truncated message.
+    #[error("Noise handshake message refused")]
+    Handshake,
+    /// A transport message failed to open (forged, altered, replayed, reordered, dropped).
+    #[error("Noise transport message failed authentication")]
+    Unauthentic,
+    /// A message or payload over the Noise limit, or an operation out of turn.
+    #[error("Noise message out of bounds or out of turn")]
+    Misuse,
+}
+
+/// X25519 for snow, done by aws-lc-rs (snow's default pure-Rust DH costs twice as much per
+/// handshake: docs/dependencies.md).
+#[derive(Default)]
+struct AwsX25519 {
+    private: Zeroizing<[u8; X25519_KEY_LEN]>,
+    public: [u8; X25519_KEY_LEN],
+    key: Option<std::sync::Arc<aws_lc_rs::agreement::PrivateKey>>,
+    /// The registry's static key, parsed once: snow sets it on every handshake, and parsing
+    /// an X25519 private key costs a base-point multiplication.
+    known: Option<StaticX25519>,
+}
+
+/// A static X25519 key with its public half, parsed once.
+#[derive(Clone)]
+struct StaticX25519 {
+    private: Zeroizing<[u8; X25519_KEY_LEN]>,
+    public: [u8; X25519_KEY_LEN],
+    key: std::sync::Arc<aws_lc_rs::agreement::PrivateKey>,
+}
+
+impl StaticX25519 {
+    fn new(private: &[u8]) -> Option<StaticX25519> {
+        let key = aws_lc_rs::agreement::PrivateKey::from_private_key(
+            &aws_lc_rs::agreement::X25519,
+            private,
+        )
+        .ok()?;
+        let public: [u8; X25519_KEY_LEN] =
+            key.compute_public_key().ok()?.as_ref().try_into().ok()?;
+        let mut copy = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        copy.copy_from_slice(private);
+        Some(StaticX25519 {
+            private: copy,
+            public,
+            key: std::sync::Arc::new(key),
+        })
+    }
+}
+
+impl snow::types::Dh for AwsX25519 {
+    fn name(&self) -> &'static str {
+        "25519"
+    }
+
+    fn pub_len(&self) -> usize {
+        X25519_KEY_LEN
+    }
+
+    fn priv_len(&self) -> usize {
+        X25519_KEY_LEN
+    }
+
+    fn set(&mut self, privkey: &[u8]) {
+        // snow passes priv_len() bytes; anything else leaves the key unset, and every dh()
+        // then fails.
+        self.key = None;
+        if privkey.len() != X25519_KEY_LEN {
+            return;
+        }
+        self.private.copy_from_slice(privkey);
+        let parsed = match &self.known {
+            Some(known) if known.private.as_slice() == privkey => Some(known.clone()),
+            _ => StaticX25519::new(privkey),
+        };
+        if let Some(parsed) = parsed {
+            self.public = parsed.public;
+            self.key = Some(parsed.key);
+        }
+    }
+
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        let mut private = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        rng.try_fill_bytes(private.as_mut())?;
+        self.set(private.as_ref());
+        if self.key.is_none() {
+            return Err(snow::Error::Dh);
+        }
+        Ok(())
+    }
+
+    fn pubkey(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn privkey(&self) -> &[u8] {
+        self.private.as_ref()
+    }
+
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let key: &aws_lc_rs::agreement::PrivateKey = self.key.as_deref().ok_or(snow::Error::Dh)?;
+        // snow passes the peer's key in its MAXDHLEN (65-byte) buffer, and takes the secret
+        // in another: both keys and secret are the first 32 bytes.
+        let pubkey = pubkey.get(..X25519_KEY_LEN).ok_or(snow::Error::Dh)?;
+        let peer =
+            aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::X25519, pubkey);
+        aws_lc_rs::agreement::agree(key, peer, snow::Error::Dh, |secret| {
+            out.get_mut(..secret.len())
+                .ok_or(snow::Error::Dh)?
+                .copy_from_slice(secret);
+            Ok(())
+        })
+    }
+}
+
+/// The one random draw snow makes in an NK handshake: the ephemeral private key, given by
+/// the caller (who draws it from its RNG). The session cores own no global randomness, and
+/// the worked example of docs/protocol.md fixes it. A second draw fails the handshake.
+struct EphemeralKey(Option<Zeroizing<[u8; X25519_KEY_LEN]>>);
+
+impl snow::types::Random for EphemeralKey {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        match self.0.take() {
+            Some(key) if dest.len() == X25519_KEY_LEN => {
+                dest.copy_from_slice(key.as_ref());
+                Ok(())
+            }
+            _ => Err(snow::Error::Rng),
+        }
+    }
+}
+
+/// snow's crypto for xlReg/3: X25519 from aws-lc-rs, the ephemeral key given by the caller,
+/// SHA-256 and AES-256-GCM from snow's default (RustCrypto) resolver.
+struct XlregResolver {
+    ephemeral: [u8; X25519_KEY_LEN],
+    /// The local static key (the registry's), if there is one.
+    known: Option<StaticX25519>,
+}
+
+impl snow::resolvers::CryptoResolver for XlregResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(EphemeralKey(Some(Zeroizing::new(self.ephemeral)))))
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        match choice {
+            snow::params::DHChoice::Curve25519 => Some(Box::new(AwsX25519 {
+                known: self.known.clone(),
+                ..AwsX25519::default()
+            })),
+            _ => None,
+        }
+    }
+
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        snow::resolvers::DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        snow::resolvers::DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+/// The registry's public handshake keys, as published in regCred.dat.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HandshakePublicKeys {
+    x25519: [u8; X25519_KEY_LEN],
+    ml_kem: Vec<u8>,
+}
+
+impl std::fmt::Debug for HandshakePublicKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HandshakePublicKeys(x25519 {})",
+            hex::encode(self.x25519)
+        )
+    }
+}
+
+impl HandshakePublicKeys {
+    /// Checks and wraps a static X25519 key (32 bytes) and an ML-KEM-768 encapsulation key
+    /// (1,184 bytes).
+    pub fn new(x25519: &[u8], ml_kem: &[u8]) -> Result<HandshakePublicKeys, NoiseError> {
+        let x25519: [u8; X25519_KEY_LEN] = x25519
+            .try_into()
+            .map_err(|_| NoiseError::BadKey("X25519 public key"))?;
+        aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, ml_kem)
+            .map_err(|_| NoiseError::BadKey("ML-KEM-768 public key"))?;
+        Ok(HandshakePublicKeys {
+            x25519,
+            ml_kem: ml_kem.to_vec(),
+        })
+    }
+
+    /// The static X25519 key.
+    pub fn x25519(&self) -> &[u8; X25519_KEY_LEN] {
+        &self.x25519
+    }
+
+    /// The ML-KEM-768 encapsulation key.
+    pub fn ml_kem(&self) -> &[u8] {
+        &self.ml_kem
+    }
+
+    /// Encapsulates a fresh shared secret to the ML-KEM key: the ciphertext (1,088 bytes)
+    /// and the secret (32 bytes). aws-lc-rs draws the randomness itself (FIPS 203 `m`).
+    pub fn encapsulate(&self) -> Result<(Vec<u8>, Zeroizing<[u8; KEM_SECRET_LEN]>), NoiseError> {
+        let key = aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, &self.ml_kem)
+            .map_err(|_| NoiseError::BadKey("ML-KEM-768 public key"))?;
+        let (ciphertext, secret) = key.encapsulate().map_err(|_| NoiseError::Kem)?;
+        let mut out = Zeroizing::new([0u8; KEM_SECRET_LEN]);
+        out.copy_from_slice(secret.as_ref());
+        Ok((ciphertext.as_ref().to_vec(), out))
+    }
+}
+
+/// The registry's static handshake keys: X25519 for Noise's `s`, ML-KEM-768 for the PSK.
+pub struct HandshakeKeyPair {
+    x25519: StaticX25519,
+    ml_kem: aws_lc_rs::kem::DecapsulationKey,
+    public: HandshakePublicKeys,
+}
+
+impl std::fmt::Debug for HandshakeKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print private material.
+        write!(f, "HandshakeKeyPair({:?})", self.public)
+    }
+}
+
+impl HandshakeKeyPair {
+    /// Makes new static keys from the operating system's RNG.
+    pub fn generate() -> Result<HandshakeKeyPair, NoiseError> {
+        let x25519 = Zeroizing::new(random_array::<X25519_KEY_LEN>());
+        let ml_kem = aws_lc_rs::kem::DecapsulationKey::generate(&aws_lc_rs::kem::ML_KEM_768)
+            .map_err(|_| NoiseError::Kem)?;
+        let ml_kem_public = ml_kem
+            .encapsulation_key()
+            .and_then(|key| key.key_bytes())
+            .map_err(|_| NoiseError::Kem)?;
+        HandshakeKeyPair::from_parts(x25519, ml_kem, ml_kem_public.as_ref())
+    }
+
+    fn from_parts(
+        x25519: Zeroizing<[u8; X25519_KEY_LEN]>,
+        ml_kem: aws_lc_rs::kem::DecapsulationKey,
+        ml_kem_public: &[u8],
+    ) -> Result<HandshakeKeyPair, NoiseError> {
+        let x25519 =
+            StaticX25519::new(x25519.as_ref()).ok_or(NoiseError::BadKey("X25519 private key"))?;
+        let public = HandshakePublicKeys::new(&x25519.public, ml_kem_public)?;
+        Ok(HandshakeKeyPair {
+            x25519,
+            ml_kem,
+            public,
+        })
+    }
+
+    /// Reads the key file's bytes ([`to_file_bytes`](Self::to_file_bytes)).
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<HandshakeKeyPair, NoiseError> {
+        if bytes.len() != HANDSHAKE_KEY_FILE_LEN || !bytes.starts_with(HANDSHAKE_KEY_MAGIC) {
+            return Err(NoiseError::BadKeyFile);
+        }
+        let rest = &bytes[HANDSHAKE_KEY_MAGIC.len()..];
+        let (x25519_bytes, rest) = rest.split_at(X25519_KEY_LEN);
+        let (private, public) = rest.split_at(MLKEM768_PRIVATE_LEN);
+        let mut x25519 = Zeroizing::new([0u8; X25519_KEY_LEN]);
+        x25519.copy_from_slice(x25519_bytes);
+        let ml_kem = aws_lc_rs::kem::DecapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, private)
+            .map_err(|_| NoiseError::BadKey("ML-KEM-768 private key"))?;
+        HandshakeKeyPair::from_parts(x25519, ml_kem, public)
+    }
+
+    /// The key file's bytes: `"xlreg handshake keys v1\n" || X25519 private (32) ||
+    /// ML-KEM-768 private (2,400) || ML-KEM-768 public (1,184)`.
+    pub fn to_file_bytes(&self) -> Result<Zeroizing<Vec<u8>>, NoiseError> {
+        let private = self.ml_kem.key_bytes().map_err(|_| NoiseError::Kem)?;
+        let mut out = Zeroizing::new(Vec::with_capacity(HANDSHAKE_KEY_FILE_LEN));
+        out.extend_from_slice(HANDSHAKE_KEY_MAGIC);
+        out.extend_from_slice(self.x25519.private.as_ref());
+        out.extend_from_slice(private.as_ref());
+        out.extend_from_slice(&self.public.ml_kem);
+        Ok(out)
+    }
+
+    /// The public halves.
+    pub fn public(&self) -> &HandshakePublicKeys {
+        &self.public
+    }
+
+    /// Decapsulates an ML-KEM-768 ciphertext. A ciphertext of the right length always
+    /// yields a secret (ML-KEM's implicit rejection): a wrong one only makes the Noise
+    /// handshake fail later.
+    pub fn decapsulate(
+        &self,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<[u8; KEM_SECRET_LEN]>, NoiseError> {
+        if ciphertext.len() != MLKEM768_CIPHERTEXT_LEN {
+            return Err(NoiseError::Handshake);
+        }
+        let secret = self
+            .ml_kem
+            .decapsulate(ciphertext.into())
+            .map_err(|_| NoiseError::Handshake)?;
+        let mut out = Zeroizing::new([0u8; KEM_SECRET_LEN]);
+        out.copy_from_slice(secret.as_ref());
+        Ok(out)
+    }
+}
+
+/// One side of a Noise handshake in progress (snow's `HandshakeState`).
+pub struct NoiseHandshake {
+    state: snow::HandshakeState,
+}
+
+impl std::fmt::Debug for NoiseHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoiseHandshake(..)")
+    }
+}
+
+fn noise_params() -> snow::params::NoiseParams {
+    // The constant parses; a failure would be a bug caught by every test.
+    NOISE_PARAMS
+        .parse()
+        .unwrap_or_else(|_| unreachable!("{NOISE_PARAMS} parses"))
+}
+
+impl NoiseHandshake {
+    /// The initiator (client) of `Noise_NKpsk2_25519_AESGCM_SHA256` to the registry's static
+    /// X25519 key, with `prologue` and `psk`, and the ephemeral private key `ephemeral`
+    /// (fresh random bytes: reusing one breaks the handshake's secrecy).
+    pub fn initiator(
+        registry: &[u8; X25519_KEY_LEN],
+        prologue: &[u8],
+        psk: &[u8; KEM_SECRET_LEN],
+        ephemeral: [u8; X25519_KEY_LEN],
+    ) -> Result<NoiseHandshake, NoiseError> {
+        let resolver = Box::new(XlregResolver {
+            ephemeral,
+            known: None,
+        });
+        let state = snow::Builder::with_resolver(noise_params(), resolver)
+            .remote_public_key(registry)
+            .and_then(|b| b.prologue(prologue))
+            .and_then(|b| b.psk(2, psk))
+            .and_then(|b| b.build_initiator())
+            .map_err(|_| NoiseError::Misuse)?;
+        Ok(NoiseHandshake { state })
+    }
+
+    /// The responder (registry) with its static keys, `prologue` and `psk`; its ephemeral
+    /// private key is `ephemeral` (fresh random bytes).
+    pub fn responder(
+        keys: &HandshakeKeyPair,
+        prologue: &[u8],
+        psk: &[u8; KEM_SECRET_LEN],
+        ephemeral: [u8; X25519_KEY_LEN],
+    ) -> Result<NoiseHandshake, NoiseError> {
+        let resolver = Box::new(XlregResolver {
+            ephemeral,
+            known: Some(keys.x25519.clone()),
+        });
+        let state = snow::Builder::with_resolver(noise_params(), resolver)
+            .local_private_key(keys.x25519.private.as_ref())
+            .and_then(|b| b.prologue(prologue))
+            .and_then(|b| b.psk(2, psk))
+            .and_then(|b| b.build_responder())
+            .map_err(|_| NoiseError::Misuse)?;
+        Ok(NoiseHandshake { state })
+    }
+
+    /// Writes the next handshake message carrying `payload`.
+    pub fn write_message(&mut self, payload: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        // Room for the payload, its tag and the tokens an NK message carries (at most an
+        // ephemeral key and an encrypted static key), not a whole 64 KiB per message.
+        let room = payload.len() + HANDSHAKE_TOKEN_ROOM;
+        let mut out = vec![0u8; room.min(NOISE_MAX_MESSAGE_LEN)];
+        let len = self
+            .state
+            .write_message(payload, &mut out)
+            .map_err(|_| NoiseError::Misuse)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Reads the peer's next handshake message and returns its payload.
+    pub fn read_message(&mut self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, NoiseError> {
+        // The payload is never longer than the message that carries it.
+        let mut out = Zeroizing::new(vec![0u8; message.len().min(NOISE_MAX_MESSAGE_LEN)]);
+        let len = self
+            .state
+            .read_message(message, &mut out)
+            .map_err(|_| NoiseError::Handshake)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// The handshake hash `h` so far (final once the handshake is done).
+    pub fn handshake_hash(&self) -> [u8; HANDSHAKE_HASH_LEN] {
+        let mut out = [0u8; HANDSHAKE_HASH_LEN];
+        let hash = self.state.get_handshake_hash();
+        out.copy_from_slice(&hash[..HANDSHAKE_HASH_LEN.min(hash.len())]);
+        out
+    }
+
+    /// The transport state once both handshake messages are through.
+    pub fn into_transport(self) -> Result<NoiseTransport, NoiseError> {
+        let state = self
+            .state
+            .into_transport_mode()
+            .map_err(|_| NoiseError::Misuse)?;
+        Ok(NoiseTransport { state })
+    }
+}
+
+/// Noise transport messages after the handshake: AES-256-GCM with Noise's counter nonces
+/// (snow's `TransportState`), one key per direction.
+pub struct NoiseTransport {
+    state: snow::TransportState,
+}
+
+impl std::fmt::Debug for NoiseTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys never appear in logs.
+        write!(
+            f,
+            "NoiseTransport(sent {}, received {})",
+            self.state.sending_nonce(),
+            self.state.receiving_nonce()
+        )
+    }
+}
+
+impl NoiseTransport {
+    /// Seals the next outgoing message (at most [`NOISE_MAX_PAYLOAD_LEN`] bytes of payload).
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        if plaintext.len() > NOISE_MAX_PAYLOAD_LEN {
+            return Err(NoiseError::Misuse);
+        }
+        let mut out = vec![0u8; plaintext.len() + NOISE_TAG_LEN];
+        let len = self
+            .state
+            .write_message(plaintext, &mut out)
+            .map_err(|_| NoiseError::Misuse)?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Opens the next incoming message.
+    pub fn open(&mut self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, NoiseError> {
+        if message.len() < NOISE_TAG_LEN || message.len() > NOISE_MAX_MESSAGE_LEN {
+            return Err(NoiseError::Unauthentic);
+        }
+        let mut out = Zeroizing::new(vec![0u8; message.len() - NOISE_TAG_LEN]);
+        let len = self
+            .state
+            .read_message(message, &mut out)
+            .map_err(|_| NoiseError::Unauthentic)?;
+        out.truncate(len);
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const KEY: [u8; AES_KEY_LEN] = [7u8; AES_KEY_LEN];
     const IV: [u8; AES_BLOCK_LEN] = [3u8; AES_BLOCK_LEN];
+
+    /// Only the given ephemeral key: with snow's default resolver behind it, a resolver with
+    /// snow's own pure-Rust X25519 to check ours against.
+    struct SeedOnly {
+        seed: [u8; 32],
+    }
+
+    impl snow::resolvers::CryptoResolver for SeedOnly {
+        fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+            XlregResolver {
+                ephemeral: self.seed,
+                known: None,
+            }
+            .resolve_rng()
+        }
+        fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+            None
+        }
+        fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
+            None
+        }
+        fn resolve_cipher(
+            &self,
+            _: &snow::params::CipherChoice,
+        ) -> Option<Box<dyn snow::types::Cipher>> {
+            None
+        }
+    }
+
+    #[test]
+    fn aws_lc_x25519_interoperates_with_snows_own() {
+        let keys = HandshakeKeyPair::generate().unwrap();
+        let psk = [9u8; 32];
+        let mut client =
+            NoiseHandshake::initiator(keys.public().x25519(), b"p", &psk, [1u8; 32]).unwrap();
+        // The responder on snow's default (curve25519-dalek) DH.
+        let state = snow::Builder::with_resolver(
+            noise_params(),
+            Box::new(snow::resolvers::FallbackResolver::new(
+                Box::new(SeedOnly { seed: [2u8; 32] }),
+                Box::new(snow::resolvers::DefaultResolver),
+            )),
+        )
+        .local_private_key(keys.x25519.private.as_ref())
+        .unwrap()
+        .prologue(b"p")
+        .unwrap()
+        .psk(2, &psk)
+        .unwrap()
+        .build_responder()
+        .unwrap();
+        let mut server = NoiseHandshake { state };
+        let first = client.write_message(b"").unwrap();
+        assert_eq!(first.len(), 32 + 16);
+        server.read_message(&first).unwrap();
+        let second = server.write_message(b"").unwrap();
+        client.read_message(&second).unwrap();
+        assert_eq!(client.handshake_hash(), server.handshake_hash());
+        let mut client = client.into_transport().unwrap();
+        let mut server = server.into_transport().unwrap();
+        let sealed = client.seal(b"hello").unwrap();
+        assert_eq!(&*server.open(&sealed).unwrap(), b"hello");
+        assert!(server.open(&sealed).is_err(), "a replay must not open");
+    }
+
+    #[test]
+    fn ml_kem_secrets_agree_and_a_wrong_ciphertext_gives_another() {
+        let keys = HandshakeKeyPair::generate().unwrap();
+        let (ciphertext, secret) = keys.public().encapsulate().unwrap();
+        assert_eq!(ciphertext.len(), MLKEM768_CIPHERTEXT_LEN);
+        assert_eq!(*keys.decapsulate(&ciphertext).unwrap(), *secret);
+        let mut flipped = ciphertext.clone();
+        flipped[100] ^= 1;
+        assert_ne!(*keys.decapsulate(&flipped).unwrap(), *secret);
+        assert!(keys.decapsulate(&ciphertext[1..]).is_err());
+        let other = HandshakeKeyPair::generate().unwrap();
+        assert_ne!(*other.decapsulate(&ciphertext).unwrap(), *secret);
+    }
+
+    #[test]
+    fn handshake_keys_survive_their_file() {
+        let keys = HandshakeKeyPair::generate().unwrap();
+        let bytes = keys.to_file_bytes().unwrap();
+        assert_eq!(bytes.len(), HANDSHAKE_KEY_FILE_LEN);
+        let back = HandshakeKeyPair::from_file_bytes(&bytes).unwrap();
+        assert_eq!(back.public(), keys.public());
+        let (ciphertext, secret) = keys.public().encapsulate().unwrap();
+        assert_eq!(*back.decapsulate(&ciphertext).unwrap(), *secret);
+        assert!(HandshakeKeyPair::from_file_bytes(&bytes[1..]).is_err());
+        let mut wrong = bytes.to_vec();
+        wrong[0] = b'X';
+        assert!(HandshakeKeyPair::from_file_bytes(&wrong).is_err());
+        assert!(HandshakePublicKeys::new(&[0u8; 31], keys.public().ml_kem()).is_err());
+        assert!(HandshakePublicKeys::new(keys.public().x25519(), &[0u8; 1183]).is_err());
+    }
+
+    #[test]
+    fn a_handshake_to_the_wrong_static_key_or_psk_fails() {
+        let keys = HandshakeKeyPair::generate().unwrap();
+        let other = HandshakeKeyPair::generate().unwrap();
+        let psk = [5u8; 32];
+        for (static_key, client_psk) in [
+            (other.public().x25519(), psk),
+            (keys.public().x25519(), [6u8; 32]),
+        ] {
+            let mut client =
+                NoiseHandshake::initiator(static_key, b"", &client_psk, [3u8; 32]).unwrap();
+            let mut server = NoiseHandshake::responder(&keys, b"", &psk, [4u8; 32]).unwrap();
+            let first = client.write_message(b"").unwrap();
+            let read = server.read_message(&first);
+            if read.is_err() {
+                continue; // the wrong static key fails at `es`, on message 1
+            }
+            let second = server.write_message(b"").unwrap();
+            // the wrong PSK fails on message 2, at the client
+            assert!(client.read_message(&second).is_err());
+        }
+    }
 
     #[test]
     fn cbc_round_trips_every_length_and_always_pads() {

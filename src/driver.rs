@@ -580,6 +580,11 @@ pub(crate) fn log_session(
     }
     let node = report.node().map(Id::to_hex).unwrap_or_default();
     let cluster = report.cluster().map(Id::to_hex).unwrap_or_default();
+    // One listener serves xlReg/2 and xlReg/3: the line names the version the session spoke.
+    let wire = match report.version {
+        Some(3) => "xlReg/3",
+        _ => wire,
+    };
     tracing::info!(
         wire,
         %peer,

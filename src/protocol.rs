@@ -1,4 +1,5 @@
-//! The xlReg/2 server session core: a deterministic state machine from bytes in to steps out.
+//! The xlReg/2 and xlReg/3 server session core: a deterministic state machine from bytes in
+//! to steps out.
 //!
 //! This is the protocol core, in the manner of quinn-proto: it implements
 //! [`SessionCore`], taking the bytes received, the results of the store reads and writes it
@@ -7,6 +8,13 @@
 //! handshake's key and salt come from the RNG it is given), so every path — the handshake
 //! and idle deadlines and a held GetCluster included — is testable without the network and
 //! fuzzable. The length-prefixed framing (`frame`) is done here: frames in, whole frames out.
+//!
+//! Both versions share one listener and one core: the first frame says which a client speaks
+//! (an xlReg/3 first message is exactly 1,140 bytes opening with `XLR3`; an xlReg/2 hello is
+//! an RSA ciphertext of the comms key's modulus length, 256 to 512 bytes). Version 3 is served
+//! only when the registry has handshake keys ([`ServerSession::with_v3`]). After the
+//! handshake the versions differ only in the frame cipher and in what member token
+//! signatures are bound to (xlReg/2: the registry's salt; xlReg/3: the handshake hash).
 //!
 //! States: `AwaitHello` -> (hello) -> `Established` -> (Member) -> `Registered`; in
 //! `Registered`, Create, Join and GetCluster may come in any order and number; Bye is
@@ -22,7 +30,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use rand::rngs::StdRng;
 
-use crate::crypto::HelloDecryptor;
+use crate::crypto::{HandshakeKeyPair, HelloDecryptor};
 use crate::frame::{self, FrameDecoder, FrameError};
 use crate::handlers::{self, get_cluster, HandlerError};
 use crate::model::{StoreError, Write, Written};
@@ -30,22 +38,27 @@ use crate::proto::{ErrCode, Tag, XlRegMsg};
 use crate::session::{
     Exchange, Millis, Outcome, ReadResult, SessionCore, SessionReport, Step, Timeouts,
 };
-use crate::session_crypto::{Role, ServerHandshake, SessionCipher, SALT_LEN};
+use crate::session_crypto::{
+    is_v3_hello, Role, ServerHandshake, ServerHandshakeV3, SessionCipher, WireCipher,
+};
 use crate::token::Scheme;
 
 #[derive(Debug)]
 enum Phase {
     AwaitHello,
     Established {
-        cipher: SessionCipher,
-        server_salt: [u8; SALT_LEN],
+        cipher: WireCipher,
+        /// What member token signatures are bound to: the registry's salt (xlReg/2) or the
+        /// handshake hash (xlReg/3).
+        binding: Vec<u8>,
     },
 }
 
-/// One xlReg/2 connection's protocol state, on the registry side.
+/// One xlReg/2 or xlReg/3 connection's protocol state, on the registry side.
 #[derive(Debug)]
 pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
+    handshake_keys: Option<Arc<HandshakeKeyPair>>,
     rng: StdRng,
     decoder: FrameDecoder,
     phase: Phase,
@@ -65,10 +78,58 @@ impl ServerSession {
     ) -> ServerSession {
         ServerSession {
             decryptor,
+            handshake_keys: None,
             rng,
             decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
             exchange: Exchange::new(timeouts, now),
+        }
+    }
+
+    /// Also serves xlReg/3 with the registry's static handshake `keys`.
+    pub fn with_v3(mut self, keys: Arc<HandshakeKeyPair>) -> ServerSession {
+        self.handshake_keys = Some(keys);
+        self
+    }
+
+    /// The protocol version of the session, once its handshake is done.
+    pub fn version(&self) -> Option<u32> {
+        match &self.phase {
+            Phase::AwaitHello => None,
+            Phase::Established { cipher, .. } => Some(cipher.version()),
+        }
+    }
+
+    /// The handshake of either version: the reply and the established phase, or `None`
+    /// if the first frame is refused.
+    fn handshake(&mut self, frame: &[u8]) -> Option<(Vec<u8>, Phase)> {
+        if let Some(keys) = self.handshake_keys.as_ref().filter(|_| is_v3_hello(frame)) {
+            return match ServerHandshakeV3::accept(keys, frame, &mut self.rng) {
+                Ok((reply, session)) => Some((
+                    reply,
+                    Phase::Established {
+                        cipher: WireCipher::V3(session.cipher),
+                        binding: session.handshake_hash.to_vec(),
+                    },
+                )),
+                Err(error) => {
+                    tracing::debug!(%error, "xlReg/3 first message refused");
+                    None
+                }
+            };
+        }
+        match ServerHandshake::accept(&self.decryptor, frame, &mut self.rng) {
+            Ok((reply, keys)) => Some((
+                reply,
+                Phase::Established {
+                    cipher: WireCipher::V2(SessionCipher::new(&keys.key, Role::Server)),
+                    binding: keys.server_salt.to_vec(),
+                },
+            )),
+            Err(error) => {
+                tracing::debug!(%error, "hello refused");
+                None
+            }
         }
     }
 
@@ -86,21 +147,14 @@ impl ServerSession {
 
     fn on_frame(&mut self, frame: &[u8], now: Millis) -> Step {
         match &mut self.phase {
-            Phase::AwaitHello => {
-                match ServerHandshake::accept(&self.decryptor, frame, &mut self.rng) {
-                    Ok((reply, keys)) => {
-                        self.phase = Phase::Established {
-                            cipher: SessionCipher::new(&keys.key, Role::Server),
-                            server_salt: keys.server_salt,
-                        };
-                        self.exchange.reply(frame::encode(&reply), false, now)
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "hello refused");
-                        self.drop_connection()
-                    }
+            Phase::AwaitHello => match self.handshake(frame) {
+                Some((reply, phase)) => {
+                    self.phase = phase;
+                    self.exchange.report.version = self.version();
+                    self.exchange.reply(frame::encode(&reply), false, now)
                 }
-            }
+                None => self.drop_connection(),
+            },
             Phase::Established { cipher, .. } => {
                 let Ok(plaintext) = cipher.open(frame) else {
                     return self.drop_connection();
@@ -127,10 +181,9 @@ impl ServerSession {
         };
         let state = &self.exchange.report.state;
         let registered = state.node.is_some();
-        let Phase::Established { server_salt, .. } = &self.phase else {
+        let Phase::Established { binding, .. } = &self.phase else {
             return self.drop_connection();
         };
-        let server_salt = *server_salt;
         match tag {
             Tag::Bye => {
                 let phase = &mut self.phase;
@@ -141,8 +194,9 @@ impl ServerSession {
                 )
             }
             Tag::Member if !registered => {
+                // xlReg/3 binds the token to the handshake hash in the salt's place.
                 let scheme = Scheme::V2 {
-                    server_salt: &server_salt,
+                    server_salt: binding,
                 };
                 let prepared = handlers::member::prepare(msg, scheme, now);
                 self.write(prepared)
@@ -561,6 +615,128 @@ mod tests {
             Some(Step::Close)
         ));
         assert_eq!(store.counts().unwrap().nodes, 1);
+    }
+
+    mod v3 {
+        //! xlReg/3 through the same core, next to xlReg/2.
+
+        use super::*;
+        use crate::crypto::HandshakeKeyPair;
+        use crate::session_crypto::{ClientHandshakeV3, NoiseCipher, V3_HELLO_LEN};
+
+        fn handshake_keys() -> &'static Arc<HandshakeKeyPair> {
+            static KEYS: OnceLock<Arc<HandshakeKeyPair>> = OnceLock::new();
+            KEYS.get_or_init(|| Arc::new(HandshakeKeyPair::generate().unwrap()))
+        }
+
+        fn new_v3_session() -> ServerSession {
+            new_session().with_v3(handshake_keys().clone())
+        }
+
+        fn connect_v3(store: &Store) -> (ServerSession, NoiseCipher, [u8; 32]) {
+            let mut session = new_v3_session();
+            let (client, hello) =
+                ClientHandshakeV3::start(handshake_keys().public(), &mut rand::rng()).unwrap();
+            let (reply, close) = sent(feed(store, &mut session, &hello));
+            assert!(!close);
+            let established = client.finish(&reply).unwrap();
+            assert_eq!(session.version(), Some(3));
+            (session, established.cipher, established.handshake_hash)
+        }
+
+        fn call(
+            store: &Store,
+            session: &mut ServerSession,
+            cipher: &mut NoiseCipher,
+            msg: &XlRegMsg,
+        ) -> (XlRegMsg, bool) {
+            let frame = cipher.seal(&msg.encode_to_vec());
+            let (reply, close) = sent(feed(store, session, &frame));
+            let plaintext = cipher.open(&reply).unwrap();
+            (XlRegMsg::decode(plaintext.as_slice()).unwrap(), close)
+        }
+
+        #[test]
+        fn a_whole_v3_session_binds_the_token_to_the_handshake_hash() {
+            let store = Store::temporary().unwrap();
+            let (mut session, mut cipher, hash) = connect_v3(&store);
+            let member = member_msg_for(&hash, 0, "m3", None, &["127.0.0.1:9"]);
+            let (reply, close) = call(&store, &mut session, &mut cipher, &member);
+            assert_eq!((reply.op, close), (Some(Tag::MemberOk as i32), false));
+            let (reply, close) = call(&store, &mut session, &mut cipher, &op(Tag::Bye));
+            assert_eq!((reply.op, close), (Some(Tag::Ack as i32), true));
+            assert_eq!(session.report().outcome, Outcome::Bye);
+
+            // A token signed for another session's hash is refused as unauthorized.
+            let (mut session, mut cipher, _) = connect_v3(&store);
+            let (_, _, other_hash) = connect_v3(&store);
+            let member = member_msg_for(&other_hash, 0, "m3", None, &["127.0.0.1:9"]);
+            let (reply, close) = call(&store, &mut session, &mut cipher, &member);
+            assert_eq!(reply.err_kind, Some(ErrCode::Unauthorized as i32));
+            assert!(close);
+        }
+
+        #[test]
+        fn one_core_serves_v2_and_v3_and_tells_them_apart_by_the_first_frame() {
+            let store = Store::temporary().unwrap();
+            // An xlReg/2 hello to a registry that also serves xlReg/3.
+            let mut session = new_v3_session();
+            let (client, hello) = ClientHandshake::start(registry_key().public_key()).unwrap();
+            let (reply, _) = sent(feed(&store, &mut session, &hello));
+            let keys = client.finish(&reply).unwrap();
+            assert_eq!((keys.version, session.version()), (2, Some(2)));
+            // An xlReg/3 first message to a registry without handshake keys is not an RSA
+            // ciphertext: closed unanswered, like any undecryptable hello.
+            let mut session = new_session();
+            let (_, hello) =
+                ClientHandshakeV3::start(handshake_keys().public(), &mut rand::rng()).unwrap();
+            assert!(matches!(
+                feed(&store, &mut session, &hello),
+                Some(Step::Close)
+            ));
+            assert_eq!(session.report().outcome, Outcome::Dropped);
+        }
+
+        #[test]
+        fn hostile_first_messages_close_silently() {
+            let store = Store::temporary().unwrap();
+            let (_, hello) =
+                ClientHandshakeV3::start(handshake_keys().public(), &mut rand::rng()).unwrap();
+            let other = HandshakeKeyPair::generate().unwrap();
+            let (_, to_other) = ClientHandshakeV3::start(other.public(), &mut rand::rng()).unwrap();
+            let mut flipped = hello.clone();
+            flipped[V3_HELLO_LEN - 20] ^= 0x80;
+            let mut garbage = vec![0u8; V3_HELLO_LEN];
+            garbage[..4].copy_from_slice(b"XLR3");
+            for (what, bad) in [
+                ("wrong static keys", to_other),
+                ("bit flip", flipped),
+                ("garbage", garbage),
+                ("truncated", hello[..V3_HELLO_LEN - 1].to_vec()),
+            ] {
+                let mut session = new_v3_session();
+                assert!(
+                    matches!(feed(&store, &mut session, &bad), Some(Step::Close)),
+                    "{what}"
+                );
+                assert_eq!(session.report().outcome, Outcome::Dropped, "{what}");
+            }
+            // A first message cut short in its frame waits for the rest, then times out.
+            let mut session = new_v3_session();
+            let whole = frame::encode(&hello);
+            session.on_bytes(&whole[..whole.len() - 1]);
+            assert!(session.poll(NOW).is_none());
+            session.on_timeout(NOW + TIMEOUTS.handshake_ms);
+            assert!(matches!(session.poll(NOW), Some(Step::Close)));
+            assert!(matches!(
+                session.report().outcome,
+                Outcome::TimedOut {
+                    established: false,
+                    ..
+                }
+            ));
+            assert_eq!(store.counts().unwrap().nodes, 0);
+        }
     }
 
     #[test]

@@ -16,8 +16,16 @@
 //!          TcpEndPoint: <host>:<port>
 //!     }
 //!     Version: <a.b.c>
+//!     HandshakeX25519: <base64 of 32 bytes>        (xlReg/3; these three together or none)
+//!     HandshakeMlKem768: <base64 of 1,184 bytes>
+//!     HandshakeSig: <base64 RSA signature by the SigPubKey>
 //! }
 //! ```
+//!
+//! The three `Handshake` fields carry the registry's static xlReg/3 keys; `HandshakeSig` is
+//! RSASSA-PKCS1-v1_5/SHA-256 by the registry's signing key over [`handshake_signed_bytes`],
+//! and the parser refuses a file whose signature does not verify. A file without them is an
+//! xlReg/2-only file, as every file before xlReg/3 was.
 //!
 //! The Go writer ends each key line with `\n\r\n` (the ssh key text carries its own newline),
 //! so the parser accepts blank lines, LF or CRLF line ends and whitespace around every line and
@@ -30,7 +38,9 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::crypto::PublicKey;
+use base64::Engine as _;
+
+use crate::crypto::{HandshakePublicKeys, PublicKey, RsaKeyPair};
 use crate::id::Id;
 
 /// File mode of `regCred.dat`: it holds only public information.
@@ -118,6 +128,65 @@ pub struct RegCred {
     pub endpoints: Vec<String>,
     /// The registry's software version, `a.b.c`.
     pub version: String,
+    /// The registry's static xlReg/3 keys, signed; `None` in an xlReg/2-only file.
+    pub handshake: Option<SignedHandshakeKeys>,
+}
+
+/// The registry's static xlReg/3 public keys with the registry's signature over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHandshakeKeys {
+    /// The keys.
+    pub keys: HandshakePublicKeys,
+    /// RSASSA-PKCS1-v1_5/SHA-256 by the registry's signing key over
+    /// [`handshake_signed_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// Opens the input of the handshake keys' signature.
+pub const HANDSHAKE_SIG_DOMAIN: &[u8] = b"xlReg/3 handshake keys\0";
+
+/// What `HandshakeSig` signs: `"xlReg/3 handshake keys" || 00 || field(registry ID) ||
+/// field(X25519 key) || field(ML-KEM-768 key)`, `field(x)` = u32 big-endian length || x.
+/// The ID ties the keys to one registry.
+pub fn handshake_signed_bytes(id: &Id, keys: &HandshakePublicKeys) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HANDSHAKE_SIG_DOMAIN.len() + 1300);
+    out.extend_from_slice(HANDSHAKE_SIG_DOMAIN);
+    for field in [id.as_bytes(), keys.x25519().as_slice(), keys.ml_kem()] {
+        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+impl SignedHandshakeKeys {
+    /// Signs `keys` for the registry `id` with its signing key.
+    pub fn sign(
+        id: &Id,
+        keys: HandshakePublicKeys,
+        sig: &RsaKeyPair,
+    ) -> Result<SignedHandshakeKeys, crate::crypto::CryptoError> {
+        let signature = sig.sign_sha256(&handshake_signed_bytes(id, &keys))?;
+        Ok(SignedHandshakeKeys { keys, signature })
+    }
+
+    /// True if the signature verifies under `sig_key` for the registry `id`.
+    pub fn verifies(&self, id: &Id, sig_key: &PublicKey) -> bool {
+        sig_key
+            .verify_sha256(&handshake_signed_bytes(id, &self.keys), &self.signature)
+            .is_ok()
+    }
+}
+
+impl RegCred {
+    /// The protocol versions a client holding this file can speak to the registry: 2, and 3
+    /// if the file carries handshake keys.
+    pub fn versions(&self) -> Vec<u32> {
+        if self.handshake.is_some() {
+            vec![2, 3]
+        } else {
+            vec![2]
+        }
+    }
 }
 
 /// The fields of the `regCred` block, in the order the Go registry writes them.
@@ -129,16 +198,22 @@ enum Field {
     SigPubKey,
     EndPoints,
     Version,
+    HandshakeX25519,
+    HandshakeMlKem768,
+    HandshakeSig,
 }
 
 impl Field {
-    const ALL: [Field; 6] = [
+    const ALL: [Field; 9] = [
         Field::Name,
         Field::Id,
         Field::CommsPubKey,
         Field::SigPubKey,
         Field::EndPoints,
         Field::Version,
+        Field::HandshakeX25519,
+        Field::HandshakeMlKem768,
+        Field::HandshakeSig,
     ];
 
     fn label(self) -> &'static str {
@@ -149,6 +224,9 @@ impl Field {
             Field::SigPubKey => "SigPubKey",
             Field::EndPoints => "EndPoints",
             Field::Version => "Version",
+            Field::HandshakeX25519 => "HandshakeX25519",
+            Field::HandshakeMlKem768 => "HandshakeMlKem768",
+            Field::HandshakeSig => "HandshakeSig",
         }
     }
 
@@ -214,13 +292,16 @@ fn valid_version(text: &str) -> bool {
 /// Values collected while parsing, each with the line it came from.
 #[derive(Default)]
 struct Collected {
-    seen: [Option<usize>; 6],
+    seen: [Option<usize>; 9],
     name: Option<String>,
     id: Option<Id>,
     comms_key: Option<PublicKey>,
     sig_key: Option<PublicKey>,
     endpoints: Vec<String>,
     version: Option<String>,
+    handshake_x25519: Option<Vec<u8>>,
+    handshake_ml_kem: Option<Vec<u8>>,
+    handshake_sig: Option<Vec<u8>>,
 }
 
 impl Collected {
@@ -284,6 +365,16 @@ impl Collected {
                 }
                 self.version = Some(value.to_string());
             }
+            Field::HandshakeX25519 | Field::HandshakeMlKem768 | Field::HandshakeSig => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map_err(|_| syntax(line, format!("{} is not base64", field.label())))?;
+                match field {
+                    Field::HandshakeX25519 => self.handshake_x25519 = Some(bytes),
+                    Field::HandshakeMlKem768 => self.handshake_ml_kem = Some(bytes),
+                    _ => self.handshake_sig = Some(bytes),
+                }
+            }
             Field::EndPoints => {
                 return Err(syntax(
                     line,
@@ -302,6 +393,25 @@ impl Collected {
                 format!("the regCred block ends without the {what}"),
             )
         };
+        let handshake = match (
+            self.handshake_x25519,
+            self.handshake_ml_kem,
+            self.handshake_sig,
+        ) {
+            (None, None, None) => None,
+            (Some(x25519), Some(ml_kem), Some(signature)) => {
+                let keys = HandshakePublicKeys::new(&x25519, &ml_kem).map_err(|e| {
+                    syntax(close_line, format!("the handshake keys are unusable: {e}"))
+                })?;
+                Some(SignedHandshakeKeys { keys, signature })
+            }
+            _ => {
+                return Err(missing(
+                    "whole set of HandshakeX25519, HandshakeMlKem768 and HandshakeSig \
+                     (give all three, or none for an xlReg/2-only file)",
+                ))
+            }
+        };
         let cred = RegCred {
             name: self.name.ok_or_else(|| missing("Name field"))?,
             id: self.id.ok_or_else(|| missing("ID field"))?,
@@ -309,11 +419,21 @@ impl Collected {
             sig_key: self.sig_key.ok_or_else(|| missing("SigPubKey field"))?,
             endpoints: self.endpoints,
             version: self.version.ok_or_else(|| missing("Version field"))?,
+            handshake,
         };
         if cred.endpoints.is_empty() {
             return Err(missing(
                 "EndPoints block; add `EndPoints {`, a `TcpEndPoint: host:port` line and `}`",
             ));
+        }
+        if let Some(handshake) = &cred.handshake {
+            if !handshake.verifies(&cred.id, &cred.sig_key) {
+                return Err(syntax(
+                    close_line,
+                    "HandshakeSig does not verify under SigPubKey: the handshake keys were \
+                     not published by this registry (or the file was altered)",
+                ));
+            }
         }
         Ok(cred)
     }
@@ -364,7 +484,7 @@ fn parse_text(text: &str) -> Result<RegCred, SyntaxError> {
                                 n,
                                 format!(
                                     "unknown field {}; expected Name, ID, CommsPubKey, \
-                                     SigPubKey, EndPoints or Version",
+                                     SigPubKey, EndPoints, Version or the Handshake fields",
                                     snippet(key)
                                 ),
                             )
@@ -493,6 +613,18 @@ impl RegCred {
         );
         lines.push("    }".to_string());
         lines.push(format!("    Version: {}", self.version));
+        if let Some(handshake) = &self.handshake {
+            let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+            lines.push(format!(
+                "    HandshakeX25519: {}",
+                b64(handshake.keys.x25519())
+            ));
+            lines.push(format!(
+                "    HandshakeMlKem768: {}",
+                b64(handshake.keys.ml_kem())
+            ));
+            lines.push(format!("    HandshakeSig: {}", b64(&handshake.signature)));
+        }
         lines.push("}".to_string());
         let mut text = lines.join("\r\n");
         text.push_str("\r\n");
@@ -622,6 +754,68 @@ mod tests {
             Err(RegCredError::Syntax { line, problem }) => (line, problem),
             other => panic!("expected a syntax error, got {other:?}"),
         }
+    }
+
+    /// A registry's credentials with signed handshake keys, and its signing key.
+    fn v3_cred() -> (RegCred, RsaKeyPair) {
+        let sig = crate::test_support::fixture_key(2);
+        let mut cred = RegCred::parse(GO_VECTORS).unwrap();
+        cred.id = Id::from_bytes(&[0x5a; 32]).unwrap();
+        cred.sig_key = sig.public_key().clone();
+        let keys = crate::crypto::HandshakeKeyPair::generate().unwrap();
+        cred.handshake =
+            Some(SignedHandshakeKeys::sign(&cred.id, keys.public().clone(), &sig).unwrap());
+        (cred, sig)
+    }
+
+    #[test]
+    fn handshake_keys_round_trip_signed_and_name_the_versions() {
+        let (cred, _) = v3_cred();
+        assert_eq!(cred.versions(), vec![2, 3]);
+        let text = cred.to_text();
+        assert!(text.contains("\r\n    HandshakeX25519: "));
+        assert_eq!(RegCred::parse(&text).unwrap(), cred);
+        assert_eq!(RegCred::parse(GO_VECTORS).unwrap().versions(), vec![2]);
+    }
+
+    #[test]
+    fn handshake_keys_that_do_not_verify_or_come_partly_are_refused() {
+        let (cred, _) = v3_cred();
+        let text = cred.to_text();
+        // Keys swapped for someone else's: the signature no longer verifies.
+        let mut forged = cred.clone();
+        let other = crate::crypto::HandshakeKeyPair::generate().unwrap();
+        forged.handshake.as_mut().unwrap().keys = other.public().clone();
+        let (line, problem) = syntax_line(RegCred::parse(&forged.to_text()));
+        assert!(
+            problem.contains("HandshakeSig does not verify"),
+            "{line}: {problem}"
+        );
+        // Signed by another key than SigPubKey.
+        let mut resigned = cred.clone();
+        let wrong = crate::test_support::fixture_key(3);
+        resigned.handshake = Some(
+            SignedHandshakeKeys::sign(&cred.id, cred.handshake.clone().unwrap().keys, &wrong)
+                .unwrap(),
+        );
+        assert!(RegCred::parse(&resigned.to_text()).is_err());
+        // The same keys published for another registry ID.
+        let mut moved = cred.clone();
+        moved.id = Id::from_bytes(&[0x5b; 32]).unwrap();
+        assert!(RegCred::parse(&moved.to_text()).is_err());
+        // One of the three fields missing.
+        let partial: String = text
+            .split_inclusive("\r\n")
+            .filter(|line| !line.contains("HandshakeSig"))
+            .collect();
+        let (_, problem) = syntax_line(RegCred::parse(&partial));
+        assert!(
+            problem.contains("HandshakeX25519, HandshakeMlKem768 and HandshakeSig"),
+            "{problem}"
+        );
+        // Not base64.
+        let garbled = text.replace("HandshakeX25519: ", "HandshakeX25519: !");
+        assert!(RegCred::parse(&garbled).is_err());
     }
 
     #[test]

@@ -163,7 +163,8 @@ impl Server {
                             shared.config.max_frame,
                             shared.config.timeouts(),
                             clock.now(),
-                        );
+                        )
+                        .with_v3(shared.registry.identity.handshake.clone());
                         driver::serve("xlReg/2", core, clock, &shared, stream, peer).await
                     }
                     Wire::Legacy => {

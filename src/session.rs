@@ -110,6 +110,9 @@ pub struct SessionReport {
     pub last_op: Option<Tag>,
     /// How the session ended (or `Open`).
     pub outcome: Outcome,
+    /// The xlreg protocol version the handshake settled (2 or 3), once it is done; `None`
+    /// before it and on the 1.9 wire.
+    pub version: Option<u32>,
     /// The text of the Error the session was refused with, if it was: sent to the client,
     /// and kept for the log line, the only place an operator sees it (1.9 clients never
     /// show it).

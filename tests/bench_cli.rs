@@ -37,8 +37,13 @@ fn bench_runs_complete_sessions_and_reports_json() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let regcred = server.regcred_path.to_str().unwrap();
+    // By default the highest version the regCred.dat allows; --protocol picks one.
     let report = bench_12_sessions(&["--regcred", regcred]);
-    assert_eq!(report["wire"], "xlReg/2");
+    assert_eq!(report["wire"], "xlReg/3");
+    let v2 = bench_12_sessions(&["--regcred", regcred, "--protocol", "2"]);
+    assert_eq!(v2["wire"], "xlReg/2");
+    let v3 = bench_12_sessions(&["--regcred", regcred, "--protocol", "3"]);
+    assert_eq!(v3["wire"], "xlReg/3");
     assert!(
         report["latency_ms"]["max"].as_f64().unwrap()
             >= report["latency_ms"]["p50"].as_f64().unwrap()
@@ -67,6 +72,25 @@ fn bench_refuses_parameters_that_cannot_complete_a_cluster() {
         ),
     ] {
         let mut all = vec!["bench", "--regcred", regcred, "--identities", "1"];
+        all.extend(args);
+        let output = xlreg(&all);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+    }
+    // --protocol 3 with an xlReg/2-only regCred.dat, and a version that does not exist.
+    let mut old = server.regcred.clone();
+    old.handshake = None;
+    let old_path = dir.path().join("old-regCred.dat");
+    old.write(&old_path).unwrap();
+    let old_path = old_path.to_str().unwrap();
+    for (args, expected) in [
+        (
+            ["--regcred", old_path, "--protocol", "3"],
+            "needs a regCred.dat with handshake keys",
+        ),
+        (["--regcred", regcred, "--protocol", "4"], "4"),
+    ] {
+        let mut all = vec!["bench", "--identities", "1"];
         all.extend(args);
         let output = xlreg(&all);
         assert!(!output.status.success());

@@ -81,3 +81,50 @@ fn token_signature_input() {
             .replace(' ', "")
     );
 }
+
+#[test]
+fn a_complete_member_message_on_the_wire() {
+    // The test keys key-00 (comms) and key-01 (sig) of tests/data/keys; PKCS#1 v1.5
+    // signatures are deterministic, so the whole message is fixed.
+    let comms = xlreg::crypto::RsaKeyPair::from_pem(include_str!("data/keys/key-00.pem")).unwrap();
+    let sig = xlreg::crypto::RsaKeyPair::from_pem(include_str!("data/keys/key-01.pem")).unwrap();
+    let endpoints = vec!["10.0.0.1:9000".to_string()];
+    let fields = TokenFields {
+        id: None,
+        name: "n1",
+        attrs: 0,
+        comms_key: comms.public_key().to_spki_der(),
+        sig_key: sig.public_key().to_spki_der(),
+        endpoints: &endpoints,
+    };
+    let member = XlRegMsg {
+        op: Some(Tag::Member as i32),
+        member_specs: Some(xlreg::token::sign_v2(&fields, &sig, &SALT2).unwrap()),
+        ..XlRegMsg::default()
+    };
+    let protobuf = member.encode_to_vec();
+    let text = hex::encode(&protobuf);
+    let doc = include_str!("../docs/protocol.md");
+    let expected: String = doc
+        .split("<!-- member-protobuf -->")
+        .nth(1)
+        .expect("the Member example in docs/protocol.md")
+        .lines()
+        .filter(|line| !line.starts_with("```") && !line.trim().is_empty())
+        .collect::<Vec<_>>()
+        .concat();
+    assert_eq!(text, expected);
+    // Member is the client's first message: counter 0 under key2.
+    let mut cipher = SessionCipher::new(&KEY2, Role::Client);
+    let frame = xlreg::frame::encode(&cipher.seal(&protobuf));
+    assert_eq!(
+        format!(
+            "{} {} {}",
+            hex::encode(&frame[..4]),
+            hex::encode(&frame[frame.len() - 16..]),
+            hex::encode(xlreg::crypto::sha256(&frame))
+        ),
+        "0000037f bab91f1b49279cd0ffc7de47f68309e4 \
+         a21822a7f29f0ec17beec38687336cfb1efd88c7f09cd667c4d61fc6e3462337"
+    );
+}

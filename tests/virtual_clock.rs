@@ -501,3 +501,46 @@ fn a_1_9_session_is_closed_after_the_idle_timeout_or_told_its_partial_message_is
     let error = wire::open_message(&client.key, &bytes).unwrap();
     assert!(error.err_desc.unwrap().contains("do not decrypt"));
 }
+
+/// The registry's xlReg/3 handshake keys (made once: X25519 and ML-KEM-768 key generation
+/// takes well under a millisecond).
+fn handshake_keys() -> &'static Arc<xlreg::crypto::HandshakeKeyPair> {
+    static KEYS: OnceLock<Arc<xlreg::crypto::HandshakeKeyPair>> = OnceLock::new();
+    KEYS.get_or_init(|| Arc::new(xlreg::crypto::HandshakeKeyPair::generate().unwrap()))
+}
+
+#[test]
+fn an_xlreg3_first_message_not_whole_within_the_handshake_timeout_closes_the_session_silently() {
+    let mut net = Net::new();
+    let mut server = net.server().with_v3(handshake_keys().clone());
+    let (_, hello) = xlreg::session_crypto::ClientHandshakeV3::start(
+        handshake_keys().public(),
+        &mut StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    // All but the last byte of the first message arrives at 9,000; the deadline stays 10,000.
+    let whole = frame::encode(&hello);
+    server.on_bytes(&whole[..whole.len() - 1]);
+    net.now = 9_000;
+    assert!(net.poll(&mut [&mut server], 0).is_none());
+    assert_times_out_at(&mut net, &mut server, TIMEOUTS.handshake_ms, false);
+}
+
+#[test]
+fn an_xlreg3_session_silent_for_the_idle_timeout_after_its_handshake_is_closed() {
+    let mut net = Net::new();
+    net.now = 700;
+    let mut server = net.server().with_v3(handshake_keys().clone());
+    let (handshake, hello) = xlreg::session_crypto::ClientHandshakeV3::start(
+        handshake_keys().public(),
+        &mut StdRng::seed_from_u64(4),
+    )
+    .unwrap();
+    server.on_bytes(&frame::encode(&hello));
+    let (reply, close) = net.poll(&mut [&mut server], 0).unwrap().unwrap();
+    assert!(!close);
+    handshake.finish(&payload(&reply)).unwrap();
+    assert_eq!(server.version(), Some(3));
+    // Answered at 700: the client has until 60,700 for its first request.
+    assert_times_out_at(&mut net, &mut server, 700 + TIMEOUTS.idle_ms, true);
+}

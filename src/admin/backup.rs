@@ -28,10 +28,10 @@ use zeroize::Zeroizing;
 
 use super::target::NewDataDir;
 use super::AdminError;
-use crate::crypto::{sha256, RsaKeyPair};
+use crate::crypto::{sha256, HandshakeKeyPair, RsaKeyPair};
 use crate::process::ReleaseEvery;
 use crate::regcred::write_atomic;
-use crate::registry::{COMMS_KEY_FILE, SIG_KEY_FILE};
+use crate::registry::{COMMS_KEY_FILE, HANDSHAKE_KEY_FILE, SIG_KEY_FILE};
 use crate::store::{BackendChoice, Snapshot, StoreView};
 
 /// The first bytes of every snapshot file.
@@ -42,8 +42,10 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// Mode of snapshot files: they hold the registry's private keys.
 pub const SNAPSHOT_MODE: u32 = 0o600;
-/// The files of the data directory a snapshot carries besides the store.
-const KEY_FILES: [&str; 2] = [COMMS_KEY_FILE, SIG_KEY_FILE];
+/// The files of the data directory a snapshot carries besides the store. The xlReg/3
+/// handshake keys are carried when present (a registry from before xlReg/3 has none until
+/// its next start, and makes them then).
+const KEY_FILES: [&str; 3] = [COMMS_KEY_FILE, SIG_KEY_FILE, HANDSHAKE_KEY_FILE];
 const CHECKSUM_LEN: usize = 32;
 const HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 4;
 
@@ -225,7 +227,9 @@ fn key_files(dir: &Path, has_identity: bool) -> Result<Vec<KeyFile>, AdminError>
         let path = dir.join(file);
         match std::fs::read(&path) {
             Ok(contents) => key_files.push((file.to_string(), Zeroizing::new(contents))),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !has_identity => {}
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && (!has_identity || file == HANDSHAKE_KEY_FILE) => {}
             Err(source) => return Err(AdminError::File { path, source }),
         }
     }
@@ -334,6 +338,11 @@ fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotBody, AdminError> {
             return Err(bad(format!(
                 "the snapshot carries an unknown file {name:?}"
             )));
+        }
+        if name == HANDSHAKE_KEY_FILE {
+            HandshakeKeyPair::from_file_bytes(contents)
+                .map_err(|e| bad(format!("key file {name}: {e}")))?;
+            continue;
         }
         let pem = std::str::from_utf8(contents)
             .map_err(|_| bad(format!("key file {name} is not text")))?;

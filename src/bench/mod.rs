@@ -52,6 +52,9 @@ pub enum Wire {
     /// xlReg/2, this registry's own protocol.
     #[serde(rename = "xlReg/2")]
     V2,
+    /// xlReg/3, the Noise handshake (the regCred.dat must carry handshake keys).
+    #[serde(rename = "xlReg/3")]
+    V3,
     /// xlReg 1.9, the Go registry's wire (xlreg's `--legacy-listen`).
     #[serde(rename = "xlReg/1.9")]
     Legacy,
@@ -62,6 +65,7 @@ impl Wire {
     pub fn name(self) -> &'static str {
         match self {
             Wire::V2 => "xlReg/2",
+            Wire::V3 => "xlReg/3",
             Wire::Legacy => "xlReg/1.9",
         }
     }
@@ -222,6 +226,7 @@ fn error_kind(error: &ClientError) -> String {
         ClientError::Closed => "closed".into(),
         ClientError::Protocol(_) => "protocol".into(),
         ClientError::Crypto(_) => "crypto".into(),
+        ClientError::NoV3Keys => "no_v3_keys".into(),
     }
 }
 
@@ -238,7 +243,8 @@ async fn one_session(
     );
     let identity = pool.identity(index);
     let result = match config.wire {
-        Wire::V2 => v2_session(config, &identity, cluster).await,
+        Wire::V2 => native_session(config, 2, &identity, cluster).await,
+        Wire::V3 => native_session(config, 3, &identity, cluster).await,
         Wire::Legacy => legacy_session(config, identity, cluster).await,
     };
     match result {
@@ -248,13 +254,14 @@ async fn one_session(
     }
 }
 
-/// An xlReg/2 session; true if the cluster was complete.
-async fn v2_session(
+/// An xlReg/2 or xlReg/3 session; true if the cluster was complete.
+async fn native_session(
     config: &BenchConfig,
+    version: u32,
     identity: &NodeIdentity,
     cluster: String,
 ) -> Result<bool, ClientError> {
-    let mut client = Client::connect(&config.regcred, DEFAULT_TIMEOUT).await?;
+    let mut client = Client::connect_version(&config.regcred, version, DEFAULT_TIMEOUT).await?;
     client.register(identity).await?;
     client.create(&cluster, config.cluster_size, 1).await?;
     client.join(Some(&ClusterRef::Name(cluster))).await?;
@@ -305,6 +312,13 @@ impl BenchConfig {
             "--sessions ({}) must be a multiple of --cluster-size ({size}) so every cluster can complete",
             self.sessions
         )));
+        }
+        if self.wire == Wire::V3 && self.regcred.handshake.is_none() {
+            return Err(BenchError::BadConfig(
+                "--protocol 3 needs a regCred.dat with handshake keys (written by a registry \
+                 that serves xlReg/3)"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -17,8 +17,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE", env = "XLREG_REGCRED")]
     regcred: PathBuf,
     /// Speak the xlReg 1.9 wire (the Go registry's) instead of xlReg/2.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "protocol")]
     legacy: bool,
+    /// The protocol version to speak, 2 or 3 (default: the highest the regCred.dat
+    /// supports: 3 if it has handshake keys).
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(u32).range(2..=3))]
+    protocol: Option<u32>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -49,9 +53,16 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     let regcred = RegCred::read(&args.regcred)?;
     let run_id = Id::random(&mut rand::rng()).to_hex()[..8].to_string();
+    let wire = match (args.legacy, args.protocol) {
+        (true, _) => Wire::Legacy,
+        (false, Some(2)) => Wire::V2,
+        (false, Some(_)) => Wire::V3,
+        (false, None) if regcred.handshake.is_some() => Wire::V3,
+        (false, None) => Wire::V2,
+    };
     let config = BenchConfig {
         regcred,
-        wire: if args.legacy { Wire::Legacy } else { Wire::V2 },
+        wire,
         clients: args.clients,
         sessions: args.sessions,
         cluster_size: args.cluster_size,

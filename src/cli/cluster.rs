@@ -157,9 +157,10 @@ where
             let session = &session;
             let connected = &connected;
             async move {
-                let client = Client::connect_within(
+                // xlReg/3 when the file has handshake keys, never falling back.
+                let client = Client::connect_keys(
                     regcred.endpoint(),
-                    &regcred.comms_key,
+                    client::RegistryKeys::of(regcred),
                     dial_timeout,
                     client::DEFAULT_TIMEOUT,
                 )

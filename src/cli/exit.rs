@@ -126,6 +126,7 @@ fn client(error: &ClientError) -> Failure {
             Some(ErrCode::InvalidState) | None => Failure::Internal,
         },
         ClientError::Protocol(_) | ClientError::Crypto(_) => Failure::Internal,
+        ClientError::NoV3Keys => Failure::Usage,
     }
 }
 

@@ -29,6 +29,8 @@ pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
             "sig_key_fingerprint": cred.sig_key.fingerprint(),
             "comms_key_bits": cred.comms_key.bits(),
             "sig_key_bits": cred.sig_key.bits(),
+            "protocol_versions": cred.versions(),
+            "handshake_x25519": cred.handshake.as_ref().map(|h| hex::encode(h.keys.x25519())),
         });
         super::output::print_json(&value)?;
     } else {
@@ -36,6 +38,16 @@ pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
         outln!("id:        {}", cred.id)?;
         outln!("endpoints: {}", cred.endpoints.join(", "))?;
         outln!("version:   {}", cred.version)?;
+        let versions: Vec<String> = cred.versions().iter().map(u32::to_string).collect();
+        outln!(
+            "protocols: xlReg/{}{}",
+            versions.join(", xlReg/"),
+            if cred.handshake.is_some() {
+                " (handshake keys signed by the sig key, verified)"
+            } else {
+                " (no handshake keys: xlReg/2 only)"
+            }
+        )?;
         outln!(
             "comms key: {} bits, sha256 {}",
             cred.comms_key.bits(),

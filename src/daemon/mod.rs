@@ -446,6 +446,8 @@ impl Daemon {
                 .unwrap_or_else(|| bound.to_string());
             let mut cred = registry.identity.regcred(vec![advertised.clone()]);
             cred.version = legacy.version.to_string();
+            // Go clients read this file, and their parser knows no xlReg/3 fields.
+            cred.handshake = None;
             write_regcred(&cred, &path)?;
             tracing::warn!(
                 legacy_listen = %bound,
