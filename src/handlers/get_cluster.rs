@@ -111,7 +111,9 @@ pub fn answer(
     reply.which = Some(returned);
     for (member, node) in view.members() {
         if member.slot < 64 && returned & (1u64 << member.slot) != 0 {
-            reply.tokens.push(member_token(member, node));
+            reply
+                .tokens
+                .push(member_token(member, node, cluster.endpoint_count));
         }
     }
     Ok(GetOutcome::Ready(Box::new(reply)))
@@ -186,6 +188,40 @@ mod tests {
             panic!()
         };
         assert_eq!(reply.which, Some(0b010));
+    }
+
+    #[test]
+    fn a_member_that_registers_new_endpoints_is_listed_at_them_where_they_suffice() {
+        let store = MemoryStore::new();
+        let mut a = member_in(&store, 0, "a", "web", 3);
+        // A second cluster that needs two endpoints per member, joined with the two.
+        let two = XlRegMsg {
+            cluster_name: Some("two".into()),
+            cluster_max_size: Some(3),
+            end_point_count: Some(2),
+            ..XlRegMsg::default()
+        };
+        apply(&store, &mut a, create::prepare(&two, NOW)).unwrap();
+        let join_two = join::prepare(&a, &XlRegMsg::default(), NOW);
+        apply(&store, &mut a, join_two).unwrap();
+        // The node moves: it registers again, under its ID, with one new endpoint.
+        let id = a.node.as_ref().unwrap().id.clone();
+        let moved = member_msg(0, "a", Some(&id), &["10.0.0.9:7"]);
+        let scheme = Scheme::V2 { server_salt: &SALT };
+        apply(&store, &mut a, member::prepare(&moved, scheme, NOW)).unwrap();
+        let listed = |cluster: &str| {
+            let msg = XlRegMsg {
+                cluster_name: Some(cluster.into()),
+                ..XlRegMsg::default()
+            };
+            let GetOutcome::Ready(reply) = read_and_answer(&store, &a, &msg, false).unwrap() else {
+                panic!("no wait was asked")
+            };
+            reply.tokens[0].my_ends.clone()
+        };
+        assert_eq!(listed("web"), ["10.0.0.9:7"]);
+        // One endpoint is too few for "two": it lists the two the node joined with.
+        assert_eq!(listed("two"), ["127.0.0.1:1", "127.0.0.1:2"]);
     }
 
     #[test]

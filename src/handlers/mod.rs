@@ -199,14 +199,26 @@ pub(crate) fn cluster_ref(
 }
 
 /// The token describing one member in a member list: no signature (the registry vouches).
-pub(crate) fn member_token(member: &MemberRecord, node: &NodeRecord) -> XlRegToken {
+pub(crate) fn member_token(
+    member: &MemberRecord,
+    node: &NodeRecord,
+    endpoint_count: u32,
+) -> XlRegToken {
+    // A node whose address changed sends Member with its new endpoints: its clusters list
+    // those at once, without a Join per cluster. Unless it now offers fewer than the cluster
+    // needs: then the ones it joined with, so a listing never breaks the cluster's rule.
+    let current = u32::try_from(node.endpoints.len()).unwrap_or(u32::MAX) >= endpoint_count;
     XlRegToken {
         name: Some(member.name.clone()),
         attrs: Some(member.attrs),
         id: Some(member.node_id.as_bytes().to_vec()),
         comms_key: Some(node.comms_key.clone()),
         sig_key: Some(node.sig_key.clone()),
-        my_ends: member.endpoints.clone(),
+        my_ends: if current {
+            node.endpoints.clone()
+        } else {
+            member.endpoints.clone()
+        },
         dig_sig: None,
     }
 }

@@ -20,6 +20,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 
+/// Which of a node's two keys differ from the ones registered under its id
+/// ([`Refusal::NodeKeyMismatch`]), as its text names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchedKeys {
+    /// Only the signing key differs.
+    Signing,
+    /// Only the comms (encryption) key differs.
+    Comms,
+    /// Both keys differ.
+    Both,
+}
+
+impl fmt::Display for MismatchedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MismatchedKeys::Signing => "signing key",
+            MismatchedKeys::Comms => "comms key",
+            MismatchedKeys::Both => "signing key and comms key",
+        })
+    }
+}
+
 /// A registered node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -287,10 +309,12 @@ pub enum Refusal {
         offered: u32,
     },
     /// The node id is registered with different keys than the ones presented.
-    #[error("node {id} is registered with a different signing key")]
+    #[error("node {id} is registered with a different {keys}")]
     NodeKeyMismatch {
         /// The node id.
         id: Id,
+        /// Which of the presented keys differ from the registered ones.
+        keys: MismatchedKeys,
     },
     /// The registry holds as many clusters (or nodes) as its operator allows
     /// (`serve --max-clusters`, `--max-nodes`; see `crate::store::Caps`): a new cluster or a

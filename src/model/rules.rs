@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use super::{
-    ClusterRecord, JoinOutcome, MemberRecord, NewCluster, NewNode, NodeRecord, Refusal,
-    Registration, RegistrationOutcome,
+    ClusterRecord, JoinOutcome, MemberRecord, MismatchedKeys, NewCluster, NewNode, NodeRecord,
+    Refusal, Registration, RegistrationOutcome,
 };
 use crate::id::Id;
 
@@ -42,8 +42,14 @@ pub fn register(
             outcome: RegistrationOutcome::Created,
         });
     };
-    if old.sig_key != new.sig_key || old.comms_key != new.comms_key {
-        return Err(Refusal::NodeKeyMismatch { id });
+    let keys = match (old.sig_key != new.sig_key, old.comms_key != new.comms_key) {
+        (false, false) => None,
+        (true, false) => Some(MismatchedKeys::Signing),
+        (false, true) => Some(MismatchedKeys::Comms),
+        (true, true) => Some(MismatchedKeys::Both),
+    };
+    if let Some(keys) = keys {
+        return Err(Refusal::NodeKeyMismatch { id, keys });
     }
     if old.name == new.name && old.attrs == new.attrs && old.endpoints == new.endpoints {
         return Ok(Registration {
@@ -220,7 +226,10 @@ mod tests {
         other.comms_key = b"other".to_vec();
         assert_eq!(
             register(&other, id(1), Some(first.node), 8),
-            Err(Refusal::NodeKeyMismatch { id: id(1) })
+            Err(Refusal::NodeKeyMismatch {
+                id: id(1),
+                keys: MismatchedKeys::Comms
+            })
         );
     }
 

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::id::Id;
 use crate::model::{
-    ClusterRecord, ClusterRef, Counts, JoinOutcome, NewCluster, NewNode, NodeRecord, Refusal,
-    RegistrationOutcome, RegistryMeta, Write, Written,
+    ClusterRecord, ClusterRef, Counts, JoinOutcome, MismatchedKeys, NewCluster, NewNode,
+    NodeRecord, Refusal, RegistrationOutcome, RegistryMeta, Write, Written,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -147,12 +147,14 @@ pub(super) fn reregister_with_other_key_is_refused_and_changes_nothing<S: Backen
     let first = node(&store, "a", 1);
     let mut evil = new_node("evil", 3);
     evil.id = Some(first.id.clone());
+    evil.comms_key = first.comms_key.clone();
     evil.sig_key = b"other".to_vec();
     let e = refusal(register(&store, evil.clone(), 5));
     assert_eq!(
         e,
         Refusal::NodeKeyMismatch {
-            id: first.id.clone()
+            id: first.id.clone(),
+            keys: MismatchedKeys::Signing,
         }
     );
     assert_eq!(
@@ -164,10 +166,19 @@ pub(super) fn reregister_with_other_key_is_refused_and_changes_nothing<S: Backen
     );
     evil.sig_key = first.sig_key.clone();
     evil.comms_key = b"other".to_vec();
-    assert!(matches!(
-        refusal(register(&store, evil, 5)),
-        Refusal::NodeKeyMismatch { .. }
-    ));
+    // The text names the key that differs.
+    assert_eq!(
+        refusal(register(&store, evil.clone(), 5)).to_string(),
+        format!("node {} is registered with a different comms key", first.id)
+    );
+    evil.sig_key = b"other".to_vec();
+    assert_eq!(
+        refusal(register(&store, evil, 5)).to_string(),
+        format!(
+            "node {} is registered with a different signing key and comms key",
+            first.id
+        )
+    );
     assert_eq!(AdminStore::node(&store, &first.id).unwrap(), Some(first));
     assert_eq!(AdminStore::counts(&store).unwrap().nodes, 1);
 }
