@@ -85,6 +85,8 @@ pub enum ClientError {
         code: Option<ErrCode>,
         /// The registry's description.
         description: String,
+        /// The soonest a retry can succeed, if the registry said (a used-up quota).
+        retry_after: Option<Duration>,
     },
     /// The registry's reply made no sense (wrong op, missing field, undecodable).
     #[error("unexpected reply from the registry: {0}")]
@@ -510,6 +512,9 @@ pub fn check_reply(reply: XlRegMsg, expected: Tag) -> Result<XlRegMsg, ClientErr
         Some(Ok(Tag::Error)) => Err(ClientError::Refused {
             code: reply.err_kind.and_then(|k| ErrCode::try_from(k).ok()),
             description: reply.err_desc.unwrap_or_default(),
+            retry_after: reply
+                .retry_after_ms
+                .map(|ms| Duration::from_millis(ms.into())),
         }),
         Some(Ok(tag)) if tag == expected => Ok(reply),
         other => Err(ClientError::Protocol(format!(
@@ -602,12 +607,21 @@ where
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(error) if error.is_retryable() && retryable(&error) => {
+                // A registry that says when a retry can succeed (a used-up quota) is taken
+                // at its word: no retry before then, and none at all past the deadline.
+                let wait = match &error {
+                    ClientError::Refused {
+                        retry_after: Some(after),
+                        ..
+                    } => backoff.max(*after),
+                    _ => backoff,
+                };
                 let now = tokio::time::Instant::now();
-                if now + backoff >= deadline {
+                if now + wait >= deadline {
                     return Err(error);
                 }
-                on_retry(&error, backoff);
-                tokio::time::sleep(backoff).await;
+                on_retry(&error, wait);
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(error) => return Err(error),

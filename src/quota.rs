@@ -280,6 +280,7 @@ impl From<QuotaExceeded> for Refusal {
     fn from(exceeded: QuotaExceeded) -> Refusal {
         Refusal::OverQuota {
             text: exceeded.to_string(),
+            retry_after_ms: u64::try_from(exceeded.retry_after.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -388,13 +388,25 @@ impl Exchange {
     /// The Error reply (sealed by `seal`) for a refused request; the session closes after it.
     pub(crate) fn handler_error(&mut self, error: HandlerError, seal: Seal<'_>) -> Step {
         let (code, description) = error.refusal();
-        self.refuse(code, description, seal)
+        self.refuse_after(code, description, error.retry_after_ms(), seal)
     }
 
     /// An Error reply of class `code` (sealed by `seal`); the session closes after it.
     pub(crate) fn refuse(&mut self, code: ErrCode, description: String, seal: Seal<'_>) -> Step {
+        self.refuse_after(code, description, None, seal)
+    }
+
+    /// An Error reply that also says how long a retry must wait (RetryAfterMs), if known.
+    fn refuse_after(
+        &mut self,
+        code: ErrCode,
+        description: String,
+        retry_after_ms: Option<u32>,
+        seal: Seal<'_>,
+    ) -> Step {
         self.report.refusal = Some(description.clone());
-        let error = handlers::error_message(code, description);
+        let mut error = handlers::error_message(code, description);
+        error.retry_after_ms = retry_after_ms;
         self.last_word(&error, Outcome::Refused(code), seal)
     }
 

@@ -227,6 +227,7 @@ async fn the_1_9_client_library_runs_sessions_and_reports_refusals() {
         Err(ClientError::Refused {
             code: None,
             description,
+            ..
         }) => assert!(description.contains(text), "{description:?} lacks {text:?}"),
         other => panic!("expected a refusal containing {text:?}, got {other:?}"),
     };

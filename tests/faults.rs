@@ -231,7 +231,10 @@ fn assert_fail_stop(
     // A clear, retryable error: Unavailable saying the storage failed, or a reply withheld
     // (the connection closed without one).
     assert!(first_error.is_retryable(), "{case}: {first_error}");
-    if let ClientError::Refused { code, description } = &first_error {
+    if let ClientError::Refused {
+        code, description, ..
+    } = &first_error
+    {
         assert_eq!(*code, Some(ErrCode::Unavailable), "{case}: {description}");
         assert!(description.contains("storage"), "{case}: {description}");
     }

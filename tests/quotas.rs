@@ -26,7 +26,9 @@ async fn creates_beyond_max_clusters_are_refused_with_a_clear_error() {
     client.create("one", 3, 1).await.unwrap();
     client.create("two", 3, 1).await.unwrap();
     match client.create("three", 3, 1).await {
-        Err(ClientError::Refused { code, description }) => {
+        Err(ClientError::Refused {
+            code, description, ..
+        }) => {
             assert_eq!(code, Some(ErrCode::Unavailable));
             assert_eq!(
                 description,
@@ -51,11 +53,26 @@ async fn creates_beyond_max_clusters_are_refused_with_a_clear_error() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// The description of a refusal, checking that it is sent as Unavailable.
+/// The description of a refusal, checking that it is sent as Unavailable and, for a quota,
+/// that its RetryAfterMs is the wait its text names (the text rounds up to whole seconds).
 fn unavailable(result: Result<impl std::fmt::Debug, ClientError>) -> String {
     match result {
-        Err(ClientError::Refused { code, description }) => {
+        Err(ClientError::Refused {
+            code,
+            description,
+            retry_after,
+        }) => {
             assert_eq!(code, Some(ErrCode::Unavailable), "{description}");
+            if description.starts_with("quota:") {
+                let after = retry_after.expect("a quota refusal carries RetryAfterMs");
+                let named = retry_after_text(&description);
+                assert!(
+                    after <= named && named < after + Duration::from_secs(1),
+                    "RetryAfterMs {after:?} against the text's {named:?}"
+                );
+            } else {
+                assert_eq!(retry_after, None, "{description}");
+            }
             description
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -63,7 +80,7 @@ fn unavailable(result: Result<impl std::fmt::Debug, ClientError>) -> String {
 }
 
 /// The wait a quota refusal names: "... try again in N s".
-fn retry_after(description: &str) -> Duration {
+fn retry_after_text(description: &str) -> Duration {
     let seconds = description
         .rsplit_once("try again in ")
         .and_then(|(_, rest)| rest.strip_suffix(" s"))
@@ -103,7 +120,7 @@ async fn creates_past_the_address_quota_are_refused_until_it_refills() {
         ),
         "{refused}"
     );
-    let wait = retry_after(&refused);
+    let wait = retry_after_text(&refused);
     assert!(
         wait >= Duration::from_secs(1) && wait <= Duration::from_secs(3),
         "{refused}"
@@ -338,6 +355,26 @@ async fn the_cli_says_which_quota_and_when_to_try_again() {
              (serve --quota-clusters-per-ip); try again in "
         ),
         "{text}"
+    );
+    // The refusal says when a retry can succeed (RetryAfterMs, about an hour): a CLI allowed
+    // to retry for a minute gives up at once instead of retrying for the minute in vain.
+    let began = std::time::Instant::now();
+    let patient = xlreg(&[
+        "cluster",
+        "create",
+        "third",
+        "--size",
+        "3",
+        "--regcred",
+        &regcred,
+        "--retry-for",
+        "60",
+    ]);
+    assert_eq!(patient.status.code(), Some(6), "{}", stderr(&patient));
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "retried for {:?} against a quota that refills in an hour",
+        began.elapsed()
     );
     // Creating the existing cluster again is served.
     assert_eq!(create("first").status.code(), Some(0));

@@ -90,6 +90,7 @@ async fn the_last_slots_of_many_clusters_go_to_exactly_as_many_clients() {
             Err(ClientError::Refused {
                 code: Some(ErrCode::ClusterFull),
                 description,
+                ..
             }) => {
                 let size = sizes[k];
                 assert_eq!(
@@ -206,7 +207,12 @@ async fn the_same_member_joining_twice_at_once_holds_one_slot() {
             (id, Ok((_, slot))) => {
                 winners.entry(id).or_default().insert(slot);
             }
-            (_, Err(ClientError::Refused { code, description })) => {
+            (
+                _,
+                Err(ClientError::Refused {
+                    code, description, ..
+                }),
+            ) => {
                 assert_eq!(code, Some(ErrCode::ClusterFull), "{description}");
                 assert_eq!(description, "cluster pair is full (2/2)");
                 full += 1;

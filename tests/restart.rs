@@ -89,6 +89,7 @@ async fn join_concurrently(
             Err(ClientError::Refused {
                 code: Some(ErrCode::ClusterFull),
                 description,
+                ..
             }) => {
                 assert!(description.ends_with("is full (5/5)"), "{description}");
                 full += 1;

@@ -13,7 +13,9 @@ use xlreg::store::ClusterRef;
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> (Option<ErrCode>, String) {
     match result {
-        Err(ClientError::Refused { code, description }) => (code, description),
+        Err(ClientError::Refused {
+            code, description, ..
+        }) => (code, description),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

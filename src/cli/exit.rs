@@ -209,6 +209,7 @@ mod tests {
         let refused = anyhow::Error::from(ClientError::Refused {
             code: Some(ErrCode::ClusterFull),
             description: "full".into(),
+            retry_after: None,
         })
         .context("joining");
         assert_eq!(classify(&refused), Failure::Conflict);

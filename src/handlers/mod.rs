@@ -118,6 +118,17 @@ impl HandlerError {
         }
     }
 
+    /// How long the client should wait before a retry can succeed, when the registry knows
+    /// (sent as the Error's RetryAfterMs): only for a used-up quota.
+    pub fn retry_after_ms(&self) -> Option<u32> {
+        match self {
+            HandlerError::Refused(Refusal::OverQuota { retry_after_ms, .. }) => {
+                Some(u32::try_from(*retry_after_ms).unwrap_or(u32::MAX))
+            }
+            _ => None,
+        }
+    }
+
     /// The class and description an Error reply carries, logging the details of a storage
     /// failure (which the client does not get; a failed storage was logged once already,
     /// when it failed). Both wires refuse requests through this.

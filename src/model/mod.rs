@@ -337,6 +337,8 @@ pub enum Refusal {
     OverQuota {
         /// "quota: ... try again in N s".
         text: String,
+        /// How long until the quota admits one more, in milliseconds.
+        retry_after_ms: u64,
     },
 }
 
