@@ -17,7 +17,7 @@
 //!   from the result), and the session cores, deterministic in the manner of quinn-proto (no
 //!   socket, no clock, no store handle, no global randomness; time and an RNG are passed
 //!   in): [`session`] (the [`session::SessionCore`] trait, the one [`session::Step`] type,
-//!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 core) and
+//!   the lock-step bookkeeping both cores share), [`protocol`] (the xlReg/2 and xlReg/3 core) and
 //!   [`legacy::session`] (the xlReg 1.9 core), with the 1.9 wire's pure parts
 //!   [`legacy::wire`] and [`legacy::reader`]; and [`quota`], the rate quotas on new
 //!   clusters and nodes (a limiter whose time is passed in);
