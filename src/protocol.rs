@@ -59,6 +59,8 @@ enum Phase {
 pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
     handshake_keys: Option<Arc<HandshakeKeyPair>>,
+    /// The set rotated away from, during a rotation's overlap.
+    previous_handshake_keys: Option<Arc<HandshakeKeyPair>>,
     rng: StdRng,
     decoder: FrameDecoder,
     phase: Phase,
@@ -79,6 +81,7 @@ impl ServerSession {
         ServerSession {
             decryptor,
             handshake_keys: None,
+            previous_handshake_keys: None,
             rng,
             decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
@@ -89,6 +92,13 @@ impl ServerSession {
     /// Also serves xlReg/3 with the registry's static handshake `keys`.
     pub fn with_v3(mut self, keys: Arc<HandshakeKeyPair>) -> ServerSession {
         self.handshake_keys = Some(keys);
+        self
+    }
+
+    /// Also accepts xlReg/3 first messages made to the registry's previous static `keys`
+    /// (during a key rotation's overlap); they are tried after the current set.
+    pub fn with_previous_v3(mut self, keys: Arc<HandshakeKeyPair>) -> ServerSession {
+        self.previous_handshake_keys = Some(keys);
         self
     }
 
@@ -104,7 +114,10 @@ impl ServerSession {
     /// if the first frame is refused.
     fn handshake(&mut self, frame: &[u8]) -> Option<(Vec<u8>, Phase)> {
         if let Some(keys) = self.handshake_keys.as_ref().filter(|_| is_v3_hello(frame)) {
-            return match ServerHandshakeV3::accept(keys, frame, &mut self.rng) {
+            let key_sets: Vec<&HandshakeKeyPair> = std::iter::once(&**keys)
+                .chain(self.previous_handshake_keys.as_deref())
+                .collect();
+            return match ServerHandshakeV3::accept_any(&key_sets, frame, &mut self.rng) {
                 Ok((reply, session)) => Some((
                     reply,
                     Phase::Established {
