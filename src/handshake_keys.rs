@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{HandshakeKeyPair, RsaKeyPair};
+use crate::crypto::{HandshakeKeyPair, NoiseError, RsaKeyPair};
 use crate::id::Id;
 use crate::regcred::{write_atomic, RegCred, SignedHandshakeKeys};
 use crate::registry::{RegistryError, HANDSHAKE_KEY_FILE};
@@ -353,6 +353,20 @@ fn remove_previous(dir: &Path) -> Result<(), RegistryError> {
     removed.map_err(|source| RegistryError::KeyFile { path, source })
 }
 
+/// Reads the previous key file's bytes: the keys and when they expire.
+pub fn parse_previous_file(bytes: &[u8]) -> Result<(HandshakeKeyPair, u64), NoiseError> {
+    let rest = bytes
+        .strip_prefix(PREVIOUS_MAGIC)
+        .ok_or(NoiseError::BadKeyFile)?;
+    let (expiry, set) = rest
+        .split_first_chunk::<8>()
+        .ok_or(NoiseError::BadKeyFile)?;
+    Ok((
+        HandshakeKeyPair::from_file_bytes(set)?,
+        u64::from_be_bytes(*expiry),
+    ))
+}
+
 /// Loads the previous set from `dir`, if it exists, is still accepted at `now_ms` and is not
 /// the `current` set; deletes the file otherwise.
 fn load_previous(
@@ -366,18 +380,8 @@ fn load_previous(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(RegistryError::KeyFile { path, source }),
     };
-    let bad = |source| RegistryError::BadHandshakeKeys {
-        path: path.clone(),
-        source,
-    };
-    let rest = bytes
-        .strip_prefix(PREVIOUS_MAGIC)
-        .ok_or(bad(crate::crypto::NoiseError::BadKeyFile))?;
-    let (expiry, set) = rest
-        .split_first_chunk::<8>()
-        .ok_or(bad(crate::crypto::NoiseError::BadKeyFile))?;
-    let expires_at_ms = u64::from_be_bytes(*expiry);
-    let keys = HandshakeKeyPair::from_file_bytes(set).map_err(bad)?;
+    let (keys, expires_at_ms) = parse_previous_file(&bytes)
+        .map_err(|source| RegistryError::BadHandshakeKeys { path, source })?;
     if now_ms >= expires_at_ms || keys.public() == current.public() {
         remove_previous(dir)?;
         return Ok(None);
