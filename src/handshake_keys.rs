@@ -24,17 +24,50 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{HandshakeKeyPair, NoiseError, RsaKeyPair};
+use crate::crypto::{CryptoError, HandshakeKeyPair, NoiseError, RsaKeyPair};
 use crate::id::Id;
-use crate::regcred::{write_atomic, RegCred, SignedHandshakeKeys};
-use crate::registry::{RegistryError, HANDSHAKE_KEY_FILE};
+use crate::regcred::{write_atomic, RegCred, RegCredError, SignedHandshakeKeys};
 
+/// File name of the registry's current static xlReg/3 handshake keys in the data directory.
+pub const HANDSHAKE_KEY_FILE: &str = "registry-handshake.key";
 /// File name of the previous handshake key set (during a rotation's overlap only).
 pub const PREVIOUS_HANDSHAKE_KEY_FILE: &str = "registry-handshake.prev.key";
 /// Opens the previous key file.
 const PREVIOUS_MAGIC: &[u8] = b"xlreg previous handshake keys v1\n";
-/// The overlap `xlreg admin rotate-handshake-keys` gives when none is named: seven days.
-pub const DEFAULT_OVERLAP_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Why the handshake keys could not be loaded, made, rotated or published.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeKeyError {
+    /// A key file could not be read, written or removed.
+    #[error("{path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A key file does not hold usable keys.
+    #[error("{path}: {source}")]
+    BadKeys {
+        /// The key file.
+        path: PathBuf,
+        /// Why the keys are unusable.
+        source: NoiseError,
+    },
+    /// Key generation or encoding failed.
+    #[error(transparent)]
+    Noise(#[from] NoiseError),
+    /// Signing the public keys with the registry's signing key failed.
+    #[error(transparent)]
+    Sign(#[from] CryptoError),
+    /// An ephemeral registry keeps its keys in memory only: there is nothing to rotate.
+    #[error("an ephemeral registry keeps no key files; its keys change at every start")]
+    NoDataDir,
+    /// The keys changed but the published regCred.dat could not be rewritten (the next
+    /// start, or the next key change, writes it).
+    #[error(transparent)]
+    RegCred(#[from] RegCredError),
+}
 
 /// One static key set with its public halves signed by the registry's signing key.
 #[derive(Debug, Clone)]
@@ -46,7 +79,11 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    fn sign(keys: HandshakeKeyPair, id: &Id, sig: &RsaKeyPair) -> Result<KeySet, RegistryError> {
+    fn sign(
+        keys: HandshakeKeyPair,
+        id: &Id,
+        sig: &RsaKeyPair,
+    ) -> Result<KeySet, HandshakeKeyError> {
         let signed = SignedHandshakeKeys::sign(id, keys.public().clone(), sig)?;
         Ok(KeySet {
             keys: Arc::new(keys),
@@ -129,7 +166,7 @@ impl HandshakeKeyRing {
         id: &Id,
         sig: &RsaKeyPair,
         now_ms: u64,
-    ) -> Result<HandshakeKeyRing, RegistryError> {
+    ) -> Result<HandshakeKeyRing, HandshakeKeyError> {
         let (current, previous) = match dir {
             None => (HandshakeKeyPair::generate()?, None),
             Some(dir) => {
@@ -195,7 +232,7 @@ impl HandshakeKeyRing {
         &self,
         publication: &mut Option<Publication>,
         now_ms: u64,
-    ) -> Result<Option<PathBuf>, RegistryError> {
+    ) -> Result<Option<PathBuf>, HandshakeKeyError> {
         let Some(publication) = publication.as_mut() else {
             return Ok(None);
         };
@@ -213,8 +250,8 @@ impl HandshakeKeyRing {
         sig: &RsaKeyPair,
         overlap_ms: u64,
         now_ms: u64,
-    ) -> Result<RotationReport, RegistryError> {
-        let dir = self.dir.as_deref().ok_or(RegistryError::NoDataDir)?;
+    ) -> Result<RotationReport, HandshakeKeyError> {
+        let dir = self.dir.as_deref().ok_or(HandshakeKeyError::NoDataDir)?;
         let mut publication = self.lock_changes();
         let old = self.sets();
         let fresh = HandshakeKeyPair::generate()?;
@@ -230,7 +267,7 @@ impl HandshakeKeyRing {
         };
         let path = dir.join(HANDSHAKE_KEY_FILE);
         write_atomic(&path, &fresh.to_file_bytes()?, 0o600)
-            .map_err(|source| RegistryError::KeyFile { path, source })?;
+            .map_err(|source| HandshakeKeyError::KeyFile { path, source })?;
         if previous.is_none() {
             remove_previous(dir)?;
         }
@@ -248,7 +285,7 @@ impl HandshakeKeyRing {
 
     /// Ends an overlap whose expiry has passed by `now_ms`: deletes the previous key file,
     /// stops serving the set and rewrites the published regCred.dat. True if it did.
-    pub fn drop_expired(&self, now_ms: u64) -> Result<bool, RegistryError> {
+    pub fn drop_expired(&self, now_ms: u64) -> Result<bool, HandshakeKeyError> {
         let mut publication = self.lock_changes();
         let sets = self.sets();
         match &sets.previous {
@@ -301,21 +338,21 @@ pub async fn end_overlaps(ring: Arc<HandshakeKeyRing>) {
 /// Loads the current keys from `dir`, or makes and writes them (mode 0600) if the file is
 /// missing. New keys only mean clients need the new regCred.dat for xlReg/3; xlReg/2 is
 /// unaffected.
-fn load_or_create_current(dir: &Path) -> Result<HandshakeKeyPair, RegistryError> {
+fn load_or_create_current(dir: &Path) -> Result<HandshakeKeyPair, HandshakeKeyError> {
     let path = dir.join(HANDSHAKE_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
             HandshakeKeyPair::from_file_bytes(&bytes)
-                .map_err(|source| RegistryError::BadHandshakeKeys { path, source })
+                .map_err(|source| HandshakeKeyError::BadKeys { path, source })
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let keys = HandshakeKeyPair::generate()?;
             write_atomic(&path, &keys.to_file_bytes()?, 0o600)
-                .map_err(|source| RegistryError::KeyFile { path, source })?;
+                .map_err(|source| HandshakeKeyError::KeyFile { path, source })?;
             Ok(keys)
         }
-        Err(source) => Err(RegistryError::KeyFile { path, source }),
+        Err(source) => Err(HandshakeKeyError::KeyFile { path, source }),
     }
 }
 
@@ -323,7 +360,7 @@ fn load_or_create_current(dir: &Path) -> Result<HandshakeKeyPair, RegistryError>
 fn previous_file_bytes(
     keys: &HandshakeKeyPair,
     expires_at_ms: u64,
-) -> Result<Zeroizing<Vec<u8>>, RegistryError> {
+) -> Result<Zeroizing<Vec<u8>>, HandshakeKeyError> {
     let set = keys.to_file_bytes()?;
     let mut out = Zeroizing::new(Vec::with_capacity(PREVIOUS_MAGIC.len() + 8 + set.len()));
     out.extend_from_slice(PREVIOUS_MAGIC);
@@ -336,21 +373,21 @@ fn write_previous(
     dir: &Path,
     keys: &HandshakeKeyPair,
     expires_at_ms: u64,
-) -> Result<(), RegistryError> {
+) -> Result<(), HandshakeKeyError> {
     let path = dir.join(PREVIOUS_HANDSHAKE_KEY_FILE);
     write_atomic(&path, &previous_file_bytes(keys, expires_at_ms)?, 0o600)
-        .map_err(|source| RegistryError::KeyFile { path, source })
+        .map_err(|source| HandshakeKeyError::KeyFile { path, source })
 }
 
 /// Deletes the previous key file if there is one, durably (the directory is synced).
-fn remove_previous(dir: &Path) -> Result<(), RegistryError> {
+fn remove_previous(dir: &Path) -> Result<(), HandshakeKeyError> {
     let path = dir.join(PREVIOUS_HANDSHAKE_KEY_FILE);
     let removed = match std::fs::remove_file(&path) {
         Ok(()) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) => Err(error),
     };
-    removed.map_err(|source| RegistryError::KeyFile { path, source })
+    removed.map_err(|source| HandshakeKeyError::KeyFile { path, source })
 }
 
 /// Reads the previous key file's bytes: the keys and when they expire.
@@ -373,15 +410,15 @@ fn load_previous(
     dir: &Path,
     current: &HandshakeKeyPair,
     now_ms: u64,
-) -> Result<Option<(HandshakeKeyPair, u64)>, RegistryError> {
+) -> Result<Option<(HandshakeKeyPair, u64)>, HandshakeKeyError> {
     let path = dir.join(PREVIOUS_HANDSHAKE_KEY_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => Zeroizing::new(bytes),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(RegistryError::KeyFile { path, source }),
+        Err(source) => return Err(HandshakeKeyError::KeyFile { path, source }),
     };
     let (keys, expires_at_ms) = parse_previous_file(&bytes)
-        .map_err(|source| RegistryError::BadHandshakeKeys { path, source })?;
+        .map_err(|source| HandshakeKeyError::BadKeys { path, source })?;
     if now_ms >= expires_at_ms || keys.public() == current.public() {
         remove_previous(dir)?;
         return Ok(None);
@@ -509,7 +546,7 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             assert!(matches!(
                 HandshakeKeyRing::load_or_create(Some(dir.path()), &id, &sig, 0),
-                Err(RegistryError::BadHandshakeKeys { .. })
+                Err(HandshakeKeyError::BadKeys { .. })
             ));
             assert_eq!(std::fs::read(&path).unwrap(), bytes);
         }
@@ -521,7 +558,7 @@ mod tests {
         let ring = HandshakeKeyRing::load_or_create(None, &id, &sig, 0).unwrap();
         assert!(matches!(
             ring.rotate(&id, &sig, 0, 0),
-            Err(RegistryError::NoDataDir)
+            Err(HandshakeKeyError::NoDataDir)
         ));
     }
 }

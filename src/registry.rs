@@ -16,17 +16,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::crypto::{CryptoError, HelloDecryptor, NoiseError, RsaKeyPair, RSA_BITS};
-use crate::handshake_keys::{HandshakeKeyRing, RotationReport};
+use crate::handshake_keys::{HandshakeKeyError, HandshakeKeyRing, RotationReport};
 use crate::id::Id;
-use crate::regcred::{write_atomic, RegCred, RegCredError};
+use crate::regcred::{write_atomic, RegCred};
 use crate::store::{AdminStore, Backend, RegistryMeta, StorageError};
 
 /// File name of the registry's comms (hello decryption) key in the data directory.
 pub const COMMS_KEY_FILE: &str = "registry-comms.pem";
 /// File name of the registry's signing key in the data directory.
 pub const SIG_KEY_FILE: &str = "registry-sig.pem";
-/// File name of the registry's static xlReg/3 handshake keys in the data directory.
-pub const HANDSHAKE_KEY_FILE: &str = "registry-handshake.key";
+pub use crate::handshake_keys::HANDSHAKE_KEY_FILE;
 /// The registry name used when none is given.
 pub const DEFAULT_NAME: &str = "xlreg";
 /// The version written into regCred.dat: the xlreg release.
@@ -67,23 +66,12 @@ pub enum RegistryError {
     /// Key generation or encoding failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    /// The handshake key file does not hold usable keys.
-    #[error("{path}: {source}")]
-    BadHandshakeKeys {
-        /// The key file.
-        path: PathBuf,
-        /// Why the keys are unusable.
-        source: NoiseError,
-    },
+    /// The handshake key files could not be read, written or used.
+    #[error(transparent)]
+    HandshakeKeys(#[from] HandshakeKeyError),
     /// Handshake key generation failed.
     #[error(transparent)]
     Noise(#[from] NoiseError),
-    /// An ephemeral registry keeps its keys in memory only: there is nothing to rotate.
-    #[error("an ephemeral registry keeps no key files; its keys change at every start")]
-    NoDataDir,
-    /// The keys changed but the published regCred.dat could not be rewritten.
-    #[error(transparent)]
-    RegCred(#[from] RegCredError),
 }
 
 /// Who the registry is: its name, ID and keys.
@@ -161,8 +149,9 @@ impl RegistryIdentity {
         overlap_ms: u64,
         now_ms: u64,
     ) -> Result<RotationReport, RegistryError> {
-        self.handshake
-            .rotate(&self.id, &self.sig, overlap_ms, now_ms)
+        Ok(self
+            .handshake
+            .rotate(&self.id, &self.sig, overlap_ms, now_ms)?)
     }
 
     /// The credentials clients need to reach and authenticate this registry at `endpoints`.

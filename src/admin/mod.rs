@@ -11,7 +11,7 @@
 //!
 //! This file owns the admin [`Request`]s and [`Reply`]s, [`answer`] (the one function both
 //! an offline command and the daemon run to answer a request, so output is the same either
-//! way) and [`Access`]: reaching a registry by opening its data directory, or through its
+//! way; a key rotation goes through [`rotate_handshake_keys`] with the daemon's own identity) and [`Access`]: reaching a registry by opening its data directory, or through its
 //! running daemon's control socket when the daemon holds the directory.
 
 pub mod backup;

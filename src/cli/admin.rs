@@ -1,10 +1,10 @@
 //! `xlreg admin ...`: look inside a registry, export and import it, back it up and restore it,
-//! delete clusters.
+//! delete clusters, rotate its handshake keys.
 //!
 //! The read commands (`info`, `clusters`, `cluster`, `nodes`, `node`, `export`, `verify`),
-//! `backup` and the deletes (`delete-cluster`, `delete-node`) open the data directory of a
-//! stopped registry, or ask the running daemon through its control socket; either way the
-//! output is the same ([`crate::admin::Access`]). `import` and `restore` fill a new data
+//! `backup`, the deletes (`delete-cluster`, `delete-node`) and `rotate-handshake-keys` open the
+//! data directory of a stopped registry, or ask the running daemon through its control
+//! socket; either way the output is the same ([`crate::admin::Access`]). `import` and `restore` fill a new data
 //! directory. Every command that opens an existing data directory refuses unless the caller
 //! owns it, so that no file in it becomes unreadable to the service user.
 
