@@ -62,6 +62,12 @@ pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
             cred.sig_key.bits(),
             cred.sig_key.fingerprint()
         )?;
+        if let Some(previous) = &cred.handshake_previous {
+            outln!(
+                "previous handshake keys (still accepted during a rotation's overlap): X25519 {}",
+                hex::encode(previous.keys.x25519())
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
