@@ -256,6 +256,9 @@ impl HandshakeKeyRing {
         let old = self.sets();
         let fresh = HandshakeKeyPair::generate()?;
         let previous = if overlap_ms == 0 {
+            // Removed before the new current set is written: should that write fail, the
+            // registry keeps serving its current set, with no overlap, as asked.
+            remove_previous(dir)?;
             None
         } else {
             let expires_at_ms = now_ms.saturating_add(overlap_ms);
@@ -268,9 +271,6 @@ impl HandshakeKeyRing {
         let path = dir.join(HANDSHAKE_KEY_FILE);
         write_atomic(&path, &fresh.to_file_bytes()?, 0o600)
             .map_err(|source| HandshakeKeyError::KeyFile { path, source })?;
-        if previous.is_none() {
-            remove_previous(dir)?;
-        }
         let current = KeySet::sign(fresh, id, sig)?;
         let report = RotationReport {
             current_x25519: current.fingerprint(),

@@ -690,6 +690,41 @@ mod tests {
         }
 
         #[test]
+        fn with_a_previous_key_set_clients_of_either_set_get_a_session() {
+            let store = Store::temporary().unwrap();
+            let current = Arc::new(HandshakeKeyPair::generate().unwrap());
+            let overlapping = || {
+                new_session()
+                    .with_v3(current.clone())
+                    .with_previous_v3(handshake_keys().clone())
+            };
+            for keys in [current.public(), handshake_keys().public()] {
+                let mut session = overlapping();
+                let (client, hello) = ClientHandshakeV3::start(keys, &mut rand::rng()).unwrap();
+                let (reply, close) = sent(feed(&store, &mut session, &hello));
+                assert!(!close);
+                let mut established = client.finish(&reply).unwrap();
+                let member = member_msg_for(
+                    &established.handshake_hash,
+                    0,
+                    "rotated",
+                    None,
+                    &["127.0.0.1:9"],
+                );
+                let (reply, _) = call(&store, &mut session, &mut established.cipher, &member);
+                assert_eq!(reply.op, Some(Tag::MemberOk as i32));
+            }
+            // Without the previous set (the overlap is over), its clients are closed unanswered.
+            let mut session = new_session().with_v3(current.clone());
+            let (_, hello) =
+                ClientHandshakeV3::start(handshake_keys().public(), &mut rand::rng()).unwrap();
+            assert!(matches!(
+                feed(&store, &mut session, &hello),
+                Some(Step::Close)
+            ));
+        }
+
+        #[test]
         fn one_core_serves_v2_and_v3_and_tells_them_apart_by_the_first_frame() {
             let store = Store::temporary().unwrap();
             // An xlReg/2 hello to a registry that also serves xlReg/3.

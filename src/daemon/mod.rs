@@ -530,7 +530,8 @@ impl Daemon {
         self.metrics.as_ref().map(|(_, addr, _)| *addr)
     }
 
-    /// The credentials written into regCred.dat.
+    /// The credentials written into regCred.dat at start (a handshake-key rotation or the
+    /// end of its overlap rewrites the file: read it for the keys served now).
     pub fn regcred(&self) -> &RegCred {
         &self.regcred
     }
