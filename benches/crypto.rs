@@ -43,6 +43,33 @@ fn handshake_v2_vs_v3(c: &mut Criterion) {
     group.bench_function("xlReg/3: NKpsk2 + ML-KEM-768 responder", |b| {
         b.iter(|| ServerHandshakeV3::accept(&keys, black_box(&hello3), &mut rand::rng()).unwrap())
     });
+    // During a key rotation's overlap: a client still on the previous set costs a failed
+    // attempt with the current set first (docs/protocol.md section 11.7).
+    let current = HandshakeKeyPair::generate().unwrap();
+    let overlap = [&current, &keys];
+    group.bench_function(
+        "xlReg/3 during an overlap: client on the previous set (two attempts)",
+        |b| {
+            b.iter(|| {
+                ServerHandshakeV3::accept_any(&overlap, black_box(&hello3), &mut rand::rng())
+                    .unwrap()
+            })
+        },
+    );
+    let (_, stranger) = ClientHandshakeV3::start(
+        HandshakeKeyPair::generate().unwrap().public(),
+        &mut rand::rng(),
+    )
+    .unwrap();
+    group.bench_function(
+        "xlReg/3 during an overlap: first message to neither set (refused)",
+        |b| {
+            b.iter(|| {
+                ServerHandshakeV3::accept_any(&overlap, black_box(&stranger), &mut rand::rng())
+                    .unwrap_err()
+            })
+        },
+    );
     group.bench_function("part: ML-KEM-768 decapsulate", |b| {
         b.iter(|| keys.decapsulate(black_box(kem_ciphertext)).unwrap())
     });

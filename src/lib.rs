@@ -60,6 +60,7 @@ pub mod driver;
 pub mod failstop;
 pub mod frame;
 pub mod handlers;
+pub mod handshake_keys;
 pub mod id;
 pub mod legacy;
 pub mod metrics;

@@ -59,6 +59,8 @@ enum Phase {
 pub struct ServerSession {
     decryptor: Arc<HelloDecryptor>,
     handshake_keys: Option<Arc<HandshakeKeyPair>>,
+    /// The set rotated away from, during a rotation's overlap.
+    previous_handshake_keys: Option<Arc<HandshakeKeyPair>>,
     rng: StdRng,
     decoder: FrameDecoder,
     phase: Phase,
@@ -79,6 +81,7 @@ impl ServerSession {
         ServerSession {
             decryptor,
             handshake_keys: None,
+            previous_handshake_keys: None,
             rng,
             decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
@@ -89,6 +92,13 @@ impl ServerSession {
     /// Also serves xlReg/3 with the registry's static handshake `keys`.
     pub fn with_v3(mut self, keys: Arc<HandshakeKeyPair>) -> ServerSession {
         self.handshake_keys = Some(keys);
+        self
+    }
+
+    /// Also accepts xlReg/3 first messages made to the registry's previous static `keys`
+    /// (during a key rotation's overlap); they are tried after the current set.
+    pub fn with_previous_v3(mut self, keys: Arc<HandshakeKeyPair>) -> ServerSession {
+        self.previous_handshake_keys = Some(keys);
         self
     }
 
@@ -104,7 +114,10 @@ impl ServerSession {
     /// if the first frame is refused.
     fn handshake(&mut self, frame: &[u8]) -> Option<(Vec<u8>, Phase)> {
         if let Some(keys) = self.handshake_keys.as_ref().filter(|_| is_v3_hello(frame)) {
-            return match ServerHandshakeV3::accept(keys, frame, &mut self.rng) {
+            let key_sets: Vec<&HandshakeKeyPair> = std::iter::once(&**keys)
+                .chain(self.previous_handshake_keys.as_deref())
+                .collect();
+            return match ServerHandshakeV3::accept_any(&key_sets, frame, &mut self.rng) {
                 Ok((reply, session)) => Some((
                     reply,
                     Phase::Established {
@@ -674,6 +687,41 @@ mod tests {
             let (reply, close) = call(&store, &mut session, &mut cipher, &member);
             assert_eq!(reply.err_kind, Some(ErrCode::Unauthorized as i32));
             assert!(close);
+        }
+
+        #[test]
+        fn with_a_previous_key_set_clients_of_either_set_get_a_session() {
+            let store = Store::temporary().unwrap();
+            let current = Arc::new(HandshakeKeyPair::generate().unwrap());
+            let overlapping = || {
+                new_session()
+                    .with_v3(current.clone())
+                    .with_previous_v3(handshake_keys().clone())
+            };
+            for keys in [current.public(), handshake_keys().public()] {
+                let mut session = overlapping();
+                let (client, hello) = ClientHandshakeV3::start(keys, &mut rand::rng()).unwrap();
+                let (reply, close) = sent(feed(&store, &mut session, &hello));
+                assert!(!close);
+                let mut established = client.finish(&reply).unwrap();
+                let member = member_msg_for(
+                    &established.handshake_hash,
+                    0,
+                    "rotated",
+                    None,
+                    &["127.0.0.1:9"],
+                );
+                let (reply, _) = call(&store, &mut session, &mut established.cipher, &member);
+                assert_eq!(reply.op, Some(Tag::MemberOk as i32));
+            }
+            // Without the previous set (the overlap is over), its clients are closed unanswered.
+            let mut session = new_session().with_v3(current.clone());
+            let (_, hello) =
+                ClientHandshakeV3::start(handshake_keys().public(), &mut rand::rng()).unwrap();
+            assert!(matches!(
+                feed(&store, &mut session, &hello),
+                Some(Step::Close)
+            ));
         }
 
         #[test]

@@ -19,13 +19,19 @@
 //!     HandshakeX25519: <base64 of 32 bytes>        (xlReg/3; these three together or none)
 //!     HandshakeMlKem768: <base64 of 1,184 bytes>
 //!     HandshakeSig: <base64 RSA signature by the SigPubKey>
+//!     HandshakePrevX25519: <base64 of 32 bytes>    (during a key rotation's overlap only;
+//!     HandshakePrevMlKem768: <base64 of 1,184 bytes>  these three together or none, and
+//!     HandshakePrevSig: <base64 RSA signature>        only after the three above)
 //! }
 //! ```
 //!
 //! The three `Handshake` fields carry the registry's static xlReg/3 keys; `HandshakeSig` is
 //! RSASSA-PKCS1-v1_5/SHA-256 by the registry's signing key over [`handshake_signed_bytes`],
 //! and the parser refuses a file whose signature does not verify. A file without them is an
-//! xlReg/2-only file, as every file before xlReg/3 was.
+//! xlReg/2-only file, as every file before xlReg/3 was. The three `HandshakePrev` fields
+//! carry the keys the registry rotated away from and still accepts until the overlap ends
+//! (`xlreg admin rotate-handshake-keys`), signed the same way; clients dial with the first
+//! (current) set, never the previous one.
 //!
 //! The Go writer ends each key line with `\n\r\n` (the ssh key text carries its own newline),
 //! so the parser accepts blank lines, LF or CRLF line ends and whitespace around every line and
@@ -130,6 +136,9 @@ pub struct RegCred {
     pub version: String,
     /// The registry's static xlReg/3 keys, signed; `None` in an xlReg/2-only file.
     pub handshake: Option<SignedHandshakeKeys>,
+    /// The keys the registry rotated away from, still accepted until the rotation's overlap
+    /// ends; only ever present with `handshake`. Clients use `handshake`.
+    pub handshake_previous: Option<SignedHandshakeKeys>,
 }
 
 /// The registry's static xlReg/3 public keys with the registry's signature over them.
@@ -201,10 +210,13 @@ enum Field {
     HandshakeX25519,
     HandshakeMlKem768,
     HandshakeSig,
+    HandshakePrevX25519,
+    HandshakePrevMlKem768,
+    HandshakePrevSig,
 }
 
 impl Field {
-    const ALL: [Field; 9] = [
+    const ALL: [Field; 12] = [
         Field::Name,
         Field::Id,
         Field::CommsPubKey,
@@ -214,6 +226,9 @@ impl Field {
         Field::HandshakeX25519,
         Field::HandshakeMlKem768,
         Field::HandshakeSig,
+        Field::HandshakePrevX25519,
+        Field::HandshakePrevMlKem768,
+        Field::HandshakePrevSig,
     ];
 
     fn label(self) -> &'static str {
@@ -227,6 +242,9 @@ impl Field {
             Field::HandshakeX25519 => "HandshakeX25519",
             Field::HandshakeMlKem768 => "HandshakeMlKem768",
             Field::HandshakeSig => "HandshakeSig",
+            Field::HandshakePrevX25519 => "HandshakePrevX25519",
+            Field::HandshakePrevMlKem768 => "HandshakePrevMlKem768",
+            Field::HandshakePrevSig => "HandshakePrevSig",
         }
     }
 
@@ -292,16 +310,17 @@ fn valid_version(text: &str) -> bool {
 /// Values collected while parsing, each with the line it came from.
 #[derive(Default)]
 struct Collected {
-    seen: [Option<usize>; 9],
+    seen: [Option<usize>; 12],
     name: Option<String>,
     id: Option<Id>,
     comms_key: Option<PublicKey>,
     sig_key: Option<PublicKey>,
     endpoints: Vec<String>,
     version: Option<String>,
-    handshake_x25519: Option<Vec<u8>>,
-    handshake_ml_kem: Option<Vec<u8>>,
-    handshake_sig: Option<Vec<u8>>,
+    /// The current set's X25519 key, ML-KEM key and signature, as decoded.
+    handshake: [Option<Vec<u8>>; 3],
+    /// The previous set's, likewise.
+    handshake_previous: [Option<Vec<u8>>; 3],
 }
 
 impl Collected {
@@ -365,15 +384,24 @@ impl Collected {
                 }
                 self.version = Some(value.to_string());
             }
-            Field::HandshakeX25519 | Field::HandshakeMlKem768 | Field::HandshakeSig => {
+            Field::HandshakeX25519
+            | Field::HandshakeMlKem768
+            | Field::HandshakeSig
+            | Field::HandshakePrevX25519
+            | Field::HandshakePrevMlKem768
+            | Field::HandshakePrevSig => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(value)
                     .map_err(|_| syntax(line, format!("{} is not base64", field.label())))?;
-                match field {
-                    Field::HandshakeX25519 => self.handshake_x25519 = Some(bytes),
-                    Field::HandshakeMlKem768 => self.handshake_ml_kem = Some(bytes),
-                    _ => self.handshake_sig = Some(bytes),
-                }
+                let slot = match field {
+                    Field::HandshakeX25519 => &mut self.handshake[0],
+                    Field::HandshakeMlKem768 => &mut self.handshake[1],
+                    Field::HandshakeSig => &mut self.handshake[2],
+                    Field::HandshakePrevX25519 => &mut self.handshake_previous[0],
+                    Field::HandshakePrevMlKem768 => &mut self.handshake_previous[1],
+                    _ => &mut self.handshake_previous[2],
+                };
+                *slot = Some(bytes);
             }
             Field::EndPoints => {
                 return Err(syntax(
@@ -393,25 +421,14 @@ impl Collected {
                 format!("the regCred block ends without the {what}"),
             )
         };
-        let handshake = match (
-            self.handshake_x25519,
-            self.handshake_ml_kem,
-            self.handshake_sig,
-        ) {
-            (None, None, None) => None,
-            (Some(x25519), Some(ml_kem), Some(signature)) => {
-                let keys = HandshakePublicKeys::new(&x25519, &ml_kem).map_err(|e| {
-                    syntax(close_line, format!("the handshake keys are unusable: {e}"))
-                })?;
-                Some(SignedHandshakeKeys { keys, signature })
-            }
-            _ => {
-                return Err(missing(
-                    "whole set of HandshakeX25519, HandshakeMlKem768 and HandshakeSig \
-                     (give all three, or none for an xlReg/2-only file)",
-                ))
-            }
-        };
+        let handshake = signed_set(self.handshake, close_line, "Handshake")?;
+        let handshake_previous = signed_set(self.handshake_previous, close_line, "HandshakePrev")?;
+        if handshake_previous.is_some() && handshake.is_none() {
+            return Err(missing(
+                "HandshakeX25519, HandshakeMlKem768 and HandshakeSig fields the HandshakePrev \
+                 fields go with (a previous key set is only published beside a current one)",
+            ));
+        }
         let cred = RegCred {
             name: self.name.ok_or_else(|| missing("Name field"))?,
             id: self.id.ok_or_else(|| missing("ID field"))?,
@@ -420,22 +437,54 @@ impl Collected {
             endpoints: self.endpoints,
             version: self.version.ok_or_else(|| missing("Version field"))?,
             handshake,
+            handshake_previous,
         };
         if cred.endpoints.is_empty() {
             return Err(missing(
                 "EndPoints block; add `EndPoints {`, a `TcpEndPoint: host:port` line and `}`",
             ));
         }
-        if let Some(handshake) = &cred.handshake {
-            if !handshake.verifies(&cred.id, &cred.sig_key) {
-                return Err(syntax(
-                    close_line,
-                    "HandshakeSig does not verify under SigPubKey: the handshake keys were \
-                     not published by this registry (or the file was altered)",
-                ));
+        for (set, prefix) in [
+            (&cred.handshake, "Handshake"),
+            (&cred.handshake_previous, "HandshakePrev"),
+        ] {
+            if let Some(handshake) = set {
+                if !handshake.verifies(&cred.id, &cred.sig_key) {
+                    return Err(syntax(
+                        close_line,
+                        format!(
+                            "{prefix}Sig does not verify under SigPubKey: the handshake keys \
+                             were not published by this registry (or the file was altered)"
+                        ),
+                    ));
+                }
             }
         }
         Ok(cred)
+    }
+}
+
+/// One signed key set from its three decoded fields (`prefix` names them in errors):
+/// `None` if none was given, an error if only some were or the keys are unusable.
+fn signed_set(
+    [x25519, ml_kem, signature]: [Option<Vec<u8>>; 3],
+    close_line: usize,
+    prefix: &str,
+) -> Result<Option<SignedHandshakeKeys>, SyntaxError> {
+    match (x25519, ml_kem, signature) {
+        (None, None, None) => Ok(None),
+        (Some(x25519), Some(ml_kem), Some(signature)) => {
+            let keys = HandshakePublicKeys::new(&x25519, &ml_kem)
+                .map_err(|e| syntax(close_line, format!("the {prefix} keys are unusable: {e}")))?;
+            Ok(Some(SignedHandshakeKeys { keys, signature }))
+        }
+        _ => Err(syntax(
+            close_line,
+            format!(
+                "the regCred block ends without the whole set of {prefix}X25519, \
+                 {prefix}MlKem768 and {prefix}Sig (give all three, or none)"
+            ),
+        )),
     }
 }
 
@@ -613,17 +662,23 @@ impl RegCred {
         );
         lines.push("    }".to_string());
         lines.push(format!("    Version: {}", self.version));
-        if let Some(handshake) = &self.handshake {
-            let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-            lines.push(format!(
-                "    HandshakeX25519: {}",
-                b64(handshake.keys.x25519())
-            ));
-            lines.push(format!(
-                "    HandshakeMlKem768: {}",
-                b64(handshake.keys.ml_kem())
-            ));
-            lines.push(format!("    HandshakeSig: {}", b64(&handshake.signature)));
+        // The current set first: a client takes it, whatever follows.
+        for (set, prefix) in [
+            (&self.handshake, "Handshake"),
+            (&self.handshake_previous, "HandshakePrev"),
+        ] {
+            if let Some(handshake) = set {
+                let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+                lines.push(format!(
+                    "    {prefix}X25519: {}",
+                    b64(handshake.keys.x25519())
+                ));
+                lines.push(format!(
+                    "    {prefix}MlKem768: {}",
+                    b64(handshake.keys.ml_kem())
+                ));
+                lines.push(format!("    {prefix}Sig: {}", b64(&handshake.signature)));
+            }
         }
         lines.push("}".to_string());
         let mut text = lines.join("\r\n");
@@ -816,6 +871,60 @@ mod tests {
         // Not base64.
         let garbled = text.replace("HandshakeX25519: ", "HandshakeX25519: !");
         assert!(RegCred::parse(&garbled).is_err());
+    }
+
+    #[test]
+    fn a_previous_key_set_follows_the_current_one_signed_the_same_way() {
+        let (mut cred, sig) = v3_cred();
+        let previous = crate::crypto::HandshakeKeyPair::generate().unwrap();
+        cred.handshake_previous =
+            Some(SignedHandshakeKeys::sign(&cred.id, previous.public().clone(), &sig).unwrap());
+        let text = cred.to_text();
+        let current_at = text.find("HandshakeX25519: ").unwrap();
+        let previous_at = text.find("HandshakePrevX25519: ").unwrap();
+        assert!(current_at < previous_at, "the current set comes first");
+        assert_eq!(RegCred::parse(&text).unwrap(), cred);
+        assert_eq!(cred.versions(), vec![2, 3]);
+
+        // Signed by another key: refused, naming the previous set.
+        let mut forged = cred.clone();
+        forged.handshake_previous = Some(
+            SignedHandshakeKeys::sign(
+                &cred.id,
+                previous.public().clone(),
+                &crate::test_support::fixture_key(3),
+            )
+            .unwrap(),
+        );
+        let (_, problem) = syntax_line(RegCred::parse(&forged.to_text()));
+        assert!(
+            problem.contains("HandshakePrevSig does not verify"),
+            "{problem}"
+        );
+        // Part of the set: refused.
+        let partial: String = text
+            .split_inclusive("\r\n")
+            .filter(|line| !line.contains("HandshakePrevSig"))
+            .collect();
+        let (_, problem) = syntax_line(RegCred::parse(&partial));
+        assert!(
+            problem.contains("HandshakePrevX25519, HandshakePrevMlKem768"),
+            "{problem}"
+        );
+        // A previous set without a current one: refused.
+        let orphan: String = text
+            .split_inclusive("\r\n")
+            .filter(|line| !line.contains("    Handshake") || line.contains("HandshakePrev"))
+            .collect();
+        let (_, problem) = syntax_line(RegCred::parse(&orphan));
+        assert!(problem.contains("previous key set"), "{problem}");
+        // The set given twice: refused.
+        let line = text
+            .split_inclusive("\r\n")
+            .find(|line| line.contains("HandshakePrevSig"))
+            .unwrap();
+        let doubled = text.replace(line, &format!("{line}{line}"));
+        assert!(RegCred::parse(&doubled).is_err());
     }
 
     #[test]

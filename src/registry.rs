@@ -4,7 +4,8 @@
 //! - [`RegistryIdentity`]: the registry's name, ID, two RSA keys and its static xlReg/3
 //!   handshake keys. The RSA keys live in the data directory as PKCS#8 PEM files of mode 0600
 //!   (`registry-comms.pem`, `registry-sig.pem`), the handshake keys (X25519 and ML-KEM-768)
-//!   in `registry-handshake.key` (mode 0600); name and ID live in the store. First start
+//!   in `registry-handshake.key` (mode 0600; with the previous set during a rotation's
+//!   overlap, see [`crate::handshake_keys`]); name and ID live in the store. First start
 //!   creates them; later starts load them. A registry from before xlReg/3 gets its handshake
 //!   keys at its next start.
 //! - [`Registry`]: what every session of a running registry shares: the store, as the
@@ -14,19 +15,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::crypto::{
-    CryptoError, HandshakeKeyPair, HelloDecryptor, NoiseError, RsaKeyPair, RSA_BITS,
-};
+use crate::crypto::{CryptoError, HelloDecryptor, NoiseError, RsaKeyPair, RSA_BITS};
+use crate::handshake_keys::{HandshakeKeyError, HandshakeKeyRing, RotationReport};
 use crate::id::Id;
-use crate::regcred::{write_atomic, RegCred, SignedHandshakeKeys};
+use crate::regcred::{write_atomic, RegCred};
 use crate::store::{AdminStore, Backend, RegistryMeta, StorageError};
 
 /// File name of the registry's comms (hello decryption) key in the data directory.
 pub const COMMS_KEY_FILE: &str = "registry-comms.pem";
 /// File name of the registry's signing key in the data directory.
 pub const SIG_KEY_FILE: &str = "registry-sig.pem";
-/// File name of the registry's static xlReg/3 handshake keys in the data directory.
-pub const HANDSHAKE_KEY_FILE: &str = "registry-handshake.key";
+pub use crate::handshake_keys::HANDSHAKE_KEY_FILE;
 /// The registry name used when none is given.
 pub const DEFAULT_NAME: &str = "xlreg";
 /// The version written into regCred.dat: the xlreg release.
@@ -67,14 +66,9 @@ pub enum RegistryError {
     /// Key generation or encoding failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    /// The handshake key file does not hold usable keys.
-    #[error("{path}: {source}")]
-    BadHandshakeKeys {
-        /// The key file.
-        path: PathBuf,
-        /// Why the keys are unusable.
-        source: NoiseError,
-    },
+    /// The handshake key files could not be read, written or used.
+    #[error(transparent)]
+    HandshakeKeys(#[from] HandshakeKeyError),
     /// Handshake key generation failed.
     #[error(transparent)]
     Noise(#[from] NoiseError),
@@ -91,10 +85,9 @@ pub struct RegistryIdentity {
     pub comms: RsaKeyPair,
     /// The signing key (published in regCred.dat).
     pub sig: RsaKeyPair,
-    /// The static xlReg/3 handshake keys.
-    pub handshake: Arc<HandshakeKeyPair>,
-    /// Their public halves signed by `sig`, as regCred.dat publishes them.
-    pub signed_handshake: SignedHandshakeKeys,
+    /// The static xlReg/3 handshake key sets (current, and previous during an overlap),
+    /// their public halves signed by `sig`.
+    pub handshake: Arc<HandshakeKeyRing>,
 }
 
 impl RegistryIdentity {
@@ -109,16 +102,14 @@ impl RegistryIdentity {
         now_ms: u64,
     ) -> Result<RegistryIdentity, RegistryError> {
         let meta = store.registry_meta()?;
-        let (comms, sig, handshake) = match data_dir {
+        let (comms, sig) = match data_dir {
             None => (
                 RsaKeyPair::generate(RSA_BITS)?,
                 RsaKeyPair::generate(RSA_BITS)?,
-                HandshakeKeyPair::generate()?,
             ),
             Some(dir) => (
                 load_or_create_key(dir, COMMS_KEY_FILE, meta.as_ref())?,
                 load_or_create_key(dir, SIG_KEY_FILE, meta.as_ref())?,
-                load_or_create_handshake_keys(dir)?,
             ),
         };
         let meta = match meta {
@@ -141,29 +132,42 @@ impl RegistryIdentity {
                 meta
             }
         };
-        let signed_handshake =
-            SignedHandshakeKeys::sign(&meta.id, handshake.public().clone(), &sig)?;
+        let handshake = HandshakeKeyRing::load_or_create(data_dir, &meta.id, &sig, now_ms)?;
         Ok(RegistryIdentity {
             name: meta.name,
             id: meta.id,
             comms,
             sig,
             handshake: Arc::new(handshake),
-            signed_handshake,
         })
+    }
+
+    /// `xlreg admin rotate-handshake-keys`: new static handshake keys; the old ones stay
+    /// accepted for `overlap_ms` ([`HandshakeKeyRing::rotate`]).
+    pub fn rotate_handshake_keys(
+        &self,
+        overlap_ms: u64,
+        now_ms: u64,
+    ) -> Result<RotationReport, RegistryError> {
+        Ok(self
+            .handshake
+            .rotate(&self.id, &self.sig, overlap_ms, now_ms)?)
     }
 
     /// The credentials clients need to reach and authenticate this registry at `endpoints`.
     pub fn regcred(&self, endpoints: Vec<String>) -> RegCred {
-        RegCred {
+        let mut cred = RegCred {
             name: self.name.clone(),
             id: self.id.clone(),
             comms_key: self.comms.public_key().clone(),
             sig_key: self.sig.public_key().clone(),
             endpoints,
             version: VERSION.to_string(),
-            handshake: Some(self.signed_handshake.clone()),
-        }
+            handshake: None,
+            handshake_previous: None,
+        };
+        self.handshake.fill(&mut cred, crate::clock::now_ms());
+        cred
     }
 }
 
@@ -206,27 +210,6 @@ fn load_or_create_key(
             write_atomic(&path, key.to_pkcs8_pem()?.as_bytes(), 0o600)
                 .map_err(|source| RegistryError::KeyFile { path, source })?;
             Ok(key)
-        }
-        Err(source) => Err(RegistryError::KeyFile { path, source }),
-    }
-}
-
-/// Loads the handshake keys from `dir`, or makes and writes them (mode 0600) if the file is
-/// missing: on a first start, and on the first start of a registry made before xlReg/3.
-/// New keys only mean clients need the new regCred.dat for xlReg/3; xlReg/2 is unaffected.
-fn load_or_create_handshake_keys(dir: &Path) -> Result<HandshakeKeyPair, RegistryError> {
-    let path = dir.join(HANDSHAKE_KEY_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let bytes = zeroize::Zeroizing::new(bytes);
-            HandshakeKeyPair::from_file_bytes(&bytes)
-                .map_err(|source| RegistryError::BadHandshakeKeys { path, source })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let keys = HandshakeKeyPair::generate()?;
-            write_atomic(&path, &keys.to_file_bytes()?, 0o600)
-                .map_err(|source| RegistryError::KeyFile { path, source })?;
-            Ok(keys)
         }
         Err(source) => Err(RegistryError::KeyFile { path, source }),
     }

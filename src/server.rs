@@ -157,14 +157,20 @@ impl Server {
                 let clock = SessionClock::start(now_ms());
                 match wire {
                     Wire::V2 => {
-                        let core = ServerSession::new(
+                        // The key sets served when the session starts: a rotation or the
+                        // end of an overlap affects later sessions only.
+                        let key_sets = shared.registry.identity.handshake.sets();
+                        let mut core = ServerSession::new(
                             shared.registry.decryptor.clone(),
                             driver::session_rng(),
                             shared.config.max_frame,
                             shared.config.timeouts(),
                             clock.now(),
                         )
-                        .with_v3(shared.registry.identity.handshake.clone());
+                        .with_v3(key_sets.current.keys.clone());
+                        if let Some(previous) = key_sets.previous_at(now_ms()) {
+                            core = core.with_previous_v3(previous.keys.clone());
+                        }
                         driver::serve("xlReg/2", core, clock, &shared, stream, peer).await
                     }
                     Wire::Legacy => {

@@ -411,19 +411,42 @@ impl ServerHandshakeV3 {
         hello: &[u8],
         rng: &mut impl CryptoRng,
     ) -> Result<(Vec<u8>, V3Session), HandshakeError> {
+        ServerHandshakeV3::accept_any(&[keys], hello, rng)
+    }
+
+    /// [`accept`](Self::accept) for a registry with several static key sets (the current
+    /// one first, then the previous one during a rotation's overlap): the first message
+    /// names no key, so each set is tried in turn until message 1 authenticates under one.
+    /// Trying is safe: ML-KEM's implicit rejection makes a wrong set's decapsulation yield
+    /// an unrelated secret, and message 1's tag fails under a wrong static key or PSK. A
+    /// client on the current set costs one attempt; one still on the previous set, two.
+    pub fn accept_any(
+        key_sets: &[&HandshakeKeyPair],
+        hello: &[u8],
+        rng: &mut impl CryptoRng,
+    ) -> Result<(Vec<u8>, V3Session), HandshakeError> {
         if !is_v3_hello(hello) {
             return Err(HandshakeError::V3HelloRefused);
         }
         let (prologue, message) = hello.split_at(V3_MAGIC.len() + MLKEM768_CIPHERTEXT_LEN);
         let refused = |_| HandshakeError::V3HelloRefused;
-        let secret = keys
-            .decapsulate(&prologue[V3_MAGIC.len()..])
-            .map_err(refused)?;
+        // One ephemeral key whichever set answers: only the set that reads message 1 writes
+        // message 2 with it.
         let mut ephemeral = Zeroizing::new([0u8; X25519_KEY_LEN]);
         rng.fill_bytes(ephemeral.as_mut());
-        let mut noise =
-            NoiseHandshake::responder(keys, prologue, &secret, *ephemeral).map_err(refused)?;
-        let payload = noise.read_message(message).map_err(refused)?;
+        let mut accepted = None;
+        for keys in key_sets {
+            let secret = keys
+                .decapsulate(&prologue[V3_MAGIC.len()..])
+                .map_err(refused)?;
+            let mut noise =
+                NoiseHandshake::responder(keys, prologue, &secret, *ephemeral).map_err(refused)?;
+            if let Ok(payload) = noise.read_message(message) {
+                accepted = Some((noise, payload));
+                break;
+            }
+        }
+        let (mut noise, payload) = accepted.ok_or(HandshakeError::V3HelloRefused)?;
         if !payload.is_empty() {
             return Err(HandshakeError::V3HelloRefused);
         }
@@ -726,6 +749,39 @@ mod tests {
             ));
             // A client that trusts the impostor's keys is refused by the real registry.
             assert!(ServerHandshakeV3::accept(keys, &own_hello, &mut rng(9)).is_err());
+        }
+
+        #[test]
+        fn during_an_overlap_either_key_set_is_accepted_and_no_other() {
+            let current = HandshakeKeyPair::generate().unwrap();
+            let previous = registry_keys();
+            let both = [&current, previous];
+            for (keys, seed) in [(&current, 30), (previous, 31)] {
+                let (client, hello) =
+                    ClientHandshakeV3::start(keys.public(), &mut rng(seed)).unwrap();
+                let (reply, mut server) =
+                    ServerHandshakeV3::accept_any(&both, &hello, &mut rng(40)).unwrap();
+                // The same RNG gives the same ephemeral key whichever set answered.
+                let (again, _) = ServerHandshakeV3::accept(keys, &hello, &mut rng(40)).unwrap();
+                assert_eq!(reply, again, "seed {seed}");
+                let mut client = client.finish(&reply).unwrap();
+                assert_eq!(client.handshake_hash, server.handshake_hash);
+                let sealed = client.cipher.seal(b"member");
+                assert_eq!(&*server.cipher.open(&sealed).unwrap(), b"member");
+            }
+            // A client on a set the registry no longer holds is refused.
+            let retired = HandshakeKeyPair::generate().unwrap();
+            let (_, hello) = ClientHandshakeV3::start(retired.public(), &mut rng(32)).unwrap();
+            assert!(matches!(
+                ServerHandshakeV3::accept_any(&both, &hello, &mut rng(41)),
+                Err(HandshakeError::V3HelloRefused)
+            ));
+            // After the overlap, the previous set's clients are refused too.
+            let (_, hello) = ClientHandshakeV3::start(previous.public(), &mut rng(33)).unwrap();
+            assert!(matches!(
+                ServerHandshakeV3::accept_any(&[&current], &hello, &mut rng(42)),
+                Err(HandshakeError::V3HelloRefused)
+            ));
         }
 
         #[test]

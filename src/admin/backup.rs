@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 use super::target::NewDataDir;
 use super::AdminError;
 use crate::crypto::{sha256, HandshakeKeyPair, RsaKeyPair};
+use crate::handshake_keys::{parse_previous_file, PREVIOUS_HANDSHAKE_KEY_FILE};
 use crate::process::ReleaseEvery;
 use crate::regcred::write_atomic;
 use crate::registry::{COMMS_KEY_FILE, HANDSHAKE_KEY_FILE, SIG_KEY_FILE};
@@ -44,8 +45,14 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 pub const SNAPSHOT_MODE: u32 = 0o600;
 /// The files of the data directory a snapshot carries besides the store. The xlReg/3
 /// handshake keys are carried when present (a registry from before xlReg/3 has none until
-/// its next start, and makes them then).
-const KEY_FILES: [&str; 3] = [COMMS_KEY_FILE, SIG_KEY_FILE, HANDSHAKE_KEY_FILE];
+/// its next start, and makes them then), and so is the previous handshake key set during a
+/// rotation's overlap (a restore after the overlap drops it at start).
+const KEY_FILES: [&str; 4] = [
+    COMMS_KEY_FILE,
+    SIG_KEY_FILE,
+    HANDSHAKE_KEY_FILE,
+    PREVIOUS_HANDSHAKE_KEY_FILE,
+];
 const CHECKSUM_LEN: usize = 32;
 const HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 4;
 
@@ -229,7 +236,9 @@ fn key_files(dir: &Path, has_identity: bool) -> Result<Vec<KeyFile>, AdminError>
             Ok(contents) => key_files.push((file.to_string(), Zeroizing::new(contents))),
             Err(error)
                 if error.kind() == std::io::ErrorKind::NotFound
-                    && (!has_identity || file == HANDSHAKE_KEY_FILE) => {}
+                    && (!has_identity
+                        || file == HANDSHAKE_KEY_FILE
+                        || file == PREVIOUS_HANDSHAKE_KEY_FILE) => {}
             Err(source) => return Err(AdminError::File { path, source }),
         }
     }
@@ -344,6 +353,10 @@ fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotBody, AdminError> {
                 .map_err(|e| bad(format!("key file {name}: {e}")))?;
             continue;
         }
+        if name == PREVIOUS_HANDSHAKE_KEY_FILE {
+            parse_previous_file(contents).map_err(|e| bad(format!("key file {name}: {e}")))?;
+            continue;
+        }
         let pem = std::str::from_utf8(contents)
             .map_err(|_| bad(format!("key file {name} is not text")))?;
         RsaKeyPair::from_pem(pem).map_err(|e| bad(format!("key file {name}: {e}")))?;
@@ -405,7 +418,11 @@ mod tests {
 
     fn registry_dir(root: &Path) -> (PathBuf, Store) {
         let dir = root.join("data");
-        let (store, _) = super::super::test_registry(&dir, &["a", "b"]);
+        let (store, identity) = super::super::test_registry(&dir, &["a", "b"]);
+        // Mid-rotation, so every key file is there to carry, the previous set's included.
+        identity
+            .rotate_handshake_keys(u64::MAX / 2, crate::clock::now_ms())
+            .unwrap();
         (dir, store)
     }
 

@@ -333,13 +333,19 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
     let response = match request {
         Err(error) => Response::Error(error),
         Ok(request) => response(
-            tokio::task::spawn_blocking(move || {
-                answer(
+            tokio::task::spawn_blocking(move || match request {
+                // The running registry's own key sets change, not a second copy of them.
+                Request::RotateHandshakeKeys { overlap_ms } => super::rotate_handshake_keys(
+                    &registry.identity,
+                    overlap_ms,
+                    crate::clock::now_ms(),
+                ),
+                request => answer(
                     &*store,
                     &request,
                     crate::clock::now_ms(),
                     &mut std::io::sink(),
-                )
+                ),
             })
             .await,
         ),

@@ -11,7 +11,7 @@
 //!
 //! This file owns the admin [`Request`]s and [`Reply`]s, [`answer`] (the one function both
 //! an offline command and the daemon run to answer a request, so output is the same either
-//! way) and [`Access`]: reaching a registry by opening its data directory, or through its
+//! way; a key rotation goes through [`rotate_handshake_keys`] with the daemon's own identity) and [`Access`]: reaching a registry by opening its data directory, or through its
 //! running daemon's control socket when the daemon holds the directory.
 
 pub mod backup;
@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{AdminError, RefusalKind};
 
+use crate::handshake_keys::RotationReport;
+use crate::registry::RegistryIdentity;
 use crate::store::{AdminStore, Backend, BackendChoice, NodeDeletion, StorageError};
 use report::{ClusterDetail, ClusterRow, Info, NodeDetail, NodeRow, VerifyReport};
 
@@ -71,6 +73,11 @@ pub enum Request {
         /// The node's ID in hex.
         id: String,
     },
+    /// New static xlReg/3 handshake keys; the old ones stay accepted for the overlap.
+    RotateHandshakeKeys {
+        /// How long the old keys stay accepted, in milliseconds (0: not at all).
+        overlap_ms: u64,
+    },
 }
 
 impl Request {
@@ -87,6 +94,7 @@ impl Request {
             Request::Backup => "backup",
             Request::DeleteCluster { .. } => "delete-cluster",
             Request::DeleteNode { .. } => "delete-node",
+            Request::RotateHandshakeKeys { .. } => "rotate-handshake-keys",
         }
     }
 
@@ -121,6 +129,8 @@ pub enum Reply {
     DeletedCluster(ClusterRow),
     /// For [`Request::DeleteNode`]: the node as it was when deleted.
     DeletedNode(NodeRow),
+    /// For [`Request::RotateHandshakeKeys`]: the key sets now served.
+    RotatedHandshakeKeys(RotationReport),
 }
 
 /// Answers a request from `store`. Blocking: the daemon runs it on a blocking thread.
@@ -171,7 +181,33 @@ pub fn answer(
             store.flush_blocking()?;
             Reply::DeletedNode(report::node_row(&deleted))
         }
+        Request::RotateHandshakeKeys { overlap_ms } => {
+            // A stopped registry: its key files are all there is to change; its next start
+            // serves them and writes regCred.dat.
+            let dir = store.data_dir().ok_or(AdminError::Ephemeral)?;
+            let identity = RegistryIdentity::load_or_create(store, Some(dir), None, now_ms)?;
+            rotate_handshake_keys(&identity, *overlap_ms, now_ms)?
+        }
     })
+}
+
+/// Answers [`Request::RotateHandshakeKeys`] for a registry whose identity is loaded: the
+/// running daemon's (which swaps the sets its sessions use and rewrites regCred.dat) or one
+/// loaded from a stopped registry's data directory. The key files are on disk before the
+/// reply is returned.
+pub fn rotate_handshake_keys(
+    identity: &RegistryIdentity,
+    overlap_ms: u64,
+    now_ms: u64,
+) -> Result<Reply, AdminError> {
+    let report = identity.rotate_handshake_keys(overlap_ms, now_ms)?;
+    tracing::info!(
+        current = %report.current_x25519,
+        previous = ?report.previous_x25519,
+        overlap_ms,
+        "handshake keys rotated"
+    );
+    Ok(Reply::RotatedHandshakeKeys(report))
 }
 
 /// Completes once `stop` says true (or its sender is gone). Holds no borrow of the channel
@@ -409,6 +445,11 @@ impl Access {
     typed_request!(
         /// `admin delete-node`: deletes it, durably, unless it is a member.
         delete_node(id: &str) -> NodeRow, Request::DeleteNode { id: id.to_string() }, DeletedNode);
+    typed_request!(
+        /// `admin rotate-handshake-keys`: new static handshake keys, the old ones accepted
+        /// for `overlap_ms` more.
+        rotate_handshake_keys(overlap_ms: u64) -> RotationReport,
+        Request::RotateHandshakeKeys { overlap_ms }, RotatedHandshakeKeys);
 }
 
 /// A registry in `dir` with its identity and key files, one cluster `web` (4 places) and one

@@ -1,10 +1,10 @@
 //! `xlreg admin ...`: look inside a registry, export and import it, back it up and restore it,
-//! delete clusters.
+//! delete clusters, rotate its handshake keys.
 //!
 //! The read commands (`info`, `clusters`, `cluster`, `nodes`, `node`, `export`, `verify`),
-//! `backup` and the deletes (`delete-cluster`, `delete-node`) open the data directory of a
-//! stopped registry, or ask the running daemon through its control socket; either way the
-//! output is the same ([`crate::admin::Access`]). `import` and `restore` fill a new data
+//! `backup`, the deletes (`delete-cluster`, `delete-node`) and `rotate-handshake-keys` open the
+//! data directory of a stopped registry, or ask the running daemon through its control
+//! socket; either way the output is the same ([`crate::admin::Access`]). `import` and `restore` fill a new data
 //! directory. Every command that opens an existing data directory refuses unless the caller
 //! owns it, so that no file in it becomes unreadable to the service user.
 
@@ -47,6 +47,31 @@ pub enum AdminCommand {
     DeleteCluster(DeleteClusterArgs),
     /// Delete a registered node that is a member of no cluster (a throwaway identity, say).
     DeleteNode(DeleteNodeArgs),
+    /// Make new static xlReg/3 handshake keys; the old ones stay accepted for the overlap,
+    /// and regCred.dat lists both meanwhile. Works on a stopped registry (its next start
+    /// publishes the keys) and while the daemon serves (it swaps its keys and rewrites
+    /// regCred.dat at once).
+    RotateHandshakeKeys(RotateArgs),
+}
+
+/// Options of `admin rotate-handshake-keys`.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    data: DataDirArg,
+    /// How long the old keys stay accepted, so clients holding the old regCred.dat keep
+    /// connecting until they fetch the new one ("7d", "12h", "30m"; "0" for no overlap).
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_overlap)]
+    overlap: std::time::Duration,
+}
+
+/// An overlap: a humantime duration ("7d", "90m") or "0".
+fn parse_overlap(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 7d, 12h or 0: {e}"))
 }
 
 /// Options of the read commands.
@@ -273,6 +298,33 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
         C::Restore(args) => return restore(args, json).await,
         C::DeleteCluster(args) => return delete_cluster(args, json).await,
         C::DeleteNode(args) => return delete_node(args, json).await,
+        C::RotateHandshakeKeys(args) => {
+            let overlap_ms = u64::try_from(args.overlap.as_millis()).unwrap_or(u64::MAX);
+            let access = access(&args.data).await?;
+            let online = access.is_online();
+            let report = access.rotate_handshake_keys(overlap_ms).await?;
+            if json {
+                print_json(&serde_json::json!({ "rotated": report, "online": online }))?;
+            } else {
+                outln!("new handshake keys: X25519 {}", report.current_x25519)?;
+                match (&report.previous_x25519, report.previous_expires_at_ms) {
+                    (Some(previous), Some(until)) => outln!(
+                        "previous keys (X25519 {previous}) accepted until {}",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(until)
+                        )
+                    )?,
+                    _ => outln!("no overlap: only the new keys are accepted")?,
+                }
+                match &report.regcred {
+                    Some(path) => outln!("{} rewritten; hand it to clients", path.display())?,
+                    None => outln!(
+                        "the registry is stopped: its next start serves the keys and writes \
+                         regCred.dat; hand that to clients"
+                    )?,
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

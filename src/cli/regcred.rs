@@ -31,6 +31,10 @@ pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
             "sig_key_bits": cred.sig_key.bits(),
             "protocol_versions": cred.versions(),
             "handshake_x25519": cred.handshake.as_ref().map(|h| hex::encode(h.keys.x25519())),
+            "previous_handshake_x25519": cred
+                .handshake_previous
+                .as_ref()
+                .map(|h| hex::encode(h.keys.x25519())),
         });
         super::output::print_json(&value)?;
     } else {
@@ -58,6 +62,12 @@ pub fn run(command: RegcredCommand, json: bool) -> anyhow::Result<ExitCode> {
             cred.sig_key.bits(),
             cred.sig_key.fingerprint()
         )?;
+        if let Some(previous) = &cred.handshake_previous {
+            outln!(
+                "previous handshake keys (still accepted during a rotation's overlap): X25519 {}",
+                hex::encode(previous.keys.x25519())
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

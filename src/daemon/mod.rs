@@ -368,6 +368,8 @@ pub struct Daemon {
     metrics: Option<(MetricsEndpoint, SocketAddr, Arc<Metrics>)>,
     control: Option<ControlServer>,
     expiry: Option<ClusterExpiry>,
+    /// Ends a key rotation's overlap when it expires.
+    overlap: tokio::task::JoinHandle<()>,
     regcred: RegCred,
 }
 
@@ -448,6 +450,7 @@ impl Daemon {
             cred.version = legacy.version.to_string();
             // Go clients read this file, and their parser knows no xlReg/3 fields.
             cred.handshake = None;
+            cred.handshake_previous = None;
             write_regcred(&cred, &path)?;
             tracing::warn!(
                 legacy_listen = %bound,
@@ -479,6 +482,14 @@ impl Daemon {
         let regcred = registry.identity.regcred(vec![advertised.clone()]);
         let regcred_path = config.regcred_path();
         write_regcred(&regcred, &regcred_path)?;
+        // Key rotations and the end of an overlap rewrite this file (not the Go one).
+        registry
+            .identity
+            .handshake
+            .published(&regcred_path, &regcred);
+        let overlap = tokio::spawn(crate::handshake_keys::end_overlaps(
+            registry.identity.handshake.clone(),
+        ));
         tracing::info!(
             name = %registry.identity.name,
             id = %registry.identity.id,
@@ -499,6 +510,7 @@ impl Daemon {
             metrics,
             control,
             expiry,
+            overlap,
             regcred,
         })
     }
@@ -518,7 +530,8 @@ impl Daemon {
         self.metrics.as_ref().map(|(_, addr, _)| *addr)
     }
 
-    /// The credentials written into regCred.dat.
+    /// The credentials written into regCred.dat at start (a handshake-key rotation or the
+    /// end of its overlap rewrites the file: read it for the keys served now).
     pub fn regcred(&self) -> &RegCred {
         &self.regcred
     }
@@ -538,6 +551,7 @@ impl Daemon {
             metrics,
             control,
             expiry,
+            overlap,
             ..
         } = self;
         let metrics_task = metrics.map(|(endpoint, _, metrics)| {
@@ -556,6 +570,8 @@ impl Daemon {
             // Dropped before the store is flushed and released: the task holds a handle.
             let _ = task.await;
         }
+        overlap.abort();
+        let _ = overlap.await;
         if let Some(expiry) = expiry {
             expiry.stop().await;
         }
