@@ -12,7 +12,9 @@
 //! Crate choices (see docs/dependencies.md):
 //! - The server's RSA private-key operation, one per session, runs on aws-lc-rs: 4x the rsa
 //!   crate's speed on this hardware, constant-time, and it builds with a C compiler alone.
-//! - Signature verification, run on every Member request, also uses aws-lc-rs (4x faster).
+//! - Signature verification, run on every Member request, also uses aws-lc-rs (4x faster),
+//!   and so does reading a member's keys when they come in canonical DER (the rsa crate's
+//!   parse computes a Montgomery form that neither storing the key nor verifying needs).
 //! - The rsa crate (0.10, constant-time arithmetic) generates keys, encodes and decodes them,
 //!   encrypts hellos and signs on the client side.
 //! - AES-GCM and AES-CBC come from RustCrypto (constant-time AES with hardware support).
