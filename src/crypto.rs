@@ -12,7 +12,9 @@
 //! Crate choices (see docs/dependencies.md):
 //! - The server's RSA private-key operation, one per session, runs on aws-lc-rs: 4x the rsa
 //!   crate's speed on this hardware, constant-time, and it builds with a C compiler alone.
-//! - Signature verification, run on every Member request, also uses aws-lc-rs (4x faster).
+//! - Signature verification, run on every Member request, also uses aws-lc-rs (4x faster),
+//!   and so does reading a member's keys when they come in canonical DER (the rsa crate's
+//!   parse computes a Montgomery form that neither storing the key nor verifying needs).
 //! - The rsa crate (0.10, constant-time arithmetic) generates keys, encodes and decodes them,
 //!   encrypts hellos and signs on the client side.
 //! - AES-GCM and AES-CBC come from RustCrypto (constant-time AES with hardware support).
@@ -231,11 +233,27 @@ impl RsaKeyPair {
 }
 
 /// An RSA public key as exchanged on the wire: DER SubjectPublicKeyInfo (PKIX).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PublicKey {
-    key: rsa::PublicKey,
+    /// The canonical DER SubjectPublicKeyInfo encoding.
     der: Vec<u8>,
+    /// The modulus's size in bytes.
+    modulus_len: usize,
+    /// The rsa crate's form, for encryption and the ssh-rsa form: made on first use for a
+    /// key read by [`PublicKey::from_member_der`] (building it costs a big-integer
+    /// remainder, about 20 us, that storing a member's key and checking its signature never
+    /// need).
+    key: std::sync::OnceLock<rsa::PublicKey>,
 }
+
+impl PartialEq for PublicKey {
+    /// Two keys are equal when their canonical encodings are: the same modulus and exponent.
+    fn eq(&self, other: &PublicKey) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,13 +261,23 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
+/// The DER of an rsaEncryption AlgorithmIdentifier with NULL parameters, the only one the
+/// canonical encoding (the rsa crate's) carries.
+const RSA_ENCRYPTION_ALGORITHM_DER: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+
 impl PublicKey {
     fn from_rsa(key: rsa::PublicKey) -> Result<PublicKey, CryptoError> {
         let der = key
             .to_public_key_der()
             .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?
             .into_vec();
-        Ok(PublicKey { key, der })
+        Ok(PublicKey {
+            der,
+            modulus_len: key.size(),
+            key: std::sync::OnceLock::from(key),
+        })
     }
 
     /// Parses DER SubjectPublicKeyInfo, as carried in tokens. The stored encoding is the
@@ -267,10 +295,21 @@ impl PublicKey {
         PublicKey::from_rsa(key)
     }
 
-    /// Parses DER and checks the size is one a member may register.
+    /// Parses DER and checks the size is one a member may register. The same keys are
+    /// accepted, with the same stored encoding and errors, as by [`PublicKey::from_spki_der`]
+    /// followed by the size check; a key already in canonical form (what every client
+    /// sends) is read on the fast path ([`PublicKey::from_canonical_der`]).
     pub fn from_member_der(der: &[u8]) -> Result<PublicKey, CryptoError> {
-        let key = PublicKey::from_spki_der(der)?;
-        let bits = key.bits();
+        let key = match PublicKey::from_canonical_der(der) {
+            Some(key) => key,
+            None => PublicKey::from_spki_der(der)?,
+        };
+        key.of_member_size()
+    }
+
+    /// This key, if its size is one a member may register.
+    fn of_member_size(self) -> Result<PublicKey, CryptoError> {
+        let bits = self.bits();
         if !(MIN_MEMBER_KEY_BITS..=MAX_MEMBER_KEY_BITS).contains(&bits) {
             return Err(CryptoError::KeySize {
                 bits,
@@ -278,7 +317,43 @@ impl PublicKey {
                 max: MAX_MEMBER_KEY_BITS,
             });
         }
-        Ok(key)
+        Ok(self)
+    }
+
+    /// Reads `der` with aws-lc-rs if it is a canonical rsaEncryption SubjectPublicKeyInfo of
+    /// 2048 to 8192 bits: `None` for anything else (the caller then takes the rsa crate's
+    /// path, whose answer stands). For the keys it takes, the rsa crate would accept the
+    /// same key with the same encoding: aws-lc checks what the rsa crate checks (a minimal
+    /// DER SEQUENCE of two positive INTEGERs; n odd; e odd, at least 3 and at most 33 bits;
+    /// and e < n follows from the sizes), and `der` is byte for byte the re-encoding, with
+    /// the rsaEncryption/NULL algorithm the rsa crate writes.
+    fn from_canonical_der(der: &[u8]) -> Option<PublicKey> {
+        use aws_lc_rs::encoding::AsDer as _;
+        // SEQUENCE, its length in two bytes (every key of 2048 bits or more), then the
+        // algorithm.
+        if der.get(4..4 + RSA_ENCRYPTION_ALGORITHM_DER.len())? != RSA_ENCRYPTION_ALGORITHM_DER {
+            return None;
+        }
+        let key = aws_lc_rs::rsa::PublicEncryptingKey::from_der(der).ok()?;
+        let canonical = key.as_der().ok()?;
+        if canonical.as_ref() != der {
+            return None;
+        }
+        Some(PublicKey {
+            der: der.to_vec(),
+            modulus_len: key.key_size_bytes(),
+            key: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The rsa crate's form of this key, made on first use.
+    fn rsa_key(&self) -> Result<&rsa::PublicKey, CryptoError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = rsa::PublicKey::from_public_key_der(&self.der)
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?;
+        Ok(self.key.get_or_init(|| key))
     }
 
     /// The DER SubjectPublicKeyInfo encoding.
@@ -288,7 +363,7 @@ impl PublicKey {
 
     /// Size of the modulus in bits.
     pub fn bits(&self) -> usize {
-        self.key.size() * 8
+        self.modulus_len * 8
     }
 
     /// SHA-256 of the DER encoding, lowercase hex: how operators tell keys apart.
@@ -298,14 +373,14 @@ impl PublicKey {
 
     /// RSA-OAEP with SHA-256 and MGF1-SHA-256, empty label (xlReg/2 hello).
     pub fn encrypt_oaep_sha256(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.key
+        self.rsa_key()?
             .oaep_encrypt::<Sha256>(plaintext)
             .map_err(|_| CryptoError::Encrypt)
     }
 
     /// RSA-OAEP with SHA-1 and MGF1-SHA-1, empty label (xlReg 1.9 hello).
     pub fn encrypt_oaep_sha1(&self, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.key
+        self.rsa_key()?
             .oaep_encrypt::<sha1::Sha1>(plaintext)
             .map_err(|_| CryptoError::Encrypt)
     }
@@ -342,8 +417,13 @@ impl PublicKey {
     pub fn to_ssh(&self) -> String {
         let mut blob = Vec::with_capacity(self.der.len() + 32);
         put_ssh_string(&mut blob, b"ssh-rsa");
-        put_ssh_mpint(&mut blob, &self.key.e_bytes());
-        put_ssh_mpint(&mut blob, &self.key.n_bytes());
+        // Every PublicKey's DER is one the rsa crate accepts: it made it, or (a member's
+        // key) `from_canonical_der` took only what it accepts.
+        let key = self
+            .rsa_key()
+            .expect("a PublicKey's DER is always one the rsa crate reads");
+        put_ssh_mpint(&mut blob, &key.e_bytes());
+        put_ssh_mpint(&mut blob, &key.n_bytes());
         format!(
             "ssh-rsa {}",
             base64::engine::general_purpose::STANDARD.encode(blob)
@@ -1079,6 +1159,132 @@ mod tests {
             _: &snow::params::CipherChoice,
         ) -> Option<Box<dyn snow::types::Cipher>> {
             None
+        }
+    }
+
+    /// The member-key path the registry used before the fast path: the rsa crate's parse,
+    /// then the size check.
+    fn member_key_by_the_rsa_crate(der: &[u8]) -> Result<PublicKey, CryptoError> {
+        PublicKey::from_spki_der(der)?.of_member_size()
+    }
+
+    /// `from_member_der` and the rsa crate's path agree on `der`: both accept it with the
+    /// same stored encoding and size, or both refuse it with the same error text.
+    fn assert_same_as_the_rsa_crate(der: &[u8]) {
+        match (
+            PublicKey::from_member_der(der),
+            member_key_by_the_rsa_crate(der),
+        ) {
+            (Ok(fast), Ok(slow)) => {
+                assert_eq!(fast.to_spki_der(), slow.to_spki_der());
+                assert_eq!(fast.bits(), slow.bits());
+                assert_eq!(fast, slow);
+                assert_eq!(fast.to_ssh(), slow.to_ssh());
+            }
+            (Err(fast), Err(slow)) => assert_eq!(fast.to_string(), slow.to_string()),
+            (fast, slow) => panic!("fast path {fast:?}, rsa crate {slow:?}"),
+        }
+    }
+
+    /// A SubjectPublicKeyInfo for modulus `n` and exponent `e` (big-endian magnitudes),
+    /// canonical DER, with `algorithm` as its AlgorithmIdentifier's DER.
+    fn spki(algorithm: &[u8], n: &[u8], e: &[u8]) -> Vec<u8> {
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            match body.len() {
+                len @ 0..=0x7f => out.push(len as u8),
+                len @ 0x80..=0xff => out.extend([0x81, len as u8]),
+                len => out.extend([0x82, (len >> 8) as u8, len as u8]),
+            }
+            out.extend_from_slice(body);
+            out
+        }
+        fn integer(magnitude: &[u8]) -> Vec<u8> {
+            let magnitude = strip_leading_zeros(magnitude);
+            let mut body = Vec::new();
+            if magnitude.first().is_none_or(|b| b & 0x80 != 0) {
+                body.push(0);
+            }
+            body.extend_from_slice(magnitude);
+            tlv(0x02, &body)
+        }
+        let rsa_key = tlv(0x30, &[integer(n), integer(e)].concat());
+        let mut bit_string = vec![0u8];
+        bit_string.extend(rsa_key);
+        tlv(0x30, &[algorithm.to_vec(), tlv(0x03, &bit_string)].concat())
+    }
+
+    #[test]
+    fn member_keys_on_the_fast_path_are_those_the_rsa_crate_reads() {
+        let key = RsaKeyPair::generate(2048).unwrap();
+        let der = key.public_key().to_spki_der().to_vec();
+        assert!(
+            PublicKey::from_canonical_der(&der).is_some(),
+            "a client's key is canonical"
+        );
+        assert_same_as_the_rsa_crate(&der);
+        // Encrypting with a key read on the fast path makes its rsa-crate form on demand.
+        let member = PublicKey::from_member_der(&der).unwrap();
+        let sealed = member.encrypt_oaep_sha256(b"hello").unwrap();
+        assert_eq!(sealed.len(), 256);
+
+        let rsa = key.public_key().rsa_key().unwrap();
+        let (n, e) = (rsa.n_bytes(), rsa.e_bytes());
+        let odd = |mut bytes: Vec<u8>, bit: u8| {
+            let last = bytes.len() - 1;
+            bytes[last] ^= bit;
+            bytes
+        };
+        let pss = [
+            0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a,
+        ];
+        let no_null = [
+            0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+        ];
+        let cases: Vec<Vec<u8>> = vec![
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &e),
+            // Not canonical: the rsa crate's answer stands (and re-encodes it).
+            spki(&pss, &n, &e),
+            spki(&no_null, &n, &e),
+            // Even modulus, even exponent, exponent 1, exponent over 33 bits.
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &odd(n.to_vec(), 1), &e),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &odd(e.to_vec(), 1)),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &[1]),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &[3]),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &[1, 0, 0, 0, 1]),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n, &[3, 0, 0, 0, 1]),
+            // Sizes: 1024 and 2040 bits (too small), 4104 bits (too large), 8200 bits.
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n[..128], &e),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n[..255], &e),
+            spki(
+                &RSA_ENCRYPTION_ALGORITHM_DER,
+                &[&n[..], &n[..1]].concat(),
+                &e,
+            ),
+            spki(&RSA_ENCRYPTION_ALGORITHM_DER, &n.repeat(5)[..1025], &e),
+            // Truncated, trailing bytes, empty.
+            der[..der.len() - 1].to_vec(),
+            [der.as_slice(), &[0]].concat(),
+            Vec::new(),
+        ];
+        for case in &cases {
+            assert_same_as_the_rsa_crate(case);
+        }
+    }
+
+    #[test]
+    fn member_key_parsing_agrees_with_the_rsa_crate_on_altered_keys() {
+        let der = RsaKeyPair::generate(2048)
+            .unwrap()
+            .public_key()
+            .to_spki_der()
+            .to_vec();
+        // Every byte of a canonical key, one bit flipped in each: the structure (tags and
+        // lengths), the algorithm, the modulus and the exponent.
+        for at in 0..der.len() {
+            let mut case = der.clone();
+            case[at] ^= 1 << (at % 8);
+            assert_same_as_the_rsa_crate(&case);
         }
     }
 

@@ -93,7 +93,35 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, gives sessions in flight up
     /// to the grace period, and flushes the store.
+    ///
+    /// The accept loop runs as a task of the runtime, not on the caller's thread: a caller
+    /// that is the thread of `Runtime::block_on` would otherwise be woken to accept every
+    /// connection and to reap every session, handing each to a worker thread and back (two
+    /// thread switches per session, docs/performance.md). The caller only waits for
+    /// `shutdown` and for the loop to end.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut serving = tokio::spawn(self.accept_until(async {
+            // A dropped sender (the caller gone) stops the loop as well.
+            let _ = stopped.await;
+        }));
+        tokio::pin!(shutdown);
+        let ended = tokio::select! {
+            ended = &mut serving => ended,
+            () = &mut shutdown => {
+                let _ = stop.send(());
+                serving.await
+            }
+        };
+        if let Err(error) = ended {
+            if error.is_panic() {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
+    }
+
+    /// [`Server::run`]'s accept loop, on whichever thread polls it.
+    async fn accept_until(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();

@@ -88,6 +88,10 @@ struct Queue {
     flush_wanted: bool,
     /// The writer thread has been started.
     started: bool,
+    /// The writer is waiting on `work` for something to do: only then does handing it
+    /// work signal the condition variable (a signal is a futex system call even when
+    /// nobody waits, and under load the writer is mostly busy with a round).
+    writer_waiting: bool,
     /// The store is gone: no more rounds.
     closed: bool,
 }
@@ -147,7 +151,9 @@ impl Shared {
             if queue.closed {
                 return None;
             }
+            queue.writer_waiting = true;
             queue = self.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+            queue.writer_waiting = false;
         }
         if gather && !queue.writes.is_empty() && queue.writes.len() < MAX_BATCH {
             drop(queue);
@@ -375,8 +381,13 @@ impl Store {
             spawn_writer(shared, &Arc::downgrade(&self.inner), &self.inner.health)?;
             queue.started = true;
         }
+        // Read under the lock the writer sets it under: a writer not waiting yet will find
+        // this work when it next looks at the queue, before it waits.
+        let wake = queue.writer_waiting;
         drop(queue);
-        shared.work.notify_one();
+        if wake {
+            shared.work.notify_one();
+        }
         Ok(())
     }
 
