@@ -238,7 +238,19 @@ impl ServerSession {
                 ErrCode::BadRequest,
                 "RegCredRequest is not supported; read regCred.dat".to_string(),
             ),
+            Tag::MintToken
+            | Tag::ListTokens
+            | Tag::RevokeToken
+            | Tag::Evict
+            | Tag::CloseCluster
+            | Tag::DeleteCluster
+            | Tag::Leave => self.refuse(
+                ErrCode::BadRequest,
+                format!("{} is not served yet", tag.as_str_name()),
+            ),
             Tag::RegCredReply
+            | Tag::TokenList
+            | Tag::Done
             | Tag::MemberOk
             | Tag::CreateReply
             | Tag::JoinReply

@@ -121,7 +121,7 @@ fn client(error: &ClientError) -> Failure {
             Some(ErrCode::BadRequest) => Failure::Usage,
             Some(ErrCode::NotFound) => Failure::NotFound,
             Some(ErrCode::ClusterFull) | Some(ErrCode::Conflict) => Failure::Conflict,
-            Some(ErrCode::Unauthorized) => Failure::Unauthorized,
+            Some(ErrCode::Unauthorized) | Some(ErrCode::Forbidden) => Failure::Unauthorized,
             Some(ErrCode::Unavailable) => Failure::Unreachable,
             Some(ErrCode::InvalidState) | None => Failure::Internal,
         },

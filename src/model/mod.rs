@@ -11,6 +11,7 @@
 //! The records' serde form is the on-disk format of the sled backend (bincode 1.3.3, schema
 //! 1): field order and types must not change without a schema migration.
 
+pub mod admission;
 pub mod rules;
 
 use std::fmt;
