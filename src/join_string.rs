@@ -19,6 +19,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::id::{Id, ID_LEN};
+use crate::model::admission::JoinTokenSecret;
 
 /// How every join string of this format starts; a later format takes a later number.
 pub const PREFIX: &str = "xlreg1:";
@@ -31,12 +32,6 @@ pub const MAX_REGISTRY_ENDPOINTS: usize = 8;
 
 /// Length in bytes of the registry pin (a SHA-256 digest).
 pub const PIN_LEN: usize = 32;
-
-/// Length of a token id: `[a-z0-9]`.
-pub const TID_LEN: usize = 6;
-
-/// Length of a token secret: `[a-z2-7]` (RFC 4648 base32, lowercase), 130 bits.
-pub const SECRET_LEN: usize = 26;
 
 /// Why a text is not a join string; each says what is wrong without repeating the secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +51,7 @@ pub enum JoinStringError {
     /// A part of the string is missing or out of place.
     #[error("join string: {0}")]
     Shape(&'static str),
-    /// The token part is not `tid.secret`.
+    /// The token part is not `tid.secret` (docs/protocol.md section 14.1).
     #[error("join string token: {0}")]
     Token(String),
     /// The cluster ID is not 64 hex digits.
@@ -78,112 +73,11 @@ pub enum JoinStringError {
     TooManyEndpoints(usize),
 }
 
-/// A join token, `tid.secret`: the public token id and the secret that proves holding it.
-/// Its `Debug` form hides the secret, and the secret's memory is wiped when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    tid: String,
-    secret: Zeroizing<String>,
-}
-
-impl JoinToken {
-    /// A token from its two parts, checked: `tid` is 6 of `[a-z0-9]`, `secret` 26 of
-    /// `[a-z2-7]`.
-    pub fn new(tid: &str, secret: &str) -> Result<JoinToken, JoinStringError> {
-        check_tid(tid)?;
-        if secret.len() != SECRET_LEN || !secret.bytes().all(is_base32_lower) {
-            return Err(JoinStringError::Token(format!(
-                "the secret after the '.' must be {SECRET_LEN} characters of a-z and 2-7"
-            )));
-        }
-        Ok(JoinToken {
-            tid: tid.to_string(),
-            secret: Zeroizing::new(secret.to_string()),
-        })
-    }
-
-    /// A fresh token: a random id and a random 130-bit secret from `rng`.
-    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> JoinToken {
-        const TID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-        let tid = (0..TID_LEN)
-            .map(|_| TID_ALPHABET[uniform(rng, TID_ALPHABET.len())] as char)
-            .collect();
-        let mut secret = Zeroizing::new(String::with_capacity(SECRET_LEN));
-        for _ in 0..SECRET_LEN {
-            secret.push(BASE32[uniform(rng, BASE32.len())] as char);
-        }
-        JoinToken { tid, secret }
-    }
-
-    /// Parses `tid.secret`.
-    pub fn parse(text: &str) -> Result<JoinToken, JoinStringError> {
-        let Some((tid, secret)) = text.split_once('.') else {
-            return Err(JoinStringError::Token(
-                "must be tid.secret (a '.' between the token id and the secret)".into(),
-            ));
-        };
-        JoinToken::new(tid, secret)
-    }
-
-    /// The public token id.
-    pub fn tid(&self) -> &str {
-        &self.tid
-    }
-
-    /// The secret. Never log it.
-    pub fn secret(&self) -> &str {
-        &self.secret
-    }
-
-    /// The token's text, `tid.secret`. Never log it.
-    pub fn to_text(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{}.{}", self.tid, self.secret.as_str()))
-    }
-}
-
-impl fmt::Debug for JoinToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JoinToken({}.<secret>)", self.tid)
-    }
-}
-
-/// A token id: 6 of `[a-z0-9]`.
-pub fn check_tid(tid: &str) -> Result<&str, JoinStringError> {
-    if tid.len() == TID_LEN
-        && tid
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        Ok(tid)
-    } else {
-        Err(JoinStringError::Token(format!(
-            "the token id must be {TID_LEN} characters of a-z and 0-9"
-        )))
-    }
-}
-
-fn is_base32_lower(b: u8) -> bool {
-    b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)
-}
-
-/// A uniform index below `n` (n <= 256), by rejection so no symbol is likelier than another.
-fn uniform<R: rand::CryptoRng + ?Sized>(rng: &mut R, n: usize) -> usize {
-    let limit = 256 - 256 % n;
-    loop {
-        let mut byte = [0u8; 1];
-        rng.fill_bytes(&mut byte);
-        if (byte[0] as usize) < limit {
-            return byte[0] as usize % n;
-        }
-    }
-}
-
 /// A parsed join string.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinString {
     /// The token to join with.
-    pub token: JoinToken,
+    pub token: JoinTokenSecret,
     /// The cluster to join.
     pub cluster: Id,
     /// The registry pin: SHA-256 over the registry's identity (docs/protocol.md).
@@ -226,7 +120,8 @@ impl JoinString {
                 "expected token:cluster-id:pin before the '@'",
             ));
         };
-        let token = JoinToken::parse(token)?;
+        let token =
+            JoinTokenSecret::parse(token).map_err(|e| JoinStringError::Token(e.to_string()))?;
         let cluster = parse_hex_id(cluster)?;
         let pin = parse_pin(pin)?;
         let endpoints = parse_endpoints(endpoints)?;
@@ -242,7 +137,7 @@ impl JoinString {
     pub fn to_text(&self) -> Zeroizing<String> {
         Zeroizing::new(format!(
             "{PREFIX}{}:{}:{}@{}",
-            self.token.to_text().as_str(),
+            Zeroizing::new(self.token.expose()).as_str(),
             self.cluster.to_hex(),
             hex::encode(self.pin),
             self.endpoints.join(",")
@@ -267,7 +162,7 @@ fn no_prefix(text: &str) -> JoinStringError {
             }
         }
     }
-    let hint = if JoinToken::parse(text).is_ok() {
+    let hint = if JoinTokenSecret::parse(text).is_ok() {
         " (this looks like a bare token tid.secret: a join string also carries the cluster \
          and the registry; `xlreg cluster create` and `cluster token create` print one)"
     } else {
@@ -319,7 +214,7 @@ mod tests {
 
     fn example() -> JoinString {
         JoinString {
-            token: JoinToken::new(TID, SECRET).unwrap(),
+            token: JoinTokenSecret::parse(&format!("{TID}.{SECRET}")).unwrap(),
             cluster: Id::from_bytes(&[0xcc; 32]).unwrap(),
             pin: [0x9a; 32],
             endpoints: vec!["127.0.0.1:56789".into(), "[::1]:56789".into()],
@@ -343,8 +238,8 @@ mod tests {
     fn parses_the_documented_form_with_surrounding_whitespace() {
         let parsed = JoinString::parse(&format!("  {}\n", example_text())).unwrap();
         assert_eq!(parsed, example());
-        assert_eq!(parsed.token.tid(), TID);
-        assert_eq!(parsed.token.secret(), SECRET);
+        assert_eq!(parsed.token.id(), TID);
+        assert_eq!(parsed.token.expose(), format!("{TID}.{SECRET}"));
     }
 
     #[test]
@@ -386,7 +281,7 @@ mod tests {
             (good.replacen("abc123", "ABC123", 1), |e| {
                 matches!(e, JoinStringError::Token(_))
             }),
-            (good.replacen("abc123", "abc12", 1), |e| {
+            (good.replacen("abc123", "abc123abc123abc12", 1), |e| {
                 matches!(e, JoinStringError::Token(_))
             }),
             (
@@ -438,17 +333,6 @@ mod tests {
         assert!(error.to_string().contains("bare token"), "{error}");
     }
 
-    #[test]
-    fn generated_tokens_are_well_formed_and_distinct() {
-        let mut rng = rand::rng();
-        let a = JoinToken::generate(&mut rng);
-        let b = JoinToken::generate(&mut rng);
-        assert_eq!(JoinToken::parse(&a.to_text()).unwrap(), a);
-        assert_ne!(a.secret(), b.secret());
-        assert_eq!(a.secret().len(), SECRET_LEN);
-        assert_eq!(a.tid().len(), TID_LEN);
-    }
-
     mod props {
         use super::super::*;
         use proptest::prelude::*;
@@ -469,14 +353,14 @@ mod tests {
 
         fn join_string() -> impl Strategy<Value = JoinString> {
             (
-                "[a-z0-9]{6}",
+                "[a-z0-9]{1,16}",
                 "[a-z2-7]{26}",
                 any::<[u8; 32]>(),
                 any::<[u8; 32]>(),
                 proptest::collection::vec(endpoint(), 1..=MAX_REGISTRY_ENDPOINTS),
             )
                 .prop_map(|(tid, secret, cluster, pin, endpoints)| JoinString {
-                    token: JoinToken::new(&tid, &secret).unwrap(),
+                    token: JoinTokenSecret::parse(&format!("{tid}.{secret}")).unwrap(),
                     cluster: Id::from_bytes(&cluster).unwrap(),
                     pin,
                     endpoints,

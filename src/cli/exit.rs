@@ -116,7 +116,9 @@ fn client(error: &ClientError) -> Failure {
         | ClientError::Connection(_)
         | ClientError::Closed => Failure::Unreachable,
         ClientError::Timeout(_) => Failure::Timeout,
-        ClientError::KeyNotAccepted { .. } | ClientError::Handshake(_) => Failure::Unauthorized,
+        ClientError::KeyNotAccepted { .. }
+        | ClientError::Handshake(_)
+        | ClientError::PinMismatch { .. } => Failure::Unauthorized,
         ClientError::Refused { code, .. } => match code {
             Some(ErrCode::BadRequest) => Failure::Usage,
             Some(ErrCode::NotFound) => Failure::NotFound,
