@@ -328,6 +328,28 @@ mod tests {
     }
 
     #[test]
+    fn the_worked_example_of_the_spec() {
+        let example = "xlreg1:k3x9p0.abcdefghijklmnopqrstuvwxyz:\
+            5555555555555555555555555555555555555555555555555555555555555555:\
+            f0af0b2608ca0a79578443a4b3c48393d274a74b7515dbf9b181c0af4e6105e1@127.0.0.1:56789";
+        let spec = include_str!("../docs/protocol.md");
+        assert!(
+            spec.contains(example),
+            "docs/protocol.md section 15.3 changed"
+        );
+        let parsed = JoinString::parse(example).unwrap();
+        assert_eq!(parsed.token.id(), "k3x9p0");
+        assert_eq!(parsed.token.expose(), "k3x9p0.abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(parsed.cluster.as_bytes(), &[0x55; 32]);
+        assert_eq!(
+            parsed.pin,
+            crate::model::admission::regcred_pin(&[0x77; 32], &[0xc0, 0xc1], &[0x5a])
+        );
+        assert_eq!(parsed.endpoints, ["127.0.0.1:56789"]);
+        assert_eq!(parsed.to_text().as_str(), example);
+    }
+
+    #[test]
     fn a_bare_token_gets_a_hint() {
         let error = JoinString::parse("abc123.abcdefghijklmnopqrstuvwxyz").unwrap_err();
         assert!(error.to_string().contains("bare token"), "{error}");
