@@ -25,6 +25,7 @@ fn node(store: &Store, i: usize) -> NodeRecord {
 
 fn cluster(store: &Store, name: &str, size: u32) -> Id {
     let new = NewCluster {
+        admission: Default::default(),
         name: name.into(),
         attrs: 0,
         max_size: size,

@@ -46,7 +46,6 @@ pub struct TokenFields<'a> {
     pub endpoints: &'a [String],
 }
 
-
 /// The xlReg/2 signature input:
 /// `V2_DOMAIN || field(salt2) || field(id or empty) || field(name) || attrs (u64 BE) ||
 /// field(comms DER) || field(sig DER) || count (u32 BE) || field(endpoint)...`, where

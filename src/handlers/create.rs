@@ -25,6 +25,7 @@ pub fn prepare(msg: &XlRegMsg, now_ms: u64) -> Result<Write, HandlerError> {
     let endpoint_count = validate::endpoint_count(msg.end_point_count.unwrap_or(1))?;
     Ok(Write::CreateCluster {
         cluster: NewCluster {
+            admission: Default::default(),
             name: name.to_string(),
             attrs: msg.cluster_attrs.unwrap_or(0),
             max_size,

@@ -18,6 +18,7 @@ pub fn prepare(state: &SessionState, msg: &XlRegMsg, now_ms: u64) -> Result<Writ
         .ok_or_else(|| HandlerError::BadRequest("Join before Member".to_string()))?;
     let cluster = cluster_ref(msg, state.created.as_ref(), "Join")?;
     Ok(Write::Join {
+        token: None,
         cluster,
         node: node.id.clone(),
         now_ms,

@@ -18,9 +18,9 @@ pub mod member;
 use crate::id::Id;
 use crate::model::{
     ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Refusal, RegistrationOutcome,
-    StorageError, StoreError, Written,
+    StorageError, StoreError, TokenRecord, Written,
 };
-use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
+use crate::proto::{ErrCode, JoinToken, Tag, XlRegMsg, XlRegToken};
 use crate::validate::Invalid;
 
 /// What one session has established so far. Small and per-connection; nothing here outlives
@@ -87,11 +87,19 @@ impl HandlerError {
             HandlerError::BadRequest(_) => ErrCode::BadRequest,
             HandlerError::Unauthorized(_) => ErrCode::Unauthorized,
             HandlerError::Refused(refusal) => match refusal {
-                Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => ErrCode::NotFound,
+                Refusal::NoSuchCluster(_)
+                | Refusal::NoSuchNode(_)
+                | Refusal::NoSuchToken { .. }
+                | Refusal::NotAMember { .. } => ErrCode::NotFound,
                 Refusal::ClusterFull { .. } => ErrCode::ClusterFull,
-                Refusal::MemberNameTaken { .. } | Refusal::NodeKeyMismatch { .. } => {
-                    ErrCode::Conflict
-                }
+                Refusal::MemberNameTaken { .. }
+                | Refusal::NodeKeyMismatch { .. }
+                | Refusal::NameTaken(_)
+                | Refusal::TokenIdTaken { .. } => ErrCode::Conflict,
+                Refusal::BadProof { .. } => ErrCode::Unauthorized,
+                Refusal::TokenRefused { .. }
+                | Refusal::ClusterClosed(_)
+                | Refusal::TooManyTokens(_) => ErrCode::Forbidden,
                 Refusal::TooFewEndpoints { .. } => ErrCode::BadRequest,
                 // The protocol has no class for it: Unavailable says "not now", and the
                 // text says why (an operator may raise the cap or delete clusters).
@@ -174,6 +182,28 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
             state.joined = Some(outcome.cluster.id);
             Reply { msg, changed: true }
         }
+        Written::Token(cluster, token) => {
+            let mut msg = with_cluster(Tag::TokenList, &cluster);
+            msg.token_infos = vec![token_info(&token)];
+            Reply { msg, changed: true }
+        }
+        Written::Changed(cluster) => Reply {
+            msg: with_cluster(Tag::Done, &cluster),
+            changed: true,
+        },
+    }
+}
+
+/// A token as listed: never its secret, nor its verifier.
+pub(crate) fn token_info(token: &TokenRecord) -> JoinToken {
+    JoinToken {
+        id: Some(token.id.clone()),
+        usages: Some(token.usages),
+        expires_at_ms: Some(token.expires_at_ms),
+        created_at_ms: Some(token.created_at_ms),
+        uses_left: token.uses_left,
+        revoked: Some(token.revoked),
+        ..JoinToken::default()
     }
 }
 
@@ -244,6 +274,8 @@ pub(crate) fn with_cluster(op: Tag, cluster: &ClusterRecord) -> XlRegMsg {
         cluster_attrs: Some(cluster.attrs),
         end_point_count: Some(cluster.endpoint_count),
         cluster_size: Some(cluster.member_count()),
+        open: Some(cluster.admission.open),
+        closed: Some(cluster.admission.closed),
         ..XlRegMsg::default()
     }
 }

@@ -258,6 +258,8 @@ impl SessionCore for LegacySession {
                 WrittenKind::Node => Stage::Registered,
                 WrittenKind::Cluster => Stage::Created,
                 WrittenKind::Joined => Stage::Joined,
+                // The 1.9 wire sends no owner requests nor Leave.
+                WrittenKind::Admission => *stage,
             };
         }
     }
