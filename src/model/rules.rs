@@ -287,8 +287,8 @@ pub enum Asker {
     Node(Option<Id>),
     /// A list-token holder, with its proof.
     Token(TokenClaim),
-    /// The owner, with its proof.
-    Owner(Proof),
+    /// The owner, with its proof for this operation (`Get` or `ListTokens`).
+    Owner(Proof, OwnerOp),
 }
 
 /// Whether `asker` may see `cluster` (`None`: there is none) as a member list
@@ -317,7 +317,7 @@ pub fn may_see(
                 admission::list_proof_input(&claim.proof.binding, c.id.as_bytes(), &claim.id);
             check_token(c, claim, &input, ProofKind::List, named, now_ms).map(|_| ())
         }
-        Asker::Owner(proof) => check_owner(cluster, proof, OwnerOp::Get, &[], &[], named),
+        Asker::Owner(proof, op) => check_owner(cluster, proof, *op, &[], &[], named),
     }
 }
 
