@@ -466,7 +466,7 @@ async fn would_create(store: &dyn SessionStore, request: &Write) -> Result<bool,
             None => true,
             Some(id) => store.read_node(id.clone()).await?.is_none(),
         },
-        Write::Join { .. } => false,
+        Write::Join { .. } | Write::Owner { .. } | Write::Leave { .. } => false,
     })
 }
 

@@ -162,6 +162,9 @@ impl ServerSession {
         match &mut self.phase {
             Phase::AwaitHello => match self.handshake(frame) {
                 Some((reply, phase)) => {
+                    if let Phase::Established { binding, .. } = &phase {
+                        self.exchange.report.state.binding = binding.clone();
+                    }
                     self.phase = phase;
                     self.exchange.report.version = self.version();
                     self.exchange.reply(frame::encode(&reply), false, now)
@@ -214,16 +217,28 @@ impl ServerSession {
                 let prepared = handlers::member::prepare(msg, scheme, now);
                 self.write(prepared)
             }
-            Tag::Create if registered => self.write(handlers::create::prepare(msg, now)),
+            Tag::Create if registered => self.write(handlers::create::prepare(state, msg, now)),
             Tag::Join if registered => {
                 let prepared = handlers::join::prepare(state, msg, now);
                 self.write(prepared)
             }
-            Tag::GetCluster if registered => match get_cluster::request(state, msg) {
+            Tag::GetCluster if registered || get_cluster::has_proof(msg) => {
+                match get_cluster::request(state, msg, now) {
+                    Ok(request) => self.exchange.read(request),
+                    Err(error) => self.handler_error(error),
+                }
+            }
+            Tag::ListTokens => match get_cluster::list_tokens(state, msg, now) {
                 Ok(request) => self.exchange.read(request),
                 Err(error) => self.handler_error(error),
             },
-            Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster => {
+            Tag::MintToken => self.write(handlers::tokens::mint(state, msg, now)),
+            Tag::RevokeToken => self.write(handlers::tokens::revoke(state, msg, now)),
+            Tag::Evict => self.write(handlers::evict::prepare(state, msg, now)),
+            Tag::CloseCluster => self.write(handlers::close::prepare(state, msg, now)),
+            Tag::DeleteCluster => self.write(handlers::delete::prepare(state, msg, now)),
+            Tag::Leave if registered => self.write(handlers::leave::prepare(state, msg)),
+            Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster | Tag::Leave => {
                 let why = if registered {
                     "Member was already sent in this session"
                 } else {
@@ -237,16 +252,6 @@ impl ServerSession {
             Tag::RegCredRequest => self.refuse(
                 ErrCode::BadRequest,
                 "RegCredRequest is not supported; read regCred.dat".to_string(),
-            ),
-            Tag::MintToken
-            | Tag::ListTokens
-            | Tag::RevokeToken
-            | Tag::Evict
-            | Tag::CloseCluster
-            | Tag::DeleteCluster
-            | Tag::Leave => self.refuse(
-                ErrCode::BadRequest,
-                format!("{} is not served yet", tag.as_str_name()),
             ),
             Tag::RegCredReply
             | Tag::TokenList

@@ -307,7 +307,7 @@ impl Charge {
                 node: node.cloned(),
             }),
             Write::RegisterNode { .. } => Some(Charge::Registration),
-            Write::Join { .. } => None,
+            Write::Join { .. } | Write::Owner { .. } | Write::Leave { .. } => None,
         }
     }
 }

@@ -191,6 +191,8 @@ pub(crate) enum WrittenKind {
     Cluster,
     /// A node joined a cluster.
     Joined,
+    /// An owner's change or a leave (never on the 1.9 wire).
+    Admission,
 }
 
 /// A GetCluster reply held until the cluster fills or the wait ends.
@@ -334,6 +336,7 @@ impl Exchange {
             Written::Node(_) => WrittenKind::Node,
             Written::Cluster(..) => WrittenKind::Cluster,
             Written::Joined(_) => WrittenKind::Joined,
+            Written::Token(..) | Written::Changed(_) => WrittenKind::Admission,
         };
         let reply = handlers::finish(&mut self.report.state, written);
         // The store answers a write only once it (and all it read) is durable.

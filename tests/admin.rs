@@ -720,6 +720,7 @@ fn verify_exits_non_zero_listing_what_is_wrong() {
         joined_at_ms: 0,
     };
     let cluster = ClusterRecord {
+        admission: xlreg::model::Admission::open(),
         id: id(9),
         name: "crowded".into(),
         attrs: 0,

@@ -415,6 +415,7 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
                 })
                 .collect::<Option<Vec<_>>>()?;
             Some(ClusterRecord {
+                admission: crate::model::Admission::open(),
                 id: id(&format!("cluster {}", c.name), &c.id)?,
                 name: c.name.clone(),
                 attrs: c.attrs,
@@ -560,6 +561,7 @@ mod tests {
         let (c, _) = store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: "web".into(),
                     attrs: 1,
                     max_size: 4,

@@ -515,6 +515,7 @@ mod tests {
         let (cluster, _) = store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: "web".into(),
                     attrs: 0,
                     max_size: 3,

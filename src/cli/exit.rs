@@ -174,8 +174,17 @@ fn daemon(error: &DaemonError) -> Option<Failure> {
 
 fn refused(refusal: &Refusal) -> Failure {
     match refusal {
-        Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => Failure::NotFound,
+        Refusal::NoSuchCluster(_)
+        | Refusal::NoSuchNode(_)
+        | Refusal::NoSuchToken { .. }
+        | Refusal::NotAMember { .. } => Failure::NotFound,
+        Refusal::BadProof { .. }
+        | Refusal::TokenRefused { .. }
+        | Refusal::ClusterClosed(_)
+        | Refusal::TooManyTokens(_) => Failure::Unauthorized,
         Refusal::ClusterFull { .. }
+        | Refusal::NameTaken(_)
+        | Refusal::TokenIdTaken { .. }
         | Refusal::MemberNameTaken { .. }
         | Refusal::NodeKeyMismatch { .. }
         | Refusal::RegistryFull { .. } => Failure::Conflict,

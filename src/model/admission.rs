@@ -56,7 +56,7 @@ pub enum CredentialError {
     #[error("token id {0:?} must be 1 to 16 characters of a-z and 0-9")]
     BadTokenId(String),
     /// A join token's text that is not `tid.secret` with a 26-character base32 secret.
-    #[error("a join token is ID.SECRET: 6 characters of a-z0-9, a dot, 26 characters of a-z2-7")]
+    #[error("a join token is ID.SECRET: 1 to 16 characters of a-z0-9, a dot, 26 of a-z2-7")]
     BadJoinToken,
     /// An owner credential that is not 32 characters of base32.
     #[error("an owner credential is 32 characters of a-z and 2-7")]

@@ -59,6 +59,7 @@ fn node(store: &dyn AdminStore, name: &str, endpoints: usize) -> NodeRecord {
 fn create_write(name: &str, max_size: u32, endpoint_count: u32) -> Write {
     Write::CreateCluster {
         cluster: NewCluster {
+            admission: Default::default(),
             name: name.into(),
             attrs: 0,
             max_size,
@@ -87,6 +88,7 @@ fn join(
     now_ms: u64,
 ) -> Result<JoinOutcome, StoreError> {
     match store.apply_now(&Write::Join {
+        token: None,
         cluster: cluster.clone(),
         node: node.id.clone(),
         now_ms,
@@ -374,6 +376,7 @@ pub(super) fn a_refusal_inside_a_batch_leaves_the_other_writes_alone<S: Backend 
     let c = cluster(&store, "pair", 2, 1);
     let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
     let join = |cluster: ClusterRef, n: &NodeRecord| Write::Join {
+        token: None,
         cluster,
         node: n.id.clone(),
         now_ms: 1,
@@ -410,6 +413,7 @@ pub(super) fn concurrent_joins_never_overfill<S: Backend + 'static>(make: fn(IdS
             .map(|n| {
                 let store = Arc::clone(&store);
                 let write = Write::Join {
+                    token: None,
                     cluster: ClusterRef::Id(c.id.clone()),
                     node: n.id.clone(),
                     now_ms: 1,
@@ -707,6 +711,7 @@ pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend +
     runtime().block_on(async {
         // A join to another cluster does not wake this one.
         let to_other = Write::Join {
+            token: None,
             cluster: ClusterRef::Id(other.id.clone()),
             node: b.id.clone(),
             now_ms: 2,
@@ -714,6 +719,7 @@ pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend +
         store.apply(vec![to_other]).await.unwrap();
         assert!(!watch.has_changed().unwrap());
         let to_c = Write::Join {
+            token: None,
             cluster: ClusterRef::Id(c.id.clone()),
             node: b.id.clone(),
             now_ms: 2,
@@ -898,6 +904,7 @@ fn write_of(op: &Op, registered: &[Id], now_ms: u64) -> Write {
             Write::CreateCluster { cluster, now_ms }
         }
         Op::Join { cluster, node } => Write::Join {
+            token: None,
             cluster: ClusterRef::Name(format!("c{cluster}")),
             node: pick(*node).unwrap_or_else(|| Id::from_bytes(&[0xee; 32]).unwrap()),
             now_ms,

@@ -197,6 +197,7 @@ mod tests {
 
     fn record(name: &str, byte: u8, members: Vec<MemberRecord>) -> ClusterRecord {
         ClusterRecord {
+            admission: crate::model::Admission::open(),
             id: Id::from_bytes(&[byte; 32]).unwrap(),
             name: name.into(),
             attrs: 0,
