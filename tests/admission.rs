@@ -134,6 +134,29 @@ async fn registered(server: &Server, node: &xlreg::node::NodeIdentity) -> (Clien
     (client, id)
 }
 
+/// An owned, admission-controlled cluster created through the library by `creator`, with
+/// a first token on `terms`: the cluster, its owner (credential and ID) and the token.
+async fn owned_cluster(
+    server: &Server,
+    creator: &xlreg::node::NodeIdentity,
+    name: &str,
+    size: u32,
+    terms: &TokenTerms,
+) -> (xlreg::client::ClusterInfo, ClusterOwner, JoinTokenSecret) {
+    let secret = OwnerSecret::generate(&mut rand::rng());
+    let token = JoinTokenSecret::generate(&mut rand::rng());
+    let (mut client, _) = registered(server, creator).await;
+    let cluster = client
+        .create_owned(name, size, 1, &secret, false, Some((&token, terms)))
+        .await
+        .unwrap();
+    let owner = ClusterOwner {
+        cluster: cluster.id.clone(),
+        secret,
+    };
+    (cluster, owner, token)
+}
+
 #[tokio::test]
 async fn a_stranger_with_only_regcred_can_neither_list_nor_join_nor_squat_and_cannot_tell_it_exists(
 ) {
@@ -514,21 +537,9 @@ fn the_owner_evicts_a_member_and_a_new_node_takes_the_freed_slot() {
 async fn a_member_leaves_and_a_waiter_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let owner = OwnerSecret::generate(&mut rand::rng());
-    let token = JoinTokenSecret::generate(&mut rand::rng());
     let nodes: Vec<_> = (0..4).map(|i| node(i, &format!("n{i}"), 1)).collect();
-    let (mut client, _) = registered(&server, &nodes[0]).await;
-    let cluster = client
-        .create_owned(
-            "trio",
-            3,
-            1,
-            &owner,
-            false,
-            Some((&token, &TokenTerms::default())),
-        )
-        .await
-        .unwrap();
+    let (cluster, _, token) =
+        owned_cluster(&server, &nodes[0], "trio", 3, &TokenTerms::default()).await;
     let target = ClusterRef::Id(cluster.id.clone());
     let join_as = |i: usize| {
         let (node, target, id, token) = (
@@ -578,19 +589,13 @@ async fn a_member_leaves_and_a_waiter_sees_it() {
 async fn twenty_racers_with_a_five_use_token_on_a_ten_slot_cluster_exactly_five_join() {
     let dir = tempfile::tempdir().unwrap();
     let server = Arc::new(Server::start(&dir.path().join("data"), &[]));
-    let owner = OwnerSecret::generate(&mut rand::rng());
-    let token = JoinTokenSecret::generate(&mut rand::rng());
     let terms = TokenTerms {
         usages: USAGE_JOIN,
         ttl: None,
         uses: Some(5),
     };
-    let creator = node(20, "creator", 1);
-    let (mut client, _) = registered(&server, &creator).await;
-    let cluster = client
-        .create_owned("race", 10, 1, &owner, false, Some((&token, &terms)))
-        .await
-        .unwrap();
+    let (cluster, owner, token) =
+        owned_cluster(&server, &node(20, "creator", 1), "race", 10, &terms).await;
     let racers: Vec<_> = (0..20).map(|i| node(i, &format!("racer-{i}"), 1)).collect();
     let start = Arc::new(tokio::sync::Barrier::new(20));
     let tasks: Vec<_> = racers
@@ -625,10 +630,6 @@ async fn twenty_racers_with_a_five_use_token_on_a_ten_slot_cluster_exactly_five_
     joined.sort_unstable();
     assert_eq!(joined, [0, 1, 2, 3, 4]);
     let mut client = server.client().await;
-    let owner = ClusterOwner {
-        cluster: cluster.id.clone(),
-        secret: owner,
-    };
     let view = client
         .get_cluster_as_owner(&owner, None, Duration::ZERO)
         .await
@@ -644,21 +645,10 @@ async fn twenty_racers_with_a_five_use_token_on_a_ten_slot_cluster_exactly_five_
 async fn brute_force_is_throttled_and_the_server_stays_responsive() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let owner = OwnerSecret::generate(&mut rand::rng());
-    let token = JoinTokenSecret::generate(&mut rand::rng());
     let member = node(0, "member", 1);
+    let (cluster, owner, token) =
+        owned_cluster(&server, &member, "guarded", 4, &TokenTerms::default()).await;
     let (mut client, member_id) = registered(&server, &member).await;
-    let cluster = client
-        .create_owned(
-            "guarded",
-            4,
-            1,
-            &owner,
-            false,
-            Some((&token, &TokenTerms::default())),
-        )
-        .await
-        .unwrap();
     let target = ClusterRef::Id(cluster.id.clone());
     client
         .join_with_token(&target, &cluster.id, &token, &member, &member_id)
@@ -722,10 +712,6 @@ async fn brute_force_is_throttled_and_the_server_stays_responsive() {
     assert_eq!(view.members.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(5));
     let mut client = server.client().await;
-    let owner = ClusterOwner {
-        cluster: cluster.id.clone(),
-        secret: owner,
-    };
     let throttled = refusal(
         client
             .get_cluster_as_owner(&owner, None, Duration::ZERO)
