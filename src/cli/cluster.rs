@@ -181,21 +181,6 @@ pub struct CreateArgs {
     owner_file: Option<PathBuf>,
 }
 
-/// The join token option of `join` and `members`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TokenArg {
-    /// A join string (`xlreg1:...`, from `cluster create` or `cluster token create`), or a
-    /// bare token `tid.secret` together with `--regcred` and the cluster's ID. Secret: pass
-    /// it through XLREG_JOIN_TOKEN rather than a command line others can read.
-    #[arg(
-        long,
-        value_name = "STRING",
-        env = "XLREG_JOIN_TOKEN",
-        hide_env_values = true
-    )]
-    token: Option<String>,
-}
-
 /// Options of `xlreg cluster join`.
 #[derive(Debug, clap::Args)]
 pub struct JoinArgs {
@@ -204,8 +189,17 @@ pub struct JoinArgs {
     /// The node's identity directory.
     #[arg(long, env = "XLREG_NODE")]
     node: PathBuf,
-    #[command(flatten)]
-    token: TokenArg,
+    /// A join string (`xlreg1:...`, from `cluster create` or `cluster token create`), or a
+    /// bare token `tid.secret` together with `--regcred` and the cluster's ID. Without it,
+    /// only open clusters and existing members join. Secret: pass it through
+    /// XLREG_JOIN_TOKEN rather than a command line others can read.
+    #[arg(
+        long,
+        value_name = "STRING",
+        env = "XLREG_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(flatten)]
     registry: PinnedRegistryArgs,
     /// Seconds to wait for the cluster to be complete (0: return at once after joining).
@@ -223,12 +217,15 @@ pub struct MembersArgs {
     /// Node identity to ask as (a member sees its cluster). Without --node, --token or
     /// --owner-file, a throwaway identity is registered, which sees open clusters only;
     /// remove such nodes with `xlreg admin delete-node --throwaway`.
-    #[arg(long, env = "XLREG_NODE", conflicts_with_all = ["token", "owner_file"])]
+    #[arg(long, env = "XLREG_NODE")]
     node: Option<PathBuf>,
-    #[command(flatten)]
-    token: TokenArg,
+    /// Ask as the holder of a token with the `list` usage: its join string, or `tid.secret`
+    /// with --regcred and the cluster's ID. Used instead of --node if both are given.
+    #[arg(long, value_name = "STRING")]
+    token: Option<String>,
     /// Ask as the cluster's owner, with the owner file `cluster create --owner-file` wrote.
-    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    /// Used instead of --token and --node if given.
+    #[arg(long, value_name = "FILE")]
     owner_file: Option<PathBuf>,
 }
 
@@ -565,12 +562,7 @@ impl JoinProgress {
 
 async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
     let target = crate::validate::cluster_ref(&args.cluster)?;
-    let given = args
-        .token
-        .token
-        .as_deref()
-        .map(GivenToken::parse)
-        .transpose()?;
+    let given = args.token.as_deref().map(GivenToken::parse).transpose()?;
     let proof = match &given {
         Some(given) => Some((&given.token, given.cluster_id(&target)?)),
         None => None,
@@ -696,7 +688,7 @@ async fn members(args: MembersArgs, json: bool) -> anyhow::Result<ExitCode> {
             },
         )
         .await?
-    } else if let Some(text) = &args.token.token {
+    } else if let Some(text) = &args.token {
         let given = GivenToken::parse(text)?;
         let cluster_id = given.cluster_id(&target)?;
         let reach = Reach::of(args.registry.regcred.as_ref(), given.join.as_ref())?;
@@ -772,4 +764,57 @@ async fn leave(args: LeaveArgs, json: bool) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "k3x9p0.abcdefghijklmnopqrstuvwxyz";
+
+    fn join_string(cluster: u8) -> String {
+        format!(
+            "xlreg1:{TOKEN}:{}:{}@127.0.0.1:56789",
+            hex::encode([cluster; 32]),
+            "f0".repeat(32)
+        )
+    }
+
+    #[test]
+    fn a_join_string_names_the_cluster_its_proofs_cover() {
+        let given = GivenToken::parse(&join_string(0x55)).unwrap();
+        assert_eq!(given.token.id(), "k3x9p0");
+        let by_name = ClusterRef::Name("web".into());
+        assert_eq!(given.cluster_id(&by_name).unwrap().as_bytes(), &[0x55; 32]);
+        let same = ClusterRef::Id(Id::from_bytes(&[0x55; 32]).unwrap());
+        assert!(given.cluster_id(&same).is_ok());
+        let other = ClusterRef::Id(Id::from_bytes(&[0x66; 32]).unwrap());
+        let error = given.cluster_id(&other).unwrap_err();
+        assert_eq!(super::super::exit::classify(&error), Failure::Usage);
+        assert!(error.to_string().contains("is for cluster"), "{error}");
+    }
+
+    #[test]
+    fn a_bare_token_needs_the_cluster_id_and_bad_text_is_a_usage_error() {
+        let given = GivenToken::parse(TOKEN).unwrap();
+        assert!(given.join.is_none());
+        let id = Id::from_bytes(&[0x55; 32]).unwrap();
+        assert_eq!(given.cluster_id(&ClusterRef::Id(id.clone())).unwrap(), id);
+        let error = given
+            .cluster_id(&ClusterRef::Name("web".into()))
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("needs the cluster's ID"),
+            "{error}"
+        );
+        for bad in ["", "k3x9p0", "xlreg1:nonsense", "xlreg9:later"] {
+            let error = GivenToken::parse(bad).err().expect(bad);
+            assert_eq!(
+                super::super::exit::classify(&error),
+                Failure::Usage,
+                "{bad}"
+            );
+            assert!(!error.to_string().contains("abcdefghij"), "{error}");
+        }
+    }
 }
