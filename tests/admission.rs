@@ -402,6 +402,29 @@ fn expired_revoked_and_used_up_tokens_are_refused_with_clear_errors() {
         let secret = token.split(':').nth(1).unwrap().split('.').nth(1).unwrap();
         assert!(!listed.to_string().contains(secret));
     }
+    // An owner file with this cluster's name and ID but another credential is refused,
+    // and the refusal names the file.
+    let forged = dir.path().join("forged.owner");
+    let text = std::fs::read_to_string(&created.owner_file).unwrap();
+    let other = OwnerSecret::generate(&mut rand::rng());
+    std::fs::write(&forged, text.replace(&created.owner, other.expose())).unwrap();
+    let refused = xlreg(&[
+        "cluster",
+        "close",
+        "web",
+        "--owner-file",
+        s(&forged),
+        "--regcred",
+        s(regcred),
+    ]);
+    assert_eq!(refused.status.code(), Some(5), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("refused the owner file"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!stderr(&refused).contains(other.expose()));
+
     // The list-only token lists.
     let listed = xlreg(&[
         "cluster",

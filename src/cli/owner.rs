@@ -12,6 +12,7 @@
 //! owner: <32 characters of a-z2-7>
 //! ```
 
+use std::future::Future;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,13 @@ use anyhow::Context as _;
 use super::cluster::{connect_and, RegistryArgs};
 use super::exit::{CliError, Failure};
 use super::output::{cluster_info_json, print_json};
-use crate::client::{self, ClusterOwner, TokenInfo, TokenTerms, USAGE_JOIN, USAGE_LIST};
+use crate::client::{
+    self, Client, ClientError, ClusterOwner, TokenInfo, TokenTerms, USAGE_JOIN, USAGE_LIST,
+};
 use crate::id::Id;
 use crate::join_string::JoinString;
 use crate::model::admission::{check_token_id, JoinTokenSecret, OwnerSecret};
+use crate::proto::ErrCode;
 use crate::regcred::RegCred;
 use crate::store::ClusterRef;
 
@@ -169,6 +173,34 @@ pub struct OwnerArgs {
 }
 
 impl OwnerArgs {
+    /// Runs `session` against the registry ([`connect_and`]); a refused owner proof is
+    /// explained in terms of the owner file.
+    async fn session<T, F, Fut>(&self, file: &OwnerFile, session: F) -> anyhow::Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        connect_and(&self.registry, session).await.map_err(|error| {
+            let refused = matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::Refused {
+                    code: Some(ErrCode::Unauthorized),
+                    ..
+                })
+            );
+            if refused {
+                error.context(format!(
+                    "the registry refused the owner file {} for cluster {}: it does not hold \
+                     the cluster's owner credential (or the cluster was deleted)",
+                    self.owner_file.display(),
+                    file.name
+                ))
+            } else {
+                error
+            }
+        })
+    }
+
     /// The owner file, checked against the cluster named.
     fn owner(&self) -> anyhow::Result<OwnerFile> {
         let target = crate::validate::cluster_ref(&self.cluster)?;
@@ -262,26 +294,28 @@ async fn token_create(args: TokenCreateArgs, json: bool) -> anyhow::Result<ExitC
     let token = JoinTokenSecret::generate(&mut rand::rng());
     let owner = &file.owner;
     let attempts = std::sync::atomic::AtomicU32::new(0);
-    let info = connect_and(&args.owner.registry, |mut client| {
-        let (token, attempts) = (&token, &attempts);
-        async move {
-            let retry = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
-            let info = match client.mint_token(owner, token, &terms).await {
-                Ok(info) => info,
-                // A retry after a lost reply finds the token minted: on a retry, a Conflict
-                // on this fresh random tid means the first attempt stored it (the registry
-                // closes the session after an Error: no Bye).
-                Err(client::ClientError::Refused {
-                    code: Some(crate::proto::ErrCode::Conflict),
-                    ..
-                }) if retry => return Ok(None),
-                Err(error) => return Err(error),
-            };
-            client.bye().await?;
-            Ok(Some(info))
-        }
-    })
-    .await?;
+    let info = args
+        .owner
+        .session(&file, |mut client| {
+            let (token, attempts) = (&token, &attempts);
+            async move {
+                let retry = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+                let info = match client.mint_token(owner, token, &terms).await {
+                    Ok(info) => info,
+                    // A retry after a lost reply finds the token minted: on a retry, a Conflict
+                    // on this fresh random tid means the first attempt stored it (the registry
+                    // closes the session after an Error: no Bye).
+                    Err(ClientError::Refused {
+                        code: Some(ErrCode::Conflict),
+                        ..
+                    }) if retry => return Ok(None),
+                    Err(error) => return Err(error),
+                };
+                client.bye().await?;
+                Ok(Some(info))
+            }
+        })
+        .await?;
     let info = match info {
         Some(info) => info,
         None => listed_token(&args.owner.registry, owner, token.id()).await?,
@@ -325,12 +359,13 @@ async fn listed_token(
 async fn token_list(args: OwnerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let file = args.owner()?;
     let owner = &file.owner;
-    let tokens = connect_and(&args.registry, |mut client| async move {
-        let tokens = client.list_tokens(owner).await?;
-        client.bye().await?;
-        Ok(tokens)
-    })
-    .await?;
+    let tokens = args
+        .session(&file, |mut client| async move {
+            let tokens = client.list_tokens(owner).await?;
+            client.bye().await?;
+            Ok(tokens)
+        })
+        .await?;
     if json {
         print_json(&serde_json::json!({
             "cluster": { "name": file.name, "id": owner.cluster.to_hex() },
@@ -377,12 +412,14 @@ async fn token_revoke(args: TokenRevokeArgs, json: bool) -> anyhow::Result<ExitC
     let file = args.owner.owner()?;
     let owner = &file.owner;
     let tid = &args.tid;
-    let info = connect_and(&args.owner.registry, |mut client| async move {
-        let info = client.revoke_token(owner, tid).await?;
-        client.bye().await?;
-        Ok(info)
-    })
-    .await?;
+    let info = args
+        .owner
+        .session(&file, |mut client| async move {
+            let info = client.revoke_token(owner, tid).await?;
+            client.bye().await?;
+            Ok(info)
+        })
+        .await?;
     if json {
         print_json(&serde_json::json!({ "revoked": token_json(&info) }))?;
     } else {
@@ -399,35 +436,37 @@ pub async fn evict(args: EvictArgs, json: bool) -> anyhow::Result<ExitCode> {
         .then(|| Id::from_hex(&args.member).ok())
         .flatten();
     let member_name = &args.member;
-    let (cluster, member) = connect_and(&args.owner.registry, |mut client| {
-        let by_id = by_id.clone();
-        async move {
-            let member = match by_id {
-                Some(id) => id,
-                None => {
-                    let view = client
-                        .get_cluster_as_owner(owner, None, Duration::ZERO)
-                        .await?;
-                    match view.members.into_iter().find(|m| m.name == *member_name) {
-                        Some(member) => member.id,
-                        None => {
-                            return Ok(Err(CliError::new(
-                                Failure::NotFound,
-                                format!(
-                                    "cluster {} has no member named {member_name:?}",
-                                    view.cluster.name
-                                ),
-                            )))
+    let (cluster, member) = args
+        .owner
+        .session(&file, |mut client| {
+            let by_id = by_id.clone();
+            async move {
+                let member = match by_id {
+                    Some(id) => id,
+                    None => {
+                        let view = client
+                            .get_cluster_as_owner(owner, None, Duration::ZERO)
+                            .await?;
+                        match view.members.into_iter().find(|m| m.name == *member_name) {
+                            Some(member) => member.id,
+                            None => {
+                                return Ok(Err(CliError::new(
+                                    Failure::NotFound,
+                                    format!(
+                                        "cluster {} has no member named {member_name:?}",
+                                        view.cluster.name
+                                    ),
+                                )))
+                            }
                         }
                     }
-                }
-            };
-            let cluster = client.evict(owner, &member).await?;
-            client.bye().await?;
-            Ok(Ok((cluster, member)))
-        }
-    })
-    .await??;
+                };
+                let cluster = client.evict(owner, &member).await?;
+                client.bye().await?;
+                Ok(Ok((cluster, member)))
+            }
+        })
+        .await??;
     if json {
         print_json(&serde_json::json!({
             "evicted": member.to_hex(),
@@ -449,12 +488,13 @@ pub async fn evict(args: EvictArgs, json: bool) -> anyhow::Result<ExitCode> {
 pub async fn close(args: OwnerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let file = args.owner()?;
     let owner = &file.owner;
-    let cluster = connect_and(&args.registry, |mut client| async move {
-        let cluster = client.close_cluster(owner).await?;
-        client.bye().await?;
-        Ok(cluster)
-    })
-    .await?;
+    let cluster = args
+        .session(&file, |mut client| async move {
+            let cluster = client.close_cluster(owner).await?;
+            client.bye().await?;
+            Ok(cluster)
+        })
+        .await?;
     if json {
         print_json(&serde_json::json!({ "closed": cluster_info_json(&cluster) }))?;
     } else {
@@ -472,12 +512,13 @@ pub async fn close(args: OwnerArgs, json: bool) -> anyhow::Result<ExitCode> {
 pub async fn delete(args: OwnerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let file = args.owner()?;
     let owner = &file.owner;
-    let cluster = connect_and(&args.registry, |mut client| async move {
-        let cluster = client.delete_cluster(owner).await?;
-        client.bye().await?;
-        Ok(cluster)
-    })
-    .await?;
+    let cluster = args
+        .session(&file, |mut client| async move {
+            let cluster = client.delete_cluster(owner).await?;
+            client.bye().await?;
+            Ok(cluster)
+        })
+        .await?;
     if json {
         print_json(&serde_json::json!({ "deleted": cluster_info_json(&cluster) }))?;
     } else {
