@@ -699,3 +699,91 @@ async fn hostile_admission_fields_are_refused_without_a_change() {
     s.expect_error("other", ErrCode::NotFound, "no such cluster")
         .await;
 }
+
+#[tokio::test]
+async fn failed_proofs_are_throttled_counted_and_the_registry_stays_responsive() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let cluster = create_owned(&server, "web", 3).await;
+    let member = registered(&server, 1, "member").await;
+    assert_eq!(join_ok(&server, &cluster, &member, &token(FIRST)).await, 0);
+    let guess = token("first1.zzzzzzzzzzzzzzzzzzzzzzzzzz");
+    let n = node(2, "guesser", 1);
+    for attempt in 0..10 {
+        let (mut s, id) = as_node(&server, &n).await;
+        s.send(&join_with(&s, &cluster, &n, &id, &guess))
+            .await
+            .unwrap();
+        s.expect_error(
+            &format!("guess {attempt}"),
+            ErrCode::Unauthorized,
+            "is not valid",
+        )
+        .await;
+    }
+    // The eleventh is refused before its proof is looked at, and says when to retry.
+    let (mut s, id) = as_node(&server, &n).await;
+    s.send(&join_with(&s, &cluster, &n, &id, &token(FIRST)))
+        .await
+        .unwrap();
+    let refused = s.recv().await;
+    assert_eq!(
+        refused.err_kind,
+        Some(ErrCode::Unavailable as i32),
+        "{refused:?}"
+    );
+    let text = refused.err_desc.unwrap();
+    assert!(
+        text.contains("too many failed proofs from this address"),
+        "{text}"
+    );
+    assert!(refused.retry_after_ms.unwrap() > 0);
+    // Requests without proofs are served: a member rejoins, open clusters work.
+    let (mut s, _) = as_node(&server, &member).await;
+    let again = s.call(&by_name(Tag::Join, "web")).await;
+    assert_eq!(again.slot, Some(0), "{again:?}");
+    let metrics = server.metrics_addr();
+    common::wait_for_metric(
+        &metrics,
+        r#"xlreg_admission_failures_total{reason="join_proof"}"#,
+        10.0,
+    );
+    common::wait_for_metric(
+        &metrics,
+        r#"xlreg_admission_failures_total{reason="throttled"}"#,
+        1.0,
+    );
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_at_trace() {
+    let dir = TempDir::new().unwrap();
+    let server = Server::start_with_env(&dir.path().join("data"), &[], &[("RUST_LOG", "trace")]);
+    let cluster = create_owned(&server, "web", 3).await;
+    let n = node(1, "n1", 1);
+    assert_eq!(join_ok(&server, &cluster, &n, &token(FIRST)).await, 0);
+    let (mut s, id) = as_node(&server, &n).await;
+    let bad = token("first1.zzzzzzzzzzzzzzzzzzzzzzzzzz");
+    let attempt = join_with(&s, &cluster, &n, &id, &bad);
+    s.send(&attempt).await.unwrap();
+    s.expect_error("bad", ErrCode::Unauthorized, "is not valid")
+        .await;
+    let log = server.log_text();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "trace logging is on"
+    );
+    let proof = hex::encode(attempt.token_proof.unwrap());
+    for secret in [
+        OWNER,
+        "abcdefghijklmnopqrstuvwxyz",
+        "zzzzzzzzzzzzzzzzzzzzzzzzzz",
+        &proof,
+        &hex::encode(owner().key().verifier()),
+    ] {
+        assert!(!log.contains(secret), "{secret} is in the log");
+    }
+}
