@@ -577,6 +577,7 @@ pub(crate) fn describe_end(
         ),
         Ok(Ending::Protocol) => match outcome {
             Outcome::Bye => (SessionEnd::Bye, "bye".to_string()),
+            Outcome::CredentialsSent => (SessionEnd::Bye, "regcred sent".to_string()),
             Outcome::Refused(code) => (
                 SessionEnd::Refused,
                 format!("refused: {}", code.as_str_name()),

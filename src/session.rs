@@ -93,6 +93,8 @@ pub enum Outcome {
         /// The deadline that passed.
         after_ms: Millis,
     },
+    /// The peer fetched the registry's credentials (docs/protocol.md section 14.10).
+    CredentialsSent,
     /// The peer announced an xlReg/2 frame over the limit.
     FrameTooLarge {
         /// The announced length.

@@ -787,3 +787,40 @@ async fn no_secret_reaches_the_log_at_trace() {
         assert!(!log.contains(secret), "{secret} is in the log");
     }
 }
+
+/// The pin of a registry's credentials (docs/protocol.md section 14.10).
+fn pin_of(cred: &xlreg::regcred::RegCred) -> [u8; 32] {
+    xlreg::model::admission::regcred_pin(
+        cred.id.as_bytes(),
+        cred.comms_key.to_spki_der(),
+        cred.sig_key.to_spki_der(),
+    )
+}
+
+#[tokio::test]
+async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
+    let (_dir, server) = start();
+    let mut conn = common::RawConn::connect(&server.endpoint()).await;
+    conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 1])
+        .await
+        .unwrap();
+    let common::Heard::Frame(text) = conn.hear().await else {
+        panic!("no credentials")
+    };
+    conn.expect_silent_close("after the credentials").await;
+    let fetched = xlreg::regcred::RegCred::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+    assert_eq!(pin_of(&fetched), pin_of(&server.regcred));
+    assert_eq!(fetched, server.regcred);
+    // A session with the fetched keys works (version 3: their signature verified).
+    let mut client = xlreg::client::Client::connect(&fetched, xlreg::client::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(client.version(), 3);
+    client.register(&node(1, "n", 1)).await.unwrap();
+    // Any other 8-byte first frame is closed unanswered.
+    let mut conn = common::RawConn::connect(&server.endpoint()).await;
+    conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 2])
+        .await
+        .unwrap();
+    conn.expect_silent_close("another version").await;
+}
