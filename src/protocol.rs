@@ -65,7 +65,13 @@ pub struct ServerSession {
     decoder: FrameDecoder,
     phase: Phase,
     exchange: Exchange,
+    /// The regCred.dat text a regCred fetch is answered with, if the registry serves it.
+    regcred: Option<Arc<str>>,
 }
+
+/// The first frame of a regCred fetch (docs/protocol.md section 14.10): `"XLRC" || 1`
+/// (u32). No hello has this length (256..512 or 1,140 bytes).
+pub const REGCRED_FETCH: &[u8; 8] = b"XLRC\0\0\0\x01";
 
 impl ServerSession {
     /// A session starting at `now`, awaiting its hello: decrypts with the registry's comms
@@ -86,7 +92,14 @@ impl ServerSession {
             decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
             exchange: Exchange::new(timeouts, now),
+            regcred: None,
         }
+    }
+
+    /// Answers a regCred fetch with `text` (the published regCred.dat).
+    pub fn with_regcred(mut self, text: Arc<str>) -> ServerSession {
+        self.regcred = Some(text);
+        self
     }
 
     /// Also serves xlReg/3 with the registry's static handshake `keys`.
@@ -160,6 +173,17 @@ impl ServerSession {
 
     fn on_frame(&mut self, frame: &[u8], now: Millis) -> Step {
         match &mut self.phase {
+            Phase::AwaitHello if frame == REGCRED_FETCH && self.regcred.is_some() => {
+                // Unauthenticated by design: the client checks the text against its pin.
+                let text = self.regcred.clone().unwrap_or_default();
+                self.exchange.report.outcome = Outcome::CredentialsSent;
+                self.exchange.close();
+                Step::Send {
+                    bytes: frame::encode(text.as_bytes()),
+                    durable: false,
+                    close: true,
+                }
+            }
             Phase::AwaitHello => match self.handshake(frame) {
                 Some((reply, phase)) => {
                     if let Phase::Established { binding, .. } = &phase {

@@ -589,6 +589,24 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// The admission reason of this refusal, for the `xlreg_admission_failures_total`
+    /// metric: `None` for a refusal that is not about admission.
+    pub fn admission_reason(&self) -> Option<&'static str> {
+        match self {
+            Refusal::BadProof { kind, .. } => Some(kind.reason()),
+            Refusal::TokenRefused { problem, .. } => Some(problem.reason()),
+            Refusal::ClusterClosed(_) => Some("closed"),
+            _ => None,
+        }
+    }
+
+    /// Whether this refusal is a failed proof (counted by the throttle).
+    pub fn is_failed_proof(&self) -> bool {
+        matches!(self, Refusal::BadProof { .. })
+    }
+}
+
 /// Which admission proof failed ([`Refusal::BadProof`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProofKind {
