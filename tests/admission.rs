@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::legacy_client::{expect, expect_error, join_by_name, LegacyClient, LegacyMember};
-use common::{init_node, node, stderr, stdout, xlreg, RawSession, Server};
+use common::{
+    http_get, init_node, metric, node, stderr, stdout, wait_for_metric, xlreg, RawSession, Server,
+};
 use xlreg::client::{Client, ClientError, ClusterOwner, TokenTerms, DEFAULT_TIMEOUT, USAGE_JOIN};
 use xlreg::id::Id;
 use xlreg::model::admission::{join_proof_input, JoinTokenSecret, JoiningNode, OwnerSecret};
@@ -243,7 +245,6 @@ async fn a_stranger_with_only_regcred_can_neither_list_nor_join_nor_squat_and_ca
 }
 
 #[test]
-#[ignore = "needs the registry's regCred fetch (docs/protocol.md 14.10), on branch admit"]
 fn a_token_holder_joins_with_the_join_string_alone_and_without_a_token_only_members_rejoin() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
@@ -319,7 +320,6 @@ fn a_token_holder_joins_with_the_join_string_alone_and_without_a_token_only_memb
 }
 
 #[test]
-#[ignore = "needs the registry's regCred fetch (docs/protocol.md 14.10), on branch admit"]
 fn a_join_string_whose_pin_another_registry_fails_is_refused_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let real = Server::start(&dir.path().join("real"), &[]);
@@ -664,11 +664,13 @@ async fn twenty_racers_with_a_five_use_token_on_a_ten_slot_cluster_exactly_five_
 }
 
 #[tokio::test]
-#[ignore = "needs the failed-proof throttle (docs/protocol.md 14.9), on branch admit"]
 async fn brute_force_is_throttled_and_the_server_stays_responsive() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]);
-    let member = node(0, "member", 1);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut member = node(0, "member", 1);
     let (cluster, owner, token) =
         owned_cluster(&server, &member, "guarded", 4, &TokenTerms::default()).await;
     let (mut client, member_id) = registered(&server, &member).await;
@@ -677,6 +679,7 @@ async fn brute_force_is_throttled_and_the_server_stays_responsive() {
         .join_with_token(&target, &cluster.id, &token, &member, &member_id)
         .await
         .unwrap();
+    member.id = Some(member_id.clone());
 
     let guesser = node(1, "guesser", 1);
     let mut throttled = None;
@@ -741,11 +744,19 @@ async fn brute_force_is_throttled_and_the_server_stays_responsive() {
             .await,
     );
     assert_eq!(throttled.0, Some(ErrCode::Unavailable), "{}", throttled.1);
-    let text = server.log_text();
-    assert!(
-        text.contains("join_proof") || text.contains("throttled"),
-        "{text}"
+    // Counted by reason: ten failed join proofs, then the throttled requests.
+    let metrics = server.metrics_addr();
+    wait_for_metric(
+        &metrics,
+        "xlreg_admission_failures_total{reason=\"join_proof\"}",
+        10.0,
     );
+    let (_, text) = http_get(&metrics, "/metrics");
+    let throttled = metric(
+        &text,
+        "xlreg_admission_failures_total{reason=\"throttled\"}",
+    );
+    assert!(throttled >= Some(2.0), "{text}");
 }
 
 #[tokio::test]
@@ -779,7 +790,6 @@ async fn the_legacy_listener_joins_open_clusters_and_is_refused_on_closed_ones()
 }
 
 #[test]
-#[ignore = "needs the registry's regCred fetch (docs/protocol.md 14.10), on branch admit"]
 fn secrets_appear_in_no_log_line_at_trace() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(&dir.path().join("data"), &[], &[("RUST_LOG", "trace")]);

@@ -17,19 +17,37 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let regcred = s(&server.regcred_path).to_string();
 
+    // As README.md's quickstart: the owner file, and the join string from the
+    // `join token:` line.
+    let owner_file = dir.path().join("trio.owner");
     let created = xlreg(&[
         "cluster",
         "create",
         "trio",
-        "--open",
         "--size",
         "3",
         "--regcred",
         &regcred,
+        "--owner-file",
+        s(&owner_file),
     ]);
     assert!(created.status.success(), "{}", stderr(&created));
-    let cluster_id = stdout(&created).trim().to_string();
+    let printed = stdout(&created);
+    let line = |label: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {printed}"))
+            .trim()
+            .to_string()
+    };
+    let cluster_id = line("cluster:");
     assert_eq!(cluster_id.len(), 64);
+    let join_string = line("join token:");
+    assert!(join_string.starts_with("xlreg1:"), "{join_string}");
+    assert!(std::fs::read_to_string(&owner_file)
+        .unwrap()
+        .contains(&line("owner:")));
 
     let nodes: Vec<_> = (0..3)
         .map(|i| dir.path().join(format!("node{i}")))
@@ -49,15 +67,9 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         .iter()
         .map(|node| {
             std::process::Command::new(common::xlreg_bin())
-                .args([
-                    "cluster",
-                    "join",
-                    "trio",
-                    "--node",
-                    s(node),
-                    "--regcred",
-                    &regcred,
-                ])
+                .args(["cluster", "join", "trio", "--node", s(node)])
+                .env("XLREG_JOIN_TOKEN", &join_string)
+                .env_remove("XLREG_REGCRED")
                 .args(["--wait", "60", "--json"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -71,6 +83,8 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         "trio",
         "--node",
         s(&nodes[2]),
+        "--token",
+        &join_string,
         "--regcred",
         &regcred,
         "--wait",
@@ -106,16 +120,20 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     }
     assert!(members.iter().any(|m| m["id"] == node0_id.as_str()));
 
-    // Members by name and by ID, as a table.
-    for target in ["trio", cluster_id.as_str()] {
+    // Members by name and by ID, as a table: as a member, and as the owner.
+    for (target, who, credential) in [
+        ("trio", "--node", s(&nodes[0])),
+        (cluster_id.as_str(), "--node", s(&nodes[0])),
+        ("trio", "--owner-file", s(&owner_file)),
+    ] {
         let listed = xlreg(&[
             "cluster",
             "members",
             target,
             "--regcred",
             &regcred,
-            "--node",
-            s(&nodes[0]),
+            who,
+            credential,
         ]);
         assert!(listed.status.success(), "{}", stderr(&listed));
         let text = stdout(&listed);
