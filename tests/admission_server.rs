@@ -420,6 +420,27 @@ async fn the_owner_evicts_a_member_and_a_new_node_takes_the_freed_slot() {
         join_ok(&server, &cluster, &node(3, "c", 1), &token(FIRST)).await,
         0
     );
+    // Listed in slot order: c (slot 0) before b (slot 1).
+    let mut s = RawSession::open(&server).await;
+    let listed = s
+        .call(&owner_msg(
+            &s,
+            Tag::GetCluster,
+            OwnerOp::Get,
+            &cluster,
+            b"",
+            b"",
+        ))
+        .await;
+    let names: Vec<_> = listed
+        .tokens
+        .iter()
+        .map(|t| t.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        (names, listed.which),
+        (vec!["c".to_string(), "b".to_string()], Some(0b11))
+    );
     // The evicted node is a stranger now.
     let (mut s, _) = as_node(&server, &a).await;
     s.send(&get_by_id(&cluster)).await.unwrap();
@@ -823,4 +844,36 @@ async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
         .await
         .unwrap();
     conn.expect_silent_close("another version").await;
+}
+
+#[tokio::test]
+async fn legacy_clients_join_open_clusters_and_are_refused_on_admission_controlled_ones() {
+    use common::legacy_client::{
+        create_msg, expect, expect_error, get_msg, join_by_id, LegacyClient, LegacyMember,
+    };
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--legacy-listen", "127.0.0.1:0"]);
+    let cred = xlreg::regcred::RegCred::read(data.join("legacy").join("regCred.dat")).unwrap();
+    let closed = create_owned(&server, "web", 3).await;
+    // A 1.9 client creates an open cluster and joins it.
+    let go = LegacyMember::new(1, "go");
+    let mut c = LegacyClient::connect(&cred).await;
+    c.member(&go).await;
+    let created = expect(c.call(&create_msg("pub", 3)).await, Tag::CreateReply);
+    let open = created.cluster_id.unwrap();
+    expect(c.call(&join_by_id(&open)).await, Tag::JoinReply);
+    expect(c.call(&get_msg(&open, u64::MAX)).await, Tag::ClusterMembers);
+    // The admission-controlled cluster is a stranger's to it: not listed...
+    let reply = c.call(&get_msg(&closed, u64::MAX)).await;
+    expect_error(&mut c, reply, "no such cluster").await;
+    // ...not joined, and its name not taken over.
+    let mut c = LegacyClient::connect(&cred).await;
+    c.member(&go).await;
+    let reply = c.call(&join_by_id(&closed)).await;
+    expect_error(&mut c, reply, "no such cluster").await;
+    let mut c = LegacyClient::connect(&cred).await;
+    c.member(&go).await;
+    let reply = c.call(&create_msg("web", 3)).await;
+    expect_error(&mut c, reply, "cluster name web is taken").await;
 }

@@ -508,14 +508,19 @@ pub fn join(
                 return Err(too_few(&c));
             }
             let slot = c.next_slot();
-            c.members.push(MemberRecord {
-                slot,
-                node_id: node.id.clone(),
-                name: node.name.clone(),
-                attrs: node.attrs,
-                endpoints: node.endpoints.clone(),
-                joined_at_ms: now_ms,
-            });
+            // Members stay in slot order (a freed slot may be below the others).
+            let at = c.members.partition_point(|m| m.slot < slot);
+            c.members.insert(
+                at,
+                MemberRecord {
+                    slot,
+                    node_id: node.id.clone(),
+                    name: node.name.clone(),
+                    attrs: node.attrs,
+                    endpoints: node.endpoints.clone(),
+                    joined_at_ms: now_ms,
+                },
+            );
             (slot, false)
         }
     };
