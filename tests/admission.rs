@@ -498,7 +498,6 @@ async fn a_proof_replayed_from_another_session_is_refused() {
 }
 
 #[test]
-#[ignore = "needs GetCluster in slot order after an eviction (admit, QUESTIONS-from-admit2.md point 6)"]
 fn the_owner_evicts_a_member_and_a_new_node_takes_the_freed_slot() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
