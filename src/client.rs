@@ -30,8 +30,8 @@ use crate::token;
 mod admission;
 
 pub use admission::{
-    check_pin, fetch_regcred, pin_of, ClusterOwner, TokenInfo, TokenTerms, REGCRED_REQUEST,
-    USAGE_JOIN, USAGE_LIST,
+    check_pin, fetch_regcred, pin_of, ClusterOwner, TokenInfo, TokenState, TokenTerms,
+    REGCRED_REQUEST, USAGE_JOIN, USAGE_LIST,
 };
 
 /// How long the client waits for a reply beyond any wait it asked the registry for.

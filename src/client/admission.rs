@@ -76,13 +76,44 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
+/// Whether a token admits, and if not, why (the first reason that holds, in the order the
+/// registry checks them: docs/protocol.md section 14.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// It admits (if it has the `join` usage).
+    Valid,
+    /// Revoked by the owner.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// No uses left.
+    UsedUp,
+}
+
+impl TokenState {
+    /// `valid`, `revoked`, `expired` or `used up`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Valid => "valid",
+            TokenState::Revoked => "revoked",
+            TokenState::Expired => "expired",
+            TokenState::UsedUp => "used up",
+        }
+    }
+}
+
 impl TokenInfo {
-    /// Whether the token can admit a node at `now`.
-    pub fn admits_at(&self, now: SystemTime) -> bool {
-        !self.revoked
-            && self.usages & USAGE_JOIN != 0
-            && self.uses_left != Some(0)
-            && self.expires_at.is_none_or(|at| now < at)
+    /// The token's state at `now`.
+    pub fn state_at(&self, now: SystemTime) -> TokenState {
+        if self.revoked {
+            TokenState::Revoked
+        } else if self.expires_at.is_some_and(|at| now >= at) {
+            TokenState::Expired
+        } else if self.uses_left == Some(0) {
+            TokenState::UsedUp
+        } else {
+            TokenState::Valid
+        }
     }
 }
 
@@ -450,4 +481,69 @@ fn token_info(token: &proto::JoinToken) -> Result<TokenInfo, ClientError> {
         uses_left: token.uses_left,
         revoked: token.revoked.unwrap_or(false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_terms_map_to_the_wire_as_the_spec_says() {
+        let token = JoinTokenSecret::parse("k3x9p0.abcdefghijklmnopqrstuvwxyz").unwrap();
+        let default = new_token(&token, &TokenTerms::default());
+        assert_eq!(default.id.as_deref(), Some("k3x9p0"));
+        assert_eq!(default.verifier_key, Some(token.key().verifier().to_vec()));
+        assert_eq!(
+            (default.usages, default.ttl_ms, default.uses),
+            (Some(1), None, None)
+        );
+        let never = new_token(
+            &token,
+            &TokenTerms {
+                usages: USAGE_JOIN | USAGE_LIST,
+                ttl: Some(Duration::ZERO),
+                uses: Some(5),
+            },
+        );
+        assert_eq!(
+            (never.usages, never.ttl_ms, never.uses),
+            (Some(3), Some(0), Some(5))
+        );
+    }
+
+    #[test]
+    fn a_listed_token_says_why_it_does_not_admit() {
+        let listed = token_info(&proto::JoinToken {
+            id: Some("k3x9p0".into()),
+            usages: Some(USAGE_JOIN),
+            expires_at_ms: Some(2_000),
+            created_at_ms: Some(1_000),
+            uses_left: Some(2),
+            ..proto::JoinToken::default()
+        })
+        .unwrap();
+        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(listed.created_at, at(1_000));
+        assert_eq!(listed.state_at(at(1_999)), TokenState::Valid);
+        assert_eq!(listed.state_at(at(2_000)), TokenState::Expired);
+        let used_up = TokenInfo {
+            uses_left: Some(0),
+            ..listed.clone()
+        };
+        assert_eq!(used_up.state_at(at(1_500)), TokenState::UsedUp);
+        let revoked = TokenInfo {
+            revoked: true,
+            ..listed
+        };
+        assert_eq!(revoked.state_at(at(1_500)).as_str(), "revoked");
+        let never = token_info(&proto::JoinToken {
+            id: Some("x".into()),
+            expires_at_ms: Some(0),
+            ..proto::JoinToken::default()
+        })
+        .unwrap();
+        assert_eq!(never.expires_at, None);
+        assert_eq!(never.uses_left, None);
+        assert!(token_info(&proto::JoinToken::default()).is_err());
+    }
 }
