@@ -341,6 +341,37 @@ fn a_join_string_whose_pin_another_registry_fails_is_refused_loudly() {
 }
 
 #[test]
+fn a_join_string_for_a_registry_without_the_credentials_fetch_says_what_to_do() {
+    // What a registry from before section 14.10 does with the fetch's first frame: close
+    // the connection unanswered (a frame of 8 bytes is no hello).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let closer = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut frame = [0u8; 12];
+            std::io::Read::read_exact(&mut stream, &mut frame).unwrap();
+            assert_eq!(&frame[4..], b"XLRC\x00\x00\x00\x01");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let a = node_dir(dir.path(), "node-a", 9001);
+    let join_string = format!(
+        "xlreg1:k3x9p0.abcdefghijklmnopqrstuvwxyz:{}:{}@{endpoint}",
+        "55".repeat(32),
+        "f0".repeat(32)
+    );
+    let refused = join("web", &a, &join_string, None);
+    closer.join().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("give its regCred.dat with --regcred"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
 fn expired_revoked_and_used_up_tokens_are_refused_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);

@@ -412,16 +412,39 @@ pub async fn fetch_regcred(
     dial_timeout: Duration,
     timeout: Duration,
 ) -> Result<RegCred, ClientError> {
-    let stream = dial(endpoint, dial_timeout).await?;
-    let mut conn = Connection::new(stream, MAX_FRAME_LEN.min(MAX_REGCRED_LEN as usize));
-    conn.write_frame(REGCRED_REQUEST, timeout).await?;
-    let reply = read_or_closed(&mut conn, timeout).await?;
-    conn.shutdown().await;
+    // A registry at its connection limit closes a connection on arrival, so a close is
+    // tried once more; a registry from before the fetch existed closes every one.
+    let mut attempts = 0;
+    let reply = loop {
+        attempts += 1;
+        let stream = dial(endpoint, dial_timeout).await?;
+        let mut conn = Connection::new(stream, MAX_FRAME_LEN.min(MAX_REGCRED_LEN as usize));
+        conn.write_frame(REGCRED_REQUEST, timeout).await?;
+        match read_or_closed(&mut conn, timeout).await {
+            Ok(reply) => {
+                conn.shutdown().await;
+                break reply;
+            }
+            Err(ClientError::Closed) if attempts < FETCH_ATTEMPTS => continue,
+            Err(ClientError::Closed) => {
+                return Err(ClientError::Protocol(format!(
+                    "the registry at {endpoint} closed the connection instead of sending its \
+                     credentials (a registry without the regCred fetch of docs/protocol.md \
+                     section 14.10?): give its regCred.dat with --regcred"
+                )))
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let text = std::str::from_utf8(&reply)
         .map_err(|_| ClientError::Protocol("the registry's credentials are not UTF-8".into()))?;
     RegCred::parse(text)
         .map_err(|e| ClientError::Protocol(format!("the registry's credentials: {e}")))
 }
+
+/// How many regCred requests, each on its own connection, must be closed unanswered before
+/// [`fetch_regcred`] gives up.
+const FETCH_ATTEMPTS: u32 = 2;
 
 /// A request with its op only.
 fn owner_request(tag: Tag) -> XlRegMsg {
