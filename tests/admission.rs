@@ -320,6 +320,53 @@ fn a_token_holder_joins_with_the_join_string_alone_and_without_a_token_only_memb
 }
 
 #[test]
+fn creating_again_with_the_same_owner_file_returns_the_cluster_and_a_join_string_that_admits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let first = create(dir.path(), &server.regcred_path, "web", 3, &[]);
+    // The same command again (a script re-run): the owner file's credential is reused.
+    let again = create(dir.path(), &server.regcred_path, "web", 3, &[]);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.owner, first.owner);
+    assert_ne!(again.join, first.join, "a fresh token each time");
+    let a = node_dir(dir.path(), "node-a", 9001);
+    let b = node_dir(dir.path(), "node-b", 9002);
+    assert!(join("web", &a, &first.join, None).status.success());
+    let joined = join("web", &b, &again.join, None);
+    assert!(joined.status.success(), "{}", stderr(&joined));
+    // Without the owner file the name is someone else's: taken.
+    let taken = xlreg(&[
+        "cluster",
+        "create",
+        "web",
+        "--size",
+        "3",
+        "--regcred",
+        s(&server.regcred_path),
+    ]);
+    assert_eq!(taken.status.code(), Some(4), "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("taken"), "{}", stderr(&taken));
+    // An owner file of another cluster is refused before anything is sent.
+    let other = xlreg(&[
+        "cluster",
+        "create",
+        "api",
+        "--size",
+        "3",
+        "--regcred",
+        s(&server.regcred_path),
+        "--owner-file",
+        s(&first.owner_file),
+    ]);
+    assert_eq!(other.status.code(), Some(2), "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("owner file of cluster web"),
+        "{}",
+        stderr(&other)
+    );
+}
+
+#[test]
 fn a_join_string_whose_pin_another_registry_fails_is_refused_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let real = Server::start(&dir.path().join("real"), &[]);

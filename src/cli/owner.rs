@@ -622,6 +622,15 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_owner_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.owner");
+        std::fs::write(&path, "#".repeat(MAX_OWNER_FILE_LEN as usize + 1)).unwrap();
+        let error = OwnerFile::read(&path).unwrap_err();
+        assert!(error.to_string().contains("far larger"), "{error}");
+    }
+
+    #[test]
     fn usages_read_as_words() {
         assert_eq!(usages_text(USAGE_JOIN | USAGE_LIST), "join,list");
         assert_eq!(usages_text(USAGE_LIST), "list");
