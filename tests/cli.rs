@@ -103,6 +103,8 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     assert_eq!(doc["cluster"]["id"], cluster_id.as_str());
     assert_eq!(doc["cluster"]["max_size"], 3);
     assert_eq!(doc["cluster"]["endpoint_count"], 1);
+    assert_eq!(doc["cluster"]["open"], false);
+    assert_eq!(doc["cluster"]["closed"], false);
     let members = doc["members"].as_array().unwrap();
     let mut names: Vec<_> = members
         .iter()
@@ -137,7 +139,10 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         ]);
         assert!(listed.status.success(), "{}", stderr(&listed));
         let text = stdout(&listed);
-        assert!(text.contains("3/3 members"), "{text}");
+        assert!(
+            text.contains("3/3 members, 1 endpoint(s) each, admission-controlled"),
+            "{text}"
+        );
         assert!(text.contains("node-2"), "{text}");
     }
 }
