@@ -7,6 +7,11 @@
 //! [`Client::get_cluster`] and [`Client::bye`] each send one request and read its reply, in
 //! lock-step. Errors say whether retrying may help ([`ClientError::is_retryable`]);
 //! [`retry`] runs a whole session again with backoff until a deadline.
+//!
+//! Admission control (docs/protocol.md section 14) lives in the submodule `admission`:
+//! [`Client::create_owned`], [`Client::join_with_token`], the owner's requests
+//! ([`Client::mint_token`], [`Client::evict`], ...), [`Client::leave`], and
+//! [`Client::dial_pinned`], which reaches a registry from a join string alone.
 
 use std::future::Future;
 use std::time::Duration;
