@@ -21,6 +21,7 @@ use crate::id::Id;
 use crate::join_string::JoinString;
 use crate::model::admission::{JoinTokenSecret, OwnerSecret};
 use crate::node::NodeIdentity;
+use crate::proto::ErrCode;
 use crate::regcred::RegCred;
 use crate::store::ClusterRef;
 
@@ -607,7 +608,20 @@ async fn join(args: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
         },
     );
     let (node_id, view) = tokio::select! {
-        result = session => result?,
+        result = session => result.map_err(|error| {
+            let not_found = matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::Refused { code: Some(ErrCode::NotFound), .. })
+            );
+            if not_found && given.is_none() {
+                error.context(
+                    "without a join token only members and open clusters can be joined: \
+                     give --token JOIN_STRING",
+                )
+            } else {
+                error
+            }
+        })?,
         _ = tokio::signal::ctrl_c() => {
             return Err(CliError::new(
                 Failure::Interrupted,
