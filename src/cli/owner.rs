@@ -630,6 +630,14 @@ mod tests {
         assert!(error.to_string().contains("far larger"), "{error}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_text_makes_the_owner_file_parser_panic(text in "\\PC{0,400}") {
+            let _ = OwnerFile::parse(&text);
+            let _ = OwnerFile::parse(&format!("cluster: web\nid: {}\n{text}", "07".repeat(32)));
+        }
+    }
+
     #[test]
     fn usages_read_as_words() {
         assert_eq!(usages_text(USAGE_JOIN | USAGE_LIST), "join,list");
