@@ -19,7 +19,11 @@
 //! The driver also keeps the registry's rate quotas ([`crate::quota`]): it knows the peer's
 //! address and the session's node, so before a write that may create a cluster or a node it
 //! takes one from the quotas, gives it back if the write created nothing, and refuses a write
-//! that would create something once a quota is used up (`write_within_quota`).
+//! that would create something once a quota is used up (`write_within_quota`). It keeps the
+//! throttle on failed admission proofs the same way ([`crate::quota::ProofThrottle`],
+//! docs/protocol.md 14.9): a write or read carrying a proof is refused before the store sees
+//! it while the peer's or the cluster's bucket is empty (`throttled`), and a failed proof
+//! charges both (`count_admission`, which also counts the admission metrics).
 //!
 //! Dependencies: the driver depends on the cores (through [`crate::session`]), the store and
 //! the registry's shared state; the cores do not depend on it, and neither listener module

@@ -592,6 +592,75 @@ mod tests {
     }
 
     #[test]
+    fn owner_and_token_requests_need_no_member_but_join_and_leave_do() {
+        use crate::model::admission::{list_proof_input, owner_proof_input, OwnerOp};
+        let store = Store::temporary().unwrap();
+        let owner = crate::model::admission::OwnerSecret::parse("abcdefghijklmnopqrstuvwxyz234567")
+            .unwrap()
+            .key();
+        // An owner request before Member goes to the store (as a write), bound to the salt.
+        let (mut session, peer) = connect(&store);
+        let input = owner_proof_input(&peer.keys.server_salt, OwnerOp::Close, &[5; 32], b"", b"");
+        let close = XlRegMsg {
+            cluster_id: Some(vec![5; 32]),
+            owner_sig: Some(owner.sign(&input).to_vec()),
+            ..op(Tag::CloseCluster)
+        };
+        let mut peer = peer;
+        let frame = peer.cipher.seal(&close.encode_to_vec());
+        session.on_bytes(&frame::encode(&frame));
+        let Some(Step::Write(Write::Owner { proof, .. })) = session.poll(NOW) else {
+            panic!("CloseCluster should ask for a write")
+        };
+        assert_eq!(proof.binding, peer.keys.server_salt.to_vec());
+        // A GetCluster with a list proof before Member asks for a guarded read.
+        let (mut session, mut peer) = connect(&store);
+        let tid = "abc123";
+        let get = XlRegMsg {
+            cluster_id: Some(vec![5; 32]),
+            token_id: Some(tid.into()),
+            token_proof: Some(
+                owner
+                    .sign(&list_proof_input(&peer.keys.server_salt, &[5; 32], tid))
+                    .to_vec(),
+            ),
+            ..op(Tag::GetCluster)
+        };
+        let frame = peer.cipher.seal(&get.encode_to_vec());
+        session.on_bytes(&frame::encode(&frame));
+        assert!(matches!(
+            session.poll(NOW),
+            Some(Step::Read(Read::ClusterWithProof(_)))
+        ));
+        // Join and Leave before Member: InvalidState.
+        for tag in [Tag::Join, Tag::Leave] {
+            let (mut session, mut peer) = connect(&store);
+            let (reply, close) = request(&store, &mut session, &mut peer, &op(tag));
+            assert_eq!(
+                reply.err_kind,
+                Some(ErrCode::InvalidState as i32),
+                "{tag:?}"
+            );
+            assert!(close);
+        }
+    }
+
+    #[test]
+    fn a_regcred_fetch_is_answered_only_when_the_registry_serves_one() {
+        let store = Store::temporary().unwrap();
+        let mut session = new_session().with_regcred("regCred {\n}\n".into());
+        let (text, close) = sent(feed(&store, &mut session, REGCRED_FETCH));
+        assert_eq!((text.as_slice(), close), (&b"regCred {\n}\n"[..], true));
+        assert_eq!(session.report().outcome, Outcome::CredentialsSent);
+        // Without the text to serve, the frame is a bad hello: closed without a word.
+        let mut session = new_session();
+        assert!(matches!(
+            feed(&store, &mut session, REGCRED_FETCH),
+            Some(Step::Close)
+        ));
+    }
+
+    #[test]
     fn a_get_cluster_asks_for_a_read_and_answers_from_it() {
         let store = Store::temporary().unwrap();
         let (mut session, mut peer) = connect(&store);

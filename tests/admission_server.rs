@@ -877,3 +877,37 @@ async fn legacy_clients_join_open_clusters_and_are_refused_on_admission_controll
     let reply = c.call(&create_msg("web", 3)).await;
     expect_error(&mut c, reply, "cluster name web is taken").await;
 }
+
+#[tokio::test]
+async fn the_operator_sees_policy_and_tokens_but_no_secret() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    create_owned(&server, "web", 3).await;
+    let out = common::xlreg(&[
+        "admin",
+        "cluster",
+        "web",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let text = common::stdout(&out);
+    assert!(out.status.success(), "{text}{}", common::stderr(&out));
+    assert!(
+        text.contains("policy: admission-controlled, owner set"),
+        "{text}"
+    );
+    assert!(text.contains("token first1: join, expires "), "{text}");
+    assert!(!text.contains("abcdefghijklmnopqrstuvwxyz"), "{text}");
+    let out = common::xlreg(&[
+        "admin",
+        "cluster",
+        "web",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(json["admission"]["open"], false);
+    assert_eq!(json["admission"]["tokens"][0]["id"], "first1");
+}

@@ -150,7 +150,9 @@ pub struct ExportedToken {
     pub revoked: bool,
 }
 
-fn exported_admission(a: Admission) -> Option<ExportedAdmission> {
+/// The exported form of a cluster's admission state (also what `admin cluster` shows);
+/// `None` for an open cluster without owner.
+pub(crate) fn exported_admission(a: Admission) -> Option<ExportedAdmission> {
     (a != Admission::open()).then(|| ExportedAdmission {
         owner_key: hex::encode(&a.owner_key),
         open: a.open,

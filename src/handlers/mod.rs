@@ -1,11 +1,14 @@
 //! The request handlers: what each request does to the registry, independent of the wire.
 //!
-//! One file per request (member, create, join, get_cluster, bye), after mini-redis's `cmd/`.
-//! A handler checks the decoded message against the session's small [`SessionState`] and
-//! says what to do: the [`Write`](crate::store::Write) to apply (member, create, join; the reply is built by
-//! [`finish`] from what the store did) or the cluster to read (get_cluster; the reply is
-//! built from what was read), or a [`HandlerError`] that the session core turns into an
-//! Error message. Handlers own no store handle, no clock (the time comes in as an argument)
+//! One file per request (member, create, join, get_cluster, bye; and for admission,
+//! docs/protocol.md section 14: tokens (MintToken, RevokeToken), evict, close, delete,
+//! leave), after mini-redis's `cmd/`. A handler checks the decoded message against the
+//! session's small [`SessionState`] and says what to do: the [`Write`](crate::store::Write)
+//! to apply (the reply is built by [`finish`] from what the store did) or the cluster to read
+//! (get_cluster, and ListTokens through it; the reply is built from what was read), or a
+//! [`HandlerError`] that the session core turns into an Error message. This module also owns
+//! reading the admission fields every request shares: the owner proof, a token proof, a new
+//! token's spec, each bound to the session's binding. Handlers own no store handle, no clock (the time comes in as an argument)
 //! and no state of their own, so both wire protocols (xlReg/2 and the 1.9 legacy wire) share
 //! them, and they are testable without sockets, stores or clocks.
 
