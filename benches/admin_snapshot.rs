@@ -36,6 +36,7 @@ fn populate(store: &Store, nodes: usize) {
             let (c, _) = store
                 .create_cluster(
                     NewCluster {
+                        admission: Default::default(),
                         name: format!("cluster-{}", i / 8),
                         attrs: 0,
                         max_size: 8,

@@ -151,11 +151,48 @@ fn token_verify(c: &mut Criterion) {
     });
 }
 
+/// Admission proofs (docs/protocol.md section 14): what a join with a token costs the
+/// registry (one Ed25519 verification, inside the join's transaction) and the client (the
+/// HKDF derivation and a signature).
+fn admission_proofs(c: &mut Criterion) {
+    use xlreg::model::admission::{join_proof_input, verify, JoinTokenSecret, JoiningNode};
+    let comms = RsaKeyPair::generate(2048).unwrap();
+    let sig = RsaKeyPair::generate(2048).unwrap();
+    let endpoints = vec!["10.1.2.3:9000".to_string(), "10.1.2.3:9001".to_string()];
+    let node = JoiningNode {
+        id: &[7; 32],
+        comms_key: comms.public_key().to_spki_der(),
+        sig_key: sig.public_key().to_spki_der(),
+        endpoints: &endpoints,
+    };
+    let token = JoinTokenSecret::parse("k3x9p0.abcdefghijklmnopqrstuvwxyz").unwrap();
+    let key = token.key();
+    let verifier = key.verifier();
+    let input = join_proof_input(&[3; 32], &[5; 32], token.id(), &node);
+    let proof = key.sign(&input);
+    let mut group = c.benchmark_group("admission proofs");
+    group.bench_function("registry: join proof input and Ed25519 verify", |b| {
+        b.iter(|| {
+            let input = join_proof_input(&[3; 32], &[5; 32], token.id(), black_box(&node));
+            assert!(verify(&verifier, &input, black_box(&proof)))
+        })
+    });
+    group.bench_function(
+        "client: derive the token key (HKDF-SHA256, Ed25519 seed)",
+        |b| b.iter(|| black_box(&token).key().verifier()),
+    );
+    group.bench_function("client: sign a join proof", |b| {
+        b.iter(|| key.sign(black_box(&input)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     handshake,
     handshake_v2_vs_v3,
     session_cipher,
-    token_verify
+    token_verify,
+    admission_proofs
 );
 criterion_main!(benches);

@@ -50,6 +50,7 @@ fn setup(store: &Store, joiners: usize, rounds: usize) -> (Vec<NodeRecord>, Vec<
     let clusters = (0..rounds)
         .map(|r| {
             let new = NewCluster {
+                admission: Default::default(),
                 name: format!("round-{r}"),
                 attrs: 0,
                 max_size: 64,
@@ -92,6 +93,7 @@ fn measure(mode: Mode, joiners: usize, rounds: usize) -> (f64, LatencySummary) {
                         let cluster = ClusterRef::Id(cluster.clone());
                         if let Mode::Batch | Mode::BatchFlushOnly = mode {
                             let write = Write::Join {
+                                token: None,
                                 cluster,
                                 node: node.id.clone(),
                                 now_ms: 2,

@@ -41,6 +41,7 @@ fn populate(dir: &Path, clusters: usize, members: usize) {
     let started = Instant::now();
     for c in 0..clusters {
         let new = NewCluster {
+            admission: Default::default(),
             name: format!("cluster-{c}"),
             attrs: 0,
             max_size: members as u32,

@@ -25,6 +25,7 @@ fn node(store: &Store, i: usize) -> NodeRecord {
 
 fn cluster(store: &Store, name: &str, size: u32) -> Id {
     let new = NewCluster {
+        admission: Default::default(),
         name: name.into(),
         attrs: 0,
         max_size: size,
@@ -83,7 +84,7 @@ fn member_list(c: &mut Criterion) {
         "GetCluster of a 64-member cluster: read, build and encode",
         |b| {
             b.iter(|| {
-                let get = get_cluster::request(&state, black_box(&request)).unwrap();
+                let get = get_cluster::request(&state, black_box(&request), 0).unwrap();
                 let view = store.cluster_view(&get.target).unwrap();
                 match get_cluster::answer(&get, view, false).unwrap() {
                     get_cluster::GetOutcome::Ready(reply) => reply.encode_to_vec(),

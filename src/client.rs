@@ -7,6 +7,11 @@
 //! [`Client::get_cluster`] and [`Client::bye`] each send one request and read its reply, in
 //! lock-step. Errors say whether retrying may help ([`ClientError::is_retryable`]);
 //! [`retry`] runs a whole session again with backoff until a deadline.
+//!
+//! Admission control (docs/protocol.md section 14) lives in the submodule `admission`:
+//! [`Client::create_owned`], [`Client::join_with_token`], the owner's requests
+//! ([`Client::mint_token`], [`Client::evict`], ...), [`Client::leave`], and
+//! [`Client::dial_pinned`], which reaches a registry from a join string alone.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,6 +31,13 @@ use crate::session_crypto::{
 };
 use crate::store::ClusterRef;
 use crate::token;
+
+mod admission;
+
+pub use admission::{
+    check_pin, fetch_regcred, pin_of, ClusterOwner, TokenInfo, TokenState, TokenTerms,
+    REGCRED_REQUEST, USAGE_JOIN, USAGE_LIST,
+};
 
 /// How long the client waits for a reply beyond any wait it asked the registry for.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -98,6 +110,20 @@ pub enum ClientError {
     /// file, or a registry from before xlReg/3): fetch the registry's current one.
     #[error("this regCred.dat has no xlReg/3 handshake keys; use protocol 2 or fetch the registry's current regCred.dat")]
     NoV3Keys,
+    /// The credentials fetched from an endpoint are not the registry a join string pins:
+    /// something else answers there (a wrong address, or an impostor).
+    #[error(
+        "the registry at {endpoint} is not the one this join string pins (pin {expected}, \
+         found {found}): refusing to talk to it"
+    )]
+    PinMismatch {
+        /// The endpoint dialled.
+        endpoint: String,
+        /// The pin the join string carries.
+        expected: String,
+        /// The pin of the credentials the endpoint sent.
+        found: String,
+    },
 }
 
 impl ClientError {
@@ -116,6 +142,7 @@ impl ClientError {
             | ClientError::Handshake(_)
             | ClientError::Protocol(_)
             | ClientError::NoV3Keys
+            | ClientError::PinMismatch { .. }
             | ClientError::Crypto(_) => false,
         }
     }
@@ -136,6 +163,11 @@ pub struct ClusterInfo {
     pub attrs: u64,
     /// Members currently in the cluster.
     pub size: u32,
+    /// Admits anyone (no join token needed): created `--open`, or by a client from before
+    /// admission control (docs/protocol.md section 14).
+    pub open: bool,
+    /// Closed to new members by its owner.
+    pub closed: bool,
 }
 
 /// One member of a cluster.
@@ -537,6 +569,8 @@ pub fn cluster_info(reply: &XlRegMsg) -> Result<ClusterInfo, ClientError> {
         endpoint_count: reply.end_point_count.unwrap_or(0),
         attrs: reply.cluster_attrs.unwrap_or(0),
         size: reply.cluster_size.unwrap_or(0),
+        open: reply.open.unwrap_or(true),
+        closed: reply.closed.unwrap_or(false),
     })
 }
 

@@ -19,7 +19,11 @@
 //! The driver also keeps the registry's rate quotas ([`crate::quota`]): it knows the peer's
 //! address and the session's node, so before a write that may create a cluster or a node it
 //! takes one from the quotas, gives it back if the write created nothing, and refuses a write
-//! that would create something once a quota is used up (`write_within_quota`).
+//! that would create something once a quota is used up (`write_within_quota`). It keeps the
+//! throttle on failed admission proofs the same way ([`crate::quota::ProofThrottle`],
+//! docs/protocol.md 14.9): a write or read carrying a proof is refused before the store sees
+//! it while the peer's or the cluster's bucket is empty (`throttled`), and a failed proof
+//! charges both (`count_admission`, which also counts the admission metrics).
 //!
 //! Dependencies: the driver depends on the cores (through [`crate::session`]), the store and
 //! the registry's shared state; the cores do not depend on it, and neither listener module
@@ -40,9 +44,9 @@ use crate::connection::ConnectionError;
 use crate::frame::FrameError;
 use crate::id::Id;
 use crate::metrics::{Metrics, SessionEnd};
-use crate::model::{ClusterRef, Registration, RegistrationOutcome, Write, Written};
+use crate::model::{ClusterRef, Refusal, Registration, RegistrationOutcome, Write, Written};
 use crate::proto::ErrCode;
-use crate::quota::{Charge, QuotaConfig, QuotaKind, Quotas};
+use crate::quota::{Charge, ProofThrottle, QuotaConfig, QuotaKind, Quotas};
 use crate::registry::Registry;
 use crate::session::{
     Millis, Outcome, Read, ReadResult, SessionCore, SessionReport, Step, Timeouts,
@@ -176,6 +180,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct QuotaGate {
     quotas: Quotas,
+    /// The throttle on failed admission proofs (docs/protocol.md 14.9).
+    proofs: ProofThrottle,
     epoch: Instant,
 }
 
@@ -184,6 +190,7 @@ impl QuotaGate {
     pub(crate) fn new(config: &QuotaConfig) -> QuotaGate {
         QuotaGate {
             quotas: Quotas::new(config),
+            proofs: ProofThrottle::default(),
             epoch: Instant::now(),
         }
     }
@@ -289,7 +296,11 @@ async fn drive<C: SessionCore>(
                 }
                 Step::Write(request) => {
                     let node = core.report().node().cloned();
-                    let result = write_within_quota(shared, peer, node.as_ref(), request).await;
+                    let proved = request.proof_target().cloned();
+                    let result = match throttled(shared, peer, proved.as_ref()) {
+                        Some(refusal) => Err(NotWritten::from(StoreError::Refused(refusal))),
+                        None => write_within_quota(shared, peer, node.as_ref(), request).await,
+                    };
                     if let Err(refused) = &result {
                         if let Some(kind) = refused.quota {
                             *over_quota = true;
@@ -299,10 +310,19 @@ async fn drive<C: SessionCore>(
                         }
                     }
                     core.on_written(result.map_err(|refused| refused.error), clock.now());
+                    count_admission(shared, core.report(), peer, proved.as_ref());
                 }
                 Step::Read(request) => {
-                    let result = read(&*registry.store, request).await;
+                    let proved = match &request {
+                        Read::ClusterWithProof(target) => Some(target.clone()),
+                        Read::Cluster(_) => None,
+                    };
+                    let result = match throttled(shared, peer, proved.as_ref()) {
+                        Some(refusal) => Err(StoreError::Refused(refusal)),
+                        None => read(&*registry.store, request).await,
+                    };
                     core.on_read(result, clock.now());
+                    count_admission(shared, core.report(), peer, proved.as_ref());
                 }
                 Step::Watch(cluster) => changes = Some(registry.store.watch_cluster(&cluster)),
             }
@@ -367,7 +387,40 @@ fn is_stopping(stop: &watch::Receiver<bool>) -> bool {
 /// every session.
 async fn read(store: &dyn SessionStore, request: Read) -> ReadResult {
     match request {
-        Read::Cluster(target) => store.read_cluster(target).await,
+        Read::Cluster(target) | Read::ClusterWithProof(target) => {
+            Ok(store.read_cluster(target).await?)
+        }
+    }
+}
+
+/// The refusal of a request from `peer` carrying a proof about `proved`, while failed
+/// proofs from that address or about that cluster are throttled (counted in the metrics).
+fn throttled(shared: &Shared, peer: IpAddr, proved: Option<&ClusterRef>) -> Option<Refusal> {
+    let gate = &*shared.quotas;
+    let refusal = gate.proofs.check(peer, proved?, gate.now()).err()?;
+    if let Some(metrics) = shared.metrics.as_deref() {
+        metrics.admission_failed("throttled");
+    }
+    Some(refusal)
+}
+
+/// Counts an admission refusal the session just got (its metric; a failed proof about
+/// `proved` also charges the throttle). A refusal ends the session, so this counts once.
+fn count_admission(
+    shared: &Shared,
+    report: &SessionReport,
+    peer: IpAddr,
+    proved: Option<&ClusterRef>,
+) {
+    let Some((reason, failed_proof)) = report.admission_failure else {
+        return;
+    };
+    if let Some(metrics) = shared.metrics.as_deref() {
+        metrics.admission_failed(reason);
+    }
+    if let (true, Some(cluster)) = (failed_proof, proved) {
+        let gate = &*shared.quotas;
+        gate.proofs.failed(peer, cluster, gate.now());
     }
 }
 
@@ -466,7 +519,7 @@ async fn would_create(store: &dyn SessionStore, request: &Write) -> Result<bool,
             None => true,
             Some(id) => store.read_node(id.clone()).await?.is_none(),
         },
-        Write::Join { .. } => false,
+        Write::Join { .. } | Write::Owner { .. } | Write::Leave { .. } => false,
     })
 }
 
@@ -481,7 +534,9 @@ pub fn poll_applying<C: SessionCore + ?Sized>(
 ) -> Option<Step> {
     loop {
         match core.poll(now)? {
-            Step::Read(Read::Cluster(target)) => core.on_read(store.cluster_view(&target), now),
+            Step::Read(Read::Cluster(target) | Read::ClusterWithProof(target)) => {
+                core.on_read(store.cluster_view(&target).map_err(StoreError::from), now)
+            }
             Step::Write(request) => core.on_written(store.apply_now(&request), now),
             step => return Some(step),
         }
@@ -526,6 +581,7 @@ pub(crate) fn describe_end(
         ),
         Ok(Ending::Protocol) => match outcome {
             Outcome::Bye => (SessionEnd::Bye, "bye".to_string()),
+            Outcome::CredentialsSent => (SessionEnd::Bye, "regcred sent".to_string()),
             Outcome::Refused(code) => (
                 SessionEnd::Refused,
                 format!("refused: {}", code.as_str_name()),

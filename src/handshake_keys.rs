@@ -143,6 +143,9 @@ pub struct RotationReport {
 struct Publication {
     path: PathBuf,
     cred: RegCred,
+    /// The file's text as last written: what a regCred fetch is answered with
+    /// (docs/protocol.md section 14.10).
+    text: Arc<str>,
 }
 
 /// The key sets a registry serves, swapped atomically on rotation and expiry.
@@ -224,7 +227,14 @@ impl HandshakeKeyRing {
         *self.lock_changes() = Some(Publication {
             path: path.to_path_buf(),
             cred: cred.clone(),
+            text: cred.to_text().into(),
         });
+    }
+
+    /// The text of the regCred.dat published last (current after rotations), if any: what
+    /// the registry answers a regCred fetch with.
+    pub fn published_text(&self) -> Option<Arc<str>> {
+        self.lock_changes().as_ref().map(|p| p.text.clone())
     }
 
     /// Rewrites the published regCred.dat, if any, for the sets served at `now_ms`.
@@ -238,6 +248,7 @@ impl HandshakeKeyRing {
         };
         self.fill(&mut publication.cred, now_ms);
         publication.cred.write(&publication.path)?;
+        publication.text = publication.cred.to_text().into();
         Ok(Some(publication.path.clone()))
     }
 

@@ -13,6 +13,7 @@
 //! - **core**, pure and clock-free, deciding what every message means: [`frame`]
 //!   (length-prefixed frames), [`crypto`] (every primitive), [`session_crypto`] (handshake
 //!   and session cipher), [`token`] (member token signatures), [`validate`] (input rules),
+//!   [`join_string`] (the paste-able join string's text form),
 //!   [`handlers`] (one request per file: they say what to write or read, and build replies
 //!   from the result), and the session cores, deterministic in the manner of quinn-proto (no
 //!   socket, no clock, no store handle, no global randomness; time and an RNG are passed
@@ -62,6 +63,7 @@ pub mod frame;
 pub mod handlers;
 pub mod handshake_keys;
 pub mod id;
+pub mod join_string;
 pub mod legacy;
 pub mod metrics;
 pub mod model;

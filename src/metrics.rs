@@ -175,6 +175,7 @@ pub struct Metrics {
     refused_per_ip: Counter,
     /// Indexed like [`QuotaKind::ALL`].
     quota_refusals: Vec<Counter>,
+    admission_failures: Family<Labels, Counter>,
     accept_errors: Counter,
     connection_limit: Gauge,
     store: StoreGauges,
@@ -298,6 +299,14 @@ impl Metrics {
             "Creates and registrations refused because a --quota-* was used up, by quota",
             quota_family,
         );
+        let admission_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "admission_failures",
+            "Admission refusals (docs/protocol.md 14.9), by reason: join_proof, list_proof, \
+             owner_proof, token_revoked, token_expired, token_usage, token_used_up, closed, \
+             throttled",
+            admission_failures.clone(),
+        );
         let accept_errors = Counter::default();
         registry.register(
             "accept_errors",
@@ -356,6 +365,7 @@ impl Metrics {
             refused_connections,
             refused_per_ip,
             quota_refusals,
+            admission_failures,
             accept_errors,
             connection_limit,
             store,
@@ -385,6 +395,13 @@ impl Metrics {
     /// Counts a write refused because the quota `kind` was used up.
     pub fn quota_refused(&self, kind: QuotaKind) {
         self.quota_refusals[kind.index()].inc();
+    }
+
+    /// Counts an admission refusal for `reason` (a fixed label; never a secret).
+    pub fn admission_failed(&self, reason: &'static str) {
+        self.admission_failures
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Counts a failed accept.

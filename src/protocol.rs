@@ -65,7 +65,13 @@ pub struct ServerSession {
     decoder: FrameDecoder,
     phase: Phase,
     exchange: Exchange,
+    /// The regCred.dat text a regCred fetch is answered with, if the registry serves it.
+    regcred: Option<Arc<str>>,
 }
+
+/// The first frame of a regCred fetch (docs/protocol.md section 14.10): `"XLRC" || 1`
+/// (u32). No hello has this length (256..512 or 1,140 bytes).
+pub const REGCRED_FETCH: &[u8; 8] = b"XLRC\0\0\0\x01";
 
 impl ServerSession {
     /// A session starting at `now`, awaiting its hello: decrypts with the registry's comms
@@ -86,7 +92,14 @@ impl ServerSession {
             decoder: FrameDecoder::new(max_frame),
             phase: Phase::AwaitHello,
             exchange: Exchange::new(timeouts, now),
+            regcred: None,
         }
+    }
+
+    /// Answers a regCred fetch with `text` (the published regCred.dat).
+    pub fn with_regcred(mut self, text: Arc<str>) -> ServerSession {
+        self.regcred = Some(text);
+        self
     }
 
     /// Also serves xlReg/3 with the registry's static handshake `keys`.
@@ -160,8 +173,22 @@ impl ServerSession {
 
     fn on_frame(&mut self, frame: &[u8], now: Millis) -> Step {
         match &mut self.phase {
+            Phase::AwaitHello if frame == REGCRED_FETCH && self.regcred.is_some() => {
+                // Unauthenticated by design: the client checks the text against its pin.
+                let text = self.regcred.clone().unwrap_or_default();
+                self.exchange.report.outcome = Outcome::CredentialsSent;
+                self.exchange.close();
+                Step::Send {
+                    bytes: frame::encode(text.as_bytes()),
+                    durable: false,
+                    close: true,
+                }
+            }
             Phase::AwaitHello => match self.handshake(frame) {
                 Some((reply, phase)) => {
+                    if let Phase::Established { binding, .. } = &phase {
+                        self.exchange.report.state.binding = binding.clone();
+                    }
                     self.phase = phase;
                     self.exchange.report.version = self.version();
                     self.exchange.reply(frame::encode(&reply), false, now)
@@ -214,16 +241,28 @@ impl ServerSession {
                 let prepared = handlers::member::prepare(msg, scheme, now);
                 self.write(prepared)
             }
-            Tag::Create if registered => self.write(handlers::create::prepare(msg, now)),
+            Tag::Create if registered => self.write(handlers::create::prepare(state, msg, now)),
             Tag::Join if registered => {
                 let prepared = handlers::join::prepare(state, msg, now);
                 self.write(prepared)
             }
-            Tag::GetCluster if registered => match get_cluster::request(state, msg) {
+            Tag::GetCluster if registered || get_cluster::has_proof(msg) => {
+                match get_cluster::request(state, msg, now) {
+                    Ok(request) => self.exchange.read(request),
+                    Err(error) => self.handler_error(error),
+                }
+            }
+            Tag::ListTokens => match get_cluster::list_tokens(state, msg, now) {
                 Ok(request) => self.exchange.read(request),
                 Err(error) => self.handler_error(error),
             },
-            Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster => {
+            Tag::MintToken => self.write(handlers::tokens::mint(state, msg, now)),
+            Tag::RevokeToken => self.write(handlers::tokens::revoke(state, msg, now)),
+            Tag::Evict => self.write(handlers::evict::prepare(state, msg, now)),
+            Tag::CloseCluster => self.write(handlers::close::prepare(state, msg, now)),
+            Tag::DeleteCluster => self.write(handlers::delete::prepare(state, msg, now)),
+            Tag::Leave if registered => self.write(handlers::leave::prepare(state, msg)),
+            Tag::Member | Tag::Create | Tag::Join | Tag::GetCluster | Tag::Leave => {
                 let why = if registered {
                     "Member was already sent in this session"
                 } else {
@@ -239,6 +278,8 @@ impl ServerSession {
                 "RegCredRequest is not supported; read regCred.dat".to_string(),
             ),
             Tag::RegCredReply
+            | Tag::TokenList
+            | Tag::Done
             | Tag::MemberOk
             | Tag::CreateReply
             | Tag::JoinReply
@@ -548,6 +589,75 @@ mod tests {
         );
         assert!(matches!(session.poll(NOW), Some(Step::Close)));
         assert_eq!(session.report().outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn owner_and_token_requests_need_no_member_but_join_and_leave_do() {
+        use crate::model::admission::{list_proof_input, owner_proof_input, OwnerOp};
+        let store = Store::temporary().unwrap();
+        let owner = crate::model::admission::OwnerSecret::parse("abcdefghijklmnopqrstuvwxyz234567")
+            .unwrap()
+            .key();
+        // An owner request before Member goes to the store (as a write), bound to the salt.
+        let (mut session, peer) = connect(&store);
+        let input = owner_proof_input(&peer.keys.server_salt, OwnerOp::Close, &[5; 32], b"", b"");
+        let close = XlRegMsg {
+            cluster_id: Some(vec![5; 32]),
+            owner_sig: Some(owner.sign(&input).to_vec()),
+            ..op(Tag::CloseCluster)
+        };
+        let mut peer = peer;
+        let frame = peer.cipher.seal(&close.encode_to_vec());
+        session.on_bytes(&frame::encode(&frame));
+        let Some(Step::Write(Write::Owner { proof, .. })) = session.poll(NOW) else {
+            panic!("CloseCluster should ask for a write")
+        };
+        assert_eq!(proof.binding, peer.keys.server_salt.to_vec());
+        // A GetCluster with a list proof before Member asks for a guarded read.
+        let (mut session, mut peer) = connect(&store);
+        let tid = "abc123";
+        let get = XlRegMsg {
+            cluster_id: Some(vec![5; 32]),
+            token_id: Some(tid.into()),
+            token_proof: Some(
+                owner
+                    .sign(&list_proof_input(&peer.keys.server_salt, &[5; 32], tid))
+                    .to_vec(),
+            ),
+            ..op(Tag::GetCluster)
+        };
+        let frame = peer.cipher.seal(&get.encode_to_vec());
+        session.on_bytes(&frame::encode(&frame));
+        assert!(matches!(
+            session.poll(NOW),
+            Some(Step::Read(Read::ClusterWithProof(_)))
+        ));
+        // Join and Leave before Member: InvalidState.
+        for tag in [Tag::Join, Tag::Leave] {
+            let (mut session, mut peer) = connect(&store);
+            let (reply, close) = request(&store, &mut session, &mut peer, &op(tag));
+            assert_eq!(
+                reply.err_kind,
+                Some(ErrCode::InvalidState as i32),
+                "{tag:?}"
+            );
+            assert!(close);
+        }
+    }
+
+    #[test]
+    fn a_regcred_fetch_is_answered_only_when_the_registry_serves_one() {
+        let store = Store::temporary().unwrap();
+        let mut session = new_session().with_regcred("regCred {\n}\n".into());
+        let (text, close) = sent(feed(&store, &mut session, REGCRED_FETCH));
+        assert_eq!((text.as_slice(), close), (&b"regCred {\n}\n"[..], true));
+        assert_eq!(session.report().outcome, Outcome::CredentialsSent);
+        // Without the text to serve, the frame is a bad hello: closed without a word.
+        let mut session = new_session();
+        assert!(matches!(
+            feed(&store, &mut session, REGCRED_FETCH),
+            Some(Step::Close)
+        ));
     }
 
     #[test]

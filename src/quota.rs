@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::id::Id;
-use crate::model::{Refusal, Write};
+use crate::model::{ClusterRef, Refusal, Write};
 use crate::session::Millis;
 use crate::validate::Invalid;
 
@@ -307,7 +307,7 @@ impl Charge {
                 node: node.cloned(),
             }),
             Write::RegisterNode { .. } => Some(Charge::Registration),
-            Write::Join { .. } => None,
+            Write::Join { .. } | Write::Owner { .. } | Write::Leave { .. } => None,
         }
     }
 }
@@ -319,6 +319,8 @@ enum Key {
     /// The /64 prefix.
     V6([u8; 8]),
     Node(Id),
+    /// A cluster as a request named it (its ID in hex, or its name).
+    Cluster(String),
 }
 
 impl Key {
@@ -508,10 +510,128 @@ impl Quotas {
     }
 }
 
+/// Failed admission proofs allowed per peer address: a burst of 10, then 10 a minute
+/// (docs/protocol.md section 14.9).
+pub const FAILED_PROOFS_PER_IP: Rate = Rate::new_const(10, 60);
+
+/// Failed admission proofs allowed per cluster: a burst of 100, then 100 a minute.
+pub const FAILED_PROOFS_PER_CLUSTER: Rate = Rate::new_const(100, 60);
+
+/// The throttle on failed admission proofs (join, list and owner proofs that do not
+/// verify): two token buckets, per peer address and per cluster as the request names it,
+/// charged only by failures. While either is empty, a request carrying a proof is refused
+/// before its proof is verified. The time passed in is milliseconds on a clock that does
+/// not go back.
+#[derive(Debug)]
+pub struct ProofThrottle {
+    max_tracked: usize,
+    /// Per address, then per cluster.
+    tables: Mutex<[Table; 2]>,
+}
+
+impl ProofThrottle {
+    /// A throttle allowing `per_ip` failures per address and `per_cluster` per cluster,
+    /// tracking at most `max_tracked` keys of each.
+    pub fn new(per_ip: Rate, per_cluster: Rate, max_tracked: usize) -> ProofThrottle {
+        let table = |rate| Table {
+            rate,
+            full_at: HashMap::new(),
+        };
+        ProofThrottle {
+            max_tracked: max_tracked.max(8),
+            tables: Mutex::new([table(per_ip), table(per_cluster)]),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, [Table; 2]> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys(ip: IpAddr, cluster: &ClusterRef) -> [Key; 2] {
+        [Key::address(ip), Key::Cluster(cluster.to_string())]
+    }
+
+    /// Whether a proof from `ip` about `cluster` may be checked at `now`; the refusal
+    /// ([`Refusal::OverQuota`], answered as Unavailable with RetryAfterMs) otherwise.
+    pub fn check(&self, ip: IpAddr, cluster: &ClusterRef, now: Millis) -> Result<(), Refusal> {
+        let now = now.saturating_mul(1000);
+        let tables = self.lock();
+        let [by_ip, by_cluster] = Self::keys(ip, cluster);
+        let (what, wait) = match (
+            tables[0].check(&by_ip, now),
+            tables[1].check(&by_cluster, now),
+        ) {
+            (Ok(()), Ok(())) => return Ok(()),
+            (Err(wait), _) => ("from this address".to_string(), wait),
+            (Ok(()), Err(wait)) => (format!("for cluster {cluster}"), wait),
+        };
+        Err(Refusal::OverQuota {
+            text: format!(
+                "admission: too many failed proofs {what}; try again in {} s",
+                retry_after_s(wait)
+            ),
+            retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Counts a failed proof from `ip` about `cluster` at `now`.
+    pub fn failed(&self, ip: IpAddr, cluster: &ClusterRef, now: Millis) {
+        let now = now.saturating_mul(1000);
+        let mut tables = self.lock();
+        let [by_ip, by_cluster] = Self::keys(ip, cluster);
+        tables[0].take(by_ip, now, self.max_tracked);
+        tables[1].take(by_cluster, now, self.max_tracked);
+    }
+}
+
+impl Default for ProofThrottle {
+    fn default() -> ProofThrottle {
+        ProofThrottle::new(
+            FAILED_PROOFS_PER_IP,
+            FAILED_PROOFS_PER_CLUSTER,
+            DEFAULT_MAX_TRACKED,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn failed_proofs_are_throttled_per_address_and_per_cluster() {
+        let throttle = ProofThrottle::new(
+            Rate::new(2, Duration::from_secs(60)).unwrap(),
+            Rate::new(3, Duration::from_secs(60)).unwrap(),
+            16,
+        );
+        let web = ClusterRef::Name("web".into());
+        let db = ClusterRef::Name("db".into());
+        for _ in 0..2 {
+            assert!(throttle.check(A, &web, 0).is_ok());
+            throttle.failed(A, &web, 0);
+        }
+        let Err(Refusal::OverQuota {
+            text,
+            retry_after_ms,
+        }) = throttle.check(A, &db, 0)
+        else {
+            panic!("the address is throttled")
+        };
+        assert!(text.contains("from this address"), "{text}");
+        assert_eq!(retry_after_ms, 30_000);
+        // Another address may still try web, once more: then web is throttled for all.
+        assert!(throttle.check(B, &web, 0).is_ok());
+        throttle.failed(B, &web, 0);
+        let Err(Refusal::OverQuota { text, .. }) = throttle.check(B, &web, 0) else {
+            panic!("the cluster is throttled")
+        };
+        assert!(text.contains("for cluster web"), "{text}");
+        assert!(throttle.check(B, &db, 0).is_ok());
+        // The buckets refill.
+        assert!(throttle.check(A, &web, 60_000).is_ok());
+    }
 
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));

@@ -199,6 +199,9 @@ impl Server {
                         if let Some(previous) = key_sets.previous_at(now_ms()) {
                             core = core.with_previous_v3(previous.keys.clone());
                         }
+                        if let Some(text) = shared.registry.identity.handshake.published_text() {
+                            core = core.with_regcred(text);
+                        }
                         driver::serve("xlReg/2", core, clock, &shared, stream, peer).await
                     }
                     Wire::Legacy => {

@@ -22,7 +22,7 @@ use crate::handlers::get_cluster::{GetOutcome, GetRequest};
 use crate::handlers::{self, HandlerError, SessionState};
 use crate::id::Id;
 use crate::model::{ClusterRef, Write, Written};
-use crate::model::{ClusterView, StorageError, StoreError};
+use crate::model::{ClusterView, StoreError};
 use crate::proto::{ErrCode, Tag, XlRegMsg};
 
 /// A point in time or a span of it, in milliseconds. The driver passes a clock that never
@@ -63,11 +63,14 @@ pub enum Step {
 pub enum Read {
     /// The cluster with its members and their nodes' records.
     Cluster(ClusterRef),
+    /// As `Cluster`, for a request carrying an admission proof (a list token's or the
+    /// owner's): the driver refuses it while failed proofs are throttled.
+    ClusterWithProof(ClusterRef),
 }
 
 /// The answer to a [`Read::Cluster`]: the cluster with its members' node records, `None` if
-/// there is no such cluster, or a storage failure.
-pub type ReadResult = Result<Option<ClusterView>, StorageError>;
+/// there is no such cluster, a refusal (failed proofs throttled) or a storage failure.
+pub type ReadResult = Result<Option<ClusterView>, StoreError>;
 
 /// How a session ended, as far as the core knows, for the one log line per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,6 +93,8 @@ pub enum Outcome {
         /// The deadline that passed.
         after_ms: Millis,
     },
+    /// The peer fetched the registry's credentials (docs/protocol.md section 14.10).
+    CredentialsSent,
     /// The peer announced an xlReg/2 frame over the limit.
     FrameTooLarge {
         /// The announced length.
@@ -117,6 +122,9 @@ pub struct SessionReport {
     /// and kept for the log line, the only place an operator sees it (1.9 clients never
     /// show it).
     pub refusal: Option<String>,
+    /// The refusal, if the session was refused over admission (docs/protocol.md 14.9):
+    /// its metric reason, and whether it was a failed proof (counted by the throttle).
+    pub admission_failure: Option<(&'static str, bool)>,
 }
 
 impl SessionReport {
@@ -191,6 +199,8 @@ pub(crate) enum WrittenKind {
     Cluster,
     /// A node joined a cluster.
     Joined,
+    /// An owner's change or a leave (never on the 1.9 wire).
+    Admission,
 }
 
 /// A GetCluster reply held until the cluster fills or the wait ends.
@@ -303,8 +313,13 @@ impl Exchange {
     /// Asks the driver for the cluster a GetCluster names.
     pub(crate) fn read(&mut self, request: GetRequest) -> Step {
         let target = request.target.clone();
+        let proved = !matches!(request.asker, crate::model::rules::Asker::Node(_));
         self.pending = Pending::Read(request);
-        Step::Read(Read::Cluster(target))
+        Step::Read(if proved {
+            Read::ClusterWithProof(target)
+        } else {
+            Read::Cluster(target)
+        })
     }
 
     /// Takes the result of the write asked for and queues the reply built from it (sealed
@@ -334,6 +349,7 @@ impl Exchange {
             Written::Node(_) => WrittenKind::Node,
             Written::Cluster(..) => WrittenKind::Cluster,
             Written::Joined(_) => WrittenKind::Joined,
+            Written::Token(..) | Written::Changed(_) => WrittenKind::Admission,
         };
         let reply = handlers::finish(&mut self.report.state, written);
         // The store answers a write only once it (and all it read) is durable.
@@ -387,6 +403,11 @@ impl Exchange {
 
     /// The Error reply (sealed by `seal`) for a refused request; the session closes after it.
     pub(crate) fn handler_error(&mut self, error: HandlerError, seal: Seal<'_>) -> Step {
+        if let HandlerError::Refused(refusal) = &error {
+            self.report.admission_failure = refusal
+                .admission_reason()
+                .map(|reason| (reason, refusal.is_failed_proof()));
+        }
         let (code, description) = error.refusal();
         self.refuse_after(code, description, error.retry_after_ms(), seal)
     }

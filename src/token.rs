@@ -11,6 +11,7 @@
 //! [`verify`] parses and checks a received token; [`sign_v2`] builds one on the client side.
 
 use crate::crypto::{CryptoError, PublicKey, RsaKeyPair};
+use crate::model::admission::put_field;
 use crate::proto::XlRegToken;
 
 /// Domain separator that opens every xlReg/2 token signature input.
@@ -43,12 +44,6 @@ pub struct TokenFields<'a> {
     pub sig_key: &'a [u8],
     /// Endpoints, in order.
     pub endpoints: &'a [String],
-}
-
-fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Every field is bounded by the frame limit (1 MiB), far below u32::MAX.
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
 }
 
 /// The xlReg/2 signature input:

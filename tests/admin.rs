@@ -208,7 +208,7 @@ async fn every_read_command_gives_the_same_output_online_and_offline() {
     // And the output says what the registry holds.
     let info = json(&admin_ok(&["info", "--json"], &dir));
     assert_eq!(info["name"], "xlreg");
-    assert_eq!(info["schema_version"], 1);
+    assert_eq!(info["schema_version"], 2);
     assert_eq!(
         (&info["nodes"], &info["clusters"], &info["members"]),
         (&Value::from(6), &Value::from(3), &Value::from(5))
@@ -720,6 +720,7 @@ fn verify_exits_non_zero_listing_what_is_wrong() {
         joined_at_ms: 0,
     };
     let cluster = ClusterRecord {
+        admission: xlreg::model::Admission::open(),
         id: id(9),
         name: "crowded".into(),
         attrs: 0,
@@ -744,12 +745,13 @@ fn verify_exits_non_zero_listing_what_is_wrong() {
         "is over its maximum (3/2)",
         "is not a registered node",
         "holds two slots",
+        "holds slot 2, beyond its maximum size 2",
         "missing from the name index",
     ] {
         assert!(report.contains(expected), "{expected:?} in {report}");
     }
     assert!(
-        stderr(&out).contains("verify found 4 problem(s)"),
+        stderr(&out).contains("verify found 5 problem(s)"),
         "{}",
         stderr(&out)
     );
@@ -757,5 +759,5 @@ fn verify_exits_non_zero_listing_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     let report = json(&stdout(&out));
     assert_eq!(report["ok"], false);
-    assert_eq!(report["problems"].as_array().unwrap().len(), 4);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 5);
 }

@@ -42,6 +42,7 @@ fn build_registry(dir: &Path, clusters: usize, members: usize) {
     let key = key_pair(0).0.public_key().to_spki_der().to_vec();
     for c in 0..clusters {
         let cluster = NewCluster {
+            admission: Default::default(),
             name: format!("c-{c}"),
             attrs: 0,
             max_size: members as u32 + 2,

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("session_crypto", Layer::Core),
     ("token", Layer::Core),
     ("validate", Layer::Core),
+    ("join_string", Layer::Core),
     ("handlers", Layer::Core),
     ("protocol", Layer::Core),
     ("session", Layer::Core),

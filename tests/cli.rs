@@ -17,6 +17,9 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let regcred = s(&server.regcred_path).to_string();
 
+    // As README.md's quickstart: the owner file, and the join string from the
+    // `join token:` line.
+    let owner_file = dir.path().join("trio.owner");
     let created = xlreg(&[
         "cluster",
         "create",
@@ -25,10 +28,26 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         "3",
         "--regcred",
         &regcred,
+        "--owner-file",
+        s(&owner_file),
     ]);
     assert!(created.status.success(), "{}", stderr(&created));
-    let cluster_id = stdout(&created).trim().to_string();
+    let printed = stdout(&created);
+    let line = |label: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {printed}"))
+            .trim()
+            .to_string()
+    };
+    let cluster_id = line("cluster:");
     assert_eq!(cluster_id.len(), 64);
+    let join_string = line("join token:");
+    assert!(join_string.starts_with("xlreg1:"), "{join_string}");
+    assert!(std::fs::read_to_string(&owner_file)
+        .unwrap()
+        .contains(&line("owner:")));
 
     let nodes: Vec<_> = (0..3)
         .map(|i| dir.path().join(format!("node{i}")))
@@ -48,15 +67,9 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         .iter()
         .map(|node| {
             std::process::Command::new(common::xlreg_bin())
-                .args([
-                    "cluster",
-                    "join",
-                    "trio",
-                    "--node",
-                    s(node),
-                    "--regcred",
-                    &regcred,
-                ])
+                .args(["cluster", "join", "trio", "--node", s(node)])
+                .env("XLREG_JOIN_TOKEN", &join_string)
+                .env_remove("XLREG_REGCRED")
                 .args(["--wait", "60", "--json"])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -70,6 +83,8 @@ fn three_nodes_form_a_cluster_with_the_cli() {
         "trio",
         "--node",
         s(&nodes[2]),
+        "--token",
+        &join_string,
         "--regcred",
         &regcred,
         "--wait",
@@ -88,6 +103,8 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     assert_eq!(doc["cluster"]["id"], cluster_id.as_str());
     assert_eq!(doc["cluster"]["max_size"], 3);
     assert_eq!(doc["cluster"]["endpoint_count"], 1);
+    assert_eq!(doc["cluster"]["open"], false);
+    assert_eq!(doc["cluster"]["closed"], false);
     let members = doc["members"].as_array().unwrap();
     let mut names: Vec<_> = members
         .iter()
@@ -105,20 +122,27 @@ fn three_nodes_form_a_cluster_with_the_cli() {
     }
     assert!(members.iter().any(|m| m["id"] == node0_id.as_str()));
 
-    // Members by name and by ID, as a table.
-    for target in ["trio", cluster_id.as_str()] {
+    // Members by name and by ID, as a table: as a member, and as the owner.
+    for (target, who, credential) in [
+        ("trio", "--node", s(&nodes[0])),
+        (cluster_id.as_str(), "--node", s(&nodes[0])),
+        ("trio", "--owner-file", s(&owner_file)),
+    ] {
         let listed = xlreg(&[
             "cluster",
             "members",
             target,
             "--regcred",
             &regcred,
-            "--node",
-            s(&nodes[0]),
+            who,
+            credential,
         ]);
         assert!(listed.status.success(), "{}", stderr(&listed));
         let text = stdout(&listed);
-        assert!(text.contains("3/3 members"), "{text}");
+        assert!(
+            text.contains("3/3 members, 1 endpoint(s) each, admission-controlled"),
+            "{text}"
+        );
         assert!(text.contains("node-2"), "{text}");
     }
 }
@@ -134,6 +158,7 @@ fn join_with_wait_zero_returns_at_once_and_an_incomplete_wait_fails() {
         "cluster",
         "create",
         "big",
+        "--open",
         "--size",
         "4",
         "--regcred",

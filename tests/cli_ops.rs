@@ -95,6 +95,7 @@ fn create(regcred: &str, name: &str, size: &str) -> String {
         "cluster",
         "create",
         name,
+        "--open",
         "--size",
         size,
         "--regcred",
@@ -368,7 +369,10 @@ fn client_and_serve_settings_come_from_the_environment() {
     let env = [("XLREG_REGCRED", s(&regcred)), ("XLREG_NODE", s(&node))];
     let registered = xlreg_env(&["register"], &env);
     assert!(registered.status.success(), "{}", stderr(&registered));
-    let created = xlreg_env(&["cluster", "create", "envy", "--size", "2"], &env);
+    let created = xlreg_env(
+        &["cluster", "create", "envy", "--open", "--size", "2"],
+        &env,
+    );
     assert!(created.status.success(), "{}", stderr(&created));
     let joined = xlreg_env(&["cluster", "join", "envy", "--wait", "0"], &env);
     assert!(joined.status.success(), "{}", stderr(&joined));
@@ -569,6 +573,7 @@ fn every_command_speaks_json_with_one_schema_per_object() {
         "cluster",
         "create",
         "solo",
+        "--open",
         "--size",
         "2",
         "--regcred",

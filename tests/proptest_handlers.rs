@@ -1,7 +1,7 @@
 //! Property tests of the protocol core and the message handlers: any sequence of messages
-//! (arbitrary fields, arbitrary bytes, properly signed Members among them) fed to a
-//! `ServerSession` over a fresh store never panics, every reply the session produces is a
-//! sealed, decodable message, and the store always verifies clean.
+//! (arbitrary fields, admission fields of any size among them, arbitrary bytes, properly signed
+//! Members, Leaves) fed to a `ServerSession` over a fresh store never panics, every reply the
+//! session produces is a sealed, decodable message, and the store always verifies clean.
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,7 +16,7 @@ use xlreg::crypto::{HelloDecryptor, RsaKeyPair};
 include!("data/fixture_keys.rs");
 use xlreg::driver::poll_applying;
 use xlreg::frame::{self, FrameDecoder};
-use xlreg::proto::{Tag, XlRegMsg, XlRegToken};
+use xlreg::proto::{JoinToken, Tag, XlRegMsg, XlRegToken};
 use xlreg::protocol::ServerSession;
 use xlreg::session::{SessionCore as _, Step, Timeouts};
 use xlreg::session_crypto::{ClientHandshake, Role, SessionCipher};
@@ -112,9 +112,55 @@ fn token() -> impl Strategy<Value = XlRegToken> {
         )
 }
 
-fn message() -> impl Strategy<Value = XlRegMsg> {
+/// Admission fields (docs/protocol.md section 14) of any size and content: owner key and
+/// proof, open, a token spec, a token id and proof, a member id.
+fn with_admission_fields(base: impl Strategy<Value = XlRegMsg>) -> impl Strategy<Value = XlRegMsg> {
+    let spec = (
+        option::of(prop_oneof!["[a-z0-9]{1,16}", any::<String>()]),
+        option::of(vec(any::<u8>(), 0..40)),
+        option::of(prop_oneof![0u32..4, any::<u32>()]),
+        option::of(any::<u64>()),
+        option::of(any::<u32>()),
+    )
+        .prop_map(|(id, verifier_key, usages, ttl_ms, uses)| JoinToken {
+            id,
+            verifier_key,
+            usages,
+            ttl_ms,
+            uses,
+            ..JoinToken::default()
+        });
     (
-        option::of(prop_oneof![1i32..=13, any::<i32>()]),
+        base,
+        option::of(vec(any::<u8>(), 0..40)),
+        option::of(vec(any::<u8>(), 60..68)),
+        option::of(any::<bool>()),
+        option::of(spec),
+        option::of(prop_oneof!["[a-z0-9]{1,17}", any::<String>()]),
+        option::of(vec(any::<u8>(), 60..68)),
+        option::of(id_bytes()),
+    )
+        .prop_map(
+            |(mut msg, owner_key, owner_sig, open, new_token, token_id, token_proof, member_id)| {
+                msg.owner_key = owner_key;
+                msg.owner_sig = owner_sig;
+                msg.open = open;
+                msg.new_token = new_token;
+                msg.token_id = token_id;
+                msg.token_proof = token_proof;
+                msg.member_id = member_id.or(msg.member_id);
+                msg
+            },
+        )
+}
+
+fn message() -> impl Strategy<Value = XlRegMsg> {
+    with_admission_fields(message_without_admission())
+}
+
+fn message_without_admission() -> impl Strategy<Value = XlRegMsg> {
+    (
+        option::of(prop_oneof![1i32..=22, any::<i32>()]),
         option::of(token()),
         option::of(id_bytes()),
         option::of(name()),
@@ -182,6 +228,7 @@ fn request() -> impl Strategy<Value = Input> {
             5 => Just(Tag::Create),
             4 => Just(Tag::Join),
             2 => Just(Tag::GetCluster),
+            2 => Just(Tag::Leave),
             1 => Just(Tag::Bye),
         ],
         option::weighted(0.9, "[ab]"),

@@ -155,9 +155,11 @@ impl Net {
             let session = &mut *sessions[index];
             match session.poll(self.now) {
                 None => break None,
-                Some(Step::Read(Read::Cluster(target))) => {
-                    session.on_read(self.store.cluster_view(&target), self.now)
-                }
+                Some(Step::Read(Read::Cluster(target) | Read::ClusterWithProof(target))) => session
+                    .on_read(
+                        self.store.cluster_view(&target).map_err(Into::into),
+                        self.now,
+                    ),
                 Some(Step::Write(write)) => {
                     let answer = match self.runtime.block_on(self.store.apply(vec![write])) {
                         Ok(mut answers) => answers.remove(0).map_err(StoreError::Refused),

@@ -145,6 +145,7 @@ mod tests {
 
     fn touched_at(ms: u64) -> ClusterRecord {
         ClusterRecord {
+            admission: crate::model::Admission::open(),
             id: Id::from_bytes(&[1u8; 32]).unwrap(),
             name: "c".into(),
             attrs: 0,
@@ -201,6 +202,7 @@ mod tests {
             store
                 .create_cluster(
                     NewCluster {
+                        admission: Default::default(),
                         name: name.into(),
                         attrs: 0,
                         max_size: 2,

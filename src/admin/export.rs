@@ -26,6 +26,8 @@ use super::target::NewDataDir;
 use super::AdminError;
 use crate::crypto::PublicKey;
 use crate::id::Id;
+use crate::model::admission::{check_token_id, VERIFIER_LEN};
+use crate::model::{Admission, TokenRecord, MAX_TOKENS_PER_CLUSTER};
 use crate::store::{
     BackendChoice, ClusterRecord, MemberRecord, NodeRecord, RegistryMeta, Snapshot, StoreView,
 };
@@ -108,6 +110,116 @@ pub struct ExportedCluster {
     pub touched_at_ms: u64,
     /// Its members, in slot order.
     pub members: Vec<ExportedMember>,
+    /// Its owner, policy and join tokens (docs/protocol.md section 14); absent for an open
+    /// cluster without owner (every cluster before admission, and the 1.9 wire's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<ExportedAdmission>,
+}
+
+/// A cluster's admission state: verifiers only, never a secret (the registry has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedAdmission {
+    /// The owner verifier (Ed25519 public key), hex; empty for no owner.
+    pub owner_key: String,
+    /// Admits without tokens.
+    pub open: bool,
+    /// Closed to new members.
+    pub closed: bool,
+    /// The join tokens, in the order minted.
+    pub tokens: Vec<ExportedToken>,
+}
+
+/// A join token: its id and verifier, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedToken {
+    /// The token id.
+    pub id: String,
+    /// The verifier (Ed25519 public key), hex.
+    pub verifier: String,
+    /// Usage bits: 1 join, 2 list.
+    pub usages: u32,
+    /// When it was minted.
+    pub created_at_ms: u64,
+    /// When it expires; 0 = never.
+    pub expires_at_ms: u64,
+    /// Joins it still admits; absent = unlimited.
+    pub uses_left: Option<u32>,
+    /// Revoked by the owner.
+    pub revoked: bool,
+}
+
+/// The exported form of a cluster's admission state (also what `admin cluster` shows);
+/// `None` for an open cluster without owner.
+pub(crate) fn exported_admission(a: Admission) -> Option<ExportedAdmission> {
+    (a != Admission::open()).then(|| ExportedAdmission {
+        owner_key: hex::encode(&a.owner_key),
+        open: a.open,
+        closed: a.closed,
+        tokens: a
+            .tokens
+            .into_iter()
+            .map(|t| ExportedToken {
+                id: t.id,
+                verifier: hex::encode(&t.verifier),
+                usages: t.usages,
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                uses_left: t.uses_left,
+                revoked: t.revoked,
+            })
+            .collect(),
+    })
+}
+
+/// The admission state a document describes, checked as the protocol checks it.
+fn imported_admission(c: &ExportedCluster) -> Result<Admission, String> {
+    let Some(a) = &c.admission else {
+        return Ok(Admission::open());
+    };
+    let key = |what: &str, text: &str, empty_ok: bool| match hex::decode(text) {
+        Ok(bytes) if bytes.len() == VERIFIER_LEN || (empty_ok && bytes.is_empty()) => Ok(bytes),
+        _ => Err(format!(
+            "cluster {}: {what} must be {VERIFIER_LEN} bytes of hex",
+            c.name
+        )),
+    };
+    if a.tokens.len() > MAX_TOKENS_PER_CLUSTER {
+        return Err(format!(
+            "cluster {}: more than {MAX_TOKENS_PER_CLUSTER} tokens",
+            c.name
+        ));
+    }
+    let owner_key = key("owner_key", &a.owner_key, true)?;
+    if owner_key.is_empty() && !a.open {
+        return Err(format!(
+            "cluster {}: a cluster without owner must be open",
+            c.name
+        ));
+    }
+    let mut tokens = Vec::with_capacity(a.tokens.len());
+    for t in &a.tokens {
+        check_token_id(&t.id).map_err(|e| format!("cluster {}: {e}", c.name))?;
+        if tokens.iter().any(|seen: &TokenRecord| seen.id == t.id) {
+            return Err(format!("cluster {}: token {} appears twice", c.name, t.id));
+        }
+        tokens.push(TokenRecord {
+            id: t.id.clone(),
+            verifier: key(&format!("token {} verifier", t.id), &t.verifier, false)?,
+            usages: t.usages,
+            created_at_ms: t.created_at_ms,
+            expires_at_ms: t.expires_at_ms,
+            uses_left: t.uses_left,
+            revoked: t.revoked,
+        });
+    }
+    Ok(Admission {
+        owner_key,
+        open: a.open,
+        closed: a.closed,
+        tokens,
+    })
 }
 
 /// One membership.
@@ -187,6 +299,7 @@ fn exported_cluster(c: ClusterRecord) -> ExportedCluster {
                 joined_at_ms: m.joined_at_ms,
             })
             .collect(),
+        admission: exported_admission(c.admission),
     }
 }
 
@@ -362,6 +475,15 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
+    let admissions: Vec<Option<Admission>> = doc
+        .clusters
+        .iter()
+        .map(|c| {
+            imported_admission(c)
+                .map_err(|problem| problems.push(problem))
+                .ok()
+        })
+        .collect();
     let mut id = |what: &str, text: &str| match Id::from_hex(text) {
         Ok(id) if text == id.to_hex() => Some(id),
         Ok(_) => {
@@ -399,7 +521,8 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
     let clusters: Vec<Option<ClusterRecord>> = doc
         .clusters
         .iter()
-        .map(|c| {
+        .zip(admissions)
+        .map(|(c, admission)| {
             let members = c
                 .members
                 .iter()
@@ -415,6 +538,7 @@ fn records(doc: &ExportDocument) -> Result<(Records, Snapshot), Vec<String>> {
                 })
                 .collect::<Option<Vec<_>>>()?;
             Some(ClusterRecord {
+                admission: admission?,
                 id: id(&format!("cluster {}", c.name), &c.id)?,
                 name: c.name.clone(),
                 attrs: c.attrs,
@@ -560,6 +684,7 @@ mod tests {
         let (c, _) = store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: "web".into(),
                     attrs: 1,
                     max_size: 4,
@@ -700,5 +825,48 @@ mod tests {
 
         let unknown_field = r#"{"format":"xlreg-export","version":1,"registry":null,"nodes":[],"clusters":[],"extra":1}"#;
         assert!(serde_json::from_str::<ExportDocument>(unknown_field).is_err());
+    }
+
+    #[test]
+    fn admission_state_survives_export_and_import_and_is_checked() {
+        let store = populated();
+        let mut doc = export(&store.snapshot().unwrap()).unwrap();
+        assert_eq!(doc.clusters[0].admission, None, "an open cluster has none");
+        let token = ExportedToken {
+            id: "abc123".into(),
+            verifier: "11".repeat(32),
+            usages: 3,
+            created_at_ms: 5,
+            expires_at_ms: 0,
+            uses_left: Some(2),
+            revoked: false,
+        };
+        doc.clusters[0].admission = Some(ExportedAdmission {
+            owner_key: "22".repeat(32),
+            open: false,
+            closed: true,
+            tokens: vec![token.clone()],
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("new");
+        import(&doc, Path::new("d"), &target).unwrap();
+        let imported = Store::reopen(&target).unwrap();
+        assert_eq!(export(&imported.snapshot().unwrap()).unwrap(), doc);
+        drop(imported);
+
+        let mut bad = doc.clone();
+        let admission = bad.clusters[0].admission.as_mut().unwrap();
+        admission.owner_key = "33".into();
+        admission.tokens.push(token);
+        let text = import(&bad, Path::new("d"), &dir.path().join("bad"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("owner_key must be 32 bytes"), "{text}");
+        let mut bad = doc;
+        bad.clusters[0].admission.as_mut().unwrap().owner_key = String::new();
+        let text = import(&bad, Path::new("d"), &dir.path().join("bad"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("without owner must be open"), "{text}");
     }
 }

@@ -465,6 +465,7 @@ pub(crate) fn test_registry(
         crate::registry::RegistryIdentity::load_or_create(&store, Some(dir), Some("reg"), 1)
             .unwrap();
     let cluster = NewCluster {
+        admission: Default::default(),
         name: "web".into(),
         attrs: 3,
         max_size: 4,

@@ -92,6 +92,10 @@ pub struct ClusterDetail {
     pub cluster: ClusterRow,
     /// Its members, in slot order.
     pub members: Vec<MemberRow>,
+    /// Its owner, policy and join tokens (verifiers only); absent for an open cluster
+    /// without owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<super::export::ExportedAdmission>,
 }
 
 /// One row of `admin nodes`.
@@ -237,6 +241,7 @@ pub fn cluster(store: &dyn AdminStore, name_or_id: &str) -> Result<ClusterDetail
     Ok(ClusterDetail {
         cluster: cluster_row(&view.cluster),
         members,
+        admission: super::export::exported_admission(view.cluster.admission.clone()),
     })
 }
 
@@ -406,6 +411,44 @@ impl ClusterDetail {
             ("created", utc(c.created_at_ms)),
             ("touched", utc(c.touched_at_ms)),
         ]);
+        if let Some(a) = &self.admission {
+            let policy = if a.open {
+                "open"
+            } else {
+                "admission-controlled"
+            };
+            let owner = if a.owner_key.is_empty() {
+                "none"
+            } else {
+                "set"
+            };
+            let closed = if a.closed {
+                ", closed to new members"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "policy: {policy}, owner {owner}{closed}");
+            for t in &a.tokens {
+                let usages = match t.usages {
+                    1 => "join",
+                    2 => "list",
+                    _ => "join,list",
+                };
+                let expires = match t.expires_at_ms {
+                    0 => "never".to_string(),
+                    ms => utc(ms),
+                };
+                let uses = t
+                    .uses_left
+                    .map_or("unlimited".to_string(), |n| n.to_string());
+                let revoked = if t.revoked { ", revoked" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "token {}: {usages}, expires {expires}, uses left {uses}{revoked}",
+                    t.id
+                );
+            }
+        }
         for m in &self.members {
             let _ = write!(out, "\nslot {}: {}\n", m.slot, m.name);
             let block = fields(&[
@@ -515,6 +558,7 @@ mod tests {
         let (cluster, _) = store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: "web".into(),
                     attrs: 0,
                     max_size: 3,

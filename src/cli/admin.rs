@@ -61,12 +61,12 @@ pub struct RotateArgs {
     data: DataDirArg,
     /// How long the old keys stay accepted, so clients holding the old regCred.dat keep
     /// connecting until they fetch the new one ("7d", "12h", "30m"; "0" for no overlap).
-    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_overlap)]
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_duration)]
     overlap: std::time::Duration,
 }
 
-/// An overlap: a humantime duration ("7d", "90m") or "0".
-fn parse_overlap(text: &str) -> Result<std::time::Duration, String> {
+/// A duration on the command line: humantime ("7d", "90m", "24h") or "0".
+pub(super) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     if text.trim() == "0" {
         return Ok(std::time::Duration::ZERO);
     }

@@ -116,12 +116,14 @@ fn client(error: &ClientError) -> Failure {
         | ClientError::Connection(_)
         | ClientError::Closed => Failure::Unreachable,
         ClientError::Timeout(_) => Failure::Timeout,
-        ClientError::KeyNotAccepted { .. } | ClientError::Handshake(_) => Failure::Unauthorized,
+        ClientError::KeyNotAccepted { .. }
+        | ClientError::Handshake(_)
+        | ClientError::PinMismatch { .. } => Failure::Unauthorized,
         ClientError::Refused { code, .. } => match code {
             Some(ErrCode::BadRequest) => Failure::Usage,
             Some(ErrCode::NotFound) => Failure::NotFound,
             Some(ErrCode::ClusterFull) | Some(ErrCode::Conflict) => Failure::Conflict,
-            Some(ErrCode::Unauthorized) => Failure::Unauthorized,
+            Some(ErrCode::Unauthorized) | Some(ErrCode::Forbidden) => Failure::Unauthorized,
             Some(ErrCode::Unavailable) => Failure::Unreachable,
             Some(ErrCode::InvalidState) | None => Failure::Internal,
         },
@@ -172,8 +174,17 @@ fn daemon(error: &DaemonError) -> Option<Failure> {
 
 fn refused(refusal: &Refusal) -> Failure {
     match refusal {
-        Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => Failure::NotFound,
+        Refusal::NoSuchCluster(_)
+        | Refusal::NoSuchNode(_)
+        | Refusal::NoSuchToken { .. }
+        | Refusal::NotAMember { .. } => Failure::NotFound,
+        Refusal::BadProof { .. }
+        | Refusal::TokenRefused { .. }
+        | Refusal::ClusterClosed(_)
+        | Refusal::TooManyTokens(_) => Failure::Unauthorized,
         Refusal::ClusterFull { .. }
+        | Refusal::NameTaken(_)
+        | Refusal::TokenIdTaken { .. }
         | Refusal::MemberNameTaken { .. }
         | Refusal::NodeKeyMismatch { .. }
         | Refusal::RegistryFull { .. } => Failure::Conflict,

@@ -1,7 +1,8 @@
 //! The `xlreg` command line: argument parsing and the subcommands.
 //!
 //! One file per group of subcommands: `serve` (the daemon), `node` (`node init` and
-//! `register`), `cluster` (`cluster create|join|members`), `regcred` (`regcred show`), with
+//! `register`), `cluster` (`cluster create|join|members|leave`) with `owner` (`cluster token ...`,
+//! `evict`, `close`, `delete`), `regcred` (`regcred show`), with
 //! `bench` (the load generator) and `admin` (`xlreg admin ...`), with `output` for the
 //! human and JSON renderings they share, `ping` (the health check), `completions` and `man`
 //! (generated from these definitions), and `exit`, the one place that turns an error into
@@ -24,6 +25,7 @@ mod cluster;
 pub mod exit;
 mod node;
 mod output;
+mod owner;
 mod ping;
 mod regcred;
 mod serve;

@@ -2,7 +2,8 @@
 //!
 //! One JSON shape per object, the same in every command (`admin cluster` uses the same
 //! field names): a cluster is `{"name", "id", "max_size", "endpoint_count", "attrs",
-//! "member_count"}`; a member `{"slot", "name", "id", "endpoints", "attrs", "comms_key",
+//! "member_count"}` (with `"open"` and `"closed"` where the registry says, in the client
+//! commands); a member `{"slot", "name", "id", "endpoints", "attrs", "comms_key",
 //! "sig_key", "comms_key_fingerprint", "sig_key_fingerprint"}`; a listing
 //! `{"cluster": CLUSTER, "members": [MEMBER...]}`. IDs are lowercase hex, keys are base64
 //! DER SubjectPublicKeyInfo (the body of a PEM `PUBLIC KEY`), and a fingerprint is the
@@ -37,6 +38,8 @@ pub fn cluster_info_json(cluster: &ClusterInfo) -> serde_json::Value {
         "endpoint_count": cluster.endpoint_count,
         "attrs": cluster.attrs,
         "member_count": cluster.size,
+        "open": cluster.open,
+        "closed": cluster.closed,
     })
 }
 
@@ -60,8 +63,14 @@ pub fn print_cluster(view: &ClusterView, json: bool) -> anyhow::Result<()> {
         return print_json(&cluster_json(view));
     }
     let cluster = &view.cluster;
+    let policy = match (cluster.open, cluster.closed) {
+        (true, false) => "open",
+        (true, true) => "open, closed to new members",
+        (false, false) => "admission-controlled",
+        (false, true) => "admission-controlled, closed to new members",
+    };
     outln!(
-        "cluster {} ({}): {}/{} members, {} endpoint(s) each",
+        "cluster {} ({}): {}/{} members, {} endpoint(s) each, {policy}",
         cluster.name,
         cluster.id,
         cluster.size,

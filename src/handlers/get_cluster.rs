@@ -9,8 +9,13 @@
 //! time is up. The handler reads nothing itself: [`request`] says what to read, [`answer`]
 //! takes what was read, so no store and no clock live here.
 
-use super::{cluster_ref, member_token, with_cluster, HandlerError, SessionState};
+use super::{
+    cluster_ref, member_token, owner_proof, token_claim, token_info, with_cluster, HandlerError,
+    SessionState,
+};
 use crate::id::Id;
+use crate::model::admission::OwnerOp;
+use crate::model::rules::{self, Asker};
 use crate::model::ClusterView;
 use crate::model::{ClusterRef, Refusal};
 use crate::proto::{Tag, XlRegMsg};
@@ -27,6 +32,12 @@ pub struct GetRequest {
     pub which: u64,
     /// How long the client asked to wait, in milliseconds (at most [`MAX_WAIT_MS`]).
     pub wait_ms: u32,
+    /// Who asks (docs/protocol.md section 14.8): checked against the cluster on every read.
+    pub asker: Asker,
+    /// A ListTokens (the owner's token list) rather than a member list.
+    pub list_tokens: bool,
+    /// The time of the request, ms since the Unix epoch (for token expiry).
+    pub now_ms: u64,
 }
 
 /// A GetCluster reply held until the cluster fills.
@@ -38,6 +49,10 @@ pub struct Wait {
     pub which: u64,
     /// How long the client asked to wait, in milliseconds (at most [`MAX_WAIT_MS`]).
     pub wait_ms: u32,
+    /// Who asks.
+    pub asker: Asker,
+    /// The time of the request.
+    pub now_ms: u64,
 }
 
 impl Wait {
@@ -47,6 +62,9 @@ impl Wait {
             target: ClusterRef::Id(self.cluster.clone()),
             which: self.which,
             wait_ms: self.wait_ms,
+            asker: self.asker.clone(),
+            list_tokens: false,
+            now_ms: self.now_ms,
         }
     }
 }
@@ -69,8 +87,30 @@ fn all_slots(max_size: u32) -> u64 {
     }
 }
 
+/// Whether a GetCluster carries a proof (a list-token's or the owner's): then it is allowed
+/// before Member (docs/protocol.md section 14.4).
+pub fn has_proof(msg: &XlRegMsg) -> bool {
+    msg.token_proof.is_some() || msg.owner_sig.is_some()
+}
+
+/// Who a GetCluster comes from: the owner (OwnerSig), a token holder (TokenId and
+/// TokenProof), or the session's node.
+fn asker(state: &SessionState, msg: &XlRegMsg) -> Result<Asker, HandlerError> {
+    if msg.owner_sig.is_some() {
+        return Ok(Asker::Owner(owner_proof(state, msg)?, OwnerOp::Get));
+    }
+    Ok(match token_claim(state, msg)? {
+        Some(claim) => Asker::Token(claim),
+        None => Asker::Node(state.node.as_ref().map(|n| n.id.clone())),
+    })
+}
+
 /// Checks a GetCluster and says which cluster to read.
-pub fn request(state: &SessionState, msg: &XlRegMsg) -> Result<GetRequest, HandlerError> {
+pub fn request(
+    state: &SessionState,
+    msg: &XlRegMsg,
+    now_ms: u64,
+) -> Result<GetRequest, HandlerError> {
     let target = cluster_ref(
         msg,
         state.joined.as_ref().or(state.created.as_ref()),
@@ -80,6 +120,26 @@ pub fn request(state: &SessionState, msg: &XlRegMsg) -> Result<GetRequest, Handl
         target,
         which: msg.which.unwrap_or(u64::MAX),
         wait_ms: msg.wait_ms.unwrap_or(0).min(MAX_WAIT_MS),
+        asker: asker(state, msg)?,
+        list_tokens: false,
+        now_ms,
+    })
+}
+
+/// Checks a ListTokens (the owner's) and says which cluster to read.
+pub fn list_tokens(
+    state: &SessionState,
+    msg: &XlRegMsg,
+    now_ms: u64,
+) -> Result<GetRequest, HandlerError> {
+    let proof = owner_proof(state, msg)?;
+    Ok(GetRequest {
+        target: cluster_ref(msg, None, "ListTokens")?,
+        which: 0,
+        wait_ms: 0,
+        asker: Asker::Owner(proof, OwnerOp::ListTokens),
+        list_tokens: true,
+        now_ms,
     })
 }
 
@@ -91,8 +151,20 @@ pub fn answer(
     view: Option<ClusterView>,
     expired: bool,
 ) -> Result<GetOutcome, HandlerError> {
-    let view = view.ok_or_else(|| Refusal::NoSuchCluster(request.target.to_string()))?;
+    let named = request.target.to_string();
+    rules::may_see(
+        view.as_ref().map(|v| &v.cluster),
+        &request.asker,
+        &named,
+        request.now_ms,
+    )?;
+    let view = view.ok_or(Refusal::NoSuchCluster(named))?;
     let cluster = &view.cluster;
+    if request.list_tokens {
+        let mut reply = with_cluster(Tag::TokenList, cluster);
+        reply.token_infos = cluster.admission.tokens.iter().map(token_info).collect();
+        return Ok(GetOutcome::Ready(Box::new(reply)));
+    }
     let which = request.which & all_slots(cluster.max_size);
     let present = cluster
         .members
@@ -105,6 +177,8 @@ pub fn answer(
             cluster: cluster.id.clone(),
             which,
             wait_ms: request.wait_ms,
+            asker: request.asker.clone(),
+            now_ms: request.now_ms,
         }));
     }
     let mut reply = with_cluster(Tag::ClusterMembers, cluster);
@@ -144,7 +218,12 @@ mod tests {
                 cluster_max_size: Some(size),
                 ..XlRegMsg::default()
             };
-            apply(store, &mut state, create::prepare(&create_msg, NOW)).unwrap();
+            apply(
+                store,
+                &mut state,
+                create::prepare(&SessionState::default(), &create_msg, NOW),
+            )
+            .unwrap();
             let join = join::prepare(&state, &XlRegMsg::default(), NOW);
             apply(store, &mut state, join).unwrap();
         }
@@ -201,7 +280,12 @@ mod tests {
             end_point_count: Some(2),
             ..XlRegMsg::default()
         };
-        apply(&store, &mut a, create::prepare(&two, NOW)).unwrap();
+        apply(
+            &store,
+            &mut a,
+            create::prepare(&SessionState::default(), &two, NOW),
+        )
+        .unwrap();
         let join_two = join::prepare(&a, &XlRegMsg::default(), NOW);
         apply(&store, &mut a, join_two).unwrap();
         // The node moves: it registers again, under its ID, with one new endpoint.

@@ -4,8 +4,10 @@
 //! The store decides inside one transaction: a node already in the cluster gets its slot
 //! back (a restarted node rejoins), a different node with the same name is refused, a full
 //! cluster is refused, a node with fewer endpoints than the cluster requires is refused.
+//! An admission-controlled cluster admits a new member only with a join proof (TokenId and
+//! TokenProof, docs/protocol.md section 14.7), checked and counted in the same transaction.
 
-use super::{cluster_ref, HandlerError, SessionState};
+use super::{cluster_ref, token_claim, HandlerError, SessionState};
 use crate::model::Write;
 use crate::proto::XlRegMsg;
 
@@ -17,7 +19,9 @@ pub fn prepare(state: &SessionState, msg: &XlRegMsg, now_ms: u64) -> Result<Writ
         .as_ref()
         .ok_or_else(|| HandlerError::BadRequest("Join before Member".to_string()))?;
     let cluster = cluster_ref(msg, state.created.as_ref(), "Join")?;
+    let token = token_claim(state, msg)?;
     Ok(Write::Join {
+        token,
         cluster,
         node: node.id.clone(),
         now_ms,
@@ -65,7 +69,12 @@ mod tests {
             cluster_max_size: Some(2),
             ..XlRegMsg::default()
         };
-        apply(&store, &mut a, create::prepare(&create_msg, NOW)).unwrap();
+        apply(
+            &store,
+            &mut a,
+            create::prepare(&SessionState::default(), &create_msg, NOW),
+        )
+        .unwrap();
         // Neither ID nor name: the cluster this session created.
         let join = prepare(&a, &XlRegMsg::default(), NOW);
         let joined = apply(&store, &mut a, join).unwrap();

@@ -1,26 +1,36 @@
 //! The request handlers: what each request does to the registry, independent of the wire.
 //!
-//! One file per request (member, create, join, get_cluster, bye), after mini-redis's `cmd/`.
-//! A handler checks the decoded message against the session's small [`SessionState`] and
-//! says what to do: the [`Write`](crate::store::Write) to apply (member, create, join; the reply is built by
-//! [`finish`] from what the store did) or the cluster to read (get_cluster; the reply is
-//! built from what was read), or a [`HandlerError`] that the session core turns into an
-//! Error message. Handlers own no store handle, no clock (the time comes in as an argument)
+//! One file per request (member, create, join, get_cluster, bye; and for admission,
+//! docs/protocol.md section 14: tokens (MintToken, RevokeToken), evict, close, delete,
+//! leave), after mini-redis's `cmd/`. A handler checks the decoded message against the
+//! session's small [`SessionState`] and says what to do: the [`Write`](crate::store::Write)
+//! to apply (the reply is built by [`finish`] from what the store did) or the cluster to read
+//! (get_cluster, and ListTokens through it; the reply is built from what was read), or a
+//! [`HandlerError`] that the session core turns into an Error message. This module also owns
+//! reading the admission fields every request shares: the owner proof, a token proof, a new
+//! token's spec, each bound to the session's binding. Handlers own no store handle, no clock (the time comes in as an argument)
 //! and no state of their own, so both wire protocols (xlReg/2 and the 1.9 legacy wire) share
 //! them, and they are testable without sockets, stores or clocks.
 
 pub mod bye;
+pub mod close;
 pub mod create;
+pub mod delete;
+pub mod evict;
 pub mod get_cluster;
 pub mod join;
+pub mod leave;
 pub mod member;
+pub mod tokens;
 
 use crate::id::Id;
+use crate::model::admission::{check_token_id, PROOF_LEN, VERIFIER_LEN};
 use crate::model::{
-    ClusterRecord, ClusterRef, MemberRecord, NodeRecord, Refusal, RegistrationOutcome,
-    StorageError, StoreError, Written,
+    ClusterRecord, ClusterRef, MemberRecord, NewToken, NodeRecord, Proof, Refusal,
+    RegistrationOutcome, StorageError, StoreError, TokenClaim, TokenRecord, Written, USAGE_JOIN,
+    USAGE_LIST,
 };
-use crate::proto::{ErrCode, Tag, XlRegMsg, XlRegToken};
+use crate::proto::{ErrCode, JoinToken, Tag, XlRegMsg, XlRegToken};
 use crate::validate::Invalid;
 
 /// What one session has established so far. Small and per-connection; nothing here outlives
@@ -33,6 +43,10 @@ pub struct SessionState {
     pub created: Option<Id>,
     /// The cluster joined by the last Join.
     pub joined: Option<Id>,
+    /// What admission proofs in this session are bound to (docs/protocol.md section 14.2):
+    /// the registry's salt (xlReg/2) or the handshake hash (xlReg/3). Empty on the 1.9
+    /// wire, which has no binding and therefore takes no proofs.
+    pub binding: Vec<u8>,
 }
 
 /// A reply, and whether the request changed the store (then the reply may be sent only
@@ -87,11 +101,19 @@ impl HandlerError {
             HandlerError::BadRequest(_) => ErrCode::BadRequest,
             HandlerError::Unauthorized(_) => ErrCode::Unauthorized,
             HandlerError::Refused(refusal) => match refusal {
-                Refusal::NoSuchCluster(_) | Refusal::NoSuchNode(_) => ErrCode::NotFound,
+                Refusal::NoSuchCluster(_)
+                | Refusal::NoSuchNode(_)
+                | Refusal::NoSuchToken { .. }
+                | Refusal::NotAMember { .. } => ErrCode::NotFound,
                 Refusal::ClusterFull { .. } => ErrCode::ClusterFull,
-                Refusal::MemberNameTaken { .. } | Refusal::NodeKeyMismatch { .. } => {
-                    ErrCode::Conflict
-                }
+                Refusal::MemberNameTaken { .. }
+                | Refusal::NodeKeyMismatch { .. }
+                | Refusal::NameTaken(_)
+                | Refusal::TokenIdTaken { .. } => ErrCode::Conflict,
+                Refusal::BadProof { .. } => ErrCode::Unauthorized,
+                Refusal::TokenRefused { .. }
+                | Refusal::ClusterClosed(_)
+                | Refusal::TooManyTokens(_) => ErrCode::Forbidden,
                 Refusal::TooFewEndpoints { .. } => ErrCode::BadRequest,
                 // The protocol has no class for it: Unavailable says "not now", and the
                 // text says why (an operator may raise the cap or delete clusters).
@@ -174,6 +196,28 @@ pub fn finish(state: &mut SessionState, written: Written) -> Reply {
             state.joined = Some(outcome.cluster.id);
             Reply { msg, changed: true }
         }
+        Written::Token(cluster, token) => {
+            let mut msg = with_cluster(Tag::TokenList, &cluster);
+            msg.token_infos = vec![token_info(&token)];
+            Reply { msg, changed: true }
+        }
+        Written::Changed(cluster) => Reply {
+            msg: with_cluster(Tag::Done, &cluster),
+            changed: true,
+        },
+    }
+}
+
+/// A token as listed: never its secret, nor its verifier.
+pub(crate) fn token_info(token: &TokenRecord) -> JoinToken {
+    JoinToken {
+        id: Some(token.id.clone()),
+        usages: Some(token.usages),
+        expires_at_ms: Some(token.expires_at_ms),
+        created_at_ms: Some(token.created_at_ms),
+        uses_left: token.uses_left,
+        revoked: Some(token.revoked),
+        ..JoinToken::default()
     }
 }
 
@@ -208,6 +252,96 @@ pub(crate) fn cluster_ref(
         ))
     })
 }
+
+/// The owner proof a request carries (OwnerSig), bound to this session.
+pub(crate) fn owner_proof(state: &SessionState, msg: &XlRegMsg) -> Result<Proof, HandlerError> {
+    let signature = msg
+        .owner_sig
+        .as_ref()
+        .ok_or_else(|| HandlerError::BadRequest("this request needs an OwnerSig".to_string()))?;
+    proof_of(state, signature, "OwnerSig")
+}
+
+fn proof_of(state: &SessionState, signature: &[u8], what: &str) -> Result<Proof, HandlerError> {
+    if signature.len() != PROOF_LEN {
+        return Err(HandlerError::BadRequest(format!(
+            "{what} must be {PROOF_LEN} bytes, not {}",
+            signature.len()
+        )));
+    }
+    if state.binding.is_empty() {
+        return Err(HandlerError::BadRequest(format!(
+            "{what}: this wire has no session binding to prove anything over"
+        )));
+    }
+    Ok(Proof {
+        binding: state.binding.clone(),
+        signature: signature.to_vec(),
+    })
+}
+
+/// The token proof a Join or GetCluster carries (TokenId and TokenProof, both or neither),
+/// bound to this session. The 1.9 wire has no binding: it never presents a token.
+pub(crate) fn token_claim(
+    state: &SessionState,
+    msg: &XlRegMsg,
+) -> Result<Option<TokenClaim>, HandlerError> {
+    if state.binding.is_empty() {
+        return Ok(None);
+    }
+    match (&msg.token_id, &msg.token_proof) {
+        (None, None) => Ok(None),
+        (Some(id), Some(proof)) => {
+            check_token_id(id).map_err(|e| HandlerError::BadRequest(format!("TokenId: {e}")))?;
+            Ok(Some(TokenClaim {
+                id: id.clone(),
+                proof: proof_of(state, proof, "TokenProof")?,
+            }))
+        }
+        _ => Err(HandlerError::BadRequest(
+            "TokenId and TokenProof go together".to_string(),
+        )),
+    }
+}
+
+/// The token a Create or MintToken asks to store, checked.
+pub(crate) fn new_token(spec: &JoinToken) -> Result<NewToken, HandlerError> {
+    let bad = |text: String| HandlerError::BadRequest(format!("NewToken: {text}"));
+    let id = spec
+        .id
+        .as_deref()
+        .ok_or_else(|| bad("needs an Id".to_string()))?;
+    check_token_id(id).map_err(|e| bad(e.to_string()))?;
+    let verifier = spec
+        .verifier_key
+        .as_ref()
+        .filter(|k| k.len() == VERIFIER_LEN)
+        .ok_or_else(|| bad(format!("needs a VerifierKey of {VERIFIER_LEN} bytes")))?;
+    let usages = spec.usages.unwrap_or(USAGE_JOIN);
+    if usages == 0 || usages & !(USAGE_JOIN | USAGE_LIST) != 0 {
+        return Err(bad(format!(
+            "Usages {usages} is not 1 (join), 2 (list) or 3 (both)"
+        )));
+    }
+    let ttl_ms = spec.ttl_ms.unwrap_or(DEFAULT_TOKEN_TTL_MS);
+    if ttl_ms > MAX_TOKEN_TTL_MS {
+        return Err(bad(format!(
+            "TtlMs {ttl_ms} is beyond the longest lifetime, 366 days"
+        )));
+    }
+    Ok(NewToken {
+        id: id.to_string(),
+        verifier: verifier.clone(),
+        usages,
+        ttl_ms,
+        uses: spec.uses.filter(|uses| *uses > 0),
+    })
+}
+
+/// A token's lifetime when the request names none: 24 hours.
+pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
+/// The longest token lifetime: 366 days.
+pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
 
 /// The token describing one member in a member list: no signature (the registry vouches).
 pub(crate) fn member_token(
@@ -244,6 +378,8 @@ pub(crate) fn with_cluster(op: Tag, cluster: &ClusterRecord) -> XlRegMsg {
         cluster_attrs: Some(cluster.attrs),
         end_point_count: Some(cluster.endpoint_count),
         cluster_size: Some(cluster.member_count()),
+        open: Some(cluster.admission.open),
+        closed: Some(cluster.admission.closed),
         ..XlRegMsg::default()
     }
 }
@@ -323,7 +459,7 @@ pub(crate) mod testing {
         msg: &XlRegMsg,
         expired: bool,
     ) -> Result<get_cluster::GetOutcome, HandlerError> {
-        let request = get_cluster::request(state, msg)?;
+        let request = get_cluster::request(state, msg, NOW)?;
         let view = store.cluster_view(&request.target)?;
         get_cluster::answer(&request, view, expired)
     }

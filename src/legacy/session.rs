@@ -153,13 +153,15 @@ impl LegacySession {
             (Stage::AwaitMember, Tag::Member) => {
                 self.write(handlers::member::prepare(&msg, Scheme::Legacy, now))
             }
-            (Stage::Registered, Tag::Create) => self.write(handlers::create::prepare(&msg, now)),
+            (Stage::Registered, Tag::Create) => {
+                self.write(handlers::create::prepare(state, &msg, now))
+            }
             (Stage::Registered | Stage::Created, Tag::Join) => {
                 let prepared = handlers::join::prepare(state, &msg, now);
                 self.write(prepared)
             }
             // Never held: without WaitMs the answer is what is there.
-            (Stage::Joined, Tag::GetCluster) => match get_cluster::request(state, &msg) {
+            (Stage::Joined, Tag::GetCluster) => match get_cluster::request(state, &msg, now) {
                 Ok(request) => self.exchange.read(request),
                 Err(error) => self.handler_error(error),
             },
@@ -258,6 +260,8 @@ impl SessionCore for LegacySession {
                 WrittenKind::Node => Stage::Registered,
                 WrittenKind::Cluster => Stage::Created,
                 WrittenKind::Joined => Stage::Joined,
+                // The 1.9 wire sends no owner requests nor Leave.
+                WrittenKind::Admission => *stage,
             };
         }
     }

@@ -9,8 +9,9 @@
 //! in [`rules`]; every backend (`crate::store`) applies them inside its own transaction.
 //!
 //! The records' serde form is the on-disk format of the sled backend (bincode 1.3.3, schema
-//! 1): field order and types must not change without a schema migration.
+//! 2): field order and types must not change without a schema migration.
 
+pub mod admission;
 pub mod rules;
 
 use std::fmt;
@@ -101,6 +102,88 @@ pub struct ClusterRecord {
     pub touched_at_ms: u64,
     /// The members, in slot order.
     pub members: Vec<MemberRecord>,
+    /// Who may join and see the cluster, and its join tokens (schema 2).
+    pub admission: Admission,
+}
+
+/// Token usage bit: the token admits new members (docs/protocol.md section 14).
+pub const USAGE_JOIN: u32 = 1;
+/// Token usage bit: the token lets its holder list the members.
+pub const USAGE_LIST: u32 = 2;
+/// The most join tokens one cluster holds (a bound on the cluster record's size).
+pub const MAX_TOKENS_PER_CLUSTER: usize = 64;
+
+/// A cluster's admission state: its owner's verifier, its policy, whether it still takes
+/// new members, and its join tokens, kept inline so that a token's check, its use counter
+/// and the slot it gives are one record in one transaction in every backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The owner verifier (a 32-byte Ed25519 public key), empty for a cluster without owner.
+    #[serde(with = "serde_bytes")]
+    pub owner_key: Vec<u8>,
+    /// Open: admits and shows itself to every registered node, as before admission.
+    pub open: bool,
+    /// Closed by its owner to new members.
+    pub closed: bool,
+    /// The join tokens, in the order minted (at most [`MAX_TOKENS_PER_CLUSTER`]).
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl Admission {
+    /// The admission state of an open cluster without owner: every cluster before schema 2,
+    /// and every cluster the 1.9 wire creates.
+    pub fn open() -> Admission {
+        Admission {
+            owner_key: Vec::new(),
+            open: true,
+            closed: false,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Whether the cluster has an owner.
+    pub fn has_owner(&self) -> bool {
+        !self.owner_key.is_empty()
+    }
+
+    /// The token with this id.
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.iter().find(|t| t.id == id)
+    }
+}
+
+/// A join token as the registry keeps it: never its secret, only the verifier derived from
+/// it (`crate::model::admission`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The public token id, unique within the cluster.
+    pub id: String,
+    /// The token's verifier, a 32-byte Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub verifier: Vec<u8>,
+    /// Usage bits ([`USAGE_JOIN`], [`USAGE_LIST`]).
+    pub usages: u32,
+    /// When it was minted, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it expires, in ms since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// Joins it still admits; `None` = unlimited.
+    pub uses_left: Option<u32>,
+    /// Revoked by the owner.
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    /// Whether the token has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
+    }
+
+    /// Whether the token can never admit or show anything again (revoked, expired or used
+    /// up): such tokens are dropped when the next one is minted.
+    pub fn is_dead(&self, now_ms: u64) -> bool {
+        self.revoked || self.is_expired(now_ms) || self.uses_left == Some(0)
+    }
 }
 
 impl ClusterRecord {
@@ -109,14 +192,12 @@ impl ClusterRecord {
         u32::try_from(self.members.len()).unwrap_or(u32::MAX)
     }
 
-    /// The slot the next new member gets: one past the highest slot used, or 0. Slots are
-    /// never reused.
+    /// The slot the next new member gets: the lowest slot no member holds (members may
+    /// leave or be evicted; without that, this is join order).
     pub fn next_slot(&self) -> u32 {
-        self.members
-            .iter()
-            .map(|m| m.slot)
-            .max()
-            .map_or(0, |s| s.saturating_add(1))
+        (0..=self.member_count())
+            .find(|slot| self.members.iter().all(|m| m.slot != *slot))
+            .unwrap_or(u32::MAX)
     }
 
     /// Whether the cluster has as many members as its maximum size (or more).
@@ -207,6 +288,80 @@ pub struct NewCluster {
     pub max_size: u32,
     /// How many endpoints each member must offer.
     pub endpoint_count: u32,
+    /// Its owner, policy and first join token (default: open, without owner).
+    pub admission: NewAdmission,
+}
+
+/// A proof made in one session (docs/protocol.md section 14.2): the session's binding and
+/// the Ed25519 signature. Not a secret, and checked by the rules against stored verifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// The session binding (xlReg/2: the registry's salt; xlReg/3: the handshake hash).
+    pub binding: Vec<u8>,
+    /// The signature (64 bytes for a valid one).
+    pub signature: Vec<u8>,
+}
+
+/// A join or list proof by a token's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaim {
+    /// The token id.
+    pub id: String,
+    /// The proof.
+    pub proof: Proof,
+}
+
+/// A token to store (its lifetime is counted from the time of the write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// The token id.
+    pub id: String,
+    /// The verifier, a 32-byte Ed25519 public key.
+    pub verifier: Vec<u8>,
+    /// Usage bits.
+    pub usages: u32,
+    /// Lifetime in ms; 0 = never expires.
+    pub ttl_ms: u64,
+    /// Joins it admits; `None` = unlimited.
+    pub uses: Option<u32>,
+}
+
+/// The admission part of a Create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAdmission {
+    /// The owner verifier and the proof the creator holds its credential; `None`: an open
+    /// cluster without owner.
+    pub owner: Option<(Vec<u8>, Proof)>,
+    /// With an owner: admit without tokens.
+    pub open: bool,
+    /// The first join token.
+    pub first_token: Option<NewToken>,
+}
+
+impl Default for NewAdmission {
+    /// Open, without owner: what a Create meant before admission.
+    fn default() -> NewAdmission {
+        NewAdmission {
+            owner: None,
+            open: true,
+            first_token: None,
+        }
+    }
+}
+
+/// A change only the owner may make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerChange {
+    /// Store a new token.
+    Mint(NewToken),
+    /// Revoke the token with this id.
+    Revoke(String),
+    /// Remove the member that is this node.
+    Evict(Id),
+    /// Take no new members from now on.
+    Close,
+    /// Delete the cluster, its members and tokens.
+    Delete,
 }
 
 /// The result of a successful join.
@@ -254,9 +409,45 @@ pub enum Write {
         cluster: ClusterRef,
         /// The node's id.
         node: Id,
+        /// The join proof, if the node presents a token.
+        token: Option<TokenClaim>,
         /// The time of the request, milliseconds since the Unix epoch.
         now_ms: u64,
     },
+    /// A change by the cluster's owner, proved by `proof` ([`rules::owner_change`]).
+    Owner {
+        /// The cluster.
+        cluster: ClusterRef,
+        /// The owner proof.
+        proof: Proof,
+        /// The change.
+        change: OwnerChange,
+        /// The time of the request, milliseconds since the Unix epoch.
+        now_ms: u64,
+    },
+    /// A member leaves the cluster ([`rules::leave`]).
+    Leave {
+        /// The cluster.
+        cluster: ClusterRef,
+        /// The member's node id.
+        node: Id,
+    },
+}
+
+impl Write {
+    /// The cluster a write proves something about (a join token, the owner credential), as
+    /// the request named it: such writes are refused while failed proofs are throttled.
+    pub fn proof_target(&self) -> Option<&ClusterRef> {
+        match self {
+            Write::Join {
+                cluster,
+                token: Some(_),
+                ..
+            }
+            | Write::Owner { cluster, .. } => Some(cluster),
+            _ => None,
+        }
+    }
 }
 
 /// What a [`Write`] did.
@@ -268,6 +459,10 @@ pub enum Written {
     Cluster(ClusterRecord, bool),
     /// The result of [`Write::Join`].
     Joined(JoinOutcome),
+    /// The result of a mint or a revocation: the cluster, and the token concerned.
+    Token(ClusterRecord, TokenRecord),
+    /// The result of an eviction, a close, a delete (the cluster as it was) or a leave.
+    Changed(ClusterRecord),
 }
 
 /// Why the registry's rules turned a [`Write`] down. A refusal changes nothing; it is an
@@ -340,6 +535,145 @@ pub enum Refusal {
         /// How long until the quota admits one more, in milliseconds.
         retry_after_ms: u64,
     },
+    /// A join, list or owner proof did not verify, or named a token or cluster that does
+    /// not exist: the same answer either way, so a stranger learns nothing.
+    #[error("{}", bad_proof_text(*.kind, cluster, tid))]
+    BadProof {
+        /// Which proof.
+        kind: ProofKind,
+        /// The cluster as the request named it.
+        cluster: String,
+        /// The token id the request named (join and list proofs).
+        tid: String,
+    },
+    /// The proof verified, but the token may not do this.
+    #[error("join token {tid} {problem}")]
+    TokenRefused {
+        /// The token id.
+        tid: String,
+        /// What is wrong with it.
+        problem: TokenProblem,
+    },
+    /// The cluster takes no new members (its owner closed it).
+    #[error("cluster {0} is closed to new members")]
+    ClusterClosed(String),
+    /// A Create named a cluster that exists and is not the creator's.
+    #[error("cluster name {0} is taken")]
+    NameTaken(String),
+    /// A token with this id exists in the cluster.
+    #[error("cluster {cluster} already has a token {tid}")]
+    TokenIdTaken {
+        /// The cluster's name.
+        cluster: String,
+        /// The token id.
+        tid: String,
+    },
+    /// The cluster holds [`MAX_TOKENS_PER_CLUSTER`] live tokens.
+    #[error("cluster {0} holds its maximum of 64 tokens; revoke some")]
+    TooManyTokens(String),
+    /// The owner named a token the cluster does not have.
+    #[error("cluster {cluster} has no token {tid}")]
+    NoSuchToken {
+        /// The cluster's name.
+        cluster: String,
+        /// The token id.
+        tid: String,
+    },
+    /// The node is not a member of the cluster.
+    #[error("node {node} is not a member of cluster {cluster}")]
+    NotAMember {
+        /// The cluster's name.
+        cluster: String,
+        /// The node.
+        node: Id,
+    },
+}
+
+impl Refusal {
+    /// The admission reason of this refusal, for the `xlreg_admission_failures_total`
+    /// metric: `None` for a refusal that is not about admission.
+    pub fn admission_reason(&self) -> Option<&'static str> {
+        match self {
+            Refusal::BadProof { kind, .. } => Some(kind.reason()),
+            Refusal::TokenRefused { problem, .. } => Some(problem.reason()),
+            Refusal::ClusterClosed(_) => Some("closed"),
+            _ => None,
+        }
+    }
+
+    /// Whether this refusal is a failed proof (counted by the throttle).
+    pub fn is_failed_proof(&self) -> bool {
+        matches!(self, Refusal::BadProof { .. })
+    }
+}
+
+/// Which admission proof failed ([`Refusal::BadProof`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofKind {
+    /// A Join's token proof.
+    Join,
+    /// A GetCluster's token proof.
+    List,
+    /// An owner proof.
+    Owner,
+}
+
+impl ProofKind {
+    /// The metric label of the failure.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProofKind::Join => "join_proof",
+            ProofKind::List => "list_proof",
+            ProofKind::Owner => "owner_proof",
+        }
+    }
+}
+
+fn bad_proof_text(kind: ProofKind, cluster: &str, tid: &str) -> String {
+    match kind {
+        ProofKind::Join => format!("join token {tid} is not valid for cluster {cluster}"),
+        ProofKind::List => format!("list proof for token {tid} is not valid for cluster {cluster}"),
+        ProofKind::Owner => format!("owner proof does not verify for cluster {cluster}"),
+    }
+}
+
+/// Why a token whose proof verified may not do what was asked ([`Refusal::TokenRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// The owner revoked it.
+    Revoked,
+    /// Its lifetime is over.
+    Expired,
+    /// It lacks the `join` usage.
+    NoJoin,
+    /// It lacks the `list` usage.
+    NoList,
+    /// It admitted as many joins as it was minted for.
+    UsedUp,
+}
+
+impl TokenProblem {
+    /// The metric label of the refusal.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenProblem::Revoked => "token_revoked",
+            TokenProblem::Expired => "token_expired",
+            TokenProblem::NoJoin | TokenProblem::NoList => "token_usage",
+            TokenProblem::UsedUp => "token_used_up",
+        }
+    }
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenProblem::Revoked => "was revoked",
+            TokenProblem::Expired => "has expired",
+            TokenProblem::NoJoin => "does not allow joining",
+            TokenProblem::NoList => "does not allow listing",
+            TokenProblem::UsedUp => "is used up",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -415,13 +749,15 @@ mod tests {
             created_at_ms: 0,
             touched_at_ms: 0,
             members: vec![],
+            admission: Admission::open(),
         };
         assert_eq!(c.next_slot(), 0);
         assert!(!c.is_full());
         c.members.push(member(0, 1));
         c.members.push(member(3, 2));
         assert_eq!(c.member_count(), 2);
-        assert_eq!(c.next_slot(), 4);
+        // The lowest free slot: 1 is free again.
+        assert_eq!(c.next_slot(), 1);
         assert!(c.is_full());
         assert_eq!(c.member_by_node(&id(2)).map(|m| m.slot), Some(3));
         assert!(c.member_by_node(&id(9)).is_none());

@@ -9,8 +9,8 @@
 use super::{IdSource, SnapshotRecords, StorageError, WriteAnswer};
 use crate::id::Id;
 use crate::model::{
-    rules, ClusterRecord, ClusterRef, JoinOutcome, NewCluster, NewNode, NodeRecord, Refusal,
-    Registration, RegistrationOutcome, Write, Written,
+    rules, ClusterRecord, ClusterRef, JoinOutcome, NewCluster, NewNode, NodeRecord, OwnerChange,
+    Proof, Refusal, Registration, RegistrationOutcome, TokenClaim, Write, Written,
 };
 
 /// How many fresh ids are drawn before giving up on finding an unused one.
@@ -115,8 +115,16 @@ pub(crate) fn apply_write<T: RecordTx>(
         Write::Join {
             cluster,
             node,
+            token,
             now_ms,
-        } => join(tx, cluster, node, *now_ms)?.map(Written::Joined),
+        } => join(tx, cluster, node, token.as_ref(), *now_ms)?.map(Written::Joined),
+        Write::Owner {
+            cluster,
+            proof,
+            change,
+            now_ms,
+        } => owner(tx, cluster, proof, change, *now_ms)?,
+        Write::Leave { cluster, node } => leave(tx, cluster, node)?.map(Written::Changed),
     })
 }
 
@@ -149,20 +157,28 @@ pub(crate) fn register<T: RecordTx>(
 
 /// Creates a cluster or finds the one of that name ([`rules::create`]); a new cluster gets
 /// an unused id from `ids`. Returns the cluster and whether it was created; a new cluster
-/// past the registry's cap is refused ([`Refusal::RegistryFull`]).
+/// past the registry's cap is refused ([`Refusal::RegistryFull`]), and so is a name taken
+/// by another creator ([`Refusal::NameTaken`]).
 pub(crate) fn create<T: RecordTx>(
     tx: &mut T,
     cluster: &NewCluster,
     now_ms: u64,
     ids: &IdSource,
 ) -> Result<Result<(ClusterRecord, bool), Refusal>, T::Error> {
+    if let Err(refusal) = rules::check_creator(cluster) {
+        return Ok(Err(refusal));
+    }
     let existing = resolve(tx, &ClusterRef::Name(cluster.name.clone()))?;
     if existing.is_none() {
         if let Err(refusal) = tx.admit_cluster()? {
             return Ok(Err(refusal));
         }
     }
-    let (record, created) = rules::create(cluster, existing, now_ms, || draw_unused_id(tx, ids))?;
+    let (record, created) =
+        match rules::create(cluster, existing, now_ms, || draw_unused_id(tx, ids))? {
+            Ok(answer) => answer,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
     if created {
         tx.put_cluster(&record)?;
         tx.put_name(&record.name, &record.id)?;
@@ -170,23 +186,66 @@ pub(crate) fn create<T: RecordTx>(
     Ok(Ok((record, created)))
 }
 
-/// Joins a registered node to a cluster ([`rules::join`]), reading the node's current record.
+/// Joins a registered node to a cluster under the cluster's admission
+/// ([`rules::join_admitted`]), reading the node's current record: the token's check, its
+/// use and the slot are one cluster record, read and stored in this transaction.
 pub(crate) fn join<T: RecordTx>(
     tx: &mut T,
     cluster: &ClusterRef,
     node: &Id,
+    token: Option<&TokenClaim>,
     now_ms: u64,
 ) -> Result<Result<JoinOutcome, Refusal>, T::Error> {
+    let named = cluster.to_string();
     let Some(record) = resolve(tx, cluster)? else {
-        return Ok(Err(Refusal::NoSuchCluster(cluster.to_string())));
+        return Ok(Err(rules::no_cluster_for(token, &named)));
     };
     let Some(node) = tx.node(node)? else {
         return Ok(Err(Refusal::NoSuchNode(node.clone())));
     };
-    match rules::join(record, &node, now_ms) {
+    match rules::join_admitted(record, &node, token, &named, now_ms) {
         Ok(joined) => {
             tx.put_cluster(&joined.cluster)?;
             Ok(Ok(joined))
+        }
+        Err(refusal) => Ok(Err(refusal)),
+    }
+}
+
+/// Applies an owner's change ([`rules::owner_change`]): stores the cluster, or deletes it.
+pub(crate) fn owner<T: RecordTx>(
+    tx: &mut T,
+    cluster: &ClusterRef,
+    proof: &Proof,
+    change: &OwnerChange,
+    now_ms: u64,
+) -> Result<Result<Written, Refusal>, T::Error> {
+    let record = resolve(tx, cluster)?;
+    let outcome = match rules::owner_change(record, proof, change, &cluster.to_string(), now_ms) {
+        Ok(outcome) => outcome,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    match &outcome.store {
+        Some(stored) => tx.put_cluster(stored)?,
+        None => tx.remove_cluster(&outcome.cluster)?,
+    }
+    Ok(Ok(match outcome.token {
+        Some(token) => Written::Token(outcome.cluster, token),
+        None => Written::Changed(outcome.cluster),
+    }))
+}
+
+/// A member leaves a cluster ([`rules::leave`]).
+pub(crate) fn leave<T: RecordTx>(
+    tx: &mut T,
+    cluster: &ClusterRef,
+    node: &Id,
+) -> Result<Result<ClusterRecord, Refusal>, T::Error> {
+    let record = resolve(tx, cluster)?;
+    match rules::leave(record, node, &cluster.to_string()) {
+        Ok(left) => {
+            tx.put_cluster(&left)?;
+            Ok(Ok(left))
         }
         Err(refusal) => Ok(Err(refusal)),
     }

@@ -132,6 +132,7 @@ mod tests {
     fn create(name: &str) -> Write {
         Write::CreateCluster {
             cluster: NewCluster {
+                admission: Default::default(),
                 name: name.into(),
                 attrs: 0,
                 max_size: 3,

@@ -40,14 +40,20 @@ impl ClusterEvents {
         }
     }
 
-    /// Announces the clusters that `answers` (a batch's answers) changed: every join.
+    /// Announces the clusters that `answers` (a batch's answers) changed: every join, leave,
+    /// eviction, token change, close and delete (a waiter on a deleted cluster re-reads it
+    /// and is told it is gone).
     pub(crate) fn notify_joins<'a>(
         &self,
         answers: impl IntoIterator<Item = &'a super::WriteAnswer>,
     ) {
         for answer in answers {
-            if let Ok(super::Written::Joined(joined)) = answer {
-                self.notify(&joined.cluster.id);
+            match answer {
+                Ok(super::Written::Joined(joined)) => self.notify(&joined.cluster.id),
+                Ok(super::Written::Changed(cluster) | super::Written::Token(cluster, _)) => {
+                    self.notify(&cluster.id)
+                }
+                _ => {}
             }
         }
     }

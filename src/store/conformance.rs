@@ -59,6 +59,7 @@ fn node(store: &dyn AdminStore, name: &str, endpoints: usize) -> NodeRecord {
 fn create_write(name: &str, max_size: u32, endpoint_count: u32) -> Write {
     Write::CreateCluster {
         cluster: NewCluster {
+            admission: Default::default(),
             name: name.into(),
             attrs: 0,
             max_size,
@@ -87,6 +88,7 @@ fn join(
     now_ms: u64,
 ) -> Result<JoinOutcome, StoreError> {
     match store.apply_now(&Write::Join {
+        token: None,
         cluster: cluster.clone(),
         node: node.id.clone(),
         now_ms,
@@ -374,6 +376,7 @@ pub(super) fn a_refusal_inside_a_batch_leaves_the_other_writes_alone<S: Backend 
     let c = cluster(&store, "pair", 2, 1);
     let nodes: Vec<_> = (0..3).map(|i| node(&store, &format!("n{i}"), 1)).collect();
     let join = |cluster: ClusterRef, n: &NodeRecord| Write::Join {
+        token: None,
         cluster,
         node: n.id.clone(),
         now_ms: 1,
@@ -410,6 +413,7 @@ pub(super) fn concurrent_joins_never_overfill<S: Backend + 'static>(make: fn(IdS
             .map(|n| {
                 let store = Arc::clone(&store);
                 let write = Write::Join {
+                    token: None,
                     cluster: ClusterRef::Id(c.id.clone()),
                     node: n.id.clone(),
                     now_ms: 1,
@@ -707,6 +711,7 @@ pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend +
     runtime().block_on(async {
         // A join to another cluster does not wake this one.
         let to_other = Write::Join {
+            token: None,
             cluster: ClusterRef::Id(other.id.clone()),
             node: b.id.clone(),
             now_ms: 2,
@@ -714,6 +719,7 @@ pub(super) fn a_join_wakes_a_watcher_and_only_after_the_watch_began<S: Backend +
         store.apply(vec![to_other]).await.unwrap();
         assert!(!watch.has_changed().unwrap());
         let to_c = Write::Join {
+            token: None,
             cluster: ClusterRef::Id(c.id.clone()),
             node: b.id.clone(),
             now_ms: 2,
@@ -779,6 +785,304 @@ pub(super) fn a_failed_store_refuses_reads_and_writes_from_then_on<S: Backend + 
     assert!(failed(&rt.block_on(store.durable()).unwrap_err()));
 }
 
+// Admission (docs/protocol.md section 14): the rules of crate::model::rules through each
+// backend's transactions.
+
+const BINDING: [u8; 16] = [0x44; 16];
+
+fn owner_secret() -> crate::model::admission::OwnerSecret {
+    crate::model::admission::OwnerSecret::parse("abcdefghijklmnopqrstuvwxyz234567").unwrap()
+}
+
+fn token_secret(tid: &str) -> crate::model::admission::JoinTokenSecret {
+    crate::model::admission::JoinTokenSecret::parse(&format!("{tid}.abcdefghijklmnopqrstuvwxyz"))
+        .unwrap()
+}
+
+fn new_token(tid: &str, uses: Option<u32>, ttl_ms: u64) -> crate::model::NewToken {
+    crate::model::NewToken {
+        id: tid.into(),
+        verifier: token_secret(tid).key().verifier().to_vec(),
+        usages: crate::model::USAGE_JOIN,
+        ttl_ms,
+        uses,
+    }
+}
+
+/// Creates the admission-controlled cluster `name` of `max` slots owned by
+/// [`owner_secret`], whose first token is `first`.
+fn owned_cluster(
+    store: &dyn AdminStore,
+    name: &str,
+    max: u32,
+    first: crate::model::NewToken,
+) -> ClusterRecord {
+    use crate::model::admission::{owner_proof_input, OwnerOp};
+    let key = owner_secret().key();
+    let input = owner_proof_input(
+        &BINDING,
+        OwnerOp::Create,
+        name.as_bytes(),
+        &key.verifier(),
+        first.id.as_bytes(),
+    );
+    let write = Write::CreateCluster {
+        cluster: NewCluster {
+            admission: crate::model::NewAdmission {
+                owner: Some((
+                    key.verifier().to_vec(),
+                    crate::model::Proof {
+                        binding: BINDING.to_vec(),
+                        signature: key.sign(&input).to_vec(),
+                    },
+                )),
+                open: false,
+                first_token: Some(first),
+            },
+            name: name.into(),
+            attrs: 0,
+            max_size: max,
+            endpoint_count: 1,
+        },
+        now_ms: 1,
+    };
+    match store.apply_now(&write) {
+        Ok(Written::Cluster(c, true)) => c,
+        other => panic!("not a new cluster: {other:?}"),
+    }
+}
+
+/// A join of `node` to `cluster` with a proof by the token `tid`.
+fn token_join(cluster: &ClusterRecord, node: &NodeRecord, tid: &str, now_ms: u64) -> Write {
+    use crate::model::admission::{join_proof_input, JoiningNode};
+    let joining = JoiningNode {
+        id: node.id.as_bytes(),
+        comms_key: &node.comms_key,
+        sig_key: &node.sig_key,
+        endpoints: &node.endpoints,
+    };
+    let input = join_proof_input(&BINDING, cluster.id.as_bytes(), tid, &joining);
+    Write::Join {
+        cluster: ClusterRef::Id(cluster.id.clone()),
+        node: node.id.clone(),
+        token: Some(crate::model::TokenClaim {
+            id: tid.into(),
+            proof: crate::model::Proof {
+                binding: BINDING.to_vec(),
+                signature: token_secret(tid).key().sign(&input).to_vec(),
+            },
+        }),
+        now_ms,
+    }
+}
+
+/// An owner change of `cluster`, proved with [`owner_secret`].
+fn owner_write(cluster: &ClusterRecord, change: crate::model::OwnerChange) -> Write {
+    use crate::model::admission::{owner_proof_input, OwnerOp};
+    use crate::model::OwnerChange;
+    let (op, a, b): (OwnerOp, Vec<u8>, Vec<u8>) = match &change {
+        OwnerChange::Mint(t) => (OwnerOp::Mint, t.id.clone().into_bytes(), t.verifier.clone()),
+        OwnerChange::Revoke(tid) => (OwnerOp::Revoke, tid.clone().into_bytes(), vec![]),
+        OwnerChange::Evict(node) => (OwnerOp::Evict, node.as_bytes().to_vec(), vec![]),
+        OwnerChange::Close => (OwnerOp::Close, vec![], vec![]),
+        OwnerChange::Delete => (OwnerOp::Delete, vec![], vec![]),
+    };
+    let input = owner_proof_input(&BINDING, op, cluster.id.as_bytes(), &a, &b);
+    Write::Owner {
+        cluster: ClusterRef::Id(cluster.id.clone()),
+        proof: crate::model::Proof {
+            binding: BINDING.to_vec(),
+            signature: owner_secret().key().sign(&input).to_vec(),
+        },
+        change,
+        now_ms: 2,
+    }
+}
+
+pub(super) fn twenty_racers_with_a_five_use_token_on_ten_slots_five_join<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
+    let store = Arc::new(make(IdSource::from_os()));
+    let c = owned_cluster(&*store, "c", 10, new_token("five00", Some(5), 0));
+    let nodes: Vec<_> = (0..20)
+        .map(|i| node(&*store, &format!("n{i}"), 1))
+        .collect();
+    let answers = runtime().block_on(async {
+        let tasks: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let store = Arc::clone(&store);
+                let write = token_join(&c, n, "five00", 2);
+                tokio::spawn(async move { store.apply(vec![write]).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.extend(t.await.unwrap().unwrap());
+        }
+        answers
+    });
+    let mut slots: Vec<u32> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Ok(Written::Joined(j)) => Some(j.slot),
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    assert_eq!(slots, vec![0, 1, 2, 3, 4]);
+    let used_up = answers
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Err(Refusal::TokenRefused {
+                    problem: crate::model::TokenProblem::UsedUp,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(used_up, 15);
+    let c = AdminStore::cluster(&*store, &name("c")).unwrap().unwrap();
+    assert_eq!(c.members.len(), 5);
+    assert_eq!(c.admission.tokens[0].uses_left, Some(0));
+}
+
+pub(super) fn admission_refuses_strangers_and_bad_tokens_and_changes_nothing<
+    S: Backend + 'static,
+>(
+    make: fn(IdSource) -> S,
+) {
+    use crate::model::TokenProblem;
+    let store = make(IdSource::from_os());
+    let c = owned_cluster(&store, "c", 4, new_token("good00", None, 0));
+    let a = node(&store, "a", 1);
+    let before = AdminStore::cluster(&store, &name("c")).unwrap().unwrap();
+    // No token: the answer for a cluster that does not exist.
+    assert_eq!(
+        refusal(join(&store, &name("c"), &a, 2)),
+        Refusal::NoSuchCluster("c".into())
+    );
+    // A token the cluster does not have, and a proof from another session.
+    assert!(matches!(
+        refusal(store.apply_now(&token_join(&c, &a, "nope00", 2))),
+        Refusal::BadProof { .. }
+    ));
+    let mut replayed = token_join(&c, &a, "good00", 2);
+    if let Write::Join {
+        token: Some(claim), ..
+    } = &mut replayed
+    {
+        claim.proof.binding = vec![0x45; 16];
+    }
+    assert!(matches!(
+        refusal(store.apply_now(&replayed)),
+        Refusal::BadProof { .. }
+    ));
+    assert_eq!(
+        AdminStore::cluster(&store, &name("c")).unwrap().unwrap(),
+        before
+    );
+    // An expired token (1 ms, minted at 2).
+    store
+        .apply_now(&owner_write(
+            &c,
+            crate::model::OwnerChange::Mint(new_token("short0", None, 1)),
+        ))
+        .unwrap();
+    assert!(matches!(
+        refusal(store.apply_now(&token_join(&c, &a, "short0", 3))),
+        Refusal::TokenRefused {
+            problem: TokenProblem::Expired,
+            ..
+        }
+    ));
+    // The good token joins; the member rejoins without it.
+    let joined = store.apply_now(&token_join(&c, &a, "good00", 3)).unwrap();
+    assert!(matches!(joined, Written::Joined(ref j) if j.slot == 0));
+    assert_eq!(join(&store, &name("c"), &a, 4).unwrap().slot, 0);
+}
+
+pub(super) fn owner_changes_need_the_owner_and_free_slots<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
+    use crate::model::OwnerChange;
+    let store = make(IdSource::from_os());
+    let c = owned_cluster(&store, "c", 2, new_token("good00", None, 0));
+    let a = node(&store, "a", 1);
+    let b = node(&store, "b", 1);
+    let d = node(&store, "d", 1);
+    store.apply_now(&token_join(&c, &a, "good00", 2)).unwrap();
+    store.apply_now(&token_join(&c, &b, "good00", 2)).unwrap();
+    // A proof by another key is refused as for a missing cluster.
+    let mut forged = owner_write(&c, OwnerChange::Delete);
+    if let Write::Owner { proof, .. } = &mut forged {
+        proof.signature[0] ^= 1;
+    }
+    assert!(matches!(
+        refusal(store.apply_now(&forged)),
+        Refusal::BadProof { .. }
+    ));
+    // Evict a: slot 0 is free for d.
+    let evicted = store
+        .apply_now(&owner_write(&c, OwnerChange::Evict(a.id.clone())))
+        .unwrap();
+    assert!(matches!(evicted, Written::Changed(ref c) if c.members.len() == 1));
+    let joined = store.apply_now(&token_join(&c, &d, "good00", 3)).unwrap();
+    assert!(matches!(joined, Written::Joined(ref j) if j.slot == 0));
+    // b leaves: slot 1 is free; close: a new member is refused.
+    store
+        .apply_now(&Write::Leave {
+            cluster: name("c"),
+            node: b.id.clone(),
+        })
+        .unwrap();
+    store
+        .apply_now(&owner_write(&c, OwnerChange::Close))
+        .unwrap();
+    assert_eq!(
+        refusal(store.apply_now(&token_join(&c, &a, "good00", 4))),
+        Refusal::ClusterClosed("c".into())
+    );
+    // Revoke, then a mint of the same id after the revoked one is dropped.
+    store
+        .apply_now(&owner_write(&c, OwnerChange::Revoke("good00".into())))
+        .unwrap();
+    store
+        .apply_now(&owner_write(
+            &c,
+            OwnerChange::Mint(new_token("good00", None, 0)),
+        ))
+        .unwrap();
+    assert!(matches!(
+        refusal(store.apply_now(&owner_write(
+            &c,
+            OwnerChange::Mint(new_token("good00", None, 0))
+        ))),
+        Refusal::TokenIdTaken { .. }
+    ));
+    // Delete: the cluster is gone, its name free.
+    store
+        .apply_now(&owner_write(&c, OwnerChange::Delete))
+        .unwrap();
+    assert_eq!(AdminStore::cluster(&store, &name("c")).unwrap(), None);
+    assert!(create(&store, "c", 2, 1).1);
+}
+
+pub(super) fn a_name_is_returned_only_to_its_creator<S: Backend + 'static>(
+    make: fn(IdSource) -> S,
+) {
+    let store = make(IdSource::from_os());
+    owned_cluster(&store, "owned", 2, new_token("good00", None, 0));
+    cluster(&store, "open", 2, 1);
+    assert_eq!(
+        refusal(store.apply_now(&create_write("owned", 2, 1))),
+        Refusal::NameTaken("owned".into())
+    );
+    assert!(!create(&store, "open", 2, 1).1);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -808,6 +1112,10 @@ macro_rules! conformance {
                 a_join_wakes_a_watcher_and_only_after_the_watch_began,
                 fresh_ids_are_unused_and_come_from_the_stores_source,
                 a_failed_store_refuses_reads_and_writes_from_then_on,
+                twenty_racers_with_a_five_use_token_on_ten_slots_five_join,
+                admission_refuses_strangers_and_bad_tokens_and_changes_nothing,
+                owner_changes_need_the_owner_and_free_slots,
+                a_name_is_returned_only_to_its_creator,
             );
         }
     };
@@ -898,6 +1206,7 @@ fn write_of(op: &Op, registered: &[Id], now_ms: u64) -> Write {
             Write::CreateCluster { cluster, now_ms }
         }
         Op::Join { cluster, node } => Write::Join {
+            token: None,
             cluster: ClusterRef::Name(format!("c{cluster}")),
             node: pick(*node).unwrap_or_else(|| Id::from_bytes(&[0xee; 32]).unwrap()),
             now_ms,

@@ -498,6 +498,7 @@ mod tests {
 
     fn join(cluster: &ClusterRecord, node: &crate::store::NodeRecord) -> Write {
         Write::Join {
+            token: None,
             cluster: ClusterRef::Id(cluster.id.clone()),
             node: node.id.clone(),
             now_ms: 1,
@@ -695,6 +696,7 @@ mod tests {
             store
                 .write(Write::CreateCluster {
                     cluster: NewCluster {
+                        admission: Default::default(),
                         name: "kept".into(),
                         attrs: 0,
                         max_size: 3,

@@ -166,6 +166,7 @@ mod tests {
         let (cluster, _) = store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: "big".into(),
                     attrs: 0,
                     max_size: 64,

@@ -13,7 +13,7 @@
 //! [`Store`] implements both ports, [`SessionStore`](crate::store::SessionStore) and
 //! [`AdminStore`](crate::store::AdminStore) (`port`).
 //!
-//! # On-disk layout (schema 1)
+//! # On-disk layout (schema 2: schema 1 with the admission state inside each cluster record)
 //!
 //! The data directory is a sled 0.34.7 database with these trees; values are
 //! `bincode::serialize`-encoded (bincode 1.3.3) records of [`crate::model`]:
@@ -416,7 +416,7 @@ impl Store {
         node: &NodeRecord,
         now_ms: u64,
     ) -> Result<JoinOutcome, StoreError> {
-        StoreError::flatten(self.transact(|t| apply::join(t, cluster, &node.id, now_ms)))
+        StoreError::flatten(self.transact(|t| apply::join(t, cluster, &node.id, None, now_ms)))
     }
 
     /// Applies one [`Write`] in its own transaction. The change is committed, not yet durable:
@@ -662,6 +662,7 @@ pub(super) mod tests {
         store
             .create_cluster(
                 NewCluster {
+                    admission: Default::default(),
                     name: name.into(),
                     attrs: 0,
                     max_size,

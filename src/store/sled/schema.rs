@@ -12,9 +12,11 @@ use crate::store::StorageError;
 
 #[path = "../../../migrations/0001_initial_layout.rs"]
 mod m0001_initial_layout;
+#[path = "../../../migrations/0002_cluster_admission.rs"]
+mod m0002_cluster_admission;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The tree and key holding the schema version.
 pub(super) const META_TREE: &str = "meta";
@@ -28,11 +30,18 @@ struct Step {
 }
 
 /// All migration steps, in order; the last one's version is [`SCHEMA_VERSION`].
-const STEPS: &[Step] = &[Step {
-    version: 1,
-    name: "initial layout",
-    apply: m0001_initial_layout::apply,
-}];
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "initial layout",
+        apply: m0001_initial_layout::apply,
+    },
+    Step {
+        version: 2,
+        name: "cluster admission",
+        apply: m0002_cluster_admission::apply,
+    },
+];
 
 /// Reads the stored schema version: `None` if none is stored.
 pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StorageError> {
@@ -143,7 +152,7 @@ mod tests {
         ));
         assert_eq!(
             e.to_string(),
-            "data directory has schema version 7, this xlreg understands up to 1; use a newer xlreg"
+            "data directory has schema version 7, this xlreg understands up to 2; use a newer xlreg"
         );
 
         let db = temp_db();
@@ -159,5 +168,47 @@ mod tests {
             .insert(b"k", &b"v"[..])
             .unwrap();
         assert!(matches!(migrate(&db), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn schema_one_clusters_become_open_clusters_without_owner() {
+        use crate::id::Id;
+        use crate::model::{Admission, ClusterRecord, MemberRecord};
+        let db = temp_db();
+        // A schema-1 directory: the first step, its version, and a cluster as schema 1
+        // stored it (the schema-2 record without its admission state).
+        (STEPS[0].apply)(&db).unwrap();
+        write_version(&db, 1).unwrap();
+        let mut cluster = ClusterRecord {
+            id: Id::from_bytes(&[3; 32]).unwrap(),
+            name: "old".into(),
+            attrs: 1,
+            max_size: 3,
+            endpoint_count: 1,
+            created_at_ms: 5,
+            touched_at_ms: 6,
+            members: vec![MemberRecord {
+                slot: 0,
+                node_id: Id::from_bytes(&[4; 32]).unwrap(),
+                name: "m".into(),
+                attrs: 0,
+                endpoints: vec!["127.0.0.1:1".into()],
+                joined_at_ms: 6,
+            }],
+            admission: Admission::open(),
+        };
+        let full = bincode::serialize(&cluster).unwrap();
+        let tail = bincode::serialize(&Admission::open()).unwrap();
+        let schema_one = &full[..full.len() - tail.len()];
+        let clusters = db.open_tree("clusters").unwrap();
+        clusters.insert(cluster.id.as_bytes(), schema_one).unwrap();
+        migrate(&db).unwrap();
+        migrate(&db).unwrap();
+        assert_eq!(stored_version(&db).unwrap(), Some(2));
+        let stored = clusters.get(cluster.id.as_bytes()).unwrap().unwrap();
+        let read: ClusterRecord = bincode::deserialize(&stored).unwrap();
+        assert!(read.admission.open && !read.admission.has_owner());
+        cluster.admission = Admission::open();
+        assert_eq!(read, cluster);
     }
 }

@@ -29,9 +29,9 @@ impl Snapshot {
     ///
     /// Checked: the schema version is known and the registry's facts decode; every record
     /// decodes and sits under its own id; the name index and the clusters agree both ways;
-    /// no cluster is over its maximum or outside 2..=64; member counts match the slots
-    /// (slot i holds the i-th member to join: 0, 1, 2, ... without gaps, as slots are never
-    /// reused and members never leave); member names and nodes are unique within a cluster;
+    /// no cluster is over its maximum or outside 2..=64; members are stored in slot order,
+    /// each slot below the cluster's maximum (members leave and are evicted, so slots may
+    /// have gaps: docs/protocol.md section 14.7); member names and nodes are unique within a cluster;
     /// every member is a registered node and offers the endpoints its cluster requires; no
     /// id is both a node's and a cluster's.
     pub fn verify(&self) -> Vec<String> {
@@ -121,13 +121,21 @@ impl Snapshot {
             }
             let mut member_names = HashSet::new();
             let mut members = HashSet::new();
-            for (position, member) in cluster.members.iter().enumerate() {
-                if u32::try_from(position) != Ok(member.slot) {
+            let mut previous_slot = None;
+            for member in &cluster.members {
+                if member.slot >= cluster.max_size {
                     problems.push(format!(
-                        "{label}: member {} is number {position} to join but holds slot {}",
+                        "{label}: member {} holds slot {}, beyond its maximum size {}",
+                        member.name, member.slot, cluster.max_size
+                    ));
+                }
+                if previous_slot.is_some_and(|previous| member.slot <= previous) {
+                    problems.push(format!(
+                        "{label}: member {} holds slot {} out of slot order",
                         member.name, member.slot
                     ));
                 }
+                previous_slot = Some(member.slot);
                 if !member_names.insert(&member.name) {
                     problems.push(format!(
                         "{label}: member name {} appears twice",
@@ -197,6 +205,7 @@ mod tests {
 
     fn record(name: &str, byte: u8, members: Vec<MemberRecord>) -> ClusterRecord {
         ClusterRecord {
+            admission: crate::model::Admission::open(),
             id: Id::from_bytes(&[byte; 32]).unwrap(),
             name: name.into(),
             attrs: 0,
@@ -246,9 +255,21 @@ mod tests {
             )],
             "is over its maximum (3/2)",
         );
+        // A gap (a member left) is fine; a slot beyond the size or out of order is not.
+        let gap = record("gap", 1, vec![member(1, &a, 1)]);
+        let snap = Snapshot::from_records(None, &nodes, std::slice::from_ref(&gap)).unwrap();
+        assert_eq!(snap.verify(), Vec::<String>::new());
         check(
-            vec![record("gap", 1, vec![member(0, &a, 1), member(2, &b, 1)])],
-            "is number 1 to join but holds slot 2",
+            vec![record(
+                "beyond",
+                1,
+                vec![member(0, &a, 1), member(2, &b, 1)],
+            )],
+            "holds slot 2, beyond its maximum size 2",
+        );
+        check(
+            vec![record("order", 1, vec![member(1, &a, 1), member(0, &b, 1)])],
+            "holds slot 0 out of slot order",
         );
         check(
             vec![record("twice", 1, vec![member(0, &a, 1), member(1, &a, 1)])],
