@@ -838,6 +838,32 @@ async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
         .unwrap();
     assert_eq!(client.version(), 3);
     client.register(&node(1, "n", 1)).await.unwrap();
+    // After an online key rotation the fetch serves the rewritten file (both key sets),
+    // with the same pin: the pin covers the RSA keys, not the rotating ones.
+    let output = common::xlreg(&[
+        "admin",
+        "rotate-handshake-keys",
+        "--overlap",
+        "1h",
+        "--data-dir",
+        server.dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let mut conn = common::RawConn::connect(&server.endpoint()).await;
+    conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 1])
+        .await
+        .unwrap();
+    let common::Heard::Frame(text) = conn.hear().await else {
+        panic!("no credentials after the rotation")
+    };
+    let rotated = xlreg::regcred::RegCred::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+    assert_eq!(
+        rotated,
+        xlreg::regcred::RegCred::read(&server.regcred_path).unwrap()
+    );
+    assert!(rotated.handshake_previous.is_some());
+    assert_ne!(rotated.handshake, fetched.handshake);
+    assert_eq!(pin_of(&rotated), pin_of(&fetched));
     // Any other 8-byte first frame is closed unanswered.
     let mut conn = common::RawConn::connect(&server.endpoint()).await;
     conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 2])
