@@ -143,9 +143,6 @@ pub struct RotationReport {
 struct Publication {
     path: PathBuf,
     cred: RegCred,
-    /// The file's text as last written: what a regCred fetch is answered with
-    /// (docs/protocol.md section 14.10).
-    text: Arc<str>,
 }
 
 /// The key sets a registry serves, swapped atomically on rotation and expiry.
@@ -157,6 +154,10 @@ pub struct HandshakeKeyRing {
     /// Held across a whole rotation or expiry (files, swap, regCred.dat), so two never
     /// interleave; holds the published regCred.dat.
     changing: Mutex<Option<Publication>>,
+    /// The published regCred.dat's text as last written: what a regCred fetch is answered
+    /// with (docs/protocol.md section 14.10). Apart from `changing`, so that a session
+    /// starting during a rotation does not wait for its file writes.
+    published_text: RwLock<Option<Arc<str>>>,
 }
 
 impl HandshakeKeyRing {
@@ -190,6 +191,7 @@ impl HandshakeKeyRing {
             dir: dir.map(Path::to_path_buf),
             sets: RwLock::new(Arc::new(HandshakeKeySets { current, previous })),
             changing: Mutex::new(None),
+            published_text: RwLock::new(None),
         })
     }
 
@@ -227,14 +229,24 @@ impl HandshakeKeyRing {
         *self.lock_changes() = Some(Publication {
             path: path.to_path_buf(),
             cred: cred.clone(),
-            text: cred.to_text().into(),
         });
+        self.set_published_text(cred);
     }
 
     /// The text of the regCred.dat published last (current after rotations), if any: what
     /// the registry answers a regCred fetch with.
     pub fn published_text(&self) -> Option<Arc<str>> {
-        self.lock_changes().as_ref().map(|p| p.text.clone())
+        self.published_text
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_published_text(&self, cred: &RegCred) {
+        *self
+            .published_text
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cred.to_text().into());
     }
 
     /// Rewrites the published regCred.dat, if any, for the sets served at `now_ms`.
@@ -248,7 +260,7 @@ impl HandshakeKeyRing {
         };
         self.fill(&mut publication.cred, now_ms);
         publication.cred.write(&publication.path)?;
-        publication.text = publication.cred.to_text().into();
+        self.set_published_text(&publication.cred);
         Ok(Some(publication.path.clone()))
     }
 

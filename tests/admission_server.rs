@@ -818,9 +818,9 @@ fn pin_of(cred: &xlreg::regcred::RegCred) -> [u8; 32] {
     )
 }
 
-#[tokio::test]
-async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
-    let (_dir, server) = start();
+/// Fetches the registry's credentials (section 14.10): the frame `00000008 "XLRC" 00000001`,
+/// answered with one frame of regCred.dat text, then the close.
+async fn fetch_regcred(server: &Server) -> xlreg::regcred::RegCred {
     let mut conn = common::RawConn::connect(&server.endpoint()).await;
     conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 1])
         .await
@@ -829,7 +829,13 @@ async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
         panic!("no credentials")
     };
     conn.expect_silent_close("after the credentials").await;
-    let fetched = xlreg::regcred::RegCred::parse(std::str::from_utf8(&text).unwrap()).unwrap();
+    xlreg::regcred::RegCred::parse(std::str::from_utf8(&text).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
+    let (_dir, server) = start();
+    let fetched = fetch_regcred(&server).await;
     assert_eq!(pin_of(&fetched), pin_of(&server.regcred));
     assert_eq!(fetched, server.regcred);
     // A session with the fetched keys works (version 3: their signature verified).
@@ -838,6 +844,25 @@ async fn a_node_with_only_a_pin_fetches_and_checks_the_registrys_credentials() {
         .unwrap();
     assert_eq!(client.version(), 3);
     client.register(&node(1, "n", 1)).await.unwrap();
+    // After an online key rotation the fetch serves the rewritten file (both key sets),
+    // with the same pin: the pin covers the RSA keys, not the rotating ones.
+    let output = common::xlreg(&[
+        "admin",
+        "rotate-handshake-keys",
+        "--overlap",
+        "1h",
+        "--data-dir",
+        server.dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let rotated = fetch_regcred(&server).await;
+    assert_eq!(
+        rotated,
+        xlreg::regcred::RegCred::read(&server.regcred_path).unwrap()
+    );
+    assert!(rotated.handshake_previous.is_some());
+    assert_ne!(rotated.handshake, fetched.handshake);
+    assert_eq!(pin_of(&rotated), pin_of(&fetched));
     // Any other 8-byte first frame is closed unanswered.
     let mut conn = common::RawConn::connect(&server.endpoint()).await;
     conn.send_raw(&[0, 0, 0, 8, b'X', b'L', b'R', b'C', 0, 0, 0, 2])
