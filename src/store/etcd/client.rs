@@ -187,6 +187,8 @@ impl std::fmt::Debug for EtcdClient {
 enum Retry {
     /// It changes nothing, or the same thing however often it runs.
     Safe,
+    /// As `Safe`, but each endpoint is asked once only (a probe: answer fast).
+    OncePerEndpoint,
     /// It may apply a change: report an unknown outcome instead.
     Never,
 }
@@ -269,7 +271,11 @@ impl EtcdClient {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let n = self.inner.endpoints.len();
-        let tries = if retry == Retry::Safe { 2 * n } else { 1 };
+        let tries = match retry {
+            Retry::Safe => 2 * n,
+            Retry::OncePerEndpoint => n,
+            Retry::Never => 1,
+        };
         let start = self.inner.current.load(Ordering::Relaxed);
         let mut last = String::new();
         let mut reauthenticated = false;
@@ -390,6 +396,21 @@ impl EtcdClient {
             })
             .await?;
         Ok(answer.kvs.into_iter().next())
+    }
+
+    /// Whether a quorum answers now: a linearizable read of `key`, each endpoint asked once.
+    pub async fn probe(&self, key: &[u8]) -> Result<(), EtcdError> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        self.call("probe", Retry::OncePerEndpoint, |channel, token| {
+            let request = with_token(request.clone(), token);
+            async move { KvClient::new(channel).range(request).await }
+        })
+        .await
+        .map(drop)
     }
 
     /// One range request as given (linearizable unless it says otherwise), retried.

@@ -387,7 +387,7 @@ impl Inner {
         let key = self.keys.key(Keys::META, VERSION_KEY);
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            match self.client.get(&key).await {
+            match self.client.probe(&key).await {
                 Ok(_) => self.health.set_available(),
                 Err(EtcdError::Unavailable(why)) => self.health.set_unavailable(why),
                 Err(_) => {}
