@@ -5,6 +5,9 @@
 //! Cases, each with the etcd round trips and lost compares per write:
 //! - `join, one cluster`: N joiners join the same 64-slot cluster each round, one write per
 //!   `apply` (every join of a round contends for the one cluster key);
+//! - `join, one, 3 servers`: the same, the joiners spread over three stores on the same
+//!   prefix (three `xlreg serve` processes): each store combines its own joiners, and the
+//!   three race each other for the cluster key (lost compares);
 //! - `join, own cluster`: N joiners each join a cluster of their own (no contention: what one
 //!   round trip per write allows);
 //! - `join, batch of 16`: joins handed to the store 16 at a time (one `apply`, one Txn);
@@ -30,6 +33,7 @@ use xlreg::store::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
     JoinOneCluster,
+    JoinOneClusterThreeStores,
     JoinOwnCluster,
     JoinBatch16,
     RegisterNoCap,
@@ -40,6 +44,7 @@ impl Case {
     fn label(self) -> &'static str {
         match self {
             Case::JoinOneCluster => "join, one cluster",
+            Case::JoinOneClusterThreeStores => "join, one, 3 servers",
             Case::JoinOwnCluster => "join, own cluster",
             Case::JoinBatch16 => "join, batch of 16",
             Case::RegisterNoCap => "register, no cap",
@@ -108,8 +113,20 @@ fn measure(
     }
     let joins = matches!(
         case,
-        Case::JoinOneCluster | Case::JoinOwnCluster | Case::JoinBatch16
+        Case::JoinOneCluster
+            | Case::JoinOneClusterThreeStores
+            | Case::JoinOwnCluster
+            | Case::JoinBatch16
     );
+    let stores: Vec<Arc<EtcdStore>> = if case == Case::JoinOneClusterThreeStores {
+        vec![
+            Arc::clone(&store),
+            Arc::new(EtcdStore::open(&config).unwrap()),
+            Arc::new(EtcdStore::open(&config).unwrap()),
+        ]
+    } else {
+        vec![Arc::clone(&store)]
+    };
     let nodes: Vec<Id> = if joins {
         (0..writers)
             .map(|i| register(&store, format!("n{i}")))
@@ -119,7 +136,7 @@ fn measure(
     };
     // Per round, the cluster every writer joins; or per writer and round, its own.
     let clusters: Vec<Vec<Id>> = match case {
-        Case::JoinOneCluster | Case::JoinBatch16 => {
+        Case::JoinOneCluster | Case::JoinOneClusterThreeStores | Case::JoinBatch16 => {
             let per_round: Vec<Id> = (0..rounds)
                 .map(|r| create(&store, format!("r{r}")))
                 .collect();
@@ -173,7 +190,7 @@ fn measure(
                 .collect(),
             _ => (0..writers)
                 .map(|w| {
-                    let store = Arc::clone(&store);
+                    let store = Arc::clone(&stores[w % stores.len()]);
                     let node = nodes.get(w).cloned();
                     let mine = clusters.get(w).cloned().unwrap_or_default();
                     tokio::spawn(async move {
@@ -240,12 +257,13 @@ fn main() {
     for writers in [1usize, 64] {
         for case in [
             Case::JoinOneCluster,
+            Case::JoinOneClusterThreeStores,
             Case::JoinOwnCluster,
             Case::JoinBatch16,
             Case::RegisterNoCap,
             Case::RegisterCapped,
         ] {
-            if case == Case::JoinBatch16 && writers < 16 {
+            if matches!(case, Case::JoinBatch16 | Case::JoinOneClusterThreeStores) && writers < 16 {
                 continue;
             }
             let (probe, ..) = measure(&etcd, case, writers, 2);

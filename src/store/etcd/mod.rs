@@ -132,6 +132,9 @@ pub struct EtcdStore {
     /// The runtime the client's connections, the watch and the probe run on (its own, so
     /// the blocking admin methods can wait for etcd from any thread).
     runtime: Option<tokio::runtime::Runtime>,
+    /// The daemon's data directory for its local files (keys, regCred.dat, the control
+    /// socket), if it has one: what [`AdminStore::data_dir`] answers.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 struct Inner {
@@ -218,12 +221,20 @@ impl EtcdStore {
         let store = EtcdStore {
             inner: Arc::clone(&inner),
             runtime: Some(runtime),
+            data_dir: None,
         };
         let revision = store.block(inner.prepare())?;
         let handle = store.handle().clone();
         handle.spawn(Arc::clone(&inner).watch_clusters(revision + 1));
         handle.spawn(Arc::clone(&inner).probe());
         Ok(store)
+    }
+
+    /// Names the data directory of the daemon this store serves: its local files (keys,
+    /// regCred.dat, the control socket) live there, and backups take the key files from it.
+    pub fn with_data_dir(mut self, dir: &Path) -> EtcdStore {
+        self.data_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// The client, for what else lives in etcd beside the records (the registry's sealed
@@ -1240,7 +1251,7 @@ impl AdminStore for EtcdStore {
     }
 
     fn data_dir(&self) -> Option<&Path> {
-        None
+        self.data_dir.as_deref()
     }
 }
 
