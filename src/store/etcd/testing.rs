@@ -1,6 +1,7 @@
 //! Real etcd clusters for tests and benches: [`EtcdCluster`] starts three `etcd` members
 //! on free 127.0.0.1 ports in a temporary directory, finds the leader, SIGKILLs, SIGSTOPs
-//! and restarts members, and tears everything down when dropped.
+//! and restarts members, and tears everything down when dropped; [`CutProxy`] cuts and
+//! restores one client's connections to a member.
 //!
 //! This module owns the test harness of the etcd backend, shared by the library's unit
 //! tests, the integration tests (`tests/common/etcd.rs`) and the benches. Without `etcd`
@@ -15,8 +16,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a cluster may take to elect a leader and answer.
@@ -339,4 +341,106 @@ fn spawn_tied_to_this_process(mut command: Command) -> Child {
         .recv()
         .expect("the spawner thread answers")
         .expect("start etcd")
+}
+
+/// A TCP proxy on a loopback port in front of one etcd member, whose connections a test can
+/// cut (every open connection closed, new ones closed on arrival) and restore: a client's
+/// connection to etcd lost and back, with etcd itself untouched.
+#[derive(Debug)]
+pub struct CutProxy {
+    port: u16,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    cut: AtomicBool,
+    stop: AtomicBool,
+    /// Both ends of every connection forwarded, to close them on a cut.
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl CutProxy {
+    /// Starts forwarding a new loopback port to `target` (an `http://127.0.0.1:PORT` URL or
+    /// `127.0.0.1:PORT`).
+    pub fn start(target: &str) -> CutProxy {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("a bound address").port();
+        let state = Arc::new(ProxyState::default());
+        let shared = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("etcd-test-proxy".into())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    if shared.cut.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(&target) else {
+                        continue;
+                    };
+                    forward(&shared, client, server);
+                }
+            })
+            .expect("start the proxy thread");
+        CutProxy { port, state }
+    }
+
+    /// The URL clients dial instead of the member's.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every forwarded connection and refuses new ones until [`CutProxy::restore`].
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        for stream in self
+            .state
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies both ways between `client` and `server` until either side closes.
+fn forward(state: &Arc<ProxyState>, client: TcpStream, server: TcpStream) {
+    let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
+        state
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([a, b]);
+    }
+    for (mut from, mut to) in [(client, server_copy), (server, client_copy)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    }
 }

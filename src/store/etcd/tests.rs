@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::testing::EtcdCluster;
+use super::testing::{CutProxy, EtcdCluster};
 use super::*;
 use crate::model::{NewCluster, NewNode, RegistrationOutcome};
 
@@ -333,4 +333,53 @@ fn without_a_quorum_requests_are_unavailable_and_the_store_recovers() {
     // "during" may or may not exist: its outcome was never acknowledged either way.
     let names: Vec<String> = store.nodes().map(|n| n.unwrap().name).collect();
     assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
+}
+
+#[test]
+fn a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_meanwhile() {
+    let Some(cluster) = EtcdCluster::start_or_skip(
+        "a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_meanwhile",
+    ) else {
+        return;
+    };
+    let proxies: Vec<CutProxy> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| CutProxy::start(e))
+        .collect();
+    let mut through_proxies = fresh_prefix(&cluster);
+    through_proxies.endpoints = proxies.iter().map(CutProxy::endpoint).collect();
+    through_proxies.request_timeout = Duration::from_millis(500);
+    let mut direct = through_proxies.clone();
+    direct.endpoints = cluster.endpoints();
+    let a = EtcdStore::open(&through_proxies).unwrap();
+    let b = EtcdStore::open(&direct).unwrap();
+    let c = create(&b, "c", 2);
+    let n = node_id(register(&b, "n"));
+    let mut waiter = a.watch_cluster(&c.id);
+    // A loses every connection to etcd; the join happens through B meanwhile.
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    join(&b, &c, &n).unwrap();
+    let cut_off = a.node(&n).unwrap_err();
+    assert!(matches!(cut_off, StorageError::Unavailable(_)), "{cut_off}");
+    assert!(!waiter.has_changed().unwrap());
+    for proxy in &proxies {
+        proxy.restore();
+    }
+    // A's watch resumes from the last revision it saw + 1: the join is delivered.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), waiter.changed()).await })
+        .expect("woken within 15 s of the connections coming back")
+        .unwrap();
+    let view = a
+        .cluster_view(&ClusterRef::Id(c.id.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.nodes.len(), 1);
 }
