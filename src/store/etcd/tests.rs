@@ -383,3 +383,38 @@ fn a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_
         .unwrap();
     assert_eq!(view.nodes.len(), 1);
 }
+
+#[test]
+fn registrations_go_on_through_a_leader_sigkill_and_each_applies_once() {
+    let Some(mut cluster) = EtcdCluster::start_or_skip(
+        "registrations_go_on_through_a_leader_sigkill_and_each_applies_once",
+    ) else {
+        return;
+    };
+    let store = EtcdStore::open(&fresh_prefix(&cluster)).unwrap();
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for i in 0..60 {
+        if i == 20 {
+            let leader = cluster.leader().expect("a leader");
+            cluster.kill(leader);
+        }
+        match register(&store, &format!("n{i}")) {
+            Ok(Written::Node(r)) => acknowledged.push(r.node.id),
+            Err(StoreError::Storage(StorageError::Unavailable(_))) => unavailable += 1,
+            other => panic!("registration {i}: {other:?}"),
+        }
+    }
+    // Retried on the survivors: most got through, and no acknowledged one is lost.
+    assert!(
+        acknowledged.len() >= 50,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    let stored: Vec<Id> = store.nodes().map(|n| n.unwrap().id).collect();
+    for id in &acknowledged {
+        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
+    }
+    // Nothing applied twice: beyond the acknowledged, at most the unanswered ones.
+    assert!(stored.len() <= acknowledged.len() + unavailable);
+}
