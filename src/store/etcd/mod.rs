@@ -17,7 +17,12 @@
 //! cluster and the node, and commits only if neither changed: a cluster is never
 //! overfilled, however many servers race, and nothing is put-then-checked. All the writes of
 //! one `apply` call go into one transaction (a key written twice is written once, with its
-//! last value), so a batch is atomic.
+//! last value), so a batch is atomic. The batches that this server's sessions hand in while a
+//! transaction is in flight are then committed together, up to [`MAX_COMBINED_WRITES`]
+//! writes in one transaction, each batch keeping its own answers (so concurrent joins to one
+//! cluster cost one transaction, not one lost compare each; docs/performance.md). One
+//! `apply` of more than about 40 writes could pass etcd's default `--max-txn-ops` (128) and
+//! be refused as a storage error; the protocol's sessions hand in one write at a time.
 //!
 //! # Ambiguous commits
 //!
