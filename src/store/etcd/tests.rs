@@ -418,3 +418,34 @@ fn registrations_go_on_through_a_leader_sigkill_and_each_applies_once() {
     // Nothing applied twice: beyond the acknowledged, at most the unanswered ones.
     assert!(stored.len() <= acknowledged.len() + unavailable);
 }
+
+#[test]
+fn a_store_speaks_tls_to_etcd_with_a_client_certificate() {
+    let test = "a_store_speaks_tls_to_etcd_with_a_client_certificate";
+    if !super::testing::skip_without(test, "etcd", super::testing::etcd_installed()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::testing::make_test_certs(dir.path());
+    if !super::testing::skip_without(test, "openssl", certs.is_some()) {
+        return;
+    }
+    let certs = certs.unwrap();
+    let cluster = EtcdCluster::start_with_tls(1, certs.clone());
+    let mut config = EtcdConfig::new(cluster.tls_endpoints(), "/tls");
+    config.tls = Some(EtcdTls {
+        ca: Some(certs.ca.clone()),
+        identity: Some(certs.client.clone()),
+    });
+    let store = EtcdStore::open(&config).unwrap();
+    let id = node_id(register(&store, "over-tls"));
+    assert!(store.node(&id).unwrap().is_some());
+    // etcd requires a client certificate: without one nothing is read or written.
+    let mut anonymous = config.clone();
+    anonymous.tls = Some(EtcdTls {
+        ca: Some(certs.ca),
+        identity: None,
+    });
+    anonymous.request_timeout = Duration::from_millis(500);
+    assert!(EtcdStore::open(&anonymous).is_err());
+}
