@@ -122,6 +122,9 @@ pub const MAX_LOST_COMPARES: u32 = 64;
 /// Most writes committed in one transaction when batches are combined: each write reads
 /// (and so compares) up to three keys, and etcd allows 128 compares by default.
 pub const MAX_COMBINED_WRITES: usize = 32;
+/// How many commits of one batch may be lost on the way (and abandoned by their fence)
+/// before the store answers Unavailable: each is tried on the next endpoint.
+const MAX_ABANDONED: u32 = 8;
 /// How many rounds of fetching one batch may need (each write reads at most a few keys).
 const MAX_FETCH_ROUNDS: u32 = 64;
 /// How often the health probe asks etcd.
@@ -540,6 +543,7 @@ impl Inner {
         let mut trees: Vec<&'static str> = Vec::new();
         let mut fetches = 0;
         let mut lost = 0;
+        let mut abandoned = 0;
         loop {
             if !keys.is_empty() {
                 fetches += 1;
@@ -597,6 +601,12 @@ impl Inner {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Commit::NotApplied => {
+                    abandoned += 1;
+                    if abandoned > MAX_ABANDONED {
+                        return Err(self.storage_error(EtcdError::Unavailable(format!(
+                            "{MAX_ABANDONED} commits in a row were lost on the way to etcd"
+                        ))));
+                    }
                     // The cached values may be stale: a stale one loses its compare and is
                     // refreshed then.
                     counters()
