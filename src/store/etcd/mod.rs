@@ -9,7 +9,7 @@
 //! # Writes
 //!
 //! Every write goes through the same `apply::apply_write` as the other backends, over an
-//! optimistic [`tx::Attempt`]: reads come from values fetched from etcd with their
+//! optimistic `tx::Attempt`: reads come from values fetched from etcd with their
 //! `mod_revision`, writes are buffered, and the commit is ONE etcd transaction comparing
 //! the revision of every key read (`create_revision == 0` for a key read absent). A lost
 //! compare (another server got there first) refreshes the values read and runs the batch
