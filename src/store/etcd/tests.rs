@@ -449,3 +449,57 @@ fn a_store_speaks_tls_to_etcd_with_a_client_certificate() {
     anonymous.request_timeout = Duration::from_millis(500);
     assert!(EtcdStore::open(&anonymous).is_err());
 }
+
+#[test]
+fn with_etcd_authentication_on_a_store_logs_in_and_one_without_credentials_is_refused() {
+    use super::pb::etcdserverpb::{
+        auth_client::AuthClient, AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest,
+    };
+    let Some(cluster) = EtcdCluster::start_or_skip(
+        "with_etcd_authentication_on_a_store_logs_in_and_one_without_credentials_is_refused",
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut auth = AuthClient::connect(cluster.endpoint(0)).await.unwrap();
+        auth.role_add(AuthRoleAddRequest {
+            name: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "s3cret-for-the-test".into(),
+            options: None,
+        })
+        .await
+        .unwrap();
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret-for-the-test\n").unwrap();
+    let mut config = fresh_prefix(&cluster);
+    config.user = Some(EtcdUser {
+        name: "root".into(),
+        password_file,
+    });
+    let store = EtcdStore::open(&config).unwrap();
+    let id = node_id(register(&store, "authenticated"));
+    assert!(store.node(&id).unwrap().is_some());
+    let mut anonymous = config.clone();
+    anonymous.user = None;
+    let refused = EtcdStore::open(&anonymous).unwrap_err();
+    assert!(matches!(refused, StorageError::Backend(_)), "{refused}");
+}
