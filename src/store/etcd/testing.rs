@@ -186,6 +186,7 @@ impl EtcdCluster {
     }
 
     fn start_with(size: usize, tls: Option<TestCerts>) -> EtcdCluster {
+        remove_dirs_of_ended_processes();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
@@ -428,6 +429,27 @@ impl Drop for EtcdCluster {
             self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the directories of test clusters whose process has ended: a cluster held in a
+/// `static` (the unit tests' shared one) is never dropped, so its directory outlives it.
+fn remove_dirs_of_ended_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("xlreg-etcd-test-"))
+        else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

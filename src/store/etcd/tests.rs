@@ -236,6 +236,9 @@ fn a_waiter_is_woken_by_a_join_through_another_store() {
     let c = create(&a, "c", 3);
     let n = node_id(register(&b, "n"));
     let mut waiter = a.watch_cluster(&c.id);
+    // Only what comes after the cluster's creation counts.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
     join(&b, &c, &n).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -267,6 +270,9 @@ fn writes_and_watches_survive_the_loss_of_the_member_they_use() {
     let c = create(&a, "c", 8);
     let first = node_id(register(&b, "first"));
     let mut waiter = a.watch_cluster(&c.id);
+    // Only what comes after the cluster's creation counts.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
     // The member both stores' streams and requests go to first, and the leader too.
     let (used, _) = a.client().channel();
     cluster.kill(used);
@@ -357,6 +363,10 @@ fn a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_
     let c = create(&b, "c", 2);
     let n = node_id(register(&b, "n"));
     let mut waiter = a.watch_cluster(&c.id);
+    // The cluster's creation may still be on its way through A's watch: let it arrive, and
+    // count only what comes after.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
     // A loses every connection to etcd; the join happens through B meanwhile.
     for proxy in &proxies {
         proxy.cut();
