@@ -227,6 +227,7 @@ fn error_kind(error: &ClientError) -> String {
         ClientError::Protocol(_) => "protocol".into(),
         ClientError::Crypto(_) => "crypto".into(),
         ClientError::NoV3Keys => "no_v3_keys".into(),
+        ClientError::NoEndpointAnswered(_) => "no_endpoint".into(),
     }
 }
 

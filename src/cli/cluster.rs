@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::exit::{CliError, Failure};
 use super::output::{cluster_info_json, print_cluster, print_json};
-use crate::client::{self, Client, ClientError, ClusterView};
+use crate::client::{self, Client, ClientError, ClusterView, EndpointOrder};
 use crate::crypto::{RsaKeyPair, RSA_BITS};
 use crate::id::Id;
 use crate::node::NodeIdentity;
@@ -114,7 +114,9 @@ pub async fn run(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// Reads the regCred, then runs `session` on a fresh connection, again with backoff while
-/// the failure is one that retrying may cure, for `--retry-for` seconds (default 30).
+/// the failure is one that retrying may cure, for `--retry-for` seconds (default 30). The
+/// regCred's endpoints are tried in a shuffled order; an unreachable one, or one whose
+/// session was cut short, hands over to the next.
 pub async fn connect_and<T, F, Fut>(args: &RegistryArgs, session: F) -> anyhow::Result<T>
 where
     F: Fn(Client) -> Fut,
@@ -144,29 +146,40 @@ where
     let retry_refused = args.retry_for.is_some();
     let connected = std::sync::atomic::AtomicBool::new(false);
     let dial_timeout = Duration::from_secs(args.connect_timeout);
+    // Shuffled once; each attempt starts at the endpoint that last answered, or the one
+    // after an endpoint whose session was cut short.
+    let order = EndpointOrder::shuffled(&regcred.endpoints);
     let result = client::retry_if(
         Instant::now() + budget,
         |error| {
             retry_refused
                 || connected.load(std::sync::atomic::Ordering::Relaxed)
-                || !matches!(error, ClientError::NothingListens { .. })
+                || !error.nothing_listens()
         },
         |error, backoff| eprintln!("xlreg: {error}; retrying in {backoff:?}"),
         || {
             let regcred = &regcred;
             let session = &session;
             let connected = &connected;
+            let order = &order;
             async move {
                 // xlReg/3 when the file has handshake keys, never falling back.
-                let client = Client::connect_keys(
-                    regcred.endpoint(),
+                let client = Client::connect_any(
+                    order,
                     client::RegistryKeys::of(regcred),
                     dial_timeout,
                     client::DEFAULT_TIMEOUT,
                 )
                 .await?;
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                session(client).await
+                let endpoint = client.endpoint().to_string();
+                // Every session the CLI runs repeats safely (the module doc of
+                // crate::client says why), so one cut short runs again on the next endpoint.
+                session(client).await.inspect_err(|error| {
+                    if error.is_retryable() {
+                        order.failed(&endpoint);
+                    }
+                })
             }
         },
     )

@@ -127,6 +127,10 @@ fn client(error: &ClientError) -> Failure {
         },
         ClientError::Protocol(_) | ClientError::Crypto(_) => Failure::Internal,
         ClientError::NoV3Keys => Failure::Usage,
+        // Each endpoint failed its own way: the last one tried speaks for them all.
+        ClientError::NoEndpointAnswered(failures) => failures
+            .last()
+            .map_or(Failure::Unreachable, |f| client(&f.error)),
     }
 }
 
