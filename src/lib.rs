@@ -31,6 +31,7 @@
 //!   [`server`] (the accept loop, the connection limit, shutdown),
 //!   [`admission`] (per-address connection limits and flood-proof log summaries),
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
+//!   [`sealed_identity`] (that identity sealed under an operator's secret, for etcd),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
 //!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
 //!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, umask, sd_notify),
@@ -72,6 +73,7 @@ pub mod protocol;
 pub mod quota;
 pub mod regcred;
 pub mod registry;
+pub mod sealed_identity;
 pub mod server;
 pub mod session;
 pub mod session_crypto;
