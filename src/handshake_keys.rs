@@ -451,6 +451,25 @@ impl HandshakeKeyRing {
     }
 }
 
+/// Writes the key sets of a sealed identity as the key files of a data directory
+/// (`xlreg admin migrate --to-data-dir`): the current set, and the previous one if its overlap
+/// has not ended by `now_ms`. Each file mode 0600.
+pub fn write_sealed_to_files(
+    dir: &Path,
+    material: &IdentityMaterial,
+    now_ms: u64,
+) -> Result<(), HandshakeKeyError> {
+    let current = decode_keys(&material.handshake)?;
+    if let Some((previous, expires_at_ms)) = &material.handshake_previous {
+        if now_ms < *expires_at_ms {
+            write_previous(dir, &decode_keys(previous)?, *expires_at_ms)?;
+        }
+    }
+    let path = dir.join(HANDSHAKE_KEY_FILE);
+    write_atomic(&path, &current.to_file_bytes()?, 0o600)
+        .map_err(|source| HandshakeKeyError::KeyFile { path, source })
+}
+
 /// A key set in the sealed identity's form: base64 of its key file's bytes.
 pub fn encode_keys(keys: &HandshakeKeyPair) -> Result<Zeroizing<String>, HandshakeKeyError> {
     use base64::Engine as _;

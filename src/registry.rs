@@ -307,6 +307,36 @@ fn fresh_material(meta: &RegistryMeta) -> Result<IdentityMaterial, RegistryError
     })
 }
 
+/// Writes the private keys of a sealed identity into `dir` as a sled registry keeps them
+/// (`xlreg admin migrate --to-data-dir`): the two RSA key files and the handshake key files,
+/// each mode 0600. Fails if an RSA key file exists already.
+pub fn write_key_files(
+    dir: &Path,
+    material: &IdentityMaterial,
+    now_ms: u64,
+) -> Result<(), RegistryError> {
+    for (file, pem) in [
+        (COMMS_KEY_FILE, &material.comms_pem),
+        (SIG_KEY_FILE, &material.sig_pem),
+    ] {
+        let path = dir.join(file);
+        RsaKeyPair::from_pem(pem).map_err(|source| RegistryError::BadKey {
+            path: path.clone(),
+            source,
+        })?;
+        if path.exists() {
+            return Err(RegistryError::KeyFile {
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        write_atomic(&path, pem.as_bytes(), 0o600)
+            .map_err(|source| RegistryError::KeyFile { path, source })?;
+    }
+    crate::handshake_keys::write_sealed_to_files(dir, material, now_ms)?;
+    Ok(())
+}
+
 /// Creates fresh key files in `dir` for a registry whose name and ID are already in its
 /// store but whose private keys are not to be had: one rebuilt from an export, which never
 /// carries private keys. Fails if either file already exists.
@@ -375,5 +405,51 @@ impl Registry {
             identity,
             decryptor,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn an_identity_moves_to_sealed_material_and_back_to_key_files_unchanged() {
+        let from = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let identity =
+            RegistryIdentity::load_or_create(&store, Some(from.path()), Some("reg"), 1).unwrap();
+        // A rotation in its overlap: both sets must make the trip.
+        identity.rotate_handshake_keys(60_000, 10).unwrap();
+        let material = identity.material(1, 20).unwrap();
+        assert!(material.handshake_previous.is_some());
+
+        let to = tempfile::tempdir().unwrap();
+        write_key_files(to.path(), &material, 20).unwrap();
+        let moved = RegistryIdentity::load_or_create(&store, Some(to.path()), None, 20).unwrap();
+        assert_eq!(moved.id, identity.id);
+        assert_eq!(moved.comms.public_key(), identity.comms.public_key());
+        assert_eq!(moved.sig.public_key(), identity.sig.public_key());
+        let (before, after) = (identity.handshake.sets(), moved.handshake.sets());
+        assert_eq!(after.current.keys.public(), before.current.keys.public());
+        let previous = |sets: &crate::handshake_keys::HandshakeKeySets| {
+            sets.previous
+                .as_ref()
+                .map(|p| (p.set.keys.public().clone(), p.expires_at_ms))
+        };
+        assert_eq!(previous(&after), previous(&before));
+        // Key files are the owner's only, and are not overwritten.
+        use std::os::unix::fs::PermissionsExt as _;
+        for file in [COMMS_KEY_FILE, SIG_KEY_FILE, HANDSHAKE_KEY_FILE] {
+            let mode = std::fs::metadata(to.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        assert!(matches!(
+            write_key_files(to.path(), &material, 20),
+            Err(RegistryError::KeyFile { .. })
+        ));
     }
 }
