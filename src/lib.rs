@@ -32,6 +32,7 @@
 //!   [`admission`] (per-address connection limits and flood-proof log summaries),
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
 //!   [`sealed_identity`] (that identity sealed under an operator's secret, for etcd),
+//!   [`ha`] (several servers on etcd: server lease, announcements, sweeper election),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
 //!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
 //!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, umask, sd_notify),
@@ -60,6 +61,7 @@ pub mod daemon;
 pub mod driver;
 pub mod failstop;
 pub mod frame;
+pub mod ha;
 pub mod handlers;
 pub mod handshake_keys;
 pub mod id;
