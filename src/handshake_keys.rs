@@ -433,6 +433,10 @@ impl HandshakeKeyRing {
         let fresh = HandshakeKeyPair::generate()?;
         let fresh_text = encode_keys(&fresh)?;
         let stored = sealed.update(|material| {
+            if material.handshake == *fresh_text {
+                // Our own write, applied though its answer was lost: done already.
+                return Ok(());
+            }
             let old = std::mem::replace(&mut material.handshake, fresh_text.to_string());
             material.handshake_previous =
                 (overlap_ms > 0).then(|| (old, now_ms.saturating_add(overlap_ms)));

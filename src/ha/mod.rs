@@ -282,6 +282,77 @@ pub async fn elect_sweeper(
     }
 }
 
+/// The tasks that make a daemon one of several servers on a shared store: its lease, its
+/// announcement, the sweeper election and following the sealed identity's key changes.
+#[derive(Debug)]
+pub struct ServerTasks {
+    coord: Arc<dyn Coordination>,
+    lease: ServerLease,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Until when this server may sweep (see [`elect_sweeper`]).
+    elected: watch::Receiver<Option<Instant>>,
+}
+
+impl ServerTasks {
+    /// Takes the server's lease, announces `endpoints` under it, and starts the sweeper
+    /// election (as `server`, a name for logs and the election's value) and the reloading of
+    /// the sealed identity's key sets. Call after regCred.dat was published through the
+    /// ring: the announcements rewrite it.
+    pub async fn start(
+        coord: Arc<dyn Coordination>,
+        registry: &crate::registry::Registry,
+        endpoints: Vec<String>,
+        server: String,
+    ) -> Result<ServerTasks, CoordError> {
+        let (lease, keeper) = ServerLease::start(coord.clone()).await?;
+        let identity = &registry.identity;
+        let (leader, elected) = watch::channel(None);
+        let tasks = vec![
+            keeper,
+            tokio::spawn(announce(
+                coord.clone(),
+                lease.clone(),
+                endpoints,
+                identity.handshake.clone(),
+            )),
+            tokio::spawn(elect_sweeper(coord.clone(), lease.clone(), server, leader)),
+            tokio::spawn(crate::handshake_keys::follow_sealed(
+                identity.handshake.clone(),
+                identity.id.clone(),
+                identity.sig.clone(),
+            )),
+        ];
+        Ok(ServerTasks {
+            coord,
+            lease,
+            tasks,
+            elected,
+        })
+    }
+
+    /// Until when this server may sweep, as the election says: for
+    /// [`crate::admin::expiry::ClusterExpiry::start_elected`].
+    pub fn elected(&self) -> watch::Receiver<Option<Instant>> {
+        self.elected.clone()
+    }
+
+    /// Stops the tasks and revokes the lease, so this server's announcement and any
+    /// election it held vanish now rather than at the lease's expiry.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Some((lease, _)) = self.lease.alive_until() {
+            if let Err(error) = self.coord.revoke(lease).await {
+                tracing::warn!(%error, "could not revoke the server lease; it expires by itself");
+            }
+        }
+    }
+}
+
 /// The sealed identity's key in the shared store, as a [`SealedSlot`]. Its calls block (the
 /// identity is loaded and rotated on blocking threads) on the runtime `handle`.
 #[derive(Debug)]
