@@ -144,7 +144,11 @@ fn admin(error: &AdminError) -> Option<Failure> {
     }
     Some(match error {
         AdminError::NoRegistry(_) => Failure::NotFound,
-        AdminError::Running(_) | AdminError::TargetNotEmpty(_) => Failure::Conflict,
+        AdminError::Running(_) | AdminError::TargetNotEmpty(_) | AdminError::EtcdNotEmpty(_) => {
+            Failure::Conflict
+        }
+        AdminError::NoEtcdRegistry(_) => Failure::NotFound,
+        AdminError::Etcd(_) => Failure::Unreachable,
         AdminError::NotOwner { .. } => Failure::Unauthorized,
         AdminError::DaemonUnreachable { .. } => Failure::Unreachable,
         AdminError::TooLarge { .. }
