@@ -23,6 +23,12 @@
 //!   (for the Unavailable replies to go out), so a supervisor restarts it, and the restarted
 //!   registry recovers from what is durable.
 //!
+//! A networked backend (etcd) has a second, temporary state besides: *unavailable*
+//! ([`Health::set_unavailable`]) while no quorum answers. Then `/health` answers 503 and
+//! requests are answered Unavailable by the backend itself, but nothing is failed for good:
+//! once the store answers again ([`Health::set_available`]) the registry serves again.
+//! Nothing in memory can be stale there (the truth is in etcd), so waiting is safe.
+//!
 //! A store operation that does not finish within the store timeout (a hung disk, a sled
 //! flush blocked forever) is treated the same way: [`Health::begin`] marks an operation as
 //! running, and [`supervise`]'s watchdog fails the store when one runs too long.
@@ -69,6 +75,8 @@ struct HealthInner {
     notify: watch::Sender<bool>,
     /// The store operation running now, if any: what it is and since when.
     running: Mutex<Option<(&'static str, Instant)>>,
+    /// Why the store cannot be reached now, while it cannot (temporary; see the module doc).
+    unavailable: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -87,6 +95,7 @@ impl Health {
                 failed_at: OnceLock::new(),
                 notify: watch::Sender::new(false),
                 running: Mutex::new(None),
+                unavailable: Mutex::new(None),
             }),
         }
     }
@@ -141,6 +150,37 @@ impl Health {
         let mut rx = self.inner.notify.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         let _ = rx.wait_for(|failed| *failed).await;
+    }
+
+    /// Records that the store cannot be reached now, and why (a networked backend, while no
+    /// quorum answers). Temporary: [`Health::set_available`] ends it. Logs one WARN line
+    /// when the state begins, not one per failed request.
+    pub fn set_unavailable(&self, reason: impl std::fmt::Display) {
+        let mut slot = self.unavailable_slot();
+        if slot.is_none() {
+            tracing::warn!(reason = %reason, "storage unavailable: answering Unavailable until it is back");
+        }
+        *slot = Some(reason.to_string());
+    }
+
+    /// Records that the store answers again.
+    pub fn set_available(&self) {
+        if self.unavailable_slot().take().is_some() {
+            tracing::info!("storage available again");
+        }
+    }
+
+    /// Why the store cannot be reached now, while it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        self.unavailable_slot().clone()
+    }
+
+    fn unavailable_slot(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // Only plain assignments happen under this lock: a poisoned one is still consistent.
+        self.inner
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks a store operation `what` as running until the returned guard is dropped; the
@@ -227,6 +267,17 @@ mod tests {
         assert_eq!(health.reason(), Some("fdatasync: EIO"));
         // Clones share the state.
         assert_eq!(health.clone().reason(), Some("fdatasync: EIO"));
+    }
+
+    #[test]
+    fn unavailability_is_temporary_and_never_a_failure() {
+        let health = Health::new();
+        health.set_unavailable("no etcd quorum");
+        assert_eq!(health.unavailable().as_deref(), Some("no etcd quorum"));
+        assert!(!health.is_failed());
+        assert!(health.check().is_ok());
+        health.set_available();
+        assert_eq!(health.unavailable(), None);
     }
 
     #[test]

@@ -156,6 +156,35 @@ struct ProcessGauges {
     start_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
+/// The etcd client's counters (`store/etcd/client.rs`), copied from its process-wide
+/// atomics on scrape. They stay at zero on the other backends.
+#[derive(Debug, Default)]
+struct EtcdCounters {
+    round_trips: Counter,
+    retries: Counter,
+    lost_compares: Counter,
+    ambiguous_commits: Counter,
+}
+
+impl EtcdCounters {
+    /// Brings each counter up to the client's count.
+    fn refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let client = crate::store::etcd::client::counters();
+        for (counter, now) in [
+            (&self.round_trips, client.round_trips.load(Relaxed)),
+            (&self.retries, client.retries.load(Relaxed)),
+            (&self.lost_compares, client.lost_compares.load(Relaxed)),
+            (&self.ambiguous_commits, client.ambiguous.load(Relaxed)),
+        ] {
+            let have = counter.get();
+            if now > have {
+                counter.inc_by(now - have);
+            }
+        }
+    }
+}
+
 /// The registry's metric set. Create one, hand it to the server, and render it on scrape.
 #[derive(Debug)]
 pub struct Metrics {
@@ -178,6 +207,7 @@ pub struct Metrics {
     accept_errors: Counter,
     connection_limit: Gauge,
     store: StoreGauges,
+    etcd: EtcdCounters,
     /// When the store figures were last read; the lock also keeps two scrapes from
     /// reading the store at once.
     store_read_at: tokio::sync::Mutex<Option<Instant>>,
@@ -320,6 +350,28 @@ impl Metrics {
             store.members.clone(),
         );
 
+        let etcd = EtcdCounters::default();
+        registry.register(
+            "etcd_round_trips",
+            "Requests sent to etcd members (each try counts; etcd backend only)",
+            etcd.round_trips.clone(),
+        );
+        registry.register(
+            "etcd_retries",
+            "etcd requests sent again to another member, transactions rerun and watches resumed",
+            etcd.retries.clone(),
+        );
+        registry.register(
+            "etcd_lost_compares",
+            "etcd transactions whose compares failed because another writer got there first",
+            etcd.lost_compares.clone(),
+        );
+        registry.register(
+            "etcd_ambiguous_commits",
+            "etcd transactions whose outcome was unknown and was settled through the operation key",
+            etcd.ambiguous_commits.clone(),
+        );
+
         let process = ProcessGauges::default();
         registry.register(
             "process_cpu_seconds",
@@ -359,6 +411,7 @@ impl Metrics {
             accept_errors,
             connection_limit,
             store,
+            etcd,
             store_read_at: tokio::sync::Mutex::new(None),
             shutting_down: AtomicBool::new(false),
         }
@@ -459,6 +512,7 @@ impl Metrics {
     pub async fn render(&self, store: &Arc<dyn Backend>) -> String {
         self.refresh_store_stats(store).await;
         self.refresh_process_stats();
+        self.etcd.refresh();
         let mut text = String::new();
         if let Err(error) = prometheus_text::encode(&mut text, &self.registry) {
             // Writing into a String cannot fail; keep whatever was encoded.
@@ -587,6 +641,8 @@ mod tests {
         for (series, value) in expect {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }
+        // Process-wide: the etcd tests in this process may have counted some.
+        assert!(sample(&text, "xlreg_etcd_round_trips_total").is_some());
         // A test this short may not have used a clock tick of CPU yet.
         assert!(sample(&text, "xlreg_process_cpu_seconds").is_some_and(|v| v >= 0.0));
         for series in [

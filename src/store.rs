@@ -41,6 +41,7 @@ mod changes;
 mod choice;
 #[cfg(test)]
 mod conformance;
+pub mod etcd;
 mod ids;
 pub mod memory;
 mod sled;

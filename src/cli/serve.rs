@@ -17,6 +17,7 @@ use crate::daemon::{DaemonConfig, LegacyConfig};
 use crate::legacy::wire::Version;
 use crate::quota::{self, QuotaConfig, Rate};
 use crate::server::ServerConfig;
+use crate::store::etcd::{EtcdConfig, EtcdTls, EtcdUser};
 use crate::store::BackendChoice;
 
 /// Log line format.
@@ -51,6 +52,8 @@ pub struct ServeArgs {
     /// tests). regCred.dat is still written into the data directory.
     #[arg(long, env = "XLREG_EPHEMERAL")]
     ephemeral: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
     #[arg(long, env = "XLREG_REGCRED_OUT", value_name = "FILE")]
     regcred_out: Option<PathBuf>,
@@ -140,6 +143,90 @@ pub struct ServeArgs {
     legacy_regcred_out: Option<PathBuf>,
 }
 
+/// The flags that put a registry on etcd (`serve --etcd`; docs/ha.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// Keep the records in etcd at these client URLs (comma-separated, e.g.
+    /// http://127.0.0.1:2379,http://127.0.0.1:22379) instead of in DATA_DIR: several
+    /// servers may then serve one registry. DATA_DIR holds only local files.
+    #[arg(
+        long = "etcd",
+        env = "XLREG_ETCD",
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        conflicts_with = "ephemeral"
+    )]
+    pub endpoints: Vec<String>,
+    /// The etcd key prefix the registry's records live under.
+    #[arg(
+        long = "etcd-prefix",
+        env = "XLREG_ETCD_PREFIX",
+        value_name = "PREFIX",
+        default_value = "/xlreg"
+    )]
+    pub prefix: String,
+    /// CA certificate (PEM) of the etcd members' TLS certificates (turns TLS on).
+    #[arg(long = "etcd-cacert", env = "XLREG_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(
+        long = "etcd-cert",
+        env = "XLREG_ETCD_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long = "etcd-key",
+        env = "XLREG_ETCD_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// etcd user, when etcd has authentication on.
+    #[arg(
+        long = "etcd-user",
+        env = "XLREG_ETCD_USER",
+        value_name = "USER",
+        requires = "password_file"
+    )]
+    pub user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(
+        long = "etcd-password-file",
+        env = "XLREG_ETCD_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "user"
+    )]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The etcd configuration, if `--etcd` was given.
+    pub fn config(&self) -> Option<EtcdConfig> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let mut config = EtcdConfig::new(self.endpoints.clone(), self.prefix.clone());
+        if self.cacert.is_some() || self.cert.is_some() {
+            config.tls = Some(EtcdTls {
+                ca: self.cacert.clone(),
+                identity: self.cert.clone().zip(self.key.clone()),
+            });
+        }
+        config.user =
+            self.user
+                .clone()
+                .zip(self.password_file.clone())
+                .map(|(name, password_file)| EtcdUser {
+                    name,
+                    password_file,
+                });
+        Some(config)
+    }
+}
+
 /// A `--quota-*` flag's value: a rate, or off.
 #[derive(Debug, Clone, Copy)]
 struct Quota(Option<Rate>);
@@ -166,10 +253,10 @@ impl ServeArgs {
     pub fn daemon_config(&self) -> DaemonConfig {
         DaemonConfig {
             data_dir: self.data.data_dir.clone(),
-            backend: if self.ephemeral {
-                BackendChoice::Memory
-            } else {
-                BackendChoice::Sled
+            backend: match self.etcd.config() {
+                Some(etcd) => BackendChoice::Etcd(etcd),
+                None if self.ephemeral => BackendChoice::Memory,
+                None => BackendChoice::Sled,
             },
             name: self.name.clone(),
             listen: self.listen,

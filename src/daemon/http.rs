@@ -134,8 +134,14 @@ async fn respond(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("storage failed: {reason}\n"),
             ),
-            None if metrics.is_serving() => text(StatusCode::OK, "ok\n"),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            None => match store.health().unavailable() {
+                Some(reason) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("storage unavailable: {reason}\n"),
+                ),
+                None if metrics.is_serving() => text(StatusCode::OK, "ok\n"),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            },
         },
         _ => text(
             StatusCode::NOT_FOUND,

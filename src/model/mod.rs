@@ -517,6 +517,11 @@ pub enum StorageError {
         /// What the database said.
         message: String,
     },
+    /// The store cannot be reached now (no etcd quorum answers within the request timeout):
+    /// temporary, unlike [`StorageError::Failed`]; nothing was changed by the request that
+    /// got it, or, for a write whose outcome could not be learned, nothing is acknowledged.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// Records were to be restored into a store that already holds data.
     #[error("data directory {} already holds data; restore only into an empty directory", dir.display())]
     NotEmpty {

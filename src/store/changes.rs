@@ -40,6 +40,13 @@ impl ClusterEvents {
         }
     }
 
+    /// Announces a change to every watched cluster: for a backend that cannot tell which
+    /// changed (its change feed lost history), so that every waiter re-reads.
+    pub fn notify_all(&self) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.retain(|_, sender| sender.send(()).is_ok());
+    }
+
     /// Announces the clusters that `answers` (a batch's answers) changed: every join.
     pub(crate) fn notify_joins<'a>(
         &self,

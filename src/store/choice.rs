@@ -11,13 +11,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::etcd::{EtcdConfig, EtcdStore};
 use super::{AdminStore, Backend, MemoryStore, Snapshot, StorageError, Store};
 
 /// The file every sled data directory holds once a registry has used it.
 const SLED_DATA_FILE: &str = "db";
 
 /// Which backend keeps a registry's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum BackendChoice {
     /// A sled database in the registry's data directory: durable (an acknowledged change
     /// survives power loss), what `xlreg serve` runs on unless told otherwise, and what the
@@ -27,14 +28,18 @@ pub enum BackendChoice {
     /// Maps in memory (`xlreg serve --ephemeral`, tests): nothing survives the process. The
     /// daemon then keeps the registry's keys in memory too and opens no control socket.
     Memory,
+    /// An etcd cluster (`xlreg serve --etcd`): the records live under a key prefix in etcd,
+    /// and several registry servers may share them (`store/etcd/`). The data directory then
+    /// holds only local files (keys, regCred.dat, the control socket).
+    Etcd(EtcdConfig),
 }
 
 impl BackendChoice {
     /// True if nothing of the registry survives the process: its keys are then not written
     /// into the data directory, and there is no control socket.
-    pub fn is_ephemeral(self) -> bool {
+    pub fn is_ephemeral(&self) -> bool {
         match self {
-            BackendChoice::Sled => false,
+            BackendChoice::Sled | BackendChoice::Etcd(_) => false,
             BackendChoice::Memory => true,
         }
     }
@@ -47,22 +52,33 @@ impl BackendChoice {
     /// the first call on, a panic inside sled is one ERROR log line instead of a backtrace
     /// (the failure itself comes back as an error, or fails the store).
     /// Memory: an empty store; `data_dir` is not touched.
-    pub fn open(self, data_dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
+    /// Etcd: the registry under the configured prefix (its schema version written on the
+    /// first start); fails if etcd does not answer. `data_dir` is created (0700) for the
+    /// daemon's local files.
+    pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
         match self {
             BackendChoice::Sled => {
                 super::sled::log_panics();
                 Ok(Arc::new(Store::open(data_dir)?))
             }
             BackendChoice::Memory => Ok(Arc::new(MemoryStore::new())),
+            BackendChoice::Etcd(config) => {
+                // The data directory holds the daemon's local files (keys, regCred.dat, the
+                // control socket), private as with sled.
+                super::sled::disk::create_private_dir(data_dir)?;
+                Ok(Arc::new(EtcdStore::open(config)?))
+            }
         }
     }
 
     /// True if `data_dir` holds a store of this backend, that is, a registry has run there.
-    /// A memory store is never found in a directory.
-    pub fn holds_store(self, data_dir: &Path) -> bool {
+    /// A memory store is never found in a directory; an etcd store is never in one, but
+    /// always "held" (it is opened to find out what it holds).
+    pub fn holds_store(&self, data_dir: &Path) -> bool {
         match self {
             BackendChoice::Sled => data_dir.join(SLED_DATA_FILE).is_file(),
             BackendChoice::Memory => false,
+            BackendChoice::Etcd(_) => true,
         }
     }
 
@@ -71,10 +87,11 @@ impl BackendChoice {
     /// [`open`](BackendChoice::open), but it leaves the process's panic hook alone (the
     /// command reports the error itself). [`StorageError::Locked`] says a daemon holds the
     /// directory.
-    pub fn open_existing(self, data_dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
+    pub fn open_existing(&self, data_dir: &Path) -> Result<Arc<dyn Backend>, StorageError> {
         match self {
             BackendChoice::Sled => Ok(Arc::new(Store::open(data_dir)?)),
             BackendChoice::Memory => Ok(Arc::new(MemoryStore::new())),
+            BackendChoice::Etcd(config) => Ok(Arc::new(EtcdStore::open(config)?)),
         }
     }
 
@@ -83,7 +100,7 @@ impl BackendChoice {
     /// yet ([`StorageError::NotEmpty`]); a snapshot from a newer schema is refused before
     /// anything is written ([`StorageError::SchemaTooNew`]).
     pub fn create_from_snapshot(
-        self,
+        &self,
         data_dir: &Path,
         snapshot: &Snapshot,
     ) -> Result<Arc<dyn Backend>, StorageError> {
@@ -94,16 +111,29 @@ impl BackendChoice {
                 store.restore(snapshot)?;
                 Ok(Arc::new(store))
             }
+            BackendChoice::Etcd(config) => {
+                let store = EtcdStore::open(config)?;
+                store.restore(snapshot)?;
+                Ok(Arc::new(store))
+            }
         }
     }
 }
 
 impl std::fmt::Display for BackendChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendChoice::Sled => "sled",
-            BackendChoice::Memory => "memory",
-        })
+        match self {
+            BackendChoice::Sled => f.write_str("sled"),
+            BackendChoice::Memory => f.write_str("memory"),
+            BackendChoice::Etcd(config) => {
+                write!(
+                    f,
+                    "etcd {} under {}",
+                    config.endpoints.join(","),
+                    config.prefix
+                )
+            }
+        }
     }
 }
 

@@ -781,11 +781,20 @@ pub(super) fn a_failed_store_refuses_reads_and_writes_from_then_on<S: Backend + 
 
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
+        conformance!($backend, $make, |_test: &str| true);
+    };
+    ($backend:ident, $make:expr, $available:expr) => {
         mod $backend {
             use super::*;
 
             fn make(ids: IdSource) -> impl Backend + 'static {
                 ($make)(ids)
+            }
+
+            /// Whether the backend can run here (the etcd tests need etcd: they say loudly
+            /// when they are skipped).
+            fn available(test: &str) -> bool {
+                ($available)(test)
             }
 
             conformance!(@tests
@@ -815,7 +824,9 @@ macro_rules! conformance {
         $(
             #[test]
             fn $test() {
-                super::$test(make);
+                if available(stringify!($test)) {
+                    super::$test(make);
+                }
             }
         )*
     };
@@ -823,6 +834,11 @@ macro_rules! conformance {
 
 conformance!(sled, |ids| Store::temporary_with_ids(ids).unwrap());
 conformance!(memory, MemoryStore::with_ids);
+conformance!(
+    etcd,
+    crate::store::etcd::tests::store_on_shared_cluster,
+    crate::store::etcd::tests::shared_cluster_running
+);
 
 /// One step of a random workload: indices into small pools of names and registered nodes,
 /// so that writes collide (same names, same clusters, full clusters) often.

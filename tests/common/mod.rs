@@ -260,6 +260,7 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+pub mod etcd;
 pub mod legacy_client;
 
 impl Server {

@@ -139,7 +139,7 @@ impl DiskFiles {
 
 /// Creates the data directory (and any missing parent) with mode 0700 whatever the umask,
 /// and narrows an existing one to 0700: the registry's files are nobody else's business.
-pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

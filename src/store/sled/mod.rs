@@ -48,11 +48,11 @@
 //! [`StorageError::OpenFailed`]; the data directory is created 0700.
 
 mod commit;
-mod disk;
+pub(super) mod disk;
 mod error;
 mod port;
-mod records;
-mod schema;
+pub(super) mod records;
+pub(super) mod schema;
 mod snapshot;
 mod verify;
 mod view;
@@ -93,7 +93,7 @@ use view::{OpenViews, Views};
 const CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Key of the registry facts in the `meta` tree.
-const REGISTRY_KEY: &[u8] = b"registry";
+pub(crate) const REGISTRY_KEY: &[u8] = b"registry";
 
 /// The registry's store: a handle on an open sled database. Cloning is cheap and clones share
 /// the database.

@@ -19,14 +19,14 @@ fn options() -> impl Options {
 }
 
 /// Encodes a record for storage.
-pub(super) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StorageError> {
+pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StorageError> {
     options()
         .serialize(value)
         .map_err(|e| StorageError::Corrupt(format!("could not encode {what}: {e}")))
 }
 
 /// Decodes a stored record; `key` is only used in the error message.
-pub(super) fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     what: &str,
     key: &[u8],
     bytes: &[u8],

@@ -17,8 +17,8 @@ mod m0001_initial_layout;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The tree and key holding the schema version.
-pub(super) const META_TREE: &str = "meta";
-pub(super) const VERSION_KEY: &[u8] = b"schema_version";
+pub(crate) const META_TREE: &str = "meta";
+pub(crate) const VERSION_KEY: &[u8] = b"schema_version";
 
 /// One migration step: brings a directory at schema `version - 1` to `version`.
 struct Step {
@@ -43,7 +43,7 @@ pub(super) fn stored_version(db: &Db) -> Result<Option<u32>, StorageError> {
 }
 
 /// Decodes the stored form of a schema version (u32, big-endian).
-pub(super) fn decode_version(bytes: &[u8]) -> Result<u32, StorageError> {
+pub(crate) fn decode_version(bytes: &[u8]) -> Result<u32, StorageError> {
     let arr: [u8; 4] = bytes.try_into().map_err(|_| {
         StorageError::Corrupt(format!(
             "schema_version is {} bytes long, not 4",
