@@ -455,23 +455,43 @@ impl HandshakeKeyRing {
     }
 }
 
-/// Writes the key sets of a sealed identity as the key files of a data directory
-/// (`xlreg admin migrate --to-data-dir`): the current set, and the previous one if its overlap
-/// has not ended by `now_ms`. Each file mode 0600.
+/// A key file's name and contents (wiped when dropped).
+pub type NamedKeyFile = (&'static str, Zeroizing<Vec<u8>>);
+
+/// The handshake key files of a data directory for the sealed identity `material`: the
+/// current set, and the previous one if its overlap has not ended by `now_ms`.
+pub fn sealed_key_files(
+    material: &IdentityMaterial,
+    now_ms: u64,
+) -> Result<Vec<NamedKeyFile>, HandshakeKeyError> {
+    let mut files = vec![(
+        HANDSHAKE_KEY_FILE,
+        decode_keys(&material.handshake)?.to_file_bytes()?,
+    )];
+    if let Some((previous, expires_at_ms)) = &material.handshake_previous {
+        if now_ms < *expires_at_ms {
+            files.push((
+                PREVIOUS_HANDSHAKE_KEY_FILE,
+                previous_file_bytes(&decode_keys(previous)?, *expires_at_ms)?,
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// Writes [`sealed_key_files`] into `dir` (`xlreg admin migrate --to-data-dir`), each mode
+/// 0600.
 pub fn write_sealed_to_files(
     dir: &Path,
     material: &IdentityMaterial,
     now_ms: u64,
 ) -> Result<(), HandshakeKeyError> {
-    let current = decode_keys(&material.handshake)?;
-    if let Some((previous, expires_at_ms)) = &material.handshake_previous {
-        if now_ms < *expires_at_ms {
-            write_previous(dir, &decode_keys(previous)?, *expires_at_ms)?;
-        }
+    for (file, bytes) in sealed_key_files(material, now_ms)? {
+        let path = dir.join(file);
+        write_atomic(&path, &bytes, 0o600)
+            .map_err(|source| HandshakeKeyError::KeyFile { path, source })?;
     }
-    let path = dir.join(HANDSHAKE_KEY_FILE);
-    write_atomic(&path, &current.to_file_bytes()?, 0o600)
-        .map_err(|source| HandshakeKeyError::KeyFile { path, source })
+    Ok(())
 }
 
 /// A key set in the sealed identity's form: base64 of its key file's bytes.

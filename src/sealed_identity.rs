@@ -291,7 +291,9 @@ impl SealedIdentity {
             .slot
             .create(&seal(&material, &sealed.secret)?)
             .map_err(|e| sealed.store_error(e))?;
-        if !created {
+        if created {
+            tracing::info!(place = %sealed.slot.place(), "registry identity created and sealed");
+        } else {
             tracing::info!(place = %sealed.slot.place(), "another server created the registry identity first; using it");
         }
         // Read back either way: the version to compare later updates against, and (having

@@ -2,7 +2,7 @@
 //!
 //! This module owns:
 //! - [`Coordination`], the small port onto the shared store's leases and single-key
-//!   transactions that the rest of this module uses;
+//!   transactions that the rest of this module uses (on etcd: [`etcd`]);
 //! - [`ServerLease`]: one lease per server, kept alive for as long as the server runs (and
 //!   granted again if it was lost, after etcd was out of reach for longer than its TTL);
 //! - [`announce`]: each server's advertised endpoint under its lease at
@@ -17,6 +17,8 @@
 //! Why polling rather than a watch for the server set: the set changes when a server starts
 //! or stops, a one-key-per-server read every second costs etcd nothing noticeable, and a
 //! poll has no stream to lose or resume.
+
+pub mod etcd;
 
 use std::future::Future;
 use std::pin::Pin;
