@@ -325,3 +325,107 @@ async fn one_elected_server_sweeps_and_another_takes_over_when_it_dies() {
     let holders = servers.iter().filter(|s| s.log_count(ELECTED) > 0).count();
     assert_eq!(holders, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_a_sled_registry_to_etcd_and_back_with_its_identity() {
+    let Some(etcd) = cluster_or_skip("migrate_moves_a_sled_registry_to_etcd_and_back") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // A sled registry with a cluster and a member, then stopped.
+    let sled = Server::start(&tmp.path().join("sled"), &[]);
+    let mut client = sled.client().await;
+    client.register(&node(0, "member", 1)).await.unwrap();
+    client.create("moved", 3, 1).await.unwrap();
+    let (_, slot) = client.join(None).await.unwrap();
+    client.bye().await.unwrap();
+    let before = current_regcred(&sled);
+    let sled_dir = sled.dir.clone();
+    assert_eq!(sled.stop(), Some(0));
+
+    let endpoints = etcd.endpoints_arg();
+    let secret = secret_file(&etcd, "/moved");
+    let migrate = |args: &[&str]| {
+        let mut all = vec![
+            "admin",
+            "migrate",
+            "--etcd",
+            &endpoints,
+            "--etcd-prefix",
+            "/moved",
+            "--identity-secret-file",
+            s(&secret),
+        ];
+        all.extend_from_slice(args);
+        xlreg(&all)
+    };
+    let moved = migrate(&["--from-data-dir", s(&sled_dir)]);
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    // A non-empty prefix is refused, and nothing changes.
+    let again = migrate(&["--from-data-dir", s(&sled_dir)]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("empty etcd prefix"),
+        "{}",
+        stderr(&again)
+    );
+
+    // A server on etcd is the same registry: same ID and keys, the member in its slot.
+    let server = server_on(&etcd, "/moved", &tmp.path().join("on-etcd"), &[]);
+    let after = current_regcred(&server);
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.comms_key, before.comms_key);
+    assert_eq!(after.handshake, before.handshake);
+    // The old regCred.dat's keys work against the server on etcd, over xlReg/3.
+    let order = EndpointOrder::as_listed(&[own_endpoint(&server)]);
+    let client = Client::connect_any(
+        &order,
+        RegistryKeys::of(&before),
+        Duration::from_secs(5),
+        DEFAULT_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    client.bye().await.unwrap();
+    let shown = xlreg(&[
+        "admin",
+        "cluster",
+        "moved",
+        "--json",
+        "--etcd",
+        &endpoints,
+        "--etcd-prefix",
+        "/moved",
+    ]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let json: serde_json::Value = serde_json::from_str(&common::stdout(&shown)).unwrap();
+    assert_eq!(json["members"][0]["slot"], slot);
+    let verify = xlreg(&[
+        "admin",
+        "verify",
+        "--etcd",
+        &endpoints,
+        "--etcd-prefix",
+        "/moved",
+    ]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert_eq!(server.stop(), Some(0));
+
+    // And back into an empty directory (a non-empty one is refused).
+    let occupied = migrate(&["--to-data-dir", s(&sled_dir)]);
+    assert!(!occupied.status.success());
+    let back_dir = tmp.path().join("back");
+    let back = migrate(&["--to-data-dir", s(&back_dir)]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    let sled_again = Server::start(&back_dir, &[]);
+    let again = current_regcred(&sled_again);
+    assert_eq!(again.id, before.id);
+    assert_eq!(again.comms_key, before.comms_key);
+    assert_eq!(again.handshake, before.handshake);
+    let info = xlreg(&["admin", "clusters", "--data-dir", s(&back_dir), "--json"]);
+    assert!(
+        common::stdout(&info).contains("moved"),
+        "{}",
+        common::stdout(&info)
+    );
+}
