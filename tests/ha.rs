@@ -42,7 +42,10 @@ fn start_at_once(
 /// The endpoint the server advertises (its own: regCred.dat may list others first), from
 /// its start-up log line.
 fn own_endpoint(server: &Server) -> String {
-    let log = server.log_text();
+    // The line follows the writing of regCred.dat, which Server::start waited for.
+    let log = server.wait_for_log("the start-up line", |log| {
+        log.contains("xlreg registry serving")
+    });
     let line = log
         .lines()
         .find(|line| line.contains("xlreg registry serving"))
@@ -327,7 +330,7 @@ async fn one_elected_server_sweeps_and_another_takes_over_when_it_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_moves_a_sled_registry_to_etcd_and_back_with_its_identity() {
+async fn migrate_moves_a_sled_registry_to_etcd_and_back_and_a_backup_of_it_restores() {
     let Some(etcd) = cluster_or_skip("migrate_moves_a_sled_registry_to_etcd_and_back") else {
         return;
     };
@@ -409,6 +412,34 @@ async fn migrate_moves_a_sled_registry_to_etcd_and_back_with_its_identity() {
         "/moved",
     ]);
     assert!(verify.status.success(), "{}", stderr(&verify));
+    // A backup of the registry on etcd, keys included, restores into a sled directory.
+    let snapshot = tmp.path().join("etcd.snap");
+    let backed_up = xlreg(&[
+        "admin",
+        "backup",
+        "--etcd",
+        &endpoints,
+        "--etcd-prefix",
+        "/moved",
+        "--identity-secret-file",
+        s(&secret),
+        "-o",
+        s(&snapshot),
+    ]);
+    assert!(backed_up.status.success(), "{}", stderr(&backed_up));
+    let restored_dir = tmp.path().join("restored");
+    let restored = xlreg(&[
+        "admin",
+        "restore",
+        s(&snapshot),
+        "--data-dir",
+        s(&restored_dir),
+    ]);
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let from_backup = Server::start(&restored_dir, &[]);
+    assert_eq!(current_regcred(&from_backup).id, before.id);
+    assert_eq!(current_regcred(&from_backup).comms_key, before.comms_key);
+    assert_eq!(from_backup.stop(), Some(0));
     assert_eq!(server.stop(), Some(0));
 
     // And back into an empty directory (a non-empty one is refused).
