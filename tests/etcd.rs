@@ -106,6 +106,24 @@ async fn twenty_racers_for_five_slots_through_three_servers_fill_it_exactly_also
     let (slots, full) = race(&servers, "second").await;
     assert_eq!(slots, vec![0, 1, 2, 3, 4]);
     assert_eq!(full, 15);
+
+    // Any server's control socket answers for the whole registry, read from etcd.
+    let out = common::xlreg(&[
+        "admin",
+        "info",
+        "--json",
+        "--data-dir",
+        dirs[1].to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["clusters"], 2, "{info}");
+    assert_eq!(info["members"], 10, "{info}");
+    assert_eq!(info["nodes"], 43, "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

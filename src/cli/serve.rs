@@ -343,6 +343,48 @@ mod tests {
     }
 
     #[test]
+    fn etcd_flags_choose_the_etcd_backend_with_tls_and_a_user() {
+        let serve = Serve::try_parse_from([
+            "serve",
+            "--etcd=http://127.0.0.1:1,http://127.0.0.1:2",
+            "--etcd-prefix=/reg",
+            "--etcd-cacert=/etc/ca.pem",
+            "--etcd-cert=/etc/c.pem",
+            "--etcd-key=/etc/k.pem",
+            "--etcd-user=xlreg",
+            "--etcd-password-file=/etc/pw",
+        ])
+        .unwrap();
+        let BackendChoice::Etcd(etcd) = serve.args.daemon_config().backend else {
+            panic!("not the etcd backend");
+        };
+        assert_eq!(etcd.endpoints, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(etcd.prefix, "/reg");
+        let tls = etcd.tls.unwrap();
+        assert_eq!(tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
+        );
+        let user = etcd.user.unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.password_file),
+            ("xlreg", PathBuf::from("/etc/pw"))
+        );
+        // Without --etcd: sled; --etcd with --ephemeral is a usage error.
+        let plain = Serve::try_parse_from(["serve"]).unwrap();
+        assert_eq!(plain.args.daemon_config().backend, BackendChoice::Sled);
+        assert!(
+            Serve::try_parse_from(["serve", "--etcd=http://127.0.0.1:1", "--ephemeral"]).is_err()
+        );
+        // A certificate without its key is refused.
+        assert!(
+            Serve::try_parse_from(["serve", "--etcd=http://127.0.0.1:1", "--etcd-cert=/c"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn every_flag_reaches_the_daemon_config() {
         let serve = Serve::try_parse_from([
             "serve",

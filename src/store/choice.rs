@@ -66,7 +66,7 @@ impl BackendChoice {
                 // The data directory holds the daemon's local files (keys, regCred.dat, the
                 // control socket), private as with sled.
                 super::sled::disk::create_private_dir(data_dir)?;
-                Ok(Arc::new(EtcdStore::open(config)?))
+                Ok(Arc::new(EtcdStore::open(config)?.with_data_dir(data_dir)))
             }
         }
     }
@@ -91,7 +91,9 @@ impl BackendChoice {
         match self {
             BackendChoice::Sled => Ok(Arc::new(Store::open(data_dir)?)),
             BackendChoice::Memory => Ok(Arc::new(MemoryStore::new())),
-            BackendChoice::Etcd(config) => Ok(Arc::new(EtcdStore::open(config)?)),
+            BackendChoice::Etcd(config) => {
+                Ok(Arc::new(EtcdStore::open(config)?.with_data_dir(data_dir)))
+            }
         }
     }
 
@@ -112,7 +114,7 @@ impl BackendChoice {
                 Ok(Arc::new(store))
             }
             BackendChoice::Etcd(config) => {
-                let store = EtcdStore::open(config)?;
+                let store = EtcdStore::open(config)?.with_data_dir(data_dir);
                 store.restore(snapshot)?;
                 Ok(Arc::new(store))
             }

@@ -9,7 +9,7 @@
 //! # Writes
 //!
 //! Every write goes through the same `apply::apply_write` as the other backends, over an
-//! optimistic [`tx::Attempt`]: reads come from values fetched from etcd with their
+//! optimistic `tx::Attempt`: reads come from values fetched from etcd with their
 //! `mod_revision`, writes are buffered, and the commit is ONE etcd transaction comparing
 //! the revision of every key read (`create_revision == 0` for a key read absent). A lost
 //! compare (another server got there first) refreshes the values read and runs the batch
@@ -17,7 +17,12 @@
 //! cluster and the node, and commits only if neither changed: a cluster is never
 //! overfilled, however many servers race, and nothing is put-then-checked. All the writes of
 //! one `apply` call go into one transaction (a key written twice is written once, with its
-//! last value), so a batch is atomic.
+//! last value), so a batch is atomic. The batches that this server's sessions hand in while a
+//! transaction is in flight are then committed together, up to [`MAX_COMBINED_WRITES`]
+//! writes in one transaction, each batch keeping its own answers (so concurrent joins to one
+//! cluster cost one transaction, not one lost compare each; docs/performance.md). One
+//! `apply` of more than about 40 writes could pass etcd's default `--max-txn-ops` (128) and
+//! be refused as a storage error; the protocol's sessions hand in one write at a time.
 //!
 //! # Ambiguous commits
 //!
@@ -114,6 +119,12 @@ const OP_LEASE_REUSE: Duration = Duration::from_secs(60);
 /// How many times a batch is run again after losing its compares before the store gives up
 /// (answered Unavailable: "try again").
 pub const MAX_LOST_COMPARES: u32 = 64;
+/// Most writes committed in one transaction when batches are combined: each write reads
+/// (and so compares) up to three keys, and etcd allows 128 compares by default.
+pub const MAX_COMBINED_WRITES: usize = 32;
+/// How many commits of one batch may be lost on the way (and abandoned by their fence)
+/// before the store answers Unavailable: each is tried on the next endpoint.
+const MAX_ABANDONED: u32 = 8;
 /// How many rounds of fetching one batch may need (each write reads at most a few keys).
 const MAX_FETCH_ROUNDS: u32 = 64;
 /// How often the health probe asks etcd.
@@ -129,6 +140,9 @@ pub struct EtcdStore {
     /// The runtime the client's connections, the watch and the probe run on (its own, so
     /// the blocking admin methods can wait for etcd from any thread).
     runtime: Option<tokio::runtime::Runtime>,
+    /// The daemon's data directory for its local files (keys, regCred.dat, the control
+    /// socket), if it has one: what [`AdminStore::data_dir`] answers.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 struct Inner {
@@ -141,7 +155,17 @@ struct Inner {
     caps: Mutex<Option<Caps>>,
     /// The lease operation keys are created under, and when it was granted.
     op_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+    /// Batches waiting to be committed together (see [`Inner::apply_combined`]).
+    pending: Mutex<Vec<Pending>>,
+    /// Held by the one task committing the pending batches.
+    committer: tokio::sync::Mutex<()>,
 }
+
+/// A batch waiting for the committer, and where its answers go.
+type Pending = (
+    Vec<Write>,
+    tokio::sync::oneshot::Sender<Result<Vec<WriteAnswer>, StorageError>>,
+);
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,16 +223,26 @@ impl EtcdStore {
             health: Health::new(),
             caps: Mutex::new(None),
             op_lease: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            committer: tokio::sync::Mutex::new(()),
         });
         let store = EtcdStore {
             inner: Arc::clone(&inner),
             runtime: Some(runtime),
+            data_dir: None,
         };
         let revision = store.block(inner.prepare())?;
         let handle = store.handle().clone();
         handle.spawn(Arc::clone(&inner).watch_clusters(revision + 1));
         handle.spawn(Arc::clone(&inner).probe());
         Ok(store)
+    }
+
+    /// Names the data directory of the daemon this store serves: its local files (keys,
+    /// regCred.dat, the control socket) live there, and backups take the key files from it.
+    pub fn with_data_dir(mut self, dir: &Path) -> EtcdStore {
+        self.data_dir = Some(dir.to_path_buf());
+        self
     }
 
     /// The client, for what else lives in etcd beside the records (the registry's sealed
@@ -509,6 +543,7 @@ impl Inner {
         let mut trees: Vec<&'static str> = Vec::new();
         let mut fetches = 0;
         let mut lost = 0;
+        let mut abandoned = 0;
         loop {
             if !keys.is_empty() {
                 fetches += 1;
@@ -566,6 +601,12 @@ impl Inner {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Commit::NotApplied => {
+                    abandoned += 1;
+                    if abandoned > MAX_ABANDONED {
+                        return Err(self.storage_error(EtcdError::Unavailable(format!(
+                            "{MAX_ABANDONED} commits in a row were lost on the way to etcd"
+                        ))));
+                    }
                     // The cached values may be stale: a stale one loses its compare and is
                     // refreshed then.
                     counters()
@@ -576,6 +617,77 @@ impl Inner {
         }
     }
 
+    /// Applies a batch of writes, committed together with the batches other sessions of
+    /// this server hand in meanwhile: one task at a time commits everything pending (up to
+    /// [`MAX_COMBINED_WRITES`] writes) in one transaction, and answers each batch. Concurrent
+    /// joins to one cluster then cost one transaction, not one lost compare each. Each
+    /// batch keeps its own answers, as if applied alone in that order; a storage failure
+    /// fails every batch of the transaction (none of them applied).
+    async fn apply_combined(&self, writes: Vec<Write>) -> Result<Vec<WriteAnswer>, StorageError> {
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((writes, answer));
+        loop {
+            use tokio::sync::oneshot::error::TryRecvError;
+            match answered.try_recv() {
+                Ok(result) => return result,
+                Err(TryRecvError::Closed) => {
+                    return Err(StorageError::Unavailable(
+                        "the batch's committer stopped".into(),
+                    ))
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            // A committer answers before it gives up its turn: once this task has the turn,
+            // its batch is either answered or still pending (and taken now).
+            let _turn = self.committer.lock().await;
+            match answered.try_recv() {
+                // Answered while waiting for the turn: pass it on at once.
+                Ok(result) => return result,
+                Err(TryRecvError::Closed) => continue,
+                Err(TryRecvError::Empty) => {}
+            }
+            let batches = self.take_pending();
+            if batches.is_empty() {
+                continue;
+            }
+            let all: Vec<Write> = batches
+                .iter()
+                .flat_map(|(w, _)| w.iter().cloned())
+                .collect();
+            match self.apply_batch(&all).await {
+                Ok(answers) => {
+                    let mut answers = answers.into_iter();
+                    for (writes, to) in batches {
+                        let _ = to.send(Ok(answers.by_ref().take(writes.len()).collect()));
+                    }
+                }
+                Err(error) => {
+                    for (_, to) in batches {
+                        let _ = to.send(Err(duplicate(&error)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes whole pending batches, up to [`MAX_COMBINED_WRITES`] writes (at least one).
+    fn take_pending(&self) -> Vec<Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writes = 0;
+        let mut take = 0;
+        for (batch, _) in pending.iter() {
+            if take > 0 && writes + batch.len() > MAX_COMBINED_WRITES {
+                break;
+            }
+            writes += batch.len();
+            take += 1;
+        }
+        pending.drain(..take).collect()
+    }
+
     /// Applies a batch of writes in one transaction.
     async fn apply_batch(&self, writes: &[Write]) -> Result<Vec<WriteAnswer>, StorageError> {
         let prefetch = writes
@@ -584,10 +696,27 @@ impl Inner {
             .collect();
         let answers = self
             .optimistic(prefetch, |attempt, ids| {
-                writes
-                    .iter()
-                    .map(|write| apply::apply_write(attempt, write, ids))
-                    .collect::<Result<Vec<_>, _>>()
+                let mut answers = Vec::with_capacity(writes.len());
+                for (k, write) in writes.iter().enumerate() {
+                    match apply::apply_write(attempt, write, ids) {
+                        Ok(answer) => answers.push(answer),
+                        Err(Miss::Keys(mut missing)) => {
+                            // Learn what the later writes miss too (each alone, on what is
+                            // fetched so far), so one round trip fetches for all of them.
+                            for later in &writes[k + 1..] {
+                                let mut alone = attempt.fresh();
+                                if let Err(Miss::Keys(more)) =
+                                    apply::apply_write(&mut alone, later, ids)
+                                {
+                                    missing.extend(more);
+                                }
+                            }
+                            return Err(Miss::Keys(missing));
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                Ok(answers)
             })
             .await?;
         self.events.notify_joins(&answers);
@@ -729,6 +858,17 @@ impl Inner {
     }
 }
 
+/// The same storage error again, for every batch of a failed combined transaction.
+fn duplicate(error: &StorageError) -> StorageError {
+    match error {
+        StorageError::Failed(reason) => StorageError::Failed(reason.clone()),
+        StorageError::Unavailable(reason) => StorageError::Unavailable(reason.clone()),
+        StorageError::Corrupt(what) => StorageError::Corrupt(what.clone()),
+        StorageError::NoFreshId { tries } => StorageError::NoFreshId { tries: *tries },
+        other => StorageError::Backend(other.to_string().into()),
+    }
+}
+
 impl EtcdStore {
     /// The current etcd revision: what a view opened now reads at.
     fn revision(&self) -> Result<i64, StorageError> {
@@ -850,7 +990,7 @@ impl SessionStore for EtcdStore {
             if writes.is_empty() {
                 return Ok(Vec::new());
             }
-            self.inner.apply_batch(&writes).await
+            self.inner.apply_combined(writes).await
         })
     }
 
@@ -1126,7 +1266,7 @@ impl AdminStore for EtcdStore {
     }
 
     fn data_dir(&self) -> Option<&Path> {
-        None
+        self.data_dir.as_deref()
     }
 }
 

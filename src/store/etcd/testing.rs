@@ -1,6 +1,7 @@
 //! Real etcd clusters for tests and benches: [`EtcdCluster`] starts three `etcd` members
 //! on free 127.0.0.1 ports in a temporary directory, finds the leader, SIGKILLs, SIGSTOPs
-//! and restarts members, and tears everything down when dropped.
+//! and restarts members, and tears everything down when dropped; [`CutProxy`] cuts and
+//! restores one client's connections to a member.
 //!
 //! This module owns the test harness of the etcd backend, shared by the library's unit
 //! tests, the integration tests (`tests/common/etcd.rs`) and the benches. Without `etcd`
@@ -15,8 +16,9 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a cluster may take to elect a leader and answer.
@@ -32,6 +34,19 @@ pub fn etcd_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// True if `tool` is there (`present`); otherwise says loudly that `test` is skipped and
+/// returns false, or panics under `CI=true`, where every test must run.
+pub fn skip_without(test: &str, tool: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {tool} is not installed, and CI=true requires this test to run");
+    }
+    eprintln!("SKIPPED: {tool} not installed: {test} ran nothing");
+    false
+}
+
 /// One member of a test cluster.
 #[derive(Debug)]
 struct Member {
@@ -41,6 +56,105 @@ struct Member {
     data_dir: PathBuf,
     child: Option<Child>,
     stopped: bool,
+    /// With TLS: the port of the member's TLS client listener (the plain one stays, on
+    /// `client_port`, for the harness's own health checks).
+    tls_port: Option<u16>,
+}
+
+/// The PEM files of a TLS test setup made by [`make_test_certs`].
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// The test CA's certificate.
+    pub ca: PathBuf,
+    /// The members' server certificate (for 127.0.0.1) and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate (CN `xlreg`) and key, signed by the CA.
+    pub client: (PathBuf, PathBuf),
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir` with the
+/// `openssl` command; `None` if it cannot be run.
+pub fn make_test_certs(dir: &Path) -> Option<TestCerts> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca_args = [
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=xlreg-test-ca",
+    ];
+    let mut ok = run(&[&["req", "-x509"][..], &ec, &ca_args].concat());
+    for (name, usage) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
+        let ext = format!("{name}.ext");
+        let extensions = format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n");
+        std::fs::write(dir.join(&ext), extensions).ok()?;
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let cn = format!(
+            "/CN={}",
+            if name == "client" {
+                "xlreg"
+            } else {
+                "127.0.0.1"
+            }
+        );
+        let request = [
+            "-keyout",
+            key.as_str(),
+            "-out",
+            csr.as_str(),
+            "-subj",
+            cn.as_str(),
+        ];
+        ok = ok
+            && run(&[&["req"][..], &ec, &request].concat())
+            && run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+    }
+    ok.then(|| TestCerts {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server.key")),
+        client: (dir.join("client.pem"), dir.join("client.key")),
+    })
 }
 
 /// A running etcd cluster of test members on loopback ports.
@@ -49,24 +163,30 @@ pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
     initial_cluster: String,
+    /// With TLS: the certificates the members serve and require of clients.
+    tls: Option<TestCerts>,
 }
 
 impl EtcdCluster {
     /// Starts a 3-member cluster, or says loudly that `test` is skipped because etcd is not
     /// installed (a panic under `CI=true`).
     pub fn start_or_skip(test: &str) -> Option<EtcdCluster> {
-        if !etcd_installed() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: etcd is not installed, and CI=true requires the etcd tests to run");
-            }
-            eprintln!("SKIPPED: etcd not installed: {test} ran nothing");
-            return None;
-        }
-        Some(EtcdCluster::start(3))
+        skip_without(test, "etcd", etcd_installed()).then(|| EtcdCluster::start(3))
     }
 
     /// Starts a cluster of `size` members and waits until it answers. Panics if it cannot.
     pub fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, None)
+    }
+
+    /// As [`EtcdCluster::start`], each member also serving clients over TLS (with `certs`,
+    /// client certificates required) on the ports [`EtcdCluster::tls_endpoints`] names.
+    pub fn start_with_tls(size: usize, certs: TestCerts) -> EtcdCluster {
+        EtcdCluster::start_with(size, Some(certs))
+    }
+
+    fn start_with(size: usize, tls: Option<TestCerts>) -> EtcdCluster {
+        remove_dirs_of_ended_processes();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
@@ -75,12 +195,13 @@ impl EtcdCluster {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).expect("create the etcd test directory");
-        let ports = free_ports(2 * size);
+        let ports = free_ports(3 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                tls_port: tls.as_ref().map(|_| ports[3 * i + 2]),
                 data_dir: dir.join(format!("m{i}")),
                 child: None,
                 stopped: false,
@@ -95,6 +216,7 @@ impl EtcdCluster {
             dir,
             members,
             initial_cluster,
+            tls,
         };
         for i in 0..size {
             cluster.spawn(i, "new");
@@ -113,6 +235,14 @@ impl EtcdCluster {
         format!("http://127.0.0.1:{}", self.members[i].client_port)
     }
 
+    /// The TLS client URLs of every member (empty without TLS).
+    pub fn tls_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter_map(|m| m.tls_port.map(|p| format!("https://127.0.0.1:{p}")))
+            .collect()
+    }
+
     /// The endpoints joined by commas, as `--etcd` takes them.
     pub fn endpoints_arg(&self) -> String {
         self.endpoints().join(",")
@@ -129,6 +259,10 @@ impl EtcdCluster {
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name)))
             .expect("create the etcd log");
+        let listen = match m.tls_port {
+            Some(port) => format!("{client},https://127.0.0.1:{port}"),
+            None => client.clone(),
+        };
         let mut command = Command::new("etcd");
         command
             .args(["--name", &m.name])
@@ -136,7 +270,7 @@ impl EtcdCluster {
             .arg(&m.data_dir)
             .args([
                 "--listen-client-urls",
-                &client,
+                &listen,
                 "--advertise-client-urls",
                 &client,
             ])
@@ -151,7 +285,18 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "xlreg-test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(certs) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&certs.server.0)
+                .arg("--key-file")
+                .arg(&certs.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--client-cert-auth");
+        }
+        command
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
         let child = spawn_tied_to_this_process(command);
@@ -287,6 +432,27 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// Removes the directories of test clusters whose process has ended: a cluster held in a
+/// `static` (the unit tests' shared one) is never dropped, so its directory outlives it.
+fn remove_dirs_of_ended_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("xlreg-etcd-test-"))
+        else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `count` distinct free loopback ports (bound together, then released).
 fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..count)
@@ -339,4 +505,106 @@ fn spawn_tied_to_this_process(mut command: Command) -> Child {
         .recv()
         .expect("the spawner thread answers")
         .expect("start etcd")
+}
+
+/// A TCP proxy on a loopback port in front of one etcd member, whose connections a test can
+/// cut (every open connection closed, new ones closed on arrival) and restore: a client's
+/// connection to etcd lost and back, with etcd itself untouched.
+#[derive(Debug)]
+pub struct CutProxy {
+    port: u16,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    cut: AtomicBool,
+    stop: AtomicBool,
+    /// Both ends of every connection forwarded, to close them on a cut.
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl CutProxy {
+    /// Starts forwarding a new loopback port to `target` (an `http://127.0.0.1:PORT` URL or
+    /// `127.0.0.1:PORT`).
+    pub fn start(target: &str) -> CutProxy {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("a bound address").port();
+        let state = Arc::new(ProxyState::default());
+        let shared = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("etcd-test-proxy".into())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    if shared.cut.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(&target) else {
+                        continue;
+                    };
+                    forward(&shared, client, server);
+                }
+            })
+            .expect("start the proxy thread");
+        CutProxy { port, state }
+    }
+
+    /// The URL clients dial instead of the member's.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Closes every forwarded connection and refuses new ones until [`CutProxy::restore`].
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        for stream in self
+            .state
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies both ways between `client` and `server` until either side closes.
+fn forward(state: &Arc<ProxyState>, client: TcpStream, server: TcpStream) {
+    let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    if let (Ok(a), Ok(b)) = (client.try_clone(), server.try_clone()) {
+        state
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([a, b]);
+    }
+    for (mut from, mut to) in [(client, server_copy), (server, client_copy)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::testing::EtcdCluster;
+use super::testing::{CutProxy, EtcdCluster};
 use super::*;
 use crate::model::{NewCluster, NewNode, RegistrationOutcome};
 
@@ -236,6 +236,9 @@ fn a_waiter_is_woken_by_a_join_through_another_store() {
     let c = create(&a, "c", 3);
     let n = node_id(register(&b, "n"));
     let mut waiter = a.watch_cluster(&c.id);
+    // Only what comes after the cluster's creation counts.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
     join(&b, &c, &n).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -267,6 +270,9 @@ fn writes_and_watches_survive_the_loss_of_the_member_they_use() {
     let c = create(&a, "c", 8);
     let first = node_id(register(&b, "first"));
     let mut waiter = a.watch_cluster(&c.id);
+    // Only what comes after the cluster's creation counts.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
     // The member both stores' streams and requests go to first, and the leader too.
     let (used, _) = a.client().channel();
     cluster.kill(used);
@@ -333,4 +339,177 @@ fn without_a_quorum_requests_are_unavailable_and_the_store_recovers() {
     // "during" may or may not exist: its outcome was never acknowledged either way.
     let names: Vec<String> = store.nodes().map(|n| n.unwrap().name).collect();
     assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
+}
+
+#[test]
+fn a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_meanwhile() {
+    let Some(cluster) = EtcdCluster::start_or_skip(
+        "a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_meanwhile",
+    ) else {
+        return;
+    };
+    let proxies: Vec<CutProxy> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| CutProxy::start(e))
+        .collect();
+    let mut through_proxies = fresh_prefix(&cluster);
+    through_proxies.endpoints = proxies.iter().map(CutProxy::endpoint).collect();
+    through_proxies.request_timeout = Duration::from_millis(500);
+    let mut direct = through_proxies.clone();
+    direct.endpoints = cluster.endpoints();
+    let a = EtcdStore::open(&through_proxies).unwrap();
+    let b = EtcdStore::open(&direct).unwrap();
+    let c = create(&b, "c", 2);
+    let n = node_id(register(&b, "n"));
+    let mut waiter = a.watch_cluster(&c.id);
+    // The cluster's creation may still be on its way through A's watch: let it arrive, and
+    // count only what comes after.
+    std::thread::sleep(Duration::from_secs(1));
+    waiter.borrow_and_update();
+    // A loses every connection to etcd; the join happens through B meanwhile.
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    join(&b, &c, &n).unwrap();
+    let cut_off = a.node(&n).unwrap_err();
+    assert!(matches!(cut_off, StorageError::Unavailable(_)), "{cut_off}");
+    assert!(!waiter.has_changed().unwrap());
+    for proxy in &proxies {
+        proxy.restore();
+    }
+    // A's watch resumes from the last revision it saw + 1: the join is delivered.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), waiter.changed()).await })
+        .expect("woken within 15 s of the connections coming back")
+        .unwrap();
+    let view = a
+        .cluster_view(&ClusterRef::Id(c.id.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.nodes.len(), 1);
+}
+
+#[test]
+fn registrations_go_on_through_a_leader_sigkill_and_each_applies_once() {
+    let Some(mut cluster) = EtcdCluster::start_or_skip(
+        "registrations_go_on_through_a_leader_sigkill_and_each_applies_once",
+    ) else {
+        return;
+    };
+    let store = EtcdStore::open(&fresh_prefix(&cluster)).unwrap();
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for i in 0..60 {
+        if i == 20 {
+            let leader = cluster.leader().expect("a leader");
+            cluster.kill(leader);
+        }
+        match register(&store, &format!("n{i}")) {
+            Ok(Written::Node(r)) => acknowledged.push(r.node.id),
+            Err(StoreError::Storage(StorageError::Unavailable(_))) => unavailable += 1,
+            other => panic!("registration {i}: {other:?}"),
+        }
+    }
+    // Retried on the survivors: most got through, and no acknowledged one is lost.
+    assert!(
+        acknowledged.len() >= 50,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    let stored: Vec<Id> = store.nodes().map(|n| n.unwrap().id).collect();
+    for id in &acknowledged {
+        assert_eq!(stored.iter().filter(|s| *s == id).count(), 1, "{id}");
+    }
+    // Nothing applied twice: beyond the acknowledged, at most the unanswered ones.
+    assert!(stored.len() <= acknowledged.len() + unavailable);
+}
+
+#[test]
+fn a_store_speaks_tls_to_etcd_with_a_client_certificate() {
+    let test = "a_store_speaks_tls_to_etcd_with_a_client_certificate";
+    if !super::testing::skip_without(test, "etcd", super::testing::etcd_installed()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = super::testing::make_test_certs(dir.path());
+    if !super::testing::skip_without(test, "openssl", certs.is_some()) {
+        return;
+    }
+    let certs = certs.unwrap();
+    let cluster = EtcdCluster::start_with_tls(1, certs.clone());
+    let mut config = EtcdConfig::new(cluster.tls_endpoints(), "/tls");
+    config.tls = Some(EtcdTls {
+        ca: Some(certs.ca.clone()),
+        identity: Some(certs.client.clone()),
+    });
+    let store = EtcdStore::open(&config).unwrap();
+    let id = node_id(register(&store, "over-tls"));
+    assert!(store.node(&id).unwrap().is_some());
+    // etcd requires a client certificate: without one nothing is read or written.
+    let mut anonymous = config.clone();
+    anonymous.tls = Some(EtcdTls {
+        ca: Some(certs.ca),
+        identity: None,
+    });
+    anonymous.request_timeout = Duration::from_millis(500);
+    assert!(EtcdStore::open(&anonymous).is_err());
+}
+
+#[test]
+fn with_etcd_authentication_on_a_store_logs_in_and_one_without_credentials_is_refused() {
+    use super::pb::etcdserverpb::{
+        auth_client::AuthClient, AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest,
+    };
+    let Some(cluster) = EtcdCluster::start_or_skip(
+        "with_etcd_authentication_on_a_store_logs_in_and_one_without_credentials_is_refused",
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut auth = AuthClient::connect(cluster.endpoint(0)).await.unwrap();
+        auth.role_add(AuthRoleAddRequest {
+            name: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "s3cret-for-the-test".into(),
+            options: None,
+        })
+        .await
+        .unwrap();
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .unwrap();
+        auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret-for-the-test\n").unwrap();
+    let mut config = fresh_prefix(&cluster);
+    config.user = Some(EtcdUser {
+        name: "root".into(),
+        password_file,
+    });
+    let store = EtcdStore::open(&config).unwrap();
+    let id = node_id(register(&store, "authenticated"));
+    assert!(store.node(&id).unwrap().is_some());
+    let mut anonymous = config.clone();
+    anonymous.user = None;
+    let refused = EtcdStore::open(&anonymous).unwrap_err();
+    assert!(matches!(refused, StorageError::Backend(_)), "{refused}");
 }

@@ -110,6 +110,11 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// A new, empty attempt over the same cache and caps (to learn what a write would read).
+    pub(super) fn fresh(&self) -> Attempt<'a> {
+        Attempt::new(self.keys, self.cache, self.caps)
+    }
+
     /// True if the attempt writes nothing (every write was refused or changed nothing).
     pub(super) fn writes_nothing(&self) -> bool {
         self.writes.is_empty()

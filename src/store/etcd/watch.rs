@@ -20,7 +20,7 @@ use super::pb::mvccpb::Event;
 #[derive(Debug, Clone)]
 pub enum WatchUpdate {
     /// Changes under the prefix, in revision order (puts and deletes; see
-    /// [`Event::r#type`]).
+    /// the event's `type`).
     Events(Vec<Event>),
     /// The history from the revision the watch needed was compacted: changes may have been
     /// missed, re-read everything. The watch goes on from the compacted revision.
