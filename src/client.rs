@@ -12,8 +12,19 @@
 //! [`Client::create_owned`], [`Client::join_with_token`], the owner's requests
 //! ([`Client::mint_token`], [`Client::evict`], ...), [`Client::leave`], and
 //! [`Client::dial_pinned`], which reaches a registry from a join string alone.
+//!
+//! A regCred.dat may list several endpoints (several servers on one etcd, docs/ha.md): the
+//! client tries them in a shuffled order ([`EndpointOrder`]) and dials the next when one is
+//! unreachable; a session cut short is run again from its start on the next endpoint.
+//! Running a session again is safe only because every request the registry serves can be
+//! repeated with the same effect: Member with an ID (the CLI always has one,
+//! `NodeIdentity::claim_id`) recognises the node; Create of an existing name returns that
+//! cluster; Join by a member returns its slot; GetCluster reads. Member *without* an ID is
+//! the exception: each one that arrives issues a fresh ID, so repeating it after a lost reply
+//! leaves an orphan node record (harmless, but give the node an ID first).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -124,6 +135,26 @@ pub enum ClientError {
         /// The pin of the credentials the endpoint sent.
         found: String,
     },
+    /// Every endpoint of a regCred.dat that lists several failed, each in its own way.
+    #[error("no endpoint of the registry answered: {}", describe_failures(.0))]
+    NoEndpointAnswered(Vec<EndpointFailure>),
+}
+
+/// Why one endpoint of several could not be used.
+#[derive(Debug)]
+pub struct EndpointFailure {
+    /// The endpoint dialled.
+    pub endpoint: String,
+    /// What went wrong there.
+    pub error: ClientError,
+}
+
+fn describe_failures(failures: &[EndpointFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{}: {}", f.endpoint, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ClientError {
@@ -144,6 +175,81 @@ impl ClientError {
             | ClientError::NoV3Keys
             | ClientError::PinMismatch { .. }
             | ClientError::Crypto(_) => false,
+            ClientError::NoEndpointAnswered(failures) => {
+                failures.iter().any(|f| f.error.is_retryable())
+            }
+        }
+    }
+
+    /// True if nothing listens at the registry's endpoint, or at any of them: no registry
+    /// runs there at all (rather than one being slow or restarting).
+    pub fn nothing_listens(&self) -> bool {
+        match self {
+            ClientError::NothingListens { .. } => true,
+            ClientError::NoEndpointAnswered(failures) => {
+                failures.iter().all(|f| f.error.nothing_listens())
+            }
+            _ => false,
+        }
+    }
+
+    /// True if another endpoint of the same registry may succeed where this one failed:
+    /// it was unreachable, slow, closed the connection or said it was unavailable. A
+    /// refusal on the merits would be the same everywhere.
+    fn is_failover(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// The order in which a client tries a registry's endpoints: shuffled once (so clients
+/// spread over the servers), starting where the last good connection was made, and moving
+/// past an endpoint that failed. Shared by the attempts of one retry loop.
+#[derive(Debug)]
+pub struct EndpointOrder {
+    endpoints: Vec<String>,
+    /// Index of the endpoint tried first.
+    first: AtomicUsize,
+}
+
+impl EndpointOrder {
+    /// `endpoints` in a random order.
+    pub fn shuffled(endpoints: &[String]) -> EndpointOrder {
+        use rand::seq::SliceRandom as _;
+        let mut endpoints = endpoints.to_vec();
+        endpoints.shuffle(&mut rand::rng());
+        EndpointOrder::as_listed(&endpoints)
+    }
+
+    /// `endpoints` in the order given (tests, and tools that must pin one).
+    pub fn as_listed(endpoints: &[String]) -> EndpointOrder {
+        EndpointOrder {
+            endpoints: endpoints.to_vec(),
+            first: AtomicUsize::new(0),
+        }
+    }
+
+    /// The endpoints in the order the next attempt tries them.
+    pub fn next_attempt(&self) -> Vec<String> {
+        let n = self.endpoints.len();
+        let first = self.first.load(Ordering::Relaxed);
+        (0..n)
+            .map(|i| self.endpoints[(first + i) % n].clone())
+            .collect()
+    }
+
+    /// `endpoint` answered: the next attempt starts there.
+    fn answered(&self, endpoint: &str) {
+        if let Some(i) = self.endpoints.iter().position(|e| e == endpoint) {
+            self.first.store(i, Ordering::Relaxed);
+        }
+    }
+
+    /// A session on `endpoint` was cut short: the next attempt starts at the endpoint after
+    /// it.
+    pub fn failed(&self, endpoint: &str) {
+        if let Some(i) = self.endpoints.iter().position(|e| e == endpoint) {
+            self.first
+                .store((i + 1) % self.endpoints.len(), Ordering::Relaxed);
         }
     }
 }
@@ -236,14 +342,58 @@ pub struct Client {
     /// hash (xlReg/3).
     binding: Vec<u8>,
     timeout: Duration,
+    /// The endpoint this session was made with.
+    endpoint: String,
 }
 
 impl Client {
     /// Dials the registry named in `regcred` and performs the handshake: xlReg/3 if the
-    /// file has handshake keys (never falling back to xlReg/2), else xlReg/2.
+    /// file has handshake keys (never falling back to xlReg/2), else xlReg/2. With several
+    /// endpoints in the file, tries them in a shuffled order until one answers.
     pub async fn connect(regcred: &RegCred, timeout: Duration) -> Result<Client, ClientError> {
-        let keys = RegistryKeys::of(regcred);
-        Client::connect_keys(regcred.endpoint(), keys, timeout, timeout).await
+        let order = EndpointOrder::shuffled(&regcred.endpoints);
+        Client::connect_any(&order, RegistryKeys::of(regcred), timeout, timeout).await
+    }
+
+    /// Tries the endpoints in `order` until a handshake succeeds, moving to the next when
+    /// one is unreachable, slow or closes the connection ([`ClientError::is_retryable`]);
+    /// any other failure (a key the registry does not accept, a bad reply) is returned at
+    /// once. With one endpoint, its error is returned as it is; with several that all
+    /// failed, [`ClientError::NoEndpointAnswered`] lists each one's.
+    pub async fn connect_any(
+        order: &EndpointOrder,
+        keys: RegistryKeys<'_>,
+        dial_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut failures = Vec::new();
+        for endpoint in order.next_attempt() {
+            match Client::connect_keys(&endpoint, keys, dial_timeout, timeout).await {
+                Ok(client) => {
+                    order.answered(&endpoint);
+                    return Ok(client);
+                }
+                Err(error) if error.is_failover() => {
+                    tracing::debug!(%endpoint, %error, "registry endpoint failed; trying the next");
+                    failures.push(EndpointFailure { endpoint, error });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if failures.len() == 1 {
+            return Err(failures.remove(0).error);
+        }
+        if failures.is_empty() {
+            return Err(ClientError::Protocol(
+                "regCred.dat lists no endpoint".to_string(),
+            ));
+        }
+        Err(ClientError::NoEndpointAnswered(failures))
+    }
+
+    /// The endpoint this session was made with.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// Dials the registry named in `regcred` and speaks protocol `version` (2 or 3).
@@ -257,7 +407,8 @@ impl Client {
             (3, None) => return Err(ClientError::NoV3Keys),
             _ => RegistryKeys::V2(&regcred.comms_key),
         };
-        Client::connect_keys(regcred.endpoint(), keys, timeout, timeout).await
+        let order = EndpointOrder::shuffled(&regcred.endpoints);
+        Client::connect_any(&order, keys, timeout, timeout).await
     }
 
     /// Dials `endpoint` and performs the handshake against `registry_key`.
@@ -337,6 +488,7 @@ impl Client {
                 cipher,
                 binding,
                 timeout,
+                endpoint: endpoint.to_string(),
             });
         }
     }

@@ -3,7 +3,8 @@
 //! This module owns RSA keys (generation, PKCS#8 PEM and SubjectPublicKeyInfo DER encodings,
 //! the OpenSSH `ssh-rsa` form used by `regCred.dat`), RSA-OAEP hello encryption and
 //! decryption, RSA PKCS#1 v1.5 token signatures, the AES-256-GCM session cipher, and the
-//! AES-256-CBC cipher of the xlReg 1.9 wire, and the xlReg/3 primitives: the registry's
+//! AES-256-CBC cipher of the xlReg 1.9 wire, HKDF-SHA256 (the key that seals the registry's
+//! identity on etcd), and the xlReg/3 primitives: the registry's
 //! static handshake keys (X25519 and ML-KEM-768, [`HandshakeKeyPair`]), ML-KEM-768
 //! encapsulation, and the Noise handshake and transport states ([`NoiseHandshake`],
 //! [`NoiseTransport`]) on snow with a resolver that hands X25519 to aws-lc-rs. Nothing
@@ -90,6 +91,9 @@ pub enum CryptoError {
     /// An AES-CBC message was not a whole number of blocks or had bad padding.
     #[error("malformed AES-CBC message")]
     BadCbc,
+    /// HKDF could not derive a key (never for the lengths xlreg asks for).
+    #[error("key derivation failed")]
+    KeyDerivation,
 }
 
 /// An AES-256 key, wiped from memory when dropped.
@@ -569,6 +573,26 @@ pub fn gcm_open(
         .decrypt(&Nonce::from(*nonce), Payload::from(ciphertext))
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Unauthentic)
+}
+
+/// HKDF-SHA256 (RFC 5869, on aws-lc-rs): an AES-256 key from `secret`, `salt` and `info`.
+/// Used to seal the registry's identity under an operator's secret file (docs/ha.md).
+pub fn hkdf_sha256_key(secret: &[u8], salt: &[u8], info: &[u8]) -> Result<AesKey, CryptoError> {
+    struct Len;
+    impl aws_lc_rs::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            AES_KEY_LEN
+        }
+    }
+    let mut key = Zeroizing::new([0u8; AES_KEY_LEN]);
+    let info = [info];
+    // expand() fails only when asked for more than 255 hash lengths; 32 bytes is one.
+    aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, salt)
+        .extract(secret)
+        .expand(&info, Len)
+        .and_then(|okm| okm.fill(key.as_mut_slice()))
+        .map_err(|_| CryptoError::KeyDerivation)?;
+    Ok(key)
 }
 
 type Aes256CbcEncryptor = cbc::Encryptor<aes::Aes256>;

@@ -12,6 +12,11 @@
 //!   overlap) and [`HandshakeKeyRing::drop_expired`] (the overlap is over), each of which
 //!   also rewrites the regCred.dat the daemon published.
 //!
+//! On a shared store (etcd) the sets live in the registry's sealed identity instead
+//! ([`crate::sealed_identity`]), the files are not used, and a rotation replaces the sealed
+//! identity with a compare transaction (so two servers rotating at once cannot lose one
+//! another's keys); every server re-reads it every [`SEALED_RELOAD`] ([`follow_sealed`]).
+//!
 //! A rotation writes the previous file before the new current one, so a crash between the
 //! two leaves the old keys in both files (accepted, and tidied at the next start), never a
 //! registry that lost the keys its clients hold. A previous set whose expiry has passed is
@@ -27,6 +32,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{CryptoError, HandshakeKeyPair, NoiseError, RsaKeyPair};
 use crate::id::Id;
 use crate::regcred::{write_atomic, RegCred, RegCredError, SignedHandshakeKeys};
+use crate::sealed_identity::{IdentityMaterial, SealError, SealedIdentity};
 
 /// File name of the registry's current static xlReg/3 handshake keys in the data directory.
 pub const HANDSHAKE_KEY_FILE: &str = "registry-handshake.key";
@@ -67,6 +73,23 @@ pub enum HandshakeKeyError {
     /// start, or the next key change, writes it).
     #[error(transparent)]
     RegCred(#[from] RegCredError),
+    /// The sealed identity on the shared store could not be read, opened or updated.
+    #[error(transparent)]
+    Sealed(#[from] SealError),
+    /// The sealed identity holds handshake keys that cannot be decoded.
+    #[error("the sealed identity's handshake keys: {0}")]
+    BadSealedKeys(String),
+}
+
+/// Where a ring's key sets are kept.
+#[derive(Debug)]
+enum RingHome {
+    /// In memory only (an ephemeral registry).
+    Memory,
+    /// Key files in the data directory.
+    Files(PathBuf),
+    /// The registry's sealed identity on a shared store.
+    Sealed(Arc<SealedIdentity>),
 }
 
 /// One static key set with its public halves signed by the registry's signing key.
@@ -148,8 +171,8 @@ struct Publication {
 /// The key sets a registry serves, swapped atomically on rotation and expiry.
 #[derive(Debug)]
 pub struct HandshakeKeyRing {
-    /// The data directory; `None` for an ephemeral registry (keys in memory only).
-    dir: Option<PathBuf>,
+    /// Where the sets are kept.
+    home: RingHome,
     sets: RwLock<Arc<HandshakeKeySets>>,
     /// Held across a whole rotation or expiry (files, swap, regCred.dat), so two never
     /// interleave; holds the published regCred.dat.
@@ -188,11 +211,82 @@ impl HandshakeKeyRing {
             None => None,
         };
         Ok(HandshakeKeyRing {
-            dir: dir.map(Path::to_path_buf),
+            home: dir.map_or(RingHome::Memory, |dir| RingHome::Files(dir.to_path_buf())),
             sets: RwLock::new(Arc::new(HandshakeKeySets { current, previous })),
             changing: Mutex::new(None),
             published_text: RwLock::new(None),
         })
+    }
+
+    /// The ring kept in the sealed identity `sealed`, whose stored state is `material`.
+    pub fn sealed(
+        sealed: Arc<SealedIdentity>,
+        material: &IdentityMaterial,
+        id: &Id,
+        sig: &RsaKeyPair,
+        now_ms: u64,
+    ) -> Result<HandshakeKeyRing, HandshakeKeyError> {
+        Ok(HandshakeKeyRing {
+            sets: RwLock::new(Arc::new(sealed_sets(material, id, sig, now_ms)?)),
+            home: RingHome::Sealed(sealed),
+            changing: Mutex::new(None),
+            published_text: RwLock::new(None),
+        })
+    }
+
+    /// Serves the sets of the sealed identity if another server changed them (a rotation,
+    /// an overlap ended) since this one last read or wrote them, and rewrites the published
+    /// regCred.dat. True if they changed. Does nothing for a ring kept in files.
+    pub fn reload_sealed(
+        &self,
+        id: &Id,
+        sig: &RsaKeyPair,
+        now_ms: u64,
+    ) -> Result<bool, HandshakeKeyError> {
+        let RingHome::Sealed(sealed) = &self.home else {
+            return Ok(false);
+        };
+        let mut publication = self.lock_changes();
+        let Some(material) = sealed.changed()? else {
+            return Ok(false);
+        };
+        let sets = sealed_sets(&material, id, sig, now_ms)?;
+        let same = {
+            let served = self.sets();
+            served.current.keys.public() == sets.current.keys.public()
+                && served
+                    .previous
+                    .as_ref()
+                    .map(|p| (p.set.keys.public(), p.expires_at_ms))
+                    == sets
+                        .previous
+                        .as_ref()
+                        .map(|p| (p.set.keys.public(), p.expires_at_ms))
+        };
+        if same {
+            return Ok(false);
+        }
+        self.swap(sets);
+        self.republish(&mut publication, now_ms)?;
+        Ok(true)
+    }
+
+    /// Rewrites the published regCred.dat, if any, with `endpoints` (the servers that are
+    /// up now, on a shared store). True if there was one to rewrite.
+    pub fn publish_endpoints(
+        &self,
+        endpoints: Vec<String>,
+        now_ms: u64,
+    ) -> Result<bool, HandshakeKeyError> {
+        let mut publication = self.lock_changes();
+        match publication.as_mut() {
+            Some(published) if published.cred.endpoints != endpoints => {
+                published.cred.endpoints = endpoints;
+            }
+            _ => return Ok(false),
+        }
+        self.republish(&mut publication, now_ms)?;
+        Ok(true)
     }
 
     /// The sets served now. A session takes them once, when it starts.
@@ -274,7 +368,13 @@ impl HandshakeKeyRing {
         overlap_ms: u64,
         now_ms: u64,
     ) -> Result<RotationReport, HandshakeKeyError> {
-        let dir = self.dir.as_deref().ok_or(HandshakeKeyError::NoDataDir)?;
+        let dir = match &self.home {
+            RingHome::Memory => return Err(HandshakeKeyError::NoDataDir),
+            RingHome::Sealed(sealed) => {
+                return self.rotate_sealed(sealed, id, sig, overlap_ms, now_ms)
+            }
+            RingHome::Files(dir) => dir.as_path(),
+        };
         let mut publication = self.lock_changes();
         let old = self.sets();
         let fresh = HandshakeKeyPair::generate()?;
@@ -315,8 +415,22 @@ impl HandshakeKeyRing {
             Some(previous) if now_ms >= previous.expires_at_ms => {}
             _ => return Ok(false),
         }
-        if let Some(dir) = &self.dir {
-            remove_previous(dir)?;
+        match &self.home {
+            RingHome::Files(dir) => remove_previous(dir)?,
+            RingHome::Sealed(sealed) => {
+                // Whichever server gets here first clears it; the others find it cleared.
+                sealed.update(|material| {
+                    if material
+                        .handshake_previous
+                        .as_ref()
+                        .is_some_and(|(_, expires_at_ms)| now_ms >= *expires_at_ms)
+                    {
+                        material.handshake_previous = None;
+                    }
+                    Ok(())
+                })?;
+            }
+            RingHome::Memory => {}
         }
         self.swap(HandshakeKeySets {
             current: sets.current.clone(),
@@ -326,6 +440,135 @@ impl HandshakeKeyRing {
         Ok(true)
     }
 }
+
+impl HandshakeKeyRing {
+    /// [`HandshakeKeyRing::rotate`] on a sealed identity: the new set replaces the stored
+    /// current one, which becomes the previous set for the overlap, in one compare
+    /// transaction over what is stored now (another server's rotation included).
+    fn rotate_sealed(
+        &self,
+        sealed: &SealedIdentity,
+        id: &Id,
+        sig: &RsaKeyPair,
+        overlap_ms: u64,
+        now_ms: u64,
+    ) -> Result<RotationReport, HandshakeKeyError> {
+        let mut publication = self.lock_changes();
+        let fresh = HandshakeKeyPair::generate()?;
+        let fresh_text = encode_keys(&fresh)?;
+        let stored = sealed.update(|material| {
+            if material.handshake == *fresh_text {
+                // Our own write, applied though its answer was lost: done already.
+                return Ok(());
+            }
+            let old = std::mem::replace(&mut material.handshake, fresh_text.to_string());
+            material.handshake_previous =
+                (overlap_ms > 0).then(|| (old, now_ms.saturating_add(overlap_ms)));
+            Ok(())
+        })?;
+        let sets = sealed_sets(&stored, id, sig, now_ms)?;
+        let report = RotationReport {
+            current_x25519: sets.current.fingerprint(),
+            previous_x25519: sets.previous.as_ref().map(|p| p.set.fingerprint()),
+            previous_expires_at_ms: sets.previous.as_ref().map(|p| p.expires_at_ms),
+            regcred: None,
+        };
+        self.swap(sets);
+        let regcred = self.republish(&mut publication, now_ms)?;
+        Ok(RotationReport { regcred, ..report })
+    }
+}
+
+/// A key file's name and contents (wiped when dropped).
+pub type NamedKeyFile = (&'static str, Zeroizing<Vec<u8>>);
+
+/// The handshake key files of a data directory for the sealed identity `material`: the
+/// current set, and the previous one if its overlap has not ended by `now_ms`.
+pub fn sealed_key_files(
+    material: &IdentityMaterial,
+    now_ms: u64,
+) -> Result<Vec<NamedKeyFile>, HandshakeKeyError> {
+    let mut files = vec![(
+        HANDSHAKE_KEY_FILE,
+        decode_keys(&material.handshake)?.to_file_bytes()?,
+    )];
+    if let Some((previous, expires_at_ms)) = &material.handshake_previous {
+        if now_ms < *expires_at_ms {
+            files.push((
+                PREVIOUS_HANDSHAKE_KEY_FILE,
+                previous_file_bytes(&decode_keys(previous)?, *expires_at_ms)?,
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// Writes [`sealed_key_files`] into `dir` (`xlreg admin migrate --to-data-dir`), each mode
+/// 0600.
+pub fn write_sealed_to_files(
+    dir: &Path,
+    material: &IdentityMaterial,
+    now_ms: u64,
+) -> Result<(), HandshakeKeyError> {
+    for (file, bytes) in sealed_key_files(material, now_ms)? {
+        let path = dir.join(file);
+        write_atomic(&path, &bytes, 0o600)
+            .map_err(|source| HandshakeKeyError::KeyFile { path, source })?;
+    }
+    Ok(())
+}
+
+/// A key set in the sealed identity's form: base64 of its key file's bytes.
+pub fn encode_keys(keys: &HandshakeKeyPair) -> Result<Zeroizing<String>, HandshakeKeyError> {
+    use base64::Engine as _;
+    Ok(Zeroizing::new(
+        base64::engine::general_purpose::STANDARD.encode(keys.to_file_bytes()?.as_slice()),
+    ))
+}
+
+fn decode_keys(text: &str) -> Result<HandshakeKeyPair, HandshakeKeyError> {
+    use base64::Engine as _;
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| HandshakeKeyError::BadSealedKeys(e.to_string()))?,
+    );
+    HandshakeKeyPair::from_file_bytes(&bytes)
+        .map_err(|e| HandshakeKeyError::BadSealedKeys(e.to_string()))
+}
+
+/// The sets a sealed identity holds, signed, as served at `now_ms` (an expired or repeated
+/// previous set is not served).
+fn sealed_sets(
+    material: &IdentityMaterial,
+    id: &Id,
+    sig: &RsaKeyPair,
+    now_ms: u64,
+) -> Result<HandshakeKeySets, HandshakeKeyError> {
+    let current = decode_keys(&material.handshake)?;
+    let previous = match &material.handshake_previous {
+        Some((text, expires_at_ms)) if now_ms < *expires_at_ms => {
+            let keys = decode_keys(text)?;
+            (keys.public() != current.public()).then_some((keys, *expires_at_ms))
+        }
+        _ => None,
+    };
+    let previous = match previous {
+        Some((keys, expires_at_ms)) => Some(PreviousKeySet {
+            set: KeySet::sign(keys, id, sig)?,
+            expires_at_ms,
+        }),
+        None => None,
+    };
+    Ok(HandshakeKeySets {
+        current: KeySet::sign(current, id, sig)?,
+        previous,
+    })
+}
+
+/// How often a server on a shared store re-reads the sealed identity for key changes made
+/// through another server.
+pub const SEALED_RELOAD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a running registry checks whether a rotation's overlap has ended.
 const OVERLAP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -354,6 +597,32 @@ pub async fn end_overlaps(ring: Arc<HandshakeKeyRing>) {
             Ok(Ok(false)) => {}
             Ok(Err(error)) => tracing::error!(%error, "could not drop the expired handshake keys"),
             Err(error) => tracing::error!(%error, "dropping the expired handshake keys stopped"),
+        }
+    }
+}
+
+/// Runs for as long as a daemon on a shared store serves: every [`SEALED_RELOAD`], serves
+/// the key sets of the sealed identity if another server changed them
+/// ([`HandshakeKeyRing::reload_sealed`]). A store that cannot be reached is logged and tried
+/// again at the next tick; the sets served meanwhile stay as they were.
+pub async fn follow_sealed(ring: Arc<HandshakeKeyRing>, id: Id, sig: RsaKeyPair) {
+    let mut ticks = tokio::time::interval(SEALED_RELOAD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (id, sig) = (Arc::new(id), Arc::new(sig));
+    loop {
+        ticks.tick().await;
+        let (ring, id, sig) = (ring.clone(), id.clone(), sig.clone());
+        let reloaded = tokio::task::spawn_blocking(move || {
+            ring.reload_sealed(&id, &sig, crate::clock::now_ms())
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(true)) => {
+                tracing::info!("handshake keys changed by another server: now serving them")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not re-read the sealed identity"),
+            Err(error) => tracing::error!(%error, "re-reading the sealed identity stopped"),
         }
     }
 }

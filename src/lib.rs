@@ -32,6 +32,8 @@
 //!   [`server`] (the accept loop, the connection limit, shutdown),
 //!   [`admission`] (per-address connection limits and flood-proof log summaries),
 //!   [`legacy::server`], [`registry`] (the registry's identity and shared state),
+//!   [`sealed_identity`] (that identity sealed under an operator's secret, for etcd),
+//!   [`ha`] (several servers on etcd: server lease, announcements, sweeper election),
 //!   [`metrics`] (the Prometheus metric set), [`admin`] (inspection, export/import,
 //!   backup/restore, the control socket, cluster expiry), [`daemon`] (a whole running
 //!   registry, its metrics endpoint included), [`process`] (malloc, rlimits, umask, sd_notify),
@@ -60,6 +62,7 @@ pub mod daemon;
 pub mod driver;
 pub mod failstop;
 pub mod frame;
+pub mod ha;
 pub mod handlers;
 pub mod handshake_keys;
 pub mod id;
@@ -74,6 +77,7 @@ pub mod protocol;
 pub mod quota;
 pub mod regcred;
 pub mod registry;
+pub mod sealed_identity;
 pub mod server;
 pub mod session;
 pub mod session_crypto;

@@ -51,6 +51,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("legacy::server", Layer::Glue),
     ("legacy::client", Layer::Glue),
     ("registry", Layer::Glue),
+    ("sealed_identity", Layer::Glue),
+    ("ha", Layer::Glue),
     ("handshake_keys", Layer::Glue),
     ("metrics", Layer::Glue),
     ("admin", Layer::Glue),

@@ -52,6 +52,11 @@ fn bench_runs_complete_sessions_and_reports_json() {
         report["server_pid"].as_u64().is_some(),
         "the local registry is found: {report}"
     );
+    assert_eq!(
+        report["server_pids"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     assert!(report["server_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
     assert!(report["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
 }

@@ -17,7 +17,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{key_pair, Server};
 use rand::rngs::StdRng;
@@ -46,16 +46,7 @@ const DEFAULT_SEED: u64 = 0x00c0_ffee_d15c_0001;
 /// The seed `XLREG_CRASH_SEED` asks for: unset, the fixed default; `random`, one from the
 /// clock; otherwise the number it holds.
 fn crash_seed(setting: Option<&str>) -> u64 {
-    match setting.map(str::trim) {
-        None | Some("") => DEFAULT_SEED,
-        Some("random") => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-        Some(number) => number
-            .parse()
-            .unwrap_or_else(|_| panic!("XLREG_CRASH_SEED={number:?}: give a number or \"random\"")),
-    }
+    common::seed_setting("XLREG_CRASH_SEED", setting, DEFAULT_SEED)
 }
 
 #[test]

@@ -152,8 +152,19 @@ pub fn write(
     now_ms: u64,
     out: &mut dyn Write,
 ) -> Result<SnapshotSummary, AdminError> {
+    let key_files = key_files(dir, view.registry_meta()?.is_some())?;
+    write_with_keys(view, key_files, now_ms, out)
+}
+
+/// [`write`] for a registry whose keys are not files: a registry on etcd, whose sealed
+/// identity was opened ([`sealed_key_files`]). `restore` makes a sled data directory of it.
+pub fn write_with_keys(
+    view: &dyn StoreView,
+    key_files: Vec<KeyFile>,
+    now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<SnapshotSummary, AdminError> {
     let registry = view.registry_meta()?;
-    let key_files = key_files(dir, registry.is_some())?;
     let mut file = Hashing {
         out,
         hash: Sha256::new(),
@@ -224,7 +235,33 @@ pub fn write(
 }
 
 /// A key file's name and contents (wiped when dropped).
-type KeyFile = (String, Zeroizing<Vec<u8>>);
+pub type KeyFile = (String, Zeroizing<Vec<u8>>);
+
+/// The key files a sled data directory would hold for the sealed identity `material`, as
+/// of `now_ms` (a previous handshake set only while its overlap lasts).
+pub fn sealed_key_files(
+    material: &crate::sealed_identity::IdentityMaterial,
+    now_ms: u64,
+) -> Result<Vec<KeyFile>, AdminError> {
+    let mut files = vec![
+        (
+            crate::registry::COMMS_KEY_FILE.to_string(),
+            Zeroizing::new(material.comms_pem.as_bytes().to_vec()),
+        ),
+        (
+            crate::registry::SIG_KEY_FILE.to_string(),
+            Zeroizing::new(material.sig_pem.as_bytes().to_vec()),
+        ),
+    ];
+    let handshake = crate::handshake_keys::sealed_key_files(material, now_ms)
+        .map_err(crate::registry::RegistryError::from)?;
+    files.extend(
+        handshake
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes)),
+    );
+    Ok(files)
+}
 
 /// The registry's key files in `dir`, name and contents; a registry not yet started
 /// (`has_identity` false) may have none.

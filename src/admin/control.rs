@@ -221,7 +221,13 @@ impl ControlServer {
             .data_dir()
             .ok_or(AdminError::Ephemeral)?
             .to_path_buf();
-        let (listener, path) = bind(&dir)?;
+        ControlServer::start_in(registry, &dir)
+    }
+
+    /// [`ControlServer::start`] with the socket in `dir`: the data directory of a daemon
+    /// whose store keeps no directory of its own (etcd).
+    pub fn start_in(registry: Arc<Registry>, dir: &Path) -> Result<ControlServer, AdminError> {
+        let (listener, path) = bind(dir)?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(serve(listener, registry, stopped));
         tracing::info!(socket = %path.display(), "control socket listening");

@@ -11,6 +11,12 @@ use crate::registry::RegistryError;
 use crate::store::StorageError;
 use crate::validate::Invalid;
 
+impl From<crate::sealed_identity::SealError> for AdminError {
+    fn from(error: crate::sealed_identity::SealError) -> AdminError {
+        AdminError::Registry(RegistryError::Sealed(error))
+    }
+}
+
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -88,6 +94,15 @@ pub enum AdminError {
     /// Import and restore write only into a new or empty directory.
     #[error("{} is not empty; import and restore write only into a new or empty directory", .0.display())]
     TargetNotEmpty(PathBuf),
+    /// `admin migrate` writes only into an empty etcd prefix.
+    #[error("{0} holds keys already; migrate writes only into an empty etcd prefix (choose another --etcd-prefix)")]
+    EtcdNotEmpty(String),
+    /// The etcd prefix holds no registry (or no sealed identity).
+    #[error("{0} holds no xlreg registry; check --etcd and --etcd-prefix")]
+    NoEtcdRegistry(String),
+    /// etcd could not be reached or used.
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     File {

@@ -8,7 +8,8 @@
 //! The decision is the registry's pure rule [`is_expired`] (given the time, no clock); [`expire_clusters`]
 //! applies it to a store, re-checking inside the deleting transaction so a join that lands
 //! meanwhile keeps its cluster; [`ClusterExpiry`] is the timer glue that runs a sweep every
-//! [`sweep_interval`].
+//! [`sweep_interval`]. Several servers on one shared store (etcd) elect the one that sweeps
+//! ([`ClusterExpiry::start_elected`], `crate::ha`): the others skip their ticks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,13 +78,32 @@ impl ClusterExpiry {
     /// Starts sweeping `registry` for clusters untouched for `ttl`. Must be called on a
     /// tokio runtime.
     pub fn start(registry: Arc<Registry>, ttl: Duration) -> ClusterExpiry {
+        ClusterExpiry::spawn(registry, ttl, None)
+    }
+
+    /// Like [`ClusterExpiry::start`], sweeping only while `elected` says this server holds
+    /// the sweeper election: until the instant it holds (a lease known to be alive that
+    /// long), and not at all while it holds `None`.
+    pub fn start_elected(
+        registry: Arc<Registry>,
+        ttl: Duration,
+        elected: watch::Receiver<Option<tokio::time::Instant>>,
+    ) -> ClusterExpiry {
+        ClusterExpiry::spawn(registry, ttl, Some(elected))
+    }
+
+    fn spawn(
+        registry: Arc<Registry>,
+        ttl: Duration,
+        elected: Option<watch::Receiver<Option<tokio::time::Instant>>>,
+    ) -> ClusterExpiry {
         let (stop, stopped) = watch::channel(false);
         tracing::info!(
             ttl = %humantime::format_duration(ttl),
             every = %humantime::format_duration(sweep_interval(ttl)),
             "cluster expiry on"
         );
-        let task = tokio::spawn(run(registry, ttl, stopped));
+        let task = tokio::spawn(run(registry, ttl, stopped, elected));
         ClusterExpiry { stop, task }
     }
 
@@ -94,13 +114,27 @@ impl ClusterExpiry {
     }
 }
 
-async fn run(registry: Arc<Registry>, ttl: Duration, mut stopped: watch::Receiver<bool>) {
+async fn run(
+    registry: Arc<Registry>,
+    ttl: Duration,
+    mut stopped: watch::Receiver<bool>,
+    elected: Option<watch::Receiver<Option<tokio::time::Instant>>>,
+) {
     let mut ticks = tokio::time::interval(sweep_interval(ttl));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = super::stop_requested(&mut stopped) => return,
             _ = ticks.tick() => {}
+        }
+        // A lone server sweeps always; one of several only while it holds the election.
+        let holds = elected.as_ref().is_none_or(|elected| {
+            elected
+                .borrow()
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+        });
+        if !holds {
+            continue;
         }
         let store = registry.store.clone();
         let now = crate::clock::now_ms();

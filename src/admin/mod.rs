@@ -7,6 +7,7 @@
 //! - [`backup`]: point-in-time snapshots with the registry's keys, and restore;
 //! - [`control`]: the daemon's control socket, and the client end the commands use;
 //! - [`expiry`]: `serve --cluster-ttl`, removing clusters untouched for too long;
+//! - [`migrate`]: `admin migrate`, between a sled data directory and an etcd prefix;
 //! - `target`: the new data directory import and restore fill; `error`: [`AdminError`].
 //!
 //! This file owns the admin [`Request`]s and [`Reply`]s, [`answer`] (the one function both
@@ -19,6 +20,7 @@ pub mod control;
 mod error;
 pub mod expiry;
 pub mod export;
+pub mod migrate;
 pub mod report;
 mod target;
 
@@ -324,6 +326,25 @@ impl Access {
             // A socket that exists but could not be used says more than the open failing.
             Err(error) => Err(socket_error.unwrap_or(error)),
         }
+    }
+
+    /// Reaches the registry under an etcd prefix (`admin ... --etcd`): its store, opened
+    /// beside the servers that run on it (reads see one etcd revision: MVCC).
+    pub async fn open_etcd(config: crate::store::etcd::EtcdConfig) -> Result<Access, AdminError> {
+        let opened = tokio::task::spawn_blocking(move || {
+            let store = BackendChoice::Etcd(config.clone()).open_existing(Path::new(""))?;
+            if store.registry_meta()?.is_none() {
+                return Err(AdminError::NoEtcdRegistry(format!(
+                    "etcd {} under {}",
+                    config.endpoints.join(","),
+                    config.prefix
+                )));
+            }
+            Ok(store)
+        })
+        .await
+        .map_err(|e| AdminError::Interrupted(e.to_string()))?;
+        Ok(Access::Offline(opened?))
     }
 
     /// Whether requests go to a running daemon.

@@ -86,7 +86,8 @@ pub struct BenchConfig {
     pub cluster_size: u32,
     /// How long one session may wait for its cluster to complete.
     pub wait: Duration,
-    /// The registry's process, for CPU accounting (found from the endpoint when local).
+    /// The registry's process, for CPU accounting (found from the endpoints when local:
+    /// every server a regCred.dat lists).
     pub server_pid: Option<u32>,
     /// A tag that makes this run's cluster names unique.
     pub run_id: String,
@@ -167,9 +168,13 @@ pub struct Report {
     pub sessions_per_s: f64,
     /// Session latency (connect to Ack) of completed sessions, milliseconds.
     pub latency_ms: LatencySummary,
-    /// The registry process measured, if found.
+    /// The registry process measured, if found (the first, with several servers).
     pub server_pid: Option<u32>,
-    /// The registry's CPU time (user + system) per completed session, milliseconds.
+    /// Every registry process measured: one per server found listening on this machine at
+    /// an endpoint of the regCred.dat (several servers on etcd), or `--server-pid`.
+    pub server_pids: Vec<u32>,
+    /// The registry's CPU time (user + system, summed over its servers) per completed
+    /// session, milliseconds.
     pub server_cpu_ms_per_session: Option<f64>,
     /// This generator's own CPU time per completed session, milliseconds (identity
     /// generation excluded): near the wall time per session on its core, the generator,
@@ -228,6 +233,7 @@ fn error_kind(error: &ClientError) -> String {
         ClientError::Crypto(_) => "crypto".into(),
         ClientError::NoV3Keys => "no_v3_keys".into(),
         ClientError::PinMismatch { .. } => "pin_mismatch".into(),
+        ClientError::NoEndpointAnswered(_) => "no_endpoint".into(),
     }
 }
 
@@ -332,10 +338,23 @@ pub async fn run(
     progress: impl Fn(usize, usize) + Send + Sync + 'static,
 ) -> Result<Report, BenchError> {
     config.check()?;
-    let server_pid = config
-        .server_pid
-        .or_else(|| proc_stat::pid_listening_on(config.regcred.endpoint()));
-    let cpu_before = server_pid.and_then(proc_stat::cpu_time);
+    let server_pids: Vec<u32> = match config.server_pid {
+        Some(pid) => vec![pid],
+        None => config
+            .regcred
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| proc_stat::pid_listening_on(endpoint))
+            .collect(),
+    };
+    let servers_cpu = || -> Option<Duration> {
+        (!server_pids.is_empty()).then_some(())?;
+        server_pids
+            .iter()
+            .map(|pid| proc_stat::cpu_time(*pid))
+            .sum()
+    };
+    let cpu_before = servers_cpu();
     let own_cpu_before = proc_stat::cpu_time(std::process::id());
     let config = Arc::new(config);
     let next = Arc::new(AtomicUsize::new(0));
@@ -387,7 +406,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     reporter.abort();
-    let cpu_after = server_pid.and_then(proc_stat::cpu_time);
+    let cpu_after = servers_cpu();
     let own_cpu_after = proc_stat::cpu_time(std::process::id());
     let (latencies, errors) =
         std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
@@ -408,7 +427,8 @@ pub async fn run(
         elapsed_s: elapsed.as_secs_f64(),
         sessions_per_s: completed as f64 / elapsed.as_secs_f64().max(1e-9),
         latency_ms: LatencySummary::of(latencies),
-        server_pid,
+        server_pid: server_pids.first().copied(),
+        server_pids: server_pids.clone(),
         server_cpu_ms_per_session: per_session(cpu_before, cpu_after),
         generator_cpu_ms_per_session: per_session(own_cpu_before, own_cpu_after),
     })

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use super::cluster::THROWAWAY_PREFIX;
 use super::exit::{CliError, Failure};
 use super::output::print_json;
+use super::serve::EtcdArgs;
 use super::DataDirArg;
 use crate::admin::{backup, export, report, Access, AdminError};
 use crate::regcred::write_atomic_with;
@@ -47,6 +48,10 @@ pub enum AdminCommand {
     DeleteCluster(DeleteClusterArgs),
     /// Delete a registered node that is a member of no cluster (a throwaway identity, say).
     DeleteNode(DeleteNodeArgs),
+    /// Move a stopped registry from a sled data directory into an empty etcd prefix
+    /// (--from-data-dir), or from etcd into a new or empty directory (--to-data-dir), its
+    /// identity included: sealed in etcd with --identity-secret-file (docs/ha.md).
+    Migrate(MigrateArgs),
     /// Make new static xlReg/3 handshake keys; the old ones stay accepted for the overlap,
     /// and regCred.dat lists both meanwhile. Works on a stopped registry (its next start
     /// publishes the keys) and while the daemon serves (it swaps its keys and rewrites
@@ -78,7 +83,39 @@ pub(super) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
 #[derive(Debug, clap::Args)]
 pub struct ReadArgs {
     #[command(flatten)]
+    data: StoreArgs,
+}
+
+/// Where a read, export or backup finds the registry: its data directory (the daemon's
+/// control socket, or the stopped store), or with `--etcd` its etcd prefix, read at one
+/// revision while the servers run.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
     data: DataDirArg,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// Options of `admin migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The stopped sled registry to move into etcd.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "to_data_dir",
+        conflicts_with = "to_data_dir"
+    )]
+    from_data_dir: Option<PathBuf>,
+    /// The new or empty directory to move the etcd registry into (stop its servers first).
+    #[arg(long, value_name = "DIR")]
+    to_data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// The secret file (mode 0600) that seals the identity in etcd, or opens it there.
+    #[arg(long, env = "XLREG_IDENTITY_SECRET_FILE", value_name = "FILE")]
+    identity_secret_file: PathBuf,
 }
 
 /// Options of `admin cluster`.
@@ -103,7 +140,7 @@ pub struct NodeArgs {
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     #[command(flatten)]
-    data: DataDirArg,
+    data: StoreArgs,
     /// Write to this file instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -123,10 +160,14 @@ pub struct ImportArgs {
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
-    data: DataDirArg,
+    data: StoreArgs,
     /// The snapshot file to write.
     #[arg(short, long, value_name = "SNAPSHOT")]
     output: PathBuf,
+    /// With --etcd: the secret file that opens the registry's sealed identity (a snapshot
+    /// holds the keys).
+    #[arg(long, env = "XLREG_IDENTITY_SECRET_FILE", value_name = "FILE")]
+    identity_secret_file: Option<PathBuf>,
 }
 
 /// Options of `admin restore`.
@@ -186,9 +227,15 @@ fn show(
 /// Runs `xlreg admin ...`.
 pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> {
     use AdminCommand as C;
-    let access = |data: &DataDirArg| {
-        let dir = data.data_dir.clone();
-        async move { Access::open(&dir).await }
+    let access = |data: &StoreArgs| {
+        let dir = data.data.data_dir.clone();
+        let etcd = data.etcd.config();
+        async move {
+            match etcd {
+                Some(etcd) => Access::open_etcd(etcd).await,
+                None => Access::open(&dir).await,
+            }
+        }
     };
     match command {
         C::Info(args) => {
@@ -265,12 +312,38 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
             }
         }
         C::Backup(args) => {
-            let access = access(&args.data).await?;
+            // On etcd the keys are sealed there: the secret opens them for the snapshot.
+            let source = match args.data.etcd.config() {
+                Some(etcd) => {
+                    let Some(path) = &args.identity_secret_file else {
+                        return Err(CliError::new(
+                            Failure::Usage,
+                            "admin backup --etcd needs --identity-secret-file: a snapshot \
+                             holds the registry's keys, sealed in etcd",
+                        )
+                        .into());
+                    };
+                    let secret = crate::sealed_identity::IdentitySecret::read(path)?;
+                    BackupSource::Etcd(etcd, secret, tokio::runtime::Handle::current())
+                }
+                None => BackupSource::Registry(access(&args.data).await?),
+            };
             let output = args.output.clone();
             let summary = blocking(move || {
                 write_file(&output, backup::SNAPSHOT_MODE, |file| {
                     let mut received = backup::Received::new(std::io::BufWriter::new(file));
-                    let summary = access.backup_to(&mut received)?;
+                    let summary = match source {
+                        BackupSource::Registry(access) => access.backup_to(&mut received)?,
+                        BackupSource::Etcd(etcd, secret, handle) => {
+                            crate::admin::migrate::backup_etcd(
+                                &etcd,
+                                secret,
+                                &handle,
+                                crate::clock::now_ms(),
+                                &mut received,
+                            )?
+                        }
+                    };
                     let (len, sha256, mut out) = received.finish(&output)?;
                     out.flush().map_err(AdminError::Output)?;
                     if len != summary.bytes as u64 || sha256 != summary.sha256 {
@@ -298,9 +371,10 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
         C::Restore(args) => return restore(args, json).await,
         C::DeleteCluster(args) => return delete_cluster(args, json).await,
         C::DeleteNode(args) => return delete_node(args, json).await,
+        C::Migrate(args) => return migrate(args, json).await,
         C::RotateHandshakeKeys(args) => {
             let overlap_ms = u64::try_from(args.overlap.as_millis()).unwrap_or(u64::MAX);
-            let access = access(&args.data).await?;
+            let access = Access::open(&args.data.data_dir).await?;
             let online = access.is_online();
             let report = access.rotate_handshake_keys(overlap_ms).await?;
             if json {
@@ -327,6 +401,53 @@ pub async fn run(command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(args: MigrateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::admin::migrate;
+    let Some(etcd) = args.etcd.config() else {
+        return Err(CliError::new(
+            Failure::Usage,
+            "admin migrate needs --etcd URL[,URL...]: the etcd the registry moves to or from",
+        )
+        .into());
+    };
+    let secret = crate::sealed_identity::IdentitySecret::read(&args.identity_secret_file)?;
+    let handle = tokio::runtime::Handle::current();
+    let now = crate::clock::now_ms();
+    let summary = match (args.from_data_dir, args.to_data_dir) {
+        (Some(from), _) => {
+            blocking(move || migrate::to_etcd(&from, &etcd, secret, &handle, now)).await?
+        }
+        (None, Some(to)) => {
+            blocking(move || migrate::to_data_dir(&etcd, &to, secret, &handle, now)).await?
+        }
+        (None, None) => unreachable!("clap requires one of --from-data-dir and --to-data-dir"),
+    };
+    if json {
+        print_json(&serde_json::json!({ "migrated": summary }))?;
+    } else {
+        outln!(
+            "registry {} moved to {}: {} nodes, {} clusters, its identity included; \
+             clients keep their regCred.dat",
+            summary.registry,
+            summary.target,
+            summary.nodes,
+            summary.clusters
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `admin backup` snapshots: a registry reached through its data directory, or one
+/// on etcd with the secret that opens its sealed keys (and the runtime its connections use).
+enum BackupSource {
+    Registry(Access),
+    Etcd(
+        crate::store::etcd::EtcdConfig,
+        crate::sealed_identity::IdentitySecret,
+        tokio::runtime::Handle,
+    ),
 }
 
 /// Runs blocking admin work (a streamed export or backup) off the runtime's workers.

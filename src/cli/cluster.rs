@@ -14,7 +14,7 @@ use super::exit::{CliError, Failure};
 use super::output::{cluster_info_json, print_cluster, print_json};
 use super::owner;
 use crate::client::{
-    self, Client, ClientError, ClusterInfo, ClusterOwner, ClusterView, TokenTerms,
+    self, Client, ClientError, ClusterInfo, ClusterOwner, ClusterView, EndpointOrder, TokenTerms,
 };
 use crate::crypto::{RsaKeyPair, RSA_BITS};
 use crate::id::Id;
@@ -94,13 +94,26 @@ impl Reach {
         }
     }
 
+    /// The registry's endpoints, as the credentials or the join string list them.
+    fn endpoints(&self) -> &[String] {
+        match self {
+            Reach::File(regcred) => &regcred.endpoints,
+            Reach::Pinned(join) => &join.endpoints,
+        }
+    }
+
     /// A handshaken session: xlReg/3 when the credentials have handshake keys, never
-    /// falling back.
-    async fn connect(&self, dial_timeout: Duration) -> Result<Client, ClientError> {
+    /// falling back. A regCred.dat's endpoints are tried in `order` (several servers on
+    /// etcd); a join string's in its own order, each checked against its pin.
+    async fn connect(
+        &self,
+        order: &EndpointOrder,
+        dial_timeout: Duration,
+    ) -> Result<Client, ClientError> {
         match self {
             Reach::File(regcred) => {
-                Client::connect_keys(
-                    regcred.endpoint(),
+                Client::connect_any(
+                    order,
                     client::RegistryKeys::of(regcred),
                     dial_timeout,
                     client::DEFAULT_TIMEOUT,
@@ -257,7 +270,9 @@ pub async fn run(command: ClusterCommand, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// Reads the regCred, then runs `session` on a fresh connection, again with backoff while
-/// the failure is one that retrying may cure, for `--retry-for` seconds (default 30).
+/// the failure is one that retrying may cure, for `--retry-for` seconds (default 30). The
+/// regCred's endpoints are tried in a shuffled order; an unreachable one, or one whose
+/// session was cut short, hands over to the next.
 pub async fn connect_and<T, F, Fut>(args: &RegistryArgs, session: F) -> anyhow::Result<T>
 where
     F: Fn(Client) -> Fut,
@@ -288,21 +303,32 @@ where
     let retry_refused = retry.retry_for.is_some();
     let connected = std::sync::atomic::AtomicBool::new(false);
     let dial_timeout = Duration::from_secs(retry.connect_timeout);
+    // Shuffled once; each attempt starts at the endpoint that last answered, or the one
+    // after an endpoint whose session was cut short.
+    let order = EndpointOrder::shuffled(reach.endpoints());
     let result = client::retry_if(
         Instant::now() + budget,
         |error| {
             retry_refused
                 || connected.load(std::sync::atomic::Ordering::Relaxed)
-                || !matches!(error, ClientError::NothingListens { .. })
+                || !error.nothing_listens()
         },
         |error, backoff| eprintln!("xlreg: {error}; retrying in {backoff:?}"),
         || {
             let session = &session;
             let connected = &connected;
+            let order = &order;
             async move {
-                let client = reach.connect(dial_timeout).await?;
+                let client = reach.connect(order, dial_timeout).await?;
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                session(client).await
+                let endpoint = client.endpoint().to_string();
+                // Every session the CLI runs repeats safely (the module doc of
+                // crate::client says why), so one cut short runs again on the next endpoint.
+                session(client).await.inspect_err(|error| {
+                    if error.is_retryable() {
+                        order.failed(&endpoint);
+                    }
+                })
             }
         },
     )

@@ -129,6 +129,10 @@ fn client(error: &ClientError) -> Failure {
         },
         ClientError::Protocol(_) | ClientError::Crypto(_) => Failure::Internal,
         ClientError::NoV3Keys => Failure::Usage,
+        // Each endpoint failed its own way: the last one tried speaks for them all.
+        ClientError::NoEndpointAnswered(failures) => failures
+            .last()
+            .map_or(Failure::Unreachable, |f| client(&f.error)),
     }
 }
 
@@ -142,7 +146,11 @@ fn admin(error: &AdminError) -> Option<Failure> {
     }
     Some(match error {
         AdminError::NoRegistry(_) => Failure::NotFound,
-        AdminError::Running(_) | AdminError::TargetNotEmpty(_) => Failure::Conflict,
+        AdminError::Running(_) | AdminError::TargetNotEmpty(_) | AdminError::EtcdNotEmpty(_) => {
+            Failure::Conflict
+        }
+        AdminError::NoEtcdRegistry(_) => Failure::NotFound,
+        AdminError::Etcd(_) => Failure::Unreachable,
         AdminError::NotOwner { .. } => Failure::Unauthorized,
         AdminError::DaemonUnreachable { .. } => Failure::Unreachable,
         AdminError::TooLarge { .. }

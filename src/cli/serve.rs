@@ -50,10 +50,14 @@ pub struct ServeArgs {
     name: Option<String>,
     /// Keep everything in memory and forget it on exit (the memory backend: not durable, for
     /// tests). regCred.dat is still written into the data directory.
-    #[arg(long, env = "XLREG_EPHEMERAL")]
+    #[arg(long, env = "XLREG_EPHEMERAL", conflicts_with = "endpoints")]
     ephemeral: bool,
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// With --etcd: the secret file (mode 0600, at least 32 bytes) that seals the
+    /// registry's keys in etcd; give every server of the registry the same one (docs/ha.md).
+    #[arg(long, env = "XLREG_IDENTITY_SECRET_FILE", value_name = "FILE")]
+    identity_secret_file: Option<PathBuf>,
     /// Write regCred.dat here instead of DATA_DIR/regCred.dat.
     #[arg(long, env = "XLREG_REGCRED_OUT", value_name = "FILE")]
     regcred_out: Option<PathBuf>,
@@ -153,8 +157,7 @@ pub struct EtcdArgs {
         long = "etcd",
         env = "XLREG_ETCD",
         value_name = "URL[,URL...]",
-        value_delimiter = ',',
-        conflicts_with = "ephemeral"
+        value_delimiter = ','
     )]
     pub endpoints: Vec<String>,
     /// The etcd key prefix the registry's records live under.
@@ -291,6 +294,7 @@ impl ServeArgs {
                 max_nodes: self.max_nodes,
             },
             store_timeout: Duration::from_secs(self.store_timeout),
+            identity_secret_file: self.identity_secret_file.clone(),
         }
     }
 

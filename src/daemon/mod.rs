@@ -53,12 +53,15 @@ use self::http::MetricsEndpoint;
 use crate::admin::control::ControlServer;
 use crate::admin::expiry::ClusterExpiry;
 use crate::clock::now_ms;
+use crate::ha::etcd::EtcdCoordination;
+use crate::ha::{CoordError, Coordination, SealedKey, ServerTasks};
 use crate::legacy::server::LegacyListener;
 use crate::legacy::wire::Version;
 use crate::metrics::Metrics;
 use crate::process::{make_room_for_connections, notify_systemd, set_private_umask};
 use crate::regcred::{RegCred, RegCredError};
 use crate::registry::{Registry, RegistryError, RegistryIdentity};
+use crate::sealed_identity::IdentitySecret;
 use crate::server::{Server, ServerConfig};
 use crate::store::{BackendChoice, StorageError};
 
@@ -101,6 +104,10 @@ pub struct DaemonConfig {
     /// A store operation that runs longer than this fails the store (the watchdog of
     /// [`crate::failstop::supervise`]).
     pub store_timeout: Duration,
+    /// On etcd: the secret file that seals the registry's identity in etcd, the same for
+    /// every server of the registry (`--identity-secret-file`; required with etcd, refused
+    /// otherwise; docs/ha.md).
+    pub identity_secret_file: Option<PathBuf>,
 }
 
 /// The opt-in xlReg 1.9 listener's settings (docs/legacy.md).
@@ -145,6 +152,7 @@ impl DaemonConfig {
             legacy: None,
             caps: crate::store::Caps::default(),
             store_timeout: crate::failstop::DEFAULT_STORE_TIMEOUT,
+            identity_secret_file: None,
         }
     }
 
@@ -192,6 +200,25 @@ impl DaemonConfig {
                 "--store-timeout",
                 "must be at least 1 second".into(),
             ));
+        }
+        match (&self.backend, &self.identity_secret_file) {
+            (BackendChoice::Etcd(_), None) => {
+                return Err(invalid(
+                    "--identity-secret-file",
+                    "is required with --etcd: give every server of the registry the same \
+                     secret file (mode 0600); it seals the registry's keys in etcd (docs/ha.md)"
+                        .into(),
+                ))
+            }
+            (BackendChoice::Sled | BackendChoice::Memory, Some(_)) => {
+                return Err(invalid(
+                    "--identity-secret-file",
+                    "is for --etcd only: on sled the registry's keys are files in its data \
+                     directory"
+                        .into(),
+                ))
+            }
+            _ => {}
         }
         if self.caps.max_clusters == 0 || self.caps.max_nodes == 0 {
             return Err(invalid(
@@ -285,6 +312,10 @@ pub enum DaemonError {
     /// The registry's identity could not be loaded or created.
     #[error("loading the registry identity: {0}")]
     Identity(#[from] RegistryError),
+    /// The servers' coordination keys in etcd (lease, announcement, election) could not be
+    /// set up.
+    #[error("etcd: {0}")]
+    Shared(#[from] crate::ha::CoordError),
     /// A regCred.dat could not be written.
     #[error("writing {path}: {source}")]
     RegCred {
@@ -370,6 +401,8 @@ pub struct Daemon {
     expiry: Option<ClusterExpiry>,
     /// Ends a key rotation's overlap when it expires.
     overlap: tokio::task::JoinHandle<()>,
+    /// On etcd: the server's lease, announcement, sweeper election and key reloads.
+    shared: Option<ServerTasks>,
     regcred: RegCred,
 }
 
@@ -390,6 +423,11 @@ impl Daemon {
     /// runtime with I/O and timers.
     pub async fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
         config.validate()?;
+        // Read before anything is created: a missing or open-to-all secret fails the start.
+        let secret = match &config.identity_secret_file {
+            Some(path) => Some(IdentitySecret::read(path).map_err(RegistryError::from)?),
+            None => None,
+        };
         let listeners = Listeners::bind(&config).await?;
         // Bound: from here on the start creates things.
         make_room_for_connections(config.limits.max_connections);
@@ -406,9 +444,41 @@ impl Daemon {
         // From here a storage failure or a hung store operation stops the process (exit 74).
         crate::failstop::supervise(store.health().clone(), config.store_timeout)
             .map_err(DaemonError::Watchdog)?;
-        let key_dir = (!ephemeral).then_some(config.data_dir.as_path());
-        let identity =
-            RegistryIdentity::load_or_create(&*store, key_dir, config.name.as_deref(), now_ms())?;
+        let (identity, shared) = match (&config.backend, secret) {
+            // Several servers on etcd: one identity, sealed in etcd (docs/ha.md).
+            (BackendChoice::Etcd(etcd), Some(secret)) => {
+                let coord: Arc<dyn Coordination> = Arc::new(
+                    EtcdCoordination::connect(etcd).map_err(|e| CoordError(e.to_string()))?,
+                );
+                let slot = Box::new(SealedKey::new(
+                    coord.clone(),
+                    tokio::runtime::Handle::current(),
+                ));
+                let (store, name) = (store.clone(), config.name.clone());
+                let (identity, _) = tokio::task::spawn_blocking(move || {
+                    RegistryIdentity::load_or_create_sealed(
+                        &*store,
+                        slot,
+                        secret,
+                        name.as_deref(),
+                        now_ms(),
+                    )
+                })
+                .await
+                .map_err(|e| CoordError(format!("loading the sealed identity stopped: {e}")))??;
+                (identity, Some(coord))
+            }
+            _ => {
+                let key_dir = (!ephemeral).then_some(config.data_dir.as_path());
+                let identity = RegistryIdentity::load_or_create(
+                    &*store,
+                    key_dir,
+                    config.name.as_deref(),
+                    now_ms(),
+                )?;
+                (identity, None)
+            }
+        };
         let registry = Arc::new(Registry::new(store, identity)?);
         let local_addr = local_addr(&listeners.v2, "xlReg/2")?;
         let mut server = Server::new(listeners.v2, registry.clone(), config.limits.clone());
@@ -463,18 +533,22 @@ impl Daemon {
         // Admin commands reach a running daemon through DATA_DIR/control.sock; an ephemeral
         // registry keeps nothing in its data directory and has none. Started before
         // regCred.dat is written, so a written regCred.dat means the socket is ready too.
+        if shared.is_some() {
+            // On etcd nothing else has made the data directory (0700: the umask is private).
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::CreateDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        }
         let control = if ephemeral {
             None
         } else {
-            ControlServer::start(registry.clone())
+            ControlServer::start_in(registry.clone(), &config.data_dir)
                 .inspect_err(|error| {
                     tracing::error!(%error, "no control socket: admin commands need the daemon stopped")
                 })
                 .ok()
         };
-        let expiry = config
-            .cluster_ttl
-            .map(|ttl| ClusterExpiry::start(registry.clone(), ttl));
         let advertised = config
             .advertise
             .clone()
@@ -490,6 +564,24 @@ impl Daemon {
         let overlap = tokio::spawn(crate::handshake_keys::end_overlaps(
             registry.identity.handshake.clone(),
         ));
+        // On etcd: the server's lease, its announcement (which rewrites regCred.dat as
+        // servers come and go), the sweeper election and following key rotations.
+        let shared = match shared {
+            Some(coord) => Some(
+                ServerTasks::start(
+                    coord,
+                    &registry,
+                    vec![advertised.clone()],
+                    format!("{advertised} pid {}", std::process::id()),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let expiry = config.cluster_ttl.map(|ttl| match &shared {
+            Some(shared) => ClusterExpiry::start_elected(registry.clone(), ttl, shared.elected()),
+            None => ClusterExpiry::start(registry.clone(), ttl),
+        });
         tracing::info!(
             name = %registry.identity.name,
             id = %registry.identity.id,
@@ -511,6 +603,7 @@ impl Daemon {
             control,
             expiry,
             overlap,
+            shared,
             regcred,
         })
     }
@@ -552,6 +645,7 @@ impl Daemon {
             control,
             expiry,
             overlap,
+            shared,
             ..
         } = self;
         let metrics_task = metrics.map(|(endpoint, _, metrics)| {
@@ -574,6 +668,9 @@ impl Daemon {
         let _ = overlap.await;
         if let Some(expiry) = expiry {
             expiry.stop().await;
+        }
+        if let Some(shared) = shared {
+            shared.stop().await;
         }
         if let Some(control) = control {
             control.stop().await;

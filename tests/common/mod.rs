@@ -748,3 +748,19 @@ pub fn openpty() -> (std::fs::File, std::fs::File) {
         )
     }
 }
+
+/// The seed a replayable test runs with, from the setting of its environment variable
+/// `variable`: unset or empty, `default`; `random`, one from the clock; otherwise the number
+/// it holds.
+pub fn seed_setting(variable: &str, setting: Option<&str>, default: u64) -> u64 {
+    match setting.map(str::trim) {
+        None | Some("") => default,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        Some(number) => number
+            .parse()
+            .unwrap_or_else(|_| panic!("{variable}={number:?}: give a number or \"random\"")),
+    }
+}
