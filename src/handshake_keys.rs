@@ -289,6 +289,12 @@ impl HandshakeKeyRing {
         Ok(true)
     }
 
+    /// True if the ring is kept in a sealed identity on a shared store (etcd), not in key
+    /// files: a backup of the running registry then takes its keys from the ring.
+    pub fn is_sealed(&self) -> bool {
+        matches!(self.home, RingHome::Sealed(_))
+    }
+
     /// The sets served now. A session takes them once, when it starts.
     pub fn sets(&self) -> Arc<HandshakeKeySets> {
         // A poisoned lock still holds a whole Arc: swaps are a single assignment.

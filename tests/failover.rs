@@ -201,6 +201,7 @@ fn a_join_cut_short_after_it_was_applied_finishes_on_the_next_endpoint_once() {
         "pair",
         "--size",
         "2",
+        "--open",
         "--regcred",
         s(&server.regcred_path),
     ]);

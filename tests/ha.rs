@@ -440,6 +440,26 @@ async fn migrate_moves_a_sled_registry_to_etcd_and_back_and_a_backup_of_it_resto
     assert_eq!(current_regcred(&from_backup).id, before.id);
     assert_eq!(current_regcred(&from_backup).comms_key, before.comms_key);
     assert_eq!(from_backup.stop(), Some(0));
+    // An online backup through the running server's control socket carries the identity
+    // it serves (its keys are in etcd, not in its directory) and restores the same way.
+    let online = tmp.path().join("online.snap");
+    let backed_up = xlreg(&[
+        "admin",
+        "backup",
+        "--data-dir",
+        s(&server.dir),
+        "-o",
+        s(&online),
+    ]);
+    assert!(backed_up.status.success(), "{}", stderr(&backed_up));
+    let online_dir = tmp.path().join("restored-online");
+    let restored = xlreg(&["admin", "restore", s(&online), "--data-dir", s(&online_dir)]);
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    let from_online = Server::start(&online_dir, &[]);
+    assert_eq!(current_regcred(&from_online).id, before.id);
+    assert_eq!(current_regcred(&from_online).comms_key, before.comms_key);
+    assert_eq!(current_regcred(&from_online).handshake, before.handshake);
+    assert_eq!(from_online.stop(), Some(0));
     assert_eq!(server.stop(), Some(0));
 
     // And back into an empty directory (a non-empty one is refused).

@@ -328,8 +328,15 @@ async fn handle(mut stream: UnixStream, registry: Arc<Registry>) {
     if let Ok(request) = &request {
         if request.is_streamed() {
             let request = request.clone();
+            let registry = Arc::clone(&registry);
             let answering = move |out: &mut dyn std::io::Write| {
-                answer(&*store, &request, crate::clock::now_ms(), out)
+                let now_ms = crate::clock::now_ms();
+                match request {
+                    Request::Backup if registry.identity.handshake.is_sealed() => {
+                        backup_sealed(&registry, now_ms, out)
+                    }
+                    ref request => answer(&*store, request, now_ms, out),
+                }
             };
             let (result, sent) = stream_answer(&mut stream, answering).await;
             finish(op, result, sent, started).await;
@@ -388,6 +395,24 @@ impl Response {
             Response::Refused { message, .. } => format!("refused: {message}"),
         }
     }
+}
+
+/// Backs up a running registry whose keys are kept sealed on a shared store (etcd), not
+/// as files in its directory: the snapshot carries the identity it serves, so that
+/// `xlreg admin restore` makes a sled registry with the same identity of it.
+fn backup_sealed(
+    registry: &Registry,
+    now_ms: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<Reply, AdminError> {
+    let store = &registry.store;
+    let meta = store
+        .registry_meta()?
+        .ok_or_else(|| AdminError::NoEtcdRegistry("the store".into()))?;
+    let material = registry.identity.material(meta.created_at_ms, now_ms)?;
+    let keys = super::backup::sealed_key_files(&material, now_ms)?;
+    let summary = super::backup::write_with_keys(&*store.view()?, keys, now_ms, out)?;
+    Ok(Reply::BackedUp(summary))
 }
 
 /// Answers a streamed request: the header line, the bytes in frames as a blocking thread
