@@ -427,15 +427,7 @@ pub(super) fn concurrent_joins_never_overfill<S: Backend + 'static>(make: fn(IdS
         }
         answers
     });
-    let mut slots: Vec<u32> = answers
-        .iter()
-        .filter_map(|a| match a {
-            Ok(Written::Joined(j)) => Some(j.slot),
-            _ => None,
-        })
-        .collect();
-    slots.sort_unstable();
-    assert_eq!(slots, vec![0, 1, 2, 3, 4]);
+    assert_eq!(joined_slots(&answers), vec![0, 1, 2, 3, 4]);
     let full = answers
         .iter()
         .filter(|a| matches!(a, Err(Refusal::ClusterFull { .. })))
@@ -922,15 +914,7 @@ pub(super) fn twenty_racers_with_a_five_use_token_on_ten_slots_five_join<S: Back
         }
         answers
     });
-    let mut slots: Vec<u32> = answers
-        .iter()
-        .filter_map(|a| match a {
-            Ok(Written::Joined(j)) => Some(j.slot),
-            _ => None,
-        })
-        .collect();
-    slots.sort_unstable();
-    assert_eq!(slots, vec![0, 1, 2, 3, 4]);
+    assert_eq!(joined_slots(&answers), vec![0, 1, 2, 3, 4]);
     let used_up = answers
         .iter()
         .filter(|a| {
@@ -1276,4 +1260,19 @@ proptest! {
         prop_assert_eq!(memory_snapshot.verify(), Vec::<String>::new());
         prop_assert_eq!(memory_snapshot, sled_snapshot);
     }
+}
+
+/// The slots that `answers` report joined, in order: what a race test compares.
+pub(crate) fn joined_slots<'a, E: 'a>(
+    answers: impl IntoIterator<Item = &'a Result<Written, E>>,
+) -> Vec<u32> {
+    let mut slots: Vec<u32> = answers
+        .into_iter()
+        .filter_map(|answer| match answer {
+            Ok(Written::Joined(joined)) => Some(joined.slot),
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    slots
 }

@@ -1,6 +1,7 @@
 //! Tests of what is particular to the etcd backend, on real 3-member etcd clusters (the
 //! port's conformance suite runs on it too: `store/conformance.rs`).
 
+use crate::store::conformance::joined_slots;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -201,15 +202,7 @@ fn racing_joins_through_two_stores_fill_the_cluster_exactly() {
         })
         .collect();
     let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut slots: Vec<u32> = answers
-        .iter()
-        .filter_map(|a| match a {
-            Ok(Written::Joined(j)) => Some(j.slot),
-            _ => None,
-        })
-        .collect();
-    slots.sort_unstable();
-    assert_eq!(slots, vec![0, 1, 2, 3, 4]);
+    assert_eq!(joined_slots(&answers), vec![0, 1, 2, 3, 4]);
     let full = answers
         .iter()
         .filter(|a| {
@@ -242,14 +235,7 @@ fn a_waiter_is_woken_by_a_join_through_another_store() {
     std::thread::sleep(Duration::from_secs(1));
     waiter.borrow_and_update();
     join(&b, &c, &n).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), waiter.changed()).await })
-        .expect("woken within 10 s")
-        .unwrap();
+    wait_woken(&mut waiter, Duration::from_secs(10), "woken within 10 s");
     let view = a
         .cluster_view(&ClusterRef::Id(c.id.clone()))
         .unwrap()
@@ -289,14 +275,7 @@ fn writes_and_watches_survive_the_loss_of_the_member_they_use() {
     let second = node_id(register(&b, "second"));
     join(&b, &c, &second).unwrap();
     // A's watch resumed on another member and saw the joins.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(15), waiter.changed()).await })
-        .expect("woken within 15 s")
-        .unwrap();
+    wait_woken(&mut waiter, Duration::from_secs(15), "woken within 15 s");
     let view = a
         .cluster_view(&ClusterRef::Id(c.id.clone()))
         .unwrap()
@@ -381,14 +360,11 @@ fn a_wait_survives_the_store_losing_its_etcd_connections_and_sees_what_happened_
         proxy.restore();
     }
     // A's watch resumes from the last revision it saw + 1: the join is delivered.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(15), waiter.changed()).await })
-        .expect("woken within 15 s of the connections coming back")
-        .unwrap();
+    wait_woken(
+        &mut waiter,
+        Duration::from_secs(15),
+        "woken within 15 s of the connections coming back",
+    );
     let view = a
         .cluster_view(&ClusterRef::Id(c.id.clone()))
         .unwrap()
@@ -514,4 +490,16 @@ fn with_etcd_authentication_on_a_store_logs_in_and_one_without_credentials_is_re
     anonymous.user = None;
     let refused = EtcdStore::open(&anonymous).unwrap_err();
     assert!(matches!(refused, StorageError::Backend(_)), "{refused}");
+}
+
+/// Blocks until `waiter` sees a change, at most `within`; fails the test saying `what`.
+fn wait_woken(waiter: &mut tokio::sync::watch::Receiver<()>, within: Duration, what: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(within, waiter.changed()).await })
+        .expect(what)
+        .unwrap();
 }
