@@ -11,6 +11,8 @@
 #
 #   benches/session_cpu.sh [BINARY...]
 #   ROUNDS=3 SESSIONS=5000 CLIENTS=64 benches/session_cpu.sh ./baseline-xlreg target/release/xlreg
+#   THREADS=1 benches/session_cpu.sh   # each run also says where the registry's CPU went, by
+#                                      # thread group, with thread switches per session
 #
 # Only ratios measured in one run compare: the machine's load moves the absolute numbers.
 set -euo pipefail
@@ -21,6 +23,7 @@ CLIENTS=${CLIENTS:-64}
 CLUSTER_SIZE=${CLUSTER_SIZE:-4}
 REGISTRY_CPU=${REGISTRY_CPU:-0}
 GENERATOR_CPU=${GENERATOR_CPU:-1}
+THREADS=${THREADS:-0}
 
 if [ $# -eq 0 ]; then
     set -- target/release/xlreg
@@ -78,7 +81,9 @@ for round in $(seq 1 "$ROUNDS"); do
                 --regcred "$work/registry-$i/data/regCred.dat" --server-pid "${pids[$i]}" \
                 --cleanup-data-dir "$work/registry-$i/data" --protocol "$protocol" \
                 --clients "$CLIENTS" --sessions "$SESSIONS" --cluster-size "$CLUSTER_SIZE" 2>&1 |
-                grep 'sessions/s' | tail -1)
+                grep -E 'sessions/s|^registry threads' | tail -2)
+            threads=$(grep '^registry threads' <<<"$out" || true)
+            out=$(grep 'sessions/s' <<<"$out" || true)
             rate=$(sed -n 's/.* \([0-9.]*\) sessions\/s.*/\1/p' <<<"$out")
             p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
             p99=$(sed -n 's/.*p99 \([0-9.]*\).*/\1/p' <<<"$out")
@@ -89,6 +94,9 @@ for round in $(seq 1 "$ROUNDS"); do
             printf '%-5s %-40s %-5s %10s %8s %8s %12s  %s\n' "$round" "${binaries[$i]}" "$protocol" \
                 "${rate:-?}" "${p50:-?}" "${p99:-?}" "${cpu:-?}" "$load"
             echo "$i $protocol ${cpu:-nan}" >>"$results"
+            if [ "$THREADS" = 1 ] && [ -n "$threads" ]; then
+                echo "      $threads"
+            fi
         done
     done
 done

@@ -59,6 +59,20 @@ fn bench_runs_complete_sessions_and_reports_json() {
     );
     assert!(report["server_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
     assert!(report["generator_cpu_ms_per_session"].as_f64().unwrap() > 0.0);
+    // Where the registry's CPU went, by thread group: the runtime's worker serves the
+    // sessions and the store's writer commits their writes; each is woken every session or
+    // round, so each has switches even when its CPU is below a clock tick.
+    let threads = report["server_threads"].as_array().unwrap();
+    for group in ["tokio-rt-worker", "xlreg-store-wri"] {
+        let share = threads
+            .iter()
+            .find(|share| share["threads"] == group)
+            .unwrap_or_else(|| panic!("no {group} in {report}"));
+        assert!(
+            share["switches_per_session"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
 }
 
 #[test]

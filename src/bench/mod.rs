@@ -180,6 +180,60 @@ pub struct Report {
     /// generation excluded): near the wall time per session on its core, the generator,
     /// not the registry, is the limit.
     pub generator_cpu_ms_per_session: Option<f64>,
+    /// Where the registry's CPU per session went, by thread group (summed over its servers),
+    /// with the thread switches per session: empty when no registry process was found.
+    pub server_threads: Vec<ThreadShare>,
+}
+
+/// One group of the registry's threads (their name without its trailing number, see
+/// [`proc_stat::ThreadGroup`]) and its part of the work per completed session, counted
+/// over the threads alive at the start and at the end of the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ThreadShare {
+    /// The thread group, as `tokio-rt-worker` or `sled-io`.
+    pub threads: String,
+    /// User plus system CPU time per completed session, milliseconds.
+    pub cpu_ms_per_session: f64,
+    /// Context switches (voluntary and involuntary) per completed session: each is a thread
+    /// falling asleep or being preempted, and most are a wake-up paid for later.
+    pub switches_per_session: f64,
+}
+
+/// The registry's threads by group, summed over its servers: CPU time and switches so far.
+type ThreadTotals = BTreeMap<String, (Duration, u64)>;
+
+/// [`ThreadTotals`] of the processes `pids` (empty if none can be read).
+fn thread_totals(pids: &[u32]) -> ThreadTotals {
+    let mut totals = ThreadTotals::new();
+    for group in pids
+        .iter()
+        .filter_map(|pid| proc_stat::thread_groups(*pid))
+        .flatten()
+    {
+        let total = totals.entry(group.name).or_default();
+        total.0 += group.cpu;
+        total.1 += group.switches;
+    }
+    totals
+}
+
+/// Each thread group's work between `before` and `after`, per one of `sessions` sessions;
+/// groups that did nothing are left out.
+fn thread_shares(before: &ThreadTotals, after: &ThreadTotals, sessions: usize) -> Vec<ThreadShare> {
+    let sessions = sessions.max(1) as f64;
+    after
+        .iter()
+        .filter_map(|(name, (cpu, switches))| {
+            let (cpu_before, switches_before) = before.get(name).copied().unwrap_or_default();
+            let cpu = cpu.saturating_sub(cpu_before);
+            let switches = switches.saturating_sub(switches_before);
+            (!cpu.is_zero() || switches > 0).then(|| ThreadShare {
+                threads: name.clone(),
+                cpu_ms_per_session: cpu.as_secs_f64() * 1e3 / sessions,
+                switches_per_session: switches as f64 / sessions,
+            })
+        })
+        .collect()
 }
 
 impl Report {
@@ -213,6 +267,26 @@ impl Report {
             self.latency_ms.p99,
             self.latency_ms.max,
         )
+    }
+
+    /// The line saying where the registry's CPU per session went, by thread group, or
+    /// `None` when no registry process was measured.
+    pub fn threads_summary(&self) -> Option<String> {
+        if self.server_threads.is_empty() {
+            return None;
+        }
+        let groups = self
+            .server_threads
+            .iter()
+            .map(|share| {
+                format!(
+                    "{} {:.3} ms, {:.2} switches",
+                    share.threads, share.cpu_ms_per_session, share.switches_per_session
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(format!("registry threads per session: {groups}"))
     }
 }
 
@@ -355,6 +429,7 @@ pub async fn run(
             .sum()
     };
     let cpu_before = servers_cpu();
+    let threads_before = thread_totals(&server_pids);
     let own_cpu_before = proc_stat::cpu_time(std::process::id());
     let config = Arc::new(config);
     let next = Arc::new(AtomicUsize::new(0));
@@ -406,6 +481,9 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     reporter.abort();
+    // The threads are read before the process here and after it at the start, so that
+    // their window lies within the process's.
+    let threads_after = thread_totals(&server_pids);
     let cpu_after = servers_cpu();
     let own_cpu_after = proc_stat::cpu_time(std::process::id());
     let (latencies, errors) =
@@ -431,5 +509,10 @@ pub async fn run(
         server_pids: server_pids.clone(),
         server_cpu_ms_per_session: per_session(cpu_before, cpu_after),
         generator_cpu_ms_per_session: per_session(own_cpu_before, own_cpu_after),
+        server_threads: if completed > 0 {
+            thread_shares(&threads_before, &threads_after, completed)
+        } else {
+            Vec::new()
+        },
     })
 }

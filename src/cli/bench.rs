@@ -97,6 +97,9 @@ pub async fn run(args: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
         super::output::print_json(&value)?;
     } else {
         outln!("{}", report.summary())?;
+        if let Some(threads) = report.threads_summary() {
+            outln!("{threads}")?;
+        }
         match removed {
             Some((clusters, nodes)) => outln!(
                 "removed this run's {clusters} cluster(s) and {nodes} node(s) (run {run_id})"

@@ -7,18 +7,102 @@ use std::time::Duration;
 
 /// User plus system CPU time consumed so far by process `pid`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let fields = stat_fields(pid)?;
-    // Fields 14 (utime) and 15 (stime) overall are 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second()?))
+    ticks_to_time(&stat_fields(pid)?)
 }
 
 /// The fields of `/proc/PID/stat` after the command name (field 3 onwards).
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields are counted after its ')'.
-    let after_name = stat.get(stat.rfind(')')? + 2..)?;
-    Some(after_name.split_whitespace().map(str::to_string).collect())
+    Some(split_stat(&stat)?.1)
+}
+
+/// A `stat` file's command name (field 2) and the fields after it (field 3 onwards).
+fn split_stat(stat: &str) -> Option<(&str, Vec<String>)> {
+    // The command name may contain spaces and parentheses; it ends at the last ')'.
+    let close = stat.rfind(')')?;
+    let name = stat.get(stat.find('(')? + 1..close)?;
+    let after_name = stat.get(close + 2..)?;
+    Some((
+        name,
+        after_name.split_whitespace().map(str::to_string).collect(),
+    ))
+}
+
+/// User plus system CPU time in a `stat` file's fields after the name.
+fn ticks_to_time(fields: &[String]) -> Option<Duration> {
+    // Fields 14 (utime) and 15 (stime) overall are 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second()?))
+}
+
+/// A group of a process's threads: those whose names differ only in a trailing number (sled's
+/// I/O threads `sled-io-0` to `sled-io-6` are the group `sled-io`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadGroup {
+    /// The threads' name without its trailing number.
+    pub name: String,
+    /// User plus system CPU time of the group's live threads so far.
+    pub cpu: Duration,
+    /// Context switches of the group's live threads so far, voluntary and involuntary.
+    pub switches: u64,
+}
+
+/// CPU time and context switches of process `pid`'s live threads, by [`ThreadGroup`], in
+/// name order. A thread that has exited is no longer counted, so the difference of two calls
+/// covers the threads alive at both.
+pub fn thread_groups(pid: u32) -> Option<Vec<ThreadGroup>> {
+    let mut groups: Vec<ThreadGroup> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // A thread may exit while it is read: skip it.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let Some((name, fields)) = split_stat(&stat) else {
+            continue;
+        };
+        let cpu = ticks_to_time(&fields)?;
+        let switches = status
+            .lines()
+            .filter_map(|line| {
+                let rest = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                rest.trim().parse::<u64>().ok()
+            })
+            .sum();
+        let name = thread_group_name(name);
+        match groups.iter_mut().find(|group| group.name == name) {
+            Some(group) => {
+                group.cpu += cpu;
+                group.switches += switches;
+            }
+            None => groups.push(ThreadGroup {
+                name: name.to_string(),
+                cpu,
+                switches,
+            }),
+        }
+    }
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(groups)
+}
+
+/// A thread's name without its trailing number and the `-` or `_` before it.
+fn thread_group_name(name: &str) -> &str {
+    let without_number = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if without_number.len() == name.len() || without_number.is_empty() {
+        return name;
+    }
+    without_number
+        .strip_suffix(['-', '_'])
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(without_number)
 }
 
 /// Clock ticks per second, the unit of /proc's times.
@@ -106,6 +190,83 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn threads_are_grouped_by_their_name_without_its_trailing_number() {
+        for (name, group) in [
+            ("sled-io-0", "sled-io"),
+            ("sled-io-12", "sled-io"),
+            ("tokio-rt-worker", "tokio-rt-worker"),
+            ("xlreg-store-wri", "xlreg-store-wri"),
+            ("worker_3", "worker"),
+            ("pool7", "pool"),
+            ("2024", "2024"),
+            ("-7", "-"),
+            ("", ""),
+        ] {
+            assert_eq!(thread_group_name(name), group, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn thread_groups_count_this_process_threads_and_their_work() {
+        /// CPU time this thread has used.
+        fn thread_cpu() -> Duration {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `now` is a valid timespec for the call to fill.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+            assert_eq!(rc, 0);
+            Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        }
+        let me = std::process::id();
+        let (spun, all_spun) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let stopped = Arc::new(Mutex::new(stopped));
+        let spinners: Vec<_> = ["spinner-1", "spinner-2"]
+            .into_iter()
+            .map(|name| {
+                let (spun, stopped) = (spun.clone(), stopped.clone());
+                std::thread::Builder::new()
+                    .name(name.to_string())
+                    .spawn(move || {
+                        // Enough CPU to show in /proc's clock ticks (10 ms each, usually).
+                        let mut x = 0u64;
+                        while thread_cpu() < Duration::from_millis(50) {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                        }
+                        spun.send(x).unwrap();
+                        // Blocks (a switch) until the test has read the groups.
+                        let _ = stopped.lock().unwrap().recv();
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for _ in &spinners {
+            all_spun.recv().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let groups = thread_groups(me).unwrap();
+        drop(stop);
+        for spinner in spinners {
+            spinner.join().unwrap();
+        }
+        let spinner = groups
+            .iter()
+            .find(|group| group.name == "spinner")
+            .unwrap_or_else(|| panic!("no spinner group in {groups:?}"));
+        assert!(spinner.cpu >= Duration::from_millis(80), "{spinner:?}");
+        assert!(spinner.switches >= 1, "{spinner:?}");
+        assert!(
+            groups.windows(2).all(|w| w[0].name < w[1].name),
+            "{groups:?}"
+        );
+        let total: Duration = groups.iter().map(|group| group.cpu).sum();
+        assert!(total <= cpu_time(me).unwrap(), "{groups:?}");
+    }
 
     #[test]
     fn this_process_has_cpu_time_and_its_listener_is_found() {
