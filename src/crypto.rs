@@ -302,7 +302,7 @@ impl PublicKey {
     /// Parses DER and checks the size is one a member may register. The same keys are
     /// accepted, with the same stored encoding and errors, as by [`PublicKey::from_spki_der`]
     /// followed by the size check; a key already in canonical form (what every client
-    /// sends) is read on the fast path ([`PublicKey::from_canonical_der`]).
+    /// sends) is read on the fast path (`PublicKey::from_canonical_der`).
     pub fn from_member_der(der: &[u8]) -> Result<PublicKey, CryptoError> {
         let key = match PublicKey::from_canonical_der(der) {
             Some(key) => key,

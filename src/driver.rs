@@ -10,9 +10,9 @@
 //! gets its reply first), the metrics, the one log line per session, and the classification
 //! of how a session ended (`describe_end`).
 //!
-//! The driver is also the only place a session touches the store: [`read`] (a cluster with
-//! its members), `write` (batched and durable), [`apply`] (one write at once, for tests
-//! and tools), durability in `deliver`, and the cluster watch ([`Step::Watch`]).
+//! The driver is also the only place a session touches the store: `read` (a cluster with
+//! its members), `write` (batched and durable), durability in `deliver`, and the cluster
+//! watch ([`Step::Watch`]).
 //! [`poll_applying`] runs a core synchronously against a store, without sockets or
 //! timers: the one harness the tests, benches and fuzz targets drive both cores with.
 //!

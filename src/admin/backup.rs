@@ -156,7 +156,7 @@ pub fn write(
     write_with_keys(view, key_files, now_ms, out)
 }
 
-/// [`write`] for a registry whose keys are not files: a registry on etcd, whose sealed
+/// [`write()`] for a registry whose keys are not files: a registry on etcd, whose sealed
 /// identity was opened ([`sealed_key_files`]). `restore` makes a sled data directory of it.
 pub fn write_with_keys(
     view: &dyn StoreView,

@@ -4,7 +4,7 @@
 //! This module owns [`to_etcd`], [`to_data_dir`] and [`backup_etcd`] (a snapshot of a
 //! registry on etcd, keys included, that `admin restore` turns into a sled data directory). Both refuse a target that holds anything
 //! (a non-empty etcd prefix, a non-empty directory) and change nothing then. Records move as
-//! a point-in-time snapshot of every tree ([`AdminStore::snapshot`], restored with
+//! a point-in-time snapshot of every tree ([`AdminStore::snapshot`](crate::store::AdminStore::snapshot), restored with
 //! [`BackendChoice::create_from_snapshot`]); the identity moves as
 //! [`crate::sealed_identity::IdentityMaterial`]: sealed under the secret file into etcd, or
 //! written back as the data directory's key files (mode 0600).

@@ -186,8 +186,9 @@ pub struct Report {
 }
 
 /// One group of the registry's threads (their name without its trailing number, see
-/// [`proc_stat::ThreadGroup`]) and its part of the work per completed session, counted
-/// over the threads alive at the start and at the end of the run.
+/// [`proc_stat::ThreadGroup`]) and its part of the work per completed session. A thread that
+/// exits during the run takes its counts with it, so its group's share is then too low
+/// (sled's pool can end an idle extra thread; the registry's own threads live as long as it).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ThreadShare {
     /// The thread group, as `tokio-rt-worker` or `sled-io`.

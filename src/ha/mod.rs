@@ -88,7 +88,7 @@ pub const SERVERS_PREFIX: &str = "servers/";
 /// The sweeper election's key.
 pub const SWEEPER_KEY: &str = "election/sweeper";
 
-/// A server's lease, kept alive by [`ServerLease::run`]: the lease in force and until when it
+/// A server's lease, kept alive by the task [`ServerLease::start`] spawns: the lease in force and until when it
 /// is known to live.
 #[derive(Debug, Clone)]
 pub struct ServerLease {
