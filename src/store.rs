@@ -52,7 +52,9 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
-pub use self::sled::{Durability, SledView, Snapshot, SnapshotRecords, Store, SCHEMA_VERSION};
+pub use self::sled::{
+    Durability, SledView, Snapshot, SnapshotRecords, Store, Verification, SCHEMA_VERSION,
+};
 pub use caps::{Caps, DEFAULT_MAX_CLUSTERS, DEFAULT_MAX_NODES};
 pub use changes::ClusterEvents;
 pub use choice::BackendChoice;

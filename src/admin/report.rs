@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::AdminError;
 use crate::crypto::sha256;
 use crate::id::Id;
-use crate::store::{AdminStore, ClusterRecord, MemberRecord, NodeRecord, Snapshot};
+use crate::store::{AdminStore, ClusterRecord, MemberRecord, NodeRecord, StoreView};
 
 /// `admin info`: who the registry is and how much it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,15 +279,15 @@ pub fn node(store: &dyn AdminStore, id: &str) -> Result<NodeDetail, AdminError> 
     })
 }
 
-/// Builds `admin verify` from a point-in-time snapshot.
-pub fn verify(snapshot: &Snapshot) -> VerifyReport {
-    let problems = snapshot.verify();
-    VerifyReport {
-        ok: problems.is_empty(),
-        problems,
-        nodes: snapshot.node_count() as u64,
-        clusters: snapshot.cluster_count() as u64,
-    }
+/// Builds `admin verify` from a point-in-time view of the store.
+pub fn verify(view: &dyn StoreView) -> Result<VerifyReport, AdminError> {
+    let found = view.check_invariants()?;
+    Ok(VerifyReport {
+        ok: found.problems.is_empty(),
+        problems: found.problems,
+        nodes: found.nodes,
+        clusters: found.clusters,
+    })
 }
 
 /// A time for people: RFC 3339 in UTC, to the second.
@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(bytes(1536), "1.5 KiB (1536 bytes)");
         assert_eq!(bytes(3 << 20), "3.0 MiB (3145728 bytes)");
 
-        let report = verify(&store.snapshot().unwrap());
+        let report = verify(&*AdminStore::view(&store).unwrap()).unwrap();
         assert!(report.ok);
         assert_eq!(
             report.to_text(),

@@ -68,6 +68,7 @@ pub use disk::Durability;
 pub(crate) use error::log_panics;
 pub use schema::SCHEMA_VERSION;
 pub use snapshot::{Snapshot, SnapshotRecords};
+pub use verify::Verification;
 pub use view::SledView;
 
 use super::apply::{self, RecordTx};

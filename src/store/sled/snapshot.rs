@@ -206,7 +206,7 @@ impl StoreView for Snapshot {
 /// as the sled store encodes them.
 impl dyn StoreView + '_ {
     /// The value of `key` in the `meta` tree (a small tree: read through).
-    fn meta_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(super) fn meta_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         for entry in self.entries(META_TREE.as_bytes()) {
             let (k, v) = entry?;
             if k == key {

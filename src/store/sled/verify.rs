@@ -1,43 +1,82 @@
 //! Consistency checks over a whole store: the invariants every transaction maintains.
 //!
-//! This module owns [`Store::verify`] and [`Snapshot::verify`], used by operators (`xlreg
-//! admin verify`), by restore and import, and by the crash and race tests: after any crash
-//! or any interleaving, every one of these must hold. The checks run on a point-in-time
-//! [`Snapshot`], so a store that is changing while it is checked gives no false alarms.
+//! This module owns the invariant check (`check_invariants`, on any point-in-time
+//! [`StoreView`]), [`Store::verify`] and [`Snapshot::verify`], used by operators
+//! (`xlreg admin verify`, online through a view of the running store), by restore and import,
+//! and by the crash and race tests: after any crash or any interleaving, every one of these
+//! must hold. The checks run on a point-in-time view, so a store that is changing while it is
+//! checked gives no false alarms; they read each tree once, in key order, and keep only ids
+//! and names, never the records, so checking a running registry does not copy it into memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::records::decode;
 use super::schema::SCHEMA_VERSION;
-use super::snapshot::{Snapshot, TreeEntries};
+use super::snapshot::Snapshot;
 use super::{Store, REGISTRY_KEY};
-use crate::id::Id;
+use crate::id::{Id, ID_LEN};
 use crate::model::{ClusterRecord, NodeRecord, RegistryMeta};
-use crate::store::StorageError;
+use crate::store::{StorageError, StoreView};
+
+/// An id as a set key that needs no allocation of its own: its length and its bytes, zero
+/// padded. The checks keep one for every node of the registry.
+type IdKey = (u8, [u8; ID_LEN]);
+
+fn id_key(id: &[u8]) -> IdKey {
+    let mut bytes = [0u8; ID_LEN];
+    let len = id.len().min(ID_LEN);
+    bytes[..len].copy_from_slice(&id[..len]);
+    (len as u8, bytes)
+}
+
+/// What an invariant check found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verification {
+    /// A description of each violation (empty: every invariant holds).
+    pub problems: Vec<String>,
+    /// Node records checked (every entry of the `nodes` tree).
+    pub nodes: u64,
+    /// Cluster records checked (every entry of the `clusters` tree).
+    pub clusters: u64,
+}
 
 impl Store {
-    /// Checks every invariant on a snapshot of the store and returns a description of each
-    /// violation (empty: all hold). Fails only if the store cannot be read at all.
+    /// Checks every invariant on a point-in-time view of the store and returns a description
+    /// of each violation (empty: all hold). Fails only if the store cannot be read.
     pub fn verify(&self) -> Result<Vec<String>, StorageError> {
-        Ok(self.snapshot()?.verify())
+        let view = self.view()?;
+        Ok((&view as &dyn StoreView).check_invariants()?.problems)
     }
 }
 
 impl Snapshot {
     /// Checks every invariant and returns a description of each violation (empty: all
-    /// hold).
+    /// hold). `check_invariants` on [`StoreView`] says what is checked.
+    pub fn verify(&self) -> Vec<String> {
+        // A snapshot is in memory: reading it cannot fail.
+        (self as &dyn StoreView)
+            .check_invariants()
+            .map_or_else(|error| vec![error.to_string()], |found| found.problems)
+    }
+}
+
+impl dyn StoreView + '_ {
+    /// Checks every invariant of the records this view holds, reading each tree once, and
+    /// returns what it found. Fails only if the view cannot be read.
     ///
     /// Checked: the schema version is known and the registry's facts decode; every record
     /// decodes and sits under its own id; the name index and the clusters agree both ways;
     /// no cluster is over its maximum or outside 2..=64; members are stored in slot order,
     /// each slot below the cluster's maximum (members leave and are evicted, so slots may
-    /// have gaps: docs/protocol.md section 14.7); member names and nodes are unique within a cluster;
-    /// every member is a registered node and offers the endpoints its cluster requires; no
-    /// id is both a node's and a cluster's.
-    pub fn verify(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let empty = TreeEntries::new();
-        let tree = |name: &str| self.trees.get(name.as_bytes()).unwrap_or(&empty);
+    /// have gaps: docs/protocol.md section 14.7); member names and nodes are unique within a
+    /// cluster; every member is a registered node and offers the endpoints its cluster
+    /// requires; no id is both a node's and a cluster's.
+    ///
+    /// What it holds while it reads: the nodes' ids, the name index, and each cluster's id
+    /// and name; one record at a time.
+    pub fn check_invariants(&self) -> Result<Verification, StorageError> {
+        let mut found = Verification::default();
+        let problems = &mut found.problems;
 
         match self.schema_version() {
             Ok(Some(SCHEMA_VERSION)) => {}
@@ -46,50 +85,66 @@ impl Snapshot {
             )),
             Err(error) => problems.push(error.to_string()),
         }
-        if let Some(bytes) = tree("meta").get(REGISTRY_KEY) {
-            if let Err(error) = decode::<RegistryMeta>("registry meta", REGISTRY_KEY, bytes) {
+        if let Some(bytes) = self.meta_value(REGISTRY_KEY)? {
+            if let Err(error) = decode::<RegistryMeta>("registry meta", REGISTRY_KEY, &bytes) {
                 problems.push(error.to_string());
             }
         }
 
         let mut node_ids = HashSet::new();
-        for (key, value) in tree("nodes") {
-            match decode::<NodeRecord>("node", key, value) {
+        for entry in self.entries(b"nodes") {
+            let (key, value) = entry?;
+            found.nodes += 1;
+            match decode::<NodeRecord>("node", &key, &value) {
                 Ok(node) if node.id.as_bytes() == key.as_slice() => {
-                    node_ids.insert(node.id);
+                    node_ids.insert(id_key(&key));
                 }
                 Ok(node) => problems.push(format!(
                     "node record under {} carries id {}",
-                    hex::encode(key),
+                    hex::encode(&key),
                     node.id
                 )),
                 Err(error) => problems.push(error.to_string()),
             }
         }
 
-        let mut clusters: HashMap<Id, ClusterRecord> = HashMap::new();
-        for (key, value) in tree("clusters") {
-            match decode::<ClusterRecord>("cluster", key, value) {
+        let mut names = BTreeMap::new();
+        for entry in self.entries(b"cluster_names") {
+            let (name, id) = entry?;
+            names.insert(name, id);
+        }
+
+        // Each cluster is checked as it is read (in id order); only its id and name stay,
+        // for the name index's check below.
+        let mut cluster_names: HashMap<IdKey, String> = HashMap::new();
+        for entry in self.entries(b"clusters") {
+            let (key, value) = entry?;
+            found.clusters += 1;
+            match decode::<ClusterRecord>("cluster", &key, &value) {
                 Ok(cluster) if cluster.id.as_bytes() == key.as_slice() => {
-                    clusters.insert(cluster.id.clone(), cluster);
+                    check_cluster(&cluster, &names, &node_ids, problems);
+                    cluster_names.insert(id_key(&key), cluster.name);
                 }
                 Ok(cluster) => problems.push(format!(
                     "cluster record under {} carries id {}",
-                    hex::encode(key),
+                    hex::encode(&key),
                     cluster.id
                 )),
                 Err(error) => problems.push(error.to_string()),
             }
         }
 
-        let names = tree("cluster_names");
-        for (name, id) in names {
+        for (name, id) in &names {
             let name = String::from_utf8_lossy(name);
-            match Id::from_bytes(id).ok().and_then(|id| clusters.get(&id)) {
-                Some(cluster) if cluster.name == name => {}
-                Some(cluster) => problems.push(format!(
-                    "name index maps {name} to cluster {} which is named {}",
-                    cluster.id, cluster.name
+            let id_and_name = Id::from_bytes(id).ok().and_then(|id| {
+                cluster_names
+                    .get(&id_key(id.as_bytes()))
+                    .map(|named| (id, named))
+            });
+            match id_and_name {
+                Some((_, named)) if *named == name => {}
+                Some((id, named)) => problems.push(format!(
+                    "name index maps {name} to cluster {id} which is named {named}"
                 )),
                 None => problems.push(format!(
                     "name index maps {name} to a cluster that does not exist ({})",
@@ -97,71 +152,76 @@ impl Snapshot {
                 )),
             }
         }
+        Ok(found)
+    }
+}
 
-        let mut ordered: Vec<&ClusterRecord> = clusters.values().collect();
-        ordered.sort_by(|a, b| a.id.cmp(&b.id));
-        for cluster in ordered {
-            let label = format!("cluster {} ({})", cluster.name, cluster.id);
-            match names.get(cluster.name.as_bytes()) {
-                Some(id) if id.as_slice() == cluster.id.as_bytes() => {}
-                _ => problems.push(format!("{label} is missing from the name index")),
-            }
-            if node_ids.contains(&cluster.id) {
-                problems.push(format!("{label} shares its id with a node"));
-            }
-            if !(2..=64).contains(&cluster.max_size) {
-                problems.push(format!("{label} has max size {}", cluster.max_size));
-            }
-            if cluster.member_count() > cluster.max_size {
-                problems.push(format!(
-                    "{label} is over its maximum ({}/{})",
-                    cluster.member_count(),
-                    cluster.max_size
-                ));
-            }
-            let mut member_names = HashSet::new();
-            let mut members = HashSet::new();
-            let mut previous_slot = None;
-            for member in &cluster.members {
-                if member.slot >= cluster.max_size {
-                    problems.push(format!(
-                        "{label}: member {} holds slot {}, beyond its maximum size {}",
-                        member.name, member.slot, cluster.max_size
-                    ));
-                }
-                if previous_slot.is_some_and(|previous| member.slot <= previous) {
-                    problems.push(format!(
-                        "{label}: member {} holds slot {} out of slot order",
-                        member.name, member.slot
-                    ));
-                }
-                previous_slot = Some(member.slot);
-                if !member_names.insert(&member.name) {
-                    problems.push(format!(
-                        "{label}: member name {} appears twice",
-                        member.name
-                    ));
-                }
-                if !members.insert(&member.node_id) {
-                    problems.push(format!("{label}: node {} holds two slots", member.node_id));
-                }
-                if !node_ids.contains(&member.node_id) {
-                    problems.push(format!(
-                        "{label}: member {} (node {}) is not a registered node",
-                        member.name, member.node_id
-                    ));
-                }
-                if member.endpoints.len() < cluster.endpoint_count as usize {
-                    problems.push(format!(
-                        "{label}: member {} has {} endpoints, the cluster requires {}",
-                        member.name,
-                        member.endpoints.len(),
-                        cluster.endpoint_count
-                    ));
-                }
-            }
+/// The invariants of one cluster record: its place in the name index, its id, its size, its
+/// members' slots, names, nodes and endpoints.
+fn check_cluster(
+    cluster: &ClusterRecord,
+    names: &BTreeMap<Vec<u8>, Vec<u8>>,
+    node_ids: &HashSet<IdKey>,
+    problems: &mut Vec<String>,
+) {
+    let label = format!("cluster {} ({})", cluster.name, cluster.id);
+    match names.get(cluster.name.as_bytes()) {
+        Some(id) if id.as_slice() == cluster.id.as_bytes() => {}
+        _ => problems.push(format!("{label} is missing from the name index")),
+    }
+    if node_ids.contains(&id_key(cluster.id.as_bytes())) {
+        problems.push(format!("{label} shares its id with a node"));
+    }
+    if !(2..=64).contains(&cluster.max_size) {
+        problems.push(format!("{label} has max size {}", cluster.max_size));
+    }
+    if cluster.member_count() > cluster.max_size {
+        problems.push(format!(
+            "{label} is over its maximum ({}/{})",
+            cluster.member_count(),
+            cluster.max_size
+        ));
+    }
+    let mut member_names = HashSet::new();
+    let mut members = HashSet::new();
+    let mut previous_slot = None;
+    for member in &cluster.members {
+        if member.slot >= cluster.max_size {
+            problems.push(format!(
+                "{label}: member {} holds slot {}, beyond its maximum size {}",
+                member.name, member.slot, cluster.max_size
+            ));
         }
-        problems
+        if previous_slot.is_some_and(|previous| member.slot <= previous) {
+            problems.push(format!(
+                "{label}: member {} holds slot {} out of slot order",
+                member.name, member.slot
+            ));
+        }
+        previous_slot = Some(member.slot);
+        if !member_names.insert(&member.name) {
+            problems.push(format!(
+                "{label}: member name {} appears twice",
+                member.name
+            ));
+        }
+        if !members.insert(&member.node_id) {
+            problems.push(format!("{label}: node {} holds two slots", member.node_id));
+        }
+        if !node_ids.contains(&id_key(member.node_id.as_bytes())) {
+            problems.push(format!(
+                "{label}: member {} (node {}) is not a registered node",
+                member.name, member.node_id
+            ));
+        }
+        if member.endpoints.len() < cluster.endpoint_count as usize {
+            problems.push(format!(
+                "{label}: member {} has {} endpoints, the cluster requires {}",
+                member.name,
+                member.endpoints.len(),
+                cluster.endpoint_count
+            ));
+        }
     }
 }
 
@@ -292,6 +352,27 @@ mod tests {
         let mut shared = record("shared", 1, vec![]);
         shared.id = a.id.clone();
         check(vec![shared], "shares its id with a node");
+
+        // The name index, both ways: a name for a cluster named otherwise, a name for none.
+        let mut aliased =
+            Snapshot::from_records(None, &nodes, std::slice::from_ref(&clean)).unwrap();
+        let names = aliased.trees.get_mut(&b"cluster_names"[..]).unwrap();
+        names.insert(b"alias".to_vec(), clean.id.as_bytes().to_vec());
+        names.insert(b"gone".to_vec(), vec![5u8; 32]);
+        let problems = aliased.verify();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("maps alias to cluster") && p.contains("which is named ok")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("maps gone to a cluster that does not exist")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
 
         let mut bad_meta = Snapshot::from_records(None, &nodes, &[]).unwrap();
         let meta_tree = bad_meta.trees.get_mut(&b"meta"[..]).unwrap();
