@@ -19,14 +19,16 @@ use crate::model::{ClusterRecord, NodeRecord, RegistryMeta};
 use crate::store::{StorageError, StoreView};
 
 /// An id as a set key that needs no allocation of its own: its length and its bytes, zero
-/// padded. The checks keep one for every node of the registry.
+/// padded. The checks keep one for every node of the registry. Ids are 20 or 32 bytes, so
+/// two valid ids have equal keys only if they are equal; a damaged id of another length
+/// keeps its own length, so it never matches a valid one.
 type IdKey = (u8, [u8; ID_LEN]);
 
 fn id_key(id: &[u8]) -> IdKey {
     let mut bytes = [0u8; ID_LEN];
-    let len = id.len().min(ID_LEN);
-    bytes[..len].copy_from_slice(&id[..len]);
-    (len as u8, bytes)
+    let kept = id.len().min(ID_LEN);
+    bytes[..kept].copy_from_slice(&id[..kept]);
+    (u8::try_from(id.len()).unwrap_or(u8::MAX), bytes)
 }
 
 /// What an invariant check found.
@@ -230,6 +232,19 @@ mod tests {
     use super::super::tests::{cluster, node};
     use super::*;
     use crate::store::{ClusterRef, MemberRecord};
+
+    #[test]
+    fn id_keys_are_equal_only_for_equal_ids() {
+        let long = [7u8; 32];
+        assert_eq!(id_key(&long), id_key(&[7u8; 32]));
+        assert_ne!(
+            id_key(&long[..20]),
+            id_key(&long),
+            "a 1.9 id and its 32-byte extension"
+        );
+        assert_ne!(id_key(&[7u8; 40]), id_key(&long), "a damaged 40-byte id");
+        assert_ne!(id_key(&[0u8; 20]), id_key(&[0u8; 32]));
+    }
 
     #[test]
     fn a_store_built_through_its_api_verifies_clean() {
