@@ -187,6 +187,26 @@ impl EtcdCluster {
 
     fn start_with(size: usize, tls: Option<TestCerts>) -> EtcdCluster {
         remove_dirs_of_ended_processes();
+        // The ports are found free and released before etcd binds them, so a test running
+        // beside this one may bind one first; the member then exits at once. Such a start
+        // is retried on new ports; any other failure to become ready is not.
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = EtcdCluster::spawn_new(size, tls.clone());
+            match cluster.try_wait_ready() {
+                Ok(()) => return cluster,
+                Err(NotReady::MemberExited(why)) if attempt < START_ATTEMPTS => {
+                    eprintln!("etcd test cluster: {why}; starting again on other ports");
+                }
+                Err(NotReady::MemberExited(why) | NotReady::TimedOut(why)) => {
+                    panic!("the etcd test cluster did not become ready: {why}")
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Spawns a new cluster of `size` members on free ports, without waiting for it.
+    fn spawn_new(size: usize, tls: Option<TestCerts>) -> EtcdCluster {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
@@ -221,7 +241,6 @@ impl EtcdCluster {
         for i in 0..size {
             cluster.spawn(i, "new");
         }
-        cluster.wait_ready();
         cluster
     }
 
@@ -306,9 +325,31 @@ impl EtcdCluster {
     }
 
     /// Waits until every running member answers `/health` and a leader is known.
-    pub fn wait_ready(&self) {
+    pub fn wait_ready(&mut self) {
+        if let Err(NotReady::MemberExited(why) | NotReady::TimedOut(why)) = self.try_wait_ready() {
+            panic!("the etcd test cluster did not become ready: {why}");
+        }
+    }
+
+    /// Waits until every running member answers `/health` and a leader is known, at most
+    /// [`READY_WITHIN`]; a member that exits meanwhile ends the wait at once.
+    fn try_wait_ready(&mut self) -> Result<(), NotReady> {
         let until = Instant::now() + READY_WITHIN;
         loop {
+            for i in 0..self.members.len() {
+                let exited = match self.members[i].child.as_mut() {
+                    Some(child) => child.try_wait().ok().flatten(),
+                    None => None,
+                };
+                if let Some(status) = exited {
+                    self.members[i].child = None;
+                    return Err(NotReady::MemberExited(format!(
+                        "member {} exited ({status}); its log: {}",
+                        self.members[i].name,
+                        self.log_tail(i)
+                    )));
+                }
+            }
             let healthy = (0..self.members.len())
                 .filter(|&i| self.members[i].child.is_some() && !self.members[i].stopped)
                 .all(|i| {
@@ -316,15 +357,29 @@ impl EtcdCluster {
                         .is_some_and(|b| b.contains("\"true\""))
                 });
             if healthy && self.leader().is_some() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < until,
-                "the etcd test cluster in {} did not become ready (see its logs)",
-                self.dir.display()
-            );
+            if Instant::now() >= until {
+                let logs = (0..self.members.len())
+                    .map(|i| format!("{}: {}", self.members[i].name, self.log_tail(i)))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(NotReady::TimedOut(format!(
+                    "not ready within {READY_WITHIN:?} in {}; logs: {logs}",
+                    self.dir.display()
+                )));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last lines of member `i`'s log, for a failure's message (its directory is removed
+    /// with the cluster).
+    fn log_tail(&self, i: usize) -> String {
+        let log = self.dir.join(format!("{}.log", self.members[i].name));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
     }
 
     /// The index of the current leader, as the running members report it.
@@ -451,6 +506,17 @@ fn remove_dirs_of_ended_processes() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// How many times a cluster is started on new ports when a member exits at once.
+const START_ATTEMPTS: u32 = 3;
+
+/// Why a test cluster is not ready.
+enum NotReady {
+    /// A member's process exited (etcd exits at once when its port is taken).
+    MemberExited(String),
+    /// No leader with every member healthy within [`READY_WITHIN`].
+    TimedOut(String),
 }
 
 /// `count` distinct free loopback ports (bound together, then released).
@@ -606,5 +672,37 @@ fn forward(state: &Arc<ProxyState>, client: TcpStream, server: TcpStream) {
             let _ = to.shutdown(std::net::Shutdown::Both);
             let _ = from.shutdown(std::net::Shutdown::Both);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_exits_while_the_cluster_starts_ends_the_wait_at_once_with_its_log() {
+        if !skip_without(
+            "a_member_that_exits_while_the_cluster_starts_ends_the_wait_at_once_with_its_log",
+            "etcd",
+            etcd_installed(),
+        ) {
+            return;
+        }
+        let mut cluster = EtcdCluster::spawn_new(1, None);
+        let pid = cluster.members[0].child.as_ref().expect("spawned").id();
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+        let began = Instant::now();
+        match cluster.try_wait_ready() {
+            Err(NotReady::MemberExited(why)) => {
+                assert!(why.contains("member m0 exited"), "{why}");
+            }
+            Err(NotReady::TimedOut(why)) => panic!("waited out the deadline: {why}"),
+            Ok(()) => panic!("a killed member made a ready cluster"),
+        }
+        assert!(
+            began.elapsed() < READY_WITHIN / 2,
+            "the wait did not end when the member exited"
+        );
     }
 }
