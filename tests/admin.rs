@@ -761,3 +761,49 @@ fn verify_exits_non_zero_listing_what_is_wrong() {
     assert_eq!(report["ok"], false);
     assert_eq!(report["problems"].as_array().unwrap().len(), 5);
 }
+
+/// `-o` names a file that is replaced atomically; a FIFO (or a device such as /dev/null, or a
+/// terminal) stays what it is and gets the output, for export and for backup alike. Before,
+/// the atomic rename put a regular file where the FIFO was, and `-o /dev/null` run as root
+/// replaced the system's /dev/null.
+#[tokio::test]
+async fn export_and_backup_to_a_fifo_write_through_it_and_leave_it_a_fifo() {
+    use std::os::unix::fs::FileTypeExt;
+    let (root, dir, server, _populated) = populated_server().await;
+    for (command, magic) in [("export", &b"{"[..]), ("backup", &b"XLREGSNP"[..])] {
+        let fifo = root.path().join(format!("{command}.fifo"));
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(&fifo).unwrap())
+        };
+        let out = admin(&[command, "-o", text(&fifo)], &dir);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Checked before joining the reader: a FIFO replaced by a file is never opened for
+        // writing, and its reader would wait for ever.
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "{command} replaced the FIFO: {kind:?}");
+        let received = reader.join().unwrap();
+        assert!(
+            received.starts_with(magic) && received.len() > 100,
+            "{command} sent {} bytes",
+            received.len()
+        );
+        assert_eq!(
+            std::fs::read_dir(root.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().contains(".tmp-"))
+                .count(),
+            0,
+            "no temporary file is left beside it"
+        );
+    }
+    drop(server);
+}

@@ -460,14 +460,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Replaces `path` atomically (mode `mode`) by what `write` writes; nothing is left behind if
-/// it fails, and its error is returned as it was.
+/// it fails, and its error is returned as it was. A device, FIFO or terminal at `path` is
+/// written in place instead.
 fn write_file<T>(
     path: &std::path::Path,
     mode: u32,
     write: impl FnOnce(&mut std::fs::File) -> Result<T, AdminError>,
 ) -> Result<T, AdminError> {
+    // Something that exists and is neither a file nor a directory (a device such as
+    // /dev/null, a FIFO, a terminal) is written to where it is: replacing it atomically
+    // would put a regular file in its place (run as root, /dev/null itself).
+    let in_place = std::fs::metadata(path).is_ok_and(|meta| !meta.is_file() && !meta.is_dir());
     let mut failure = None;
-    let written = write_atomic_with(path, mode, |file| {
+    let write = |file: &mut std::fs::File| {
         write(file).map_err(|error| {
             // The output is this file: name it.
             let error = match error {
@@ -481,7 +486,15 @@ fn write_file<T>(
             failure = Some(error);
             std::io::Error::other(message)
         })
-    });
+    };
+    let written = if in_place {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut file| write(&mut file))
+    } else {
+        write_atomic_with(path, mode, write)
+    };
     match (written, failure) {
         (_, Some(error)) => Err(error),
         (Ok(value), None) => Ok(value),
